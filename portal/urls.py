@@ -1,0 +1,29 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+from rest_framework.routers import DefaultRouter
+
+from portal import views
+from portal.api import views as api
+
+router = DefaultRouter(trailing_slash=True)
+router.register("models", api.DeploymentViewSet, basename="api-model")
+
+urlpatterns = [
+    path("", views.models_page, name="models"),
+    path("models/status/", views.models_status, name="models-status"),
+    path("models/upload/", views.upload, name="upload"),
+    path("models/<int:deployment_id>/", views.model_page, name="model"),
+    path("models/<int:deployment_id>/<str:action>/", views.model_action, name="model-action"),
+    path("schedule-preview/", views.schedule_preview, name="schedule-preview"),
+    path("token/", views.token_page, name="token"),
+    path("help/", views.help_page, name="help"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(router.urls)),
+    path("api/v1/status/", api.StatusView.as_view(), name="api-status"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularRedocView.as_view(url_name="schema"), name="api-docs"),
+]

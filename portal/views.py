@@ -1,0 +1,161 @@
+"""Server-rendered pages: my models with the drop zone, a model's page, the API token."""
+
+from datetime import datetime
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Prefetch
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+from rest_framework.authtoken.models import Token
+
+from portal.quotas import quota_usage
+from scoring import deployments, schedules
+from scoring.deployments import DeployError
+from scoring.models import Deployment, PackageVersion
+from scoring.storage import StorageError
+
+
+def deployments_for(user):
+    """The deployments a user may see: their own, or all of them for staff."""
+    queryset = Deployment.objects.select_related("owner").prefetch_related(
+        Prefetch("versions", queryset=PackageVersion.objects.order_by("-number"))
+    )
+    return queryset if user.is_staff else queryset.filter(owner=user)
+
+
+def get_deployment_for_user(request: HttpRequest, deployment_id: int) -> Deployment:
+    """The deployment, or 404 when it is not the user's: no view can forget ownership."""
+    return get_object_or_404(deployments_for(request.user), id=deployment_id)
+
+
+def models_context(request: HttpRequest) -> dict:
+    own = list(deployments_for(request.user).filter(owner=request.user))
+    return {
+        "deployments": own,
+        "quota": quota_usage(request.user),
+        "pending": any(d.latest_version and d.latest_version.state == PackageVersion.PENDING for d in own),
+    }
+
+
+@login_required
+def models_page(request: HttpRequest) -> HttpResponse:
+    return render(request, "portal/models.html", {
+        **models_context(request),
+        "presets": schedules.PRESETS,
+        "default_email": request.user.email,
+    })
+
+
+@login_required
+@require_GET
+def models_status(request: HttpRequest) -> JsonResponse:
+    """What the models page polls to show validation results without reloading."""
+    context = models_context(request)
+    return JsonResponse({
+        "rows": render_to_string("portal/_model_rows.html", context, request=request),
+        "quota": context["quota"]["text"],
+        "pending": context["pending"],
+    })
+
+
+@login_required
+@require_POST
+def upload(request: HttpRequest) -> JsonResponse:
+    """The drop zone posts here; answers JSON for the page's script."""
+    error = getattr(request, "upload_error", None)
+    file = request.FILES.get("file")
+    if error or file is None:
+        return JsonResponse({"error": error or "choose a .dill or .pkl package file to upload"}, status=400)
+    schedule = request.POST.get("cron") if request.POST.get("schedule") == "custom" else request.POST.get("schedule")
+    try:
+        version = deployments.deploy(
+            request.user, file, file.name, file.size,
+            name=request.POST.get("name"), email=request.POST.get("email"),
+            schedule=schedule, timezone=request.POST.get("timezone"),
+        )
+    except DeployError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    except StorageError as exc:
+        return JsonResponse({"error": str(exc)}, status=503)
+    return JsonResponse({
+        "deployment": version.deployment_id,
+        "name": version.deployment.name,
+        "version": version.number,
+    }, status=201)
+
+
+@login_required
+def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    deployment = get_deployment_for_user(request, deployment_id)
+    return render(request, "portal/model.html", {
+        "deployment": deployment,
+        "versions": deployment.versions.all(),
+        "presets": schedules.PRESETS,
+        "next_runs": next_runs_or_none(deployment),
+    })
+
+
+def next_runs_or_none(deployment: Deployment) -> list[datetime]:
+    if deployment.status != Deployment.ACTIVE:
+        return []
+    return schedules.next_runs(deployment.schedule, deployment.timezone, timezone.now(), 5)
+
+
+@login_required
+@require_POST
+def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpResponse:
+    deployment = get_deployment_for_user(request, deployment_id)
+    try:
+        if action == "pause":
+            deployments.update(deployment, status=Deployment.PAUSED)
+            messages.success(request, f"{deployment.name} is paused: it will not be scored until resumed.")
+        elif action == "resume":
+            deployments.update(deployment, status=Deployment.ACTIVE)
+            messages.success(request, f"{deployment.name} is active again.")
+        elif action == "delete":
+            deployments.delete(deployment)
+            messages.success(request, f"{deployment.name} and its packages were deleted.")
+            return redirect("models")
+        elif action == "settings":
+            schedule = request.POST.get("cron") if request.POST.get("schedule") == "custom" else request.POST.get("schedule")
+            deployments.update(deployment, email=request.POST.get("email"), schedule=schedule,
+                               timezone=request.POST.get("timezone"))
+            messages.success(request, "Settings saved.")
+        else:
+            return HttpResponse(status=404)
+    except (DeployError, StorageError) as exc:
+        messages.error(request, str(exc))
+    return redirect("model", deployment_id=deployment.id)
+
+
+@login_required
+@require_GET
+def schedule_preview(request: HttpRequest) -> JsonResponse:
+    """The next fire times of a schedule, for the live preview under the form."""
+    try:
+        schedule = schedules.check_schedule(request.GET.get("schedule", ""))
+        zone = schedules.check_timezone(request.GET.get("timezone") or "UTC")
+    except schedules.ScheduleError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    runs = schedules.next_runs(schedule, zone, timezone.now(), 3)
+    return JsonResponse({"schedule": schedules.describe(schedule), "next_runs": [r.isoformat() for r in runs]})
+
+
+@login_required
+def token_page(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        Token.objects.filter(user=request.user).delete()  # revokes the old key at once
+        Token.objects.create(user=request.user)
+        messages.success(request, "A new token was made; the old one no longer works.")
+        return redirect("token")
+    token = Token.objects.filter(user=request.user).first()
+    return render(request, "portal/token.html", {"token": token})
+
+
+@login_required
+def help_page(request: HttpRequest) -> HttpResponse:
+    return render(request, "portal/help.html", {"base_url": request.build_absolute_uri("/")})

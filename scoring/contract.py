@@ -1,0 +1,338 @@
+"""The model package format (format 1): parsing, checks, defaults, and a notebook helper.
+
+A package is a dict serialized with dill. This module never unpickles anything
+itself: `parse_package` takes the dict after the sandbox has loaded it. It has
+no Django import, so the sandbox child can use it.
+
+In a notebook:
+
+    from scoring.contract import save_package
+    save_package("churn.dill", model, features=X.columns, schedule="daily",
+                 meta={"author": "ana", "gini_oot": 0.61})
+"""
+
+import math
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from scoring.schedules import ScheduleError, check_schedule
+
+FORMAT = 1
+KNOWN_KEYS = (
+    "model", "features", "name", "email", "schedule",
+    "params", "meta", "reference_scores", "format",
+)
+METHODS = ("predict_proba", "predict", "decision_function")
+CALL = "__call__"  # the method name recorded for a plain callable
+
+PARAM_DEFAULTS: dict[str, Any] = {
+    "method": None,  # None: predict_proba if the model has it, else predict, else call it
+    "positive_class": None,  # None: the last of model.classes_
+    "chunk_rows": 100_000,
+    "max_attempts": 3,
+    "retry_delay_minutes": 30,
+    "psi_warn": 0.1,
+    "psi_alert": 0.25,
+    "adversarial_warn": 0.6,
+    "adversarial_alert": 0.65,
+}
+MAX_NAME_LENGTH = 100
+MAX_FEATURES = 10_000
+# One address, no display name: anything with a line break or a comma is refused,
+# so a package can never smuggle extra mail headers or recipients.
+EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
+class ContractError(ValueError):
+    """A package breaks the contract; the message says how, in the user's words."""
+
+
+@dataclass
+class Package:
+    """What the portal keeps of a valid package (all JSON-able)."""
+
+    features: list[str]
+    method: str
+    model_type: str
+    name: str | None = None
+    email: str | None = None
+    schedule: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    classes: list[Any] | None = None
+    reference_scores_count: int | None = None
+    format: int = FORMAT
+    extra_keys: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise ContractError(f"name must be text, got {type(name).__name__}")
+    name = name.strip()
+    if not name:
+        raise ContractError("name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ContractError(f"name must be at most {MAX_NAME_LENGTH} characters")
+    if any(c in name for c in "/\\") or ".." in name:
+        raise ContractError(f"name {name!r} must not contain '/', '\\' or '..'")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise ContractError("name must not contain control characters")
+    if not any(c.isalnum() for c in name):
+        raise ContractError(f"name {name!r} must contain at least one letter or digit")
+    return name
+
+
+def check_email(email: object) -> str:
+    if not isinstance(email, str):
+        raise ContractError(f"email must be text, got {type(email).__name__}")
+    email = email.strip()
+    if len(email) > 254 or not EMAIL_RE.match(email):
+        raise ContractError(f"email {email[:80]!r} is not a single valid address")
+    return email
+
+
+def check_features(features: object) -> list[str]:
+    message = "'features' must be a non-empty list of column names"
+    if isinstance(features, str | bytes | dict) or not hasattr(features, "__iter__"):
+        raise ContractError(f"{message}, got {type(features).__name__}")
+    features = list(features)
+    if not features:
+        raise ContractError(message)
+    if len(features) > MAX_FEATURES:
+        raise ContractError(f"'features' has {len(features)} columns; at most {MAX_FEATURES}")
+    bad = [f for f in features if not isinstance(f, str) or not f.strip()]
+    if bad:
+        raise ContractError(f"{message}; these are not: {', '.join(repr(b) for b in bad[:5])}")
+    seen: set[str] = set()
+    duplicates = sorted({f for f in features if f in seen or seen.add(f)})
+    if duplicates:
+        raise ContractError(f"'features' has duplicate column names: {', '.join(duplicates[:10])}")
+    return features
+
+
+def check_params(params: object) -> tuple[dict[str, Any], list[str]]:
+    """Params merged over the defaults; unknown keys are kept and reported."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ContractError(f"'params' must be a dict, got {type(params).__name__}")
+    merged = {**PARAM_DEFAULTS, **params}
+    method = merged["method"]
+    if method is not None and method not in METHODS:
+        raise ContractError(f"params.method must be one of {', '.join(METHODS)}, got {method!r}")
+    _check_int(merged, "chunk_rows", 1_000, 10_000_000)
+    _check_int(merged, "max_attempts", 1, 20)
+    _check_number(merged, "retry_delay_minutes", 0, 7 * 24 * 60)
+    for warn, alert in (("psi_warn", "psi_alert"), ("adversarial_warn", "adversarial_alert")):
+        _check_number(merged, warn, 0, 10)
+        _check_number(merged, alert, 0, 10)
+        if merged[warn] > merged[alert]:
+            raise ContractError(f"params.{warn} ({merged[warn]}) must not exceed params.{alert}")
+    unknown = sorted(set(params) - set(PARAM_DEFAULTS))
+    warnings = [f"params.{key} is not a known parameter and is ignored" for key in unknown]
+    return merged, warnings
+
+
+def _check_int(params: dict, key: str, low: int, high: int) -> None:
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
+        raise ContractError(f"params.{key} must be a whole number from {low} to {high}, got {value!r}")
+    params[key] = int(value)
+
+
+def _check_number(params: dict, key: str, low: float, high: float) -> None:
+    value = params[key]
+    if (isinstance(value, bool) or not isinstance(value, int | float | np.number)
+            or not math.isfinite(value) or not low <= value <= high):
+        raise ContractError(f"params.{key} must be a number from {low} to {high}, got {value!r}")
+    params[key] = float(value)
+
+
+def resolve_method(model: object, requested: str | None) -> str:
+    if requested is not None:
+        if not callable(getattr(model, requested, None)):
+            raise ContractError(f"params.method is {requested!r} but the model has no {requested}")
+        return requested
+    for method in ("predict_proba", "predict"):
+        if callable(getattr(model, method, None)):
+            return method
+    if callable(model) and not isinstance(model, type):
+        return CALL
+    raise ContractError(
+        f"model has no predict_proba or predict and is not a function "
+        f"(it is a {type_name(model)})"
+    )
+
+
+def model_classes(model: object) -> list[Any] | None:
+    classes = getattr(model, "classes_", None)
+    if classes is None:
+        return None
+    try:
+        return [c.item() if isinstance(c, np.generic) else c for c in list(classes)]
+    except TypeError:
+        return None
+
+
+def type_name(obj: object) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def parse_package(obj: object) -> Package:
+    """Check a loaded package dict against format 1 and return what the portal keeps."""
+    if not isinstance(obj, dict):
+        raise ContractError(
+            f"the package must be a dict with 'model' and 'features', got a {type_name(obj)}"
+        )
+    non_text = [k for k in obj if not isinstance(k, str)]
+    if non_text:
+        raise ContractError(f"package keys must be text, got {non_text[0]!r}")
+    if "model" not in obj:
+        raise ContractError("'model' is missing: put the fitted model, pipeline or function under 'model'")
+    if "features" not in obj:
+        raise ContractError("'features' is missing: list the column names the model consumes")
+    features = check_features(obj["features"])
+
+    version = obj.get("format", FORMAT)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ContractError(f"'format' must be a whole number from 1, got {version!r}")
+    params, warnings = check_params(obj.get("params"))
+    if version > FORMAT:
+        warnings.insert(0, f"format {version} is newer than this portal's {FORMAT}: "
+                           "keys it does not know are kept and ignored")
+
+    model = obj["model"]
+    method = resolve_method(model, params["method"])
+    params["method"] = method
+    classes = model_classes(model)
+    if method == "predict_proba" and params["positive_class"] is not None and classes is not None:
+        if params["positive_class"] not in classes:
+            raise ContractError(
+                f"params.positive_class {params['positive_class']!r} is not one of the model's "
+                f"classes {classes}"
+            )
+
+    meta = obj.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ContractError(f"'meta' must be a dict, got {type(meta).__name__}")
+
+    try:
+        schedule = check_schedule(obj["schedule"]) if obj.get("schedule") is not None else None
+    except ScheduleError as exc:
+        raise ContractError(f"'schedule': {exc}") from None
+
+    return Package(
+        features=features,
+        method=method,
+        model_type=type_name(model),
+        name=check_name(obj["name"]) if obj.get("name") is not None else None,
+        email=check_email(obj["email"]) if obj.get("email") is not None else None,
+        schedule=schedule,
+        params=params,
+        meta=jsonable(meta),
+        classes=jsonable(classes),
+        reference_scores_count=check_reference_scores(obj.get("reference_scores")),
+        format=version,
+        extra_keys={k: short_repr(v) for k, v in obj.items() if k not in KNOWN_KEYS},
+        warnings=warnings,
+    )
+
+
+def check_reference_scores(scores: object) -> int | None:
+    if scores is None:
+        return None
+    try:
+        array = np.asarray(scores, dtype="float64")
+    except (TypeError, ValueError):
+        raise ContractError("'reference_scores' must be a list or array of numbers") from None
+    if array.ndim != 1 or array.size == 0:
+        raise ContractError("'reference_scores' must be a non-empty one-dimensional list of numbers")
+    return int(array.size)
+
+
+def score(model: object, method: str, frame: Any, positive_class: Any = None) -> np.ndarray:
+    """Call the model as the package says and return one float per row."""
+    if method == CALL:
+        raw = model(frame)
+    else:
+        raw = getattr(model, method)(frame)
+    out = np.asarray(raw)
+    if method == "predict_proba":
+        if out.ndim != 2:
+            raise ContractError(f"predict_proba returned shape {out.shape}; expected (rows, classes)")
+        classes = model_classes(model)
+        column = out.shape[1] - 1
+        if positive_class is not None and classes is not None:
+            column = classes.index(positive_class)
+        out = out[:, column]
+    elif out.ndim == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    if out.ndim != 1:
+        raise ContractError(f"{method} returned shape {out.shape}; expected one value per row")
+    try:
+        return out.astype("float64", copy=False)
+    except (TypeError, ValueError):
+        raise ContractError(f"{method} returned values that are not numbers ({out.dtype})") from None
+
+
+def check_scores(scores: np.ndarray, rows: int, method: str) -> None:
+    """The output checks every scoring applies: length, finite, probabilities in [0, 1]."""
+    if len(scores) != rows:
+        raise ContractError(f"the model returned {len(scores)} scores for {rows} rows")
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise ContractError(f"the model returned {int(bad.sum())} NaN or infinite scores of {rows}")
+    if method == "predict_proba" and (scores.min() < 0 or scores.max() > 1):
+        raise ContractError(
+            f"predict_proba returned values outside [0, 1] (min {scores.min():.4g}, "
+            f"max {scores.max():.4g})"
+        )
+
+
+def short_repr(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def jsonable(value: Any) -> Any:
+    """Meta and classes as plain JSON values; anything else is shown as its repr."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return short_repr(value)
+
+
+def build_package(model: object, features: Any, **keys: Any) -> dict[str, Any]:
+    """Build a package dict and check it here, before it ever reaches the portal."""
+    package = {"model": model, "features": list(features), "format": FORMAT, **keys}
+    parse_package(package)
+    return package
+
+
+def save_package(path: str, model: object, features: Any, **keys: Any) -> dict[str, Any]:
+    """Build, check and write a package file ready to drop on the portal."""
+    import dill
+
+    package = build_package(model, features, **keys)
+    with open(path, "wb") as file:
+        dill.dump(package, file, recurse=True)
+    return package

@@ -1,0 +1,143 @@
+"""Deploying packages and managing deployments: the use cases behind the UI and the API.
+
+Every function checks all input before it stores anything, and leaves either
+the whole change or none of it: no object without its row, no row without its object.
+"""
+
+import logging
+from pathlib import PurePath
+from typing import BinaryIO
+
+from django.db import transaction
+
+from scoring import storage
+from scoring.contract import ContractError, check_email, check_name
+from scoring.models import Deployment, PackageVersion, Quota
+from scoring.schedules import ScheduleError, check_schedule, check_timezone
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(ValueError):
+    """Bad input: the message says what to fix; nothing was changed."""
+
+
+def clean_settings(email: str | None, schedule: str | None, timezone: str | None) -> dict:
+    """Check the user-given settings of a deployment; blank ones are left out."""
+    cleaned = {}
+    try:
+        if email:
+            cleaned["email"] = check_email(email)
+        if schedule:
+            cleaned["schedule"] = check_schedule(schedule)
+        if timezone:
+            cleaned["timezone"] = check_timezone(timezone)
+    except (ContractError, ScheduleError) as exc:
+        raise DeployError(str(exc)) from None
+    return cleaned
+
+
+def deploy(
+    user,
+    file: BinaryIO,
+    filename: str,
+    size: int,
+    name: str | None = None,
+    email: str | None = None,
+    schedule: str | None = None,
+    timezone: str | None = None,
+) -> PackageVersion:
+    """Store a package as a new deployment, or as a new version of the one with that name."""
+    try:
+        name = check_name(name or PurePath(filename).stem)
+    except ContractError as exc:
+        raise DeployError(str(exc)) from None
+    slug = Deployment.slug_for(name)
+    fields = clean_settings(email, schedule, timezone)
+    file.seek(0)
+    try:
+        storage.check_pickle_header(file.read(2))
+    except storage.NotAPickle as exc:
+        raise DeployError(str(exc)) from None
+    sha256 = getattr(file, "sha256", None) or storage.sha256_of(file)
+
+    key = None
+    try:
+        with transaction.atomic():
+            # One upload at a time per user: quotas and version numbers cannot race.
+            Quota.objects.select_for_update().get_or_create(user=user)
+            deployment = Deployment.objects.select_for_update().filter(owner=user, slug=slug).first()
+            latest = deployment.versions.order_by("-number").first() if deployment else None
+            if latest and latest.sha256 == sha256:
+                raise DeployError(f"this file is the same as the current version v{latest.number} of {deployment.name}")
+            storage.check_quota(user, size, new_model=deployment is None)
+            if deployment is None:
+                deployment = Deployment(owner=user, name=name, slug=slug, email=user.email or "")
+            for field, value in fields.items():
+                setattr(deployment, field, value)
+            deployment.schedule_next_run()
+            deployment.save()
+            number = (latest.number if latest else 0) + 1
+            key = storage.package_key(user.username, slug, number)
+            storage.upload(file, key, sha256)
+            version = PackageVersion.objects.create(
+                deployment=deployment,
+                number=number,
+                key=key,
+                filename=PurePath(filename).name[:255],
+                size=size,
+                sha256=sha256,
+                form_email=fields.get("email", ""),
+                form_schedule=fields.get("schedule", ""),
+            )
+            transaction.on_commit(lambda: enqueue_validation(version.id))
+    except storage.QuotaError as exc:
+        raise DeployError(str(exc)) from None
+    except BaseException:
+        if key is not None:
+            discard_object(key)
+        raise
+    return version
+
+
+def enqueue_validation(version_id: int) -> None:
+    from scoring.tasks import validate_version
+
+    try:
+        validate_version.delay(version_id)
+    except Exception:  # broker down: the row stays pending and tick sends it again
+        log.exception("could not enqueue validation of version %s; tick will retry", version_id)
+
+
+def discard_object(key: str) -> None:
+    try:
+        storage.delete_objects([key])
+    except storage.StorageError:
+        log.exception("could not remove %s after a failed upload", key)
+
+
+def update(deployment: Deployment, email=None, schedule=None, timezone=None, status=None) -> Deployment:
+    fields = clean_settings(email, schedule, timezone)
+    with transaction.atomic():
+        deployment = Deployment.objects.select_for_update().get(id=deployment.id)
+        if status is not None and status != deployment.status:
+            if status not in (Deployment.ACTIVE, Deployment.PAUSED):
+                raise DeployError(f"status must be 'active' or 'paused', got {status!r}")
+            if status == Deployment.ACTIVE:
+                try:
+                    storage.check_quota(deployment.owner, 0, new_model=True)
+                except storage.QuotaError as exc:
+                    raise DeployError(str(exc)) from None
+            fields["status"] = status
+        for field, value in fields.items():
+            setattr(deployment, field, value)
+        deployment.schedule_next_run()
+        deployment.save()
+    return deployment
+
+
+def delete(deployment: Deployment) -> None:
+    """Remove the packages from storage first: if S3 fails, the deployment stays whole."""
+    keys = list(deployment.versions.values_list("key", flat=True))
+    storage.delete_objects(keys)
+    deployment.delete()

@@ -1,0 +1,115 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q, Sum
+from django.utils.timezone import now
+from django.utils.text import slugify
+
+from scoring import schedules
+
+
+class Deployment(models.Model):
+    """A model a user put on scheduled scoring; its packages are its versions."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    STATUSES = [(ACTIVE, "active"), (PAUSED, "paused")]
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deployments")
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100)
+    email = models.EmailField(blank=True, help_text="Where reports and error emails go.")
+    schedule = models.CharField(max_length=100, default="daily")
+    timezone = models.CharField(max_length=64, default="UTC")
+    status = models.CharField(max_length=10, choices=STATUSES, default=ACTIVE)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "slug"], name="unique_slug_per_owner")]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @staticmethod
+    def slug_for(name: str) -> str:
+        # allow_unicode keeps non-Latin names readable; the key is still safe.
+        return slugify(name, allow_unicode=True)[:100]
+
+    @property
+    def latest_version(self) -> "PackageVersion | None":
+        versions = list(self.versions.all())  # uses prefetch_related when present
+        return max(versions, key=lambda v: v.number) if versions else None
+
+    def schedule_next_run(self, after=None) -> None:
+        if self.status == self.ACTIVE:
+            after = after or now()
+            self.next_run_at = schedules.next_runs(self.schedule, self.timezone, after)[0]
+        else:
+            self.next_run_at = None
+
+
+class PackageVersion(models.Model):
+    """One uploaded package file of a deployment, stored at `key` in the models bucket."""
+
+    PENDING = "pending"
+    VALID = "valid"
+    INVALID = "invalid"
+    STATES = [(PENDING, "pending"), (VALID, "valid"), (INVALID, "invalid")]
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    key = models.CharField(max_length=400, unique=True)
+    filename = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    uploaded_at = models.DateTimeField(default=now)
+    state = models.CharField(max_length=10, choices=STATES, default=PENDING)
+    message = models.TextField(blank=True)
+    package = models.JSONField(default=dict, blank=True, help_text="What validation read from the package.")
+    # Values the upload form gave; the package's own email/schedule apply only where these are blank.
+    form_email = models.CharField(max_length=254, blank=True)
+    form_schedule = models.CharField(max_length=100, blank=True)
+    validation_queued_at = models.DateTimeField(default=now)
+    validated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "number"], name="unique_version_number")
+        ]
+        ordering = ["-number"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment} v{self.number}"
+
+
+class Quota(models.Model):
+    """Per-user overrides of the default quotas; blank means the site default."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="quota")
+    active_models = models.PositiveIntegerField(null=True, blank=True)
+    bytes = models.BigIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"quota of {self.user}"
+
+    @property
+    def max_active_models(self) -> int:
+        return settings.QUOTA_ACTIVE_MODELS if self.active_models is None else self.active_models
+
+    @property
+    def max_bytes(self) -> int:
+        return settings.QUOTA_BYTES if self.bytes is None else self.bytes
+
+
+def active_model_count(user) -> int:
+    return Deployment.objects.filter(owner=user, status=Deployment.ACTIVE).count()
+
+
+def stored_bytes(user) -> int:
+    return PackageVersion.objects.filter(deployment__owner=user).aggregate(total=Sum("size"))["total"] or 0
+
+
+def stale_validations(older_than):
+    """Versions still pending whose validation message may have been lost."""
+    return PackageVersion.objects.filter(Q(state=PackageVersion.PENDING), validation_queued_at__lt=older_than)

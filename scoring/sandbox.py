@@ -1,0 +1,275 @@
+"""Running untrusted model packages in a child process.
+
+A package is code: dill rebuilds functions from bytecode, so loading it runs
+whatever its author put in. Only the process boundary protects us, so the child
+
+- starts from a bare environment (no S3, database or mail secrets) in its own
+  empty working directory, in its own session (a timeout kills its whole group);
+- sets its own limits before it reads the package: CPU time, open files, file
+  size, no core dumps, and cuts its network with a new network namespace where
+  the kernel lets it;
+- is watched by the parent for resident memory (RLIMIT_AS would break numpy and
+  CatBoost, which reserve large virtual areas) and for wall-clock time.
+
+The parent talks to the child with one JSON line per request and reply on a
+pipe of its own; the model's own prints go to the child's stderr, which is
+kept for error messages. Data travels as Arrow IPC files the child memory-maps.
+"""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+CLONE_NEWNET = 0x40000000
+POLL_SECONDS = 0.05
+
+
+class SandboxError(Exception):
+    """The package failed in the sandbox; the message is for the package's owner."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_seconds: float = 120
+    memory_bytes: int = 4 * 1024**3
+    cpu_seconds: int = 600
+    open_files: int = 256
+    file_bytes: int = 1024**3
+
+
+class Sandbox:
+    """One child process serving one package: load once, then score many inputs."""
+
+    def __init__(self, workdir: Path, limits: Limits):
+        self.workdir = Path(workdir)
+        self.limits = limits
+        self.process: subprocess.Popen | None = None
+        self.stderr_path = self.workdir / "sandbox-stderr.log"
+        self.protections: dict[str, str] = {}
+
+    def __enter__(self) -> "Sandbox":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start(self) -> None:
+        reply_read, reply_write = os.pipe()
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.workdir),
+            "TMPDIR": str(self.workdir),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "DROPSCORE_REPLY_FD": str(reply_write),
+            "DROPSCORE_LIMITS": json.dumps(self.limits.__dict__),
+        }
+        # -I: no PYTHON* variables, no user site, no current directory on sys.path;
+        # `scoring` comes from the installed project, nothing else of it is importable.
+        boot = "from scoring.sandbox import child_main; child_main()"
+        with open(self.stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-c", boot],
+                stdin=subprocess.PIPE,
+                stdout=stderr,
+                stderr=stderr,
+                cwd=self.workdir,
+                env=env,
+                pass_fds=(reply_write,),
+                start_new_session=True,
+            )
+        os.close(reply_write)
+        self.replies = os.fdopen(reply_read, "rb")
+        self.protections = self.request({"cmd": "hello"}, "starting")["protections"]
+
+    def load(self, package_path: Path) -> dict[str, Any]:
+        """Load the package and check its contract; returns the package description."""
+        return self.request({"cmd": "load", "path": str(package_path)}, "loading")["package"]
+
+    def score(self, input_path: Path, output_path: Path) -> int:
+        """Score an Arrow IPC file of features; the scores are written to output_path."""
+        reply = self.request({"cmd": "score", "input": str(input_path), "output": str(output_path)}, "scoring")
+        return reply["rows"]
+
+    def request(self, message: dict[str, Any], stage: str) -> dict[str, Any]:
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            self.process.stdin.write(json.dumps(message).encode() + b"\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise SandboxError(self.died_message(stage)) from None
+        line = self.wait_for_reply(stage)
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise SandboxError(reply["error"])
+        return reply
+
+    def wait_for_reply(self, stage: str) -> bytes:
+        deadline = time.monotonic() + self.limits.timeout_seconds
+        while True:
+            ready, _, _ = select.select([self.replies], [], [], POLL_SECONDS)
+            if ready:
+                line = self.replies.readline()
+                if not line:
+                    self.process.wait(timeout=5)
+                    raise SandboxError(self.died_message(stage))
+                return line
+            if time.monotonic() > deadline:
+                self.kill()
+                raise SandboxError(
+                    f"timed out after {self.limits.timeout_seconds:g} s while {stage}; the sandbox was stopped"
+                )
+            rss = self.resident_bytes()
+            if rss > self.limits.memory_bytes:
+                self.kill()
+                raise SandboxError(
+                    f"used {rss / 1024**2:.0f} MB of memory while {stage}, over the limit of "
+                    f"{self.limits.memory_bytes / 1024**2:.0f} MB; the sandbox was stopped"
+                )
+
+    def resident_bytes(self) -> int:
+        try:
+            parent = psutil.Process(self.process.pid)
+            family = [parent, *parent.children(recursive=True)]
+            return sum(p.memory_info().rss for p in family)
+        except psutil.NoSuchProcess:
+            return 0
+
+    def died_message(self, stage: str) -> str:
+        code = self.process.poll()
+        tail = self.stderr_tail()
+        if code is not None and code < 0:
+            reason = f"was killed by signal {signal.Signals(-code).name}"
+            if -code == signal.SIGXCPU:
+                reason += f" (CPU time limit of {self.limits.cpu_seconds} s)"
+        else:
+            reason = f"exited with code {code}"
+        return f"the sandbox {reason} while {stage}" + (f": {tail}" if tail else "")
+
+    def stderr_tail(self, limit: int = 800) -> str:
+        try:
+            text = self.stderr_path.read_bytes()[-limit:].decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+        return text.splitlines()[-1] if text else ""
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout=2)
+            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+                pass
+        self.kill()
+        self.replies.close()
+
+
+# --- the child --------------------------------------------------------------
+
+
+def child_main() -> None:
+    """Entry point of the sandbox process: set limits, then serve requests."""
+    replies = os.fdopen(int(os.environ.pop("DROPSCORE_REPLY_FD")), "w", buffering=1)
+    limits = Limits(**json.loads(os.environ.pop("DROPSCORE_LIMITS")))
+    protections = apply_limits(limits)
+    state: dict[str, Any] = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = handle(request, state)
+            reply["ok"] = True
+        except BaseException as exc:  # the package may raise anything, even SystemExit
+            reply = {"ok": False, "error": describe_error(exc, request["cmd"])}
+        if request["cmd"] == "hello":
+            reply["protections"] = protections
+        replies.write(json.dumps(reply, default=str) + "\n")
+
+
+def apply_limits(limits: Limits) -> dict[str, str]:
+    import ctypes
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    protections = {
+        "environment": "bare (no secrets)",
+        "cpu": f"{limits.cpu_seconds} s",
+        "memory": f"{limits.memory_bytes // 1024**2} MB resident (watched by the parent)",
+        "wall clock": f"{limits.timeout_seconds:g} s per request",
+    }
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) == 0:
+        protections["network"] = "cut (own network namespace)"
+    else:
+        protections["network"] = f"not cut: {os.strerror(ctypes.get_errno())}"
+    return protections
+
+
+def handle(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    from scoring import contract
+
+    command = request["cmd"]
+    if command == "hello":
+        return {}
+    if command == "load":
+        import dill
+
+        with open(request["path"], "rb") as file:
+            obj = dill.load(file)
+        package = contract.parse_package(obj)
+        state.update(model=obj["model"], package=package)
+        return {"package": package.to_json()}
+    if command == "score":
+        return {"rows": score_file(state, request["input"], request["output"])}
+    raise ValueError(f"unknown request {command!r}")
+
+
+def score_file(state: dict[str, Any], input_path: str, output_path: str) -> int:
+    import numpy as np
+    import pyarrow as pa
+
+    from scoring import contract
+
+    package = state["package"]
+    with pa.memory_map(input_path, "r") as source:
+        table = pa.ipc.open_file(source).read_all()
+    # Arrow dictionaries become pandas categories: CatBoost scores them ~2x faster than strings.
+    frame = table.select(package.features).to_pandas()
+    scores = contract.score(state["model"], package.method, frame, package.params.get("positive_class"))
+    contract.check_scores(scores, len(frame), package.method)
+    result = pa.table({"score": pa.array(scores.astype(np.float64))})
+    with pa.OSFile(output_path, "wb") as sink, pa.ipc.new_file(sink, result.schema) as writer:
+        writer.write_table(result)
+    return len(frame)
+
+
+def describe_error(exc: BaseException, command: str) -> str:
+    from scoring.contract import ContractError
+
+    if isinstance(exc, ContractError):
+        return str(exc)
+    stage = {"load": "loading", "score": "predicting"}.get(command, command)
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"{text} while {stage}"

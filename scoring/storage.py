@@ -1,0 +1,169 @@
+"""S3 object layout, streaming package upload and download, and per-user quotas.
+
+Keys are made here from the owner's username, the deployment's slug and the
+version number, never from user input: `<username>/<slug>/v<N>.dill`.
+"""
+
+import hashlib
+import contextlib
+from functools import lru_cache
+from typing import BinaryIO
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
+
+from scoring.models import Quota, active_model_count, stored_bytes
+
+PICKLE_PROTOCOLS = range(2, 6)
+READ_BLOCK = 1024 * 1024
+# Multipart parts of 8 MB, two in flight: the upload holds ~16 MB whatever the file size.
+TRANSFER = TransferConfig(multipart_threshold=8 * 1024**2, multipart_chunksize=8 * 1024**2, max_concurrency=2)
+
+
+class StorageError(Exception):
+    """S3 failed or refused; nothing was changed."""
+
+
+class QuotaError(Exception):
+    """An upload would pass a user's quota; nothing was stored."""
+
+
+class NotAPickle(ValueError):
+    pass
+
+
+@lru_cache(maxsize=1)
+def client():
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.S3_ENDPOINT_URL or None,
+        aws_access_key_id=settings.S3_ACCESS_KEY,
+        aws_secret_access_key=settings.S3_SECRET_KEY,
+        region_name=settings.S3_REGION,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+        ),
+    )
+
+
+def ensure_buckets() -> None:
+    s3 = client()
+    for bucket in (settings.MODELS_BUCKET, settings.SCORES_BUCKET):
+        try:
+            s3.head_bucket(Bucket=bucket)
+        except ClientError:
+            s3.create_bucket(Bucket=bucket)
+
+
+def package_key(username: str, slug: str, number: int) -> str:
+    return f"{username}/{slug}/v{number}.dill"
+
+
+def check_pickle_header(head: bytes) -> None:
+    """Refuse at once what cannot be a dill package, before anything is stored."""
+    if not head:
+        raise NotAPickle("the file is empty")
+    if len(head) < 2 or head[0] != 0x80 or head[1] not in PICKLE_PROTOCOLS:
+        raise NotAPickle(
+            "this file is not a pickle: a .dill or .pkl package made with dill.dump starts "
+            "with the pickle header (0x80 and a protocol from 2 to 5)"
+        )
+
+
+def sha256_of(fileobj: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    fileobj.seek(0)
+    while block := fileobj.read(READ_BLOCK):
+        digest.update(block)
+    fileobj.seek(0)
+    return digest.hexdigest()
+
+
+def check_quota(user, size: int, new_model: bool) -> None:
+    quota, _ = Quota.objects.get_or_create(user=user)
+    if size > settings.MAX_PACKAGE_BYTES:
+        raise QuotaError(
+            f"this package is {human_bytes(size)}; the largest allowed is "
+            f"{human_bytes(settings.MAX_PACKAGE_BYTES)}"
+        )
+    if new_model and active_model_count(user) >= quota.max_active_models:
+        raise QuotaError(
+            f"you have {quota.max_active_models} of {quota.max_active_models} active models: "
+            "pause or delete one before deploying another"
+        )
+    used = stored_bytes(user)
+    if used + size > quota.max_bytes:
+        raise QuotaError(
+            f"this package ({human_bytes(size)}) would bring your storage to "
+            f"{human_bytes(used + size)} of {human_bytes(quota.max_bytes)}: delete old versions "
+            "or models first"
+        )
+
+
+def upload(fileobj: BinaryIO, key: str, sha256: str) -> None:
+    """Stream a file to the models bucket in constant memory."""
+    fileobj.seek(0)
+    try:
+        client().upload_fileobj(
+            fileobj, settings.MODELS_BUCKET, key,
+            ExtraArgs={"Metadata": {"sha256": sha256}, "ContentType": "application/octet-stream"},
+            Config=TRANSFER,
+        )
+    except (BotoCoreError, ClientError) as exc:
+        with contextlib.suppress(StorageError):  # a half multipart upload leaves no object
+            delete_objects([key])
+        raise StorageError(f"storage is unavailable ({exc}); nothing was stored, try again") from exc
+
+
+def download(key: str, sha256: str, destination: BinaryIO) -> None:
+    """Fetch a package into `destination` and check it is the file that was uploaded."""
+    try:
+        body = client().get_object(Bucket=settings.MODELS_BUCKET, Key=key)["Body"]
+        digest = hashlib.sha256()
+        while block := body.read(READ_BLOCK):
+            digest.update(block)
+            destination.write(block)
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageError(f"could not read {key} from storage: {exc}") from exc
+    if digest.hexdigest() != sha256:
+        raise StorageError(f"{key} does not match its sha256: the stored object was changed or damaged")
+    destination.flush()
+
+
+def delete_objects(keys: list[str]) -> None:
+    if not keys:
+        return
+    try:
+        client().delete_objects(
+            Bucket=settings.MODELS_BUCKET,
+            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageError(f"storage is unavailable ({exc}); nothing was deleted, try again") from exc
+
+
+def object_exists(key: str) -> bool:
+    try:
+        client().head_object(Bucket=settings.MODELS_BUCKET, Key=key)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            text = f"{value:.0f}" if unit == "B" or value >= 100 else f"{value:.1f}".removesuffix(".0")
+            return f"{text} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"

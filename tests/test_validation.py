@@ -1,0 +1,70 @@
+"""Validation of uploaded packages through the real path: S3, Redis, a Celery worker, a sandbox."""
+
+import io
+
+import pytest
+
+from scoring import deployments
+from scoring.models import PackageVersion, Quota
+from tests import packages
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def deploy_bytes(user, data: bytes, name: str):
+    return deployments.deploy(user, io.BytesIO(data), f"{name}.dill", len(data), name=name)
+
+
+@pytest.mark.parametrize("make, method", [
+    (packages.catboost_package, "predict_proba"),
+    (packages.sklearn_package, "predict_proba"),
+    (packages.function_package, "__call__"),
+])
+def test_a_good_package_becomes_valid_with_what_it_declares(worker, owner, settle, make, method):
+    package = make()
+    version = settle(deploy_bytes(owner, packages.dumps(package), make.__name__))
+
+    assert version.state == PackageVersion.VALID, version.message
+    assert version.package["features"] == package["features"]
+    assert version.package["method"] == method
+    assert version.message.startswith("smoke test: scored 200 rows of slice")
+
+
+def test_package_email_and_schedule_apply_where_the_form_gave_none(worker, owner, settle):
+    version = settle(deploy_bytes(owner, packages.dumps(packages.sklearn_package(email="team@bank.example")), "m"))
+
+    version.deployment.refresh_from_db()
+    assert version.state == PackageVersion.VALID
+    assert version.deployment.schedule == "weekly"
+    assert version.deployment.email == "team@bank.example"
+
+
+def test_unknown_keys_are_kept_and_shown(worker, owner, settle):
+    package = packages.function_package(owner_team="risk", format=2)
+    version = settle(deploy_bytes(owner, packages.dumps(package), "future"))
+
+    assert version.state == PackageVersion.VALID
+    assert version.package["extra_keys"] == {"owner_team": "'risk'"}
+    assert "format 2 is newer" in version.package["warnings"][0]
+
+
+def test_every_bad_package_ends_invalid_with_a_clear_message(worker, owner, settle, tmp_path):
+    Quota.objects.create(user=owner, active_models=100)
+    bad = packages.bad_packages(tmp_path)
+    versions = {name: deploy_bytes(owner, data, f"bad-{i}") for i, (name, (data, _)) in enumerate(bad.items())}
+
+    for name, version in versions.items():
+        settle(version, timeout=120)
+        expected = bad[name][1]
+        assert version.state == PackageVersion.INVALID, f"{name}: {version.message}"
+        assert expected in version.message, f"{name}: {version.message!r} lacks {expected!r}"
+
+
+def test_a_package_runs_without_the_portals_secrets(worker, owner, settle, tmp_path):
+    data, _ = packages.bad_packages(tmp_path)["shell command at load"]
+    settle(deploy_bytes(owner, data, "shell"))
+
+    environment = (tmp_path / "sandbox-env.txt").read_text()
+    assert "HOME=" in environment  # the command did run, inside the sandbox
+    for secret in ("SECRET_KEY", "S3_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "worker-secret"):
+        assert secret not in environment
