@@ -158,6 +158,11 @@ def _check_number(params: dict, key: str, low: float, high: float) -> None:
 
 
 def resolve_method(model: object, requested: str | None) -> str:
+    if isinstance(model, type):
+        raise ContractError(
+            f"model is the class {model.__module__}.{model.__qualname__}, not a fitted model: "
+            "put the fitted instance under 'model'"
+        )
     if requested is not None:
         if not callable(getattr(model, requested, None)):
             raise ContractError(f"params.method is {requested!r} but the model has no {requested}")
@@ -165,7 +170,7 @@ def resolve_method(model: object, requested: str | None) -> str:
     for method in ("predict_proba", "predict"):
         if callable(getattr(model, method, None)):
             return method
-    if callable(model) and not isinstance(model, type):
+    if callable(model):
         return CALL
     raise ContractError(
         f"model has no predict_proba or predict and is not a function "
@@ -222,7 +227,7 @@ def parse_package(obj: object) -> Package:
                 f"classes {classes}"
             )
 
-    meta = obj.get("meta") or {}
+    meta = {} if obj.get("meta") is None else obj["meta"]
     if not isinstance(meta, dict):
         raise ContractError(f"'meta' must be a dict, got {type(meta).__name__}")
 
@@ -251,12 +256,12 @@ def parse_package(obj: object) -> Package:
 def check_reference_scores(scores: object) -> int | None:
     if scores is None:
         return None
-    try:
-        array = np.asarray(scores, dtype="float64")
-    except (TypeError, ValueError):
-        raise ContractError("'reference_scores' must be a list or array of numbers") from None
-    if array.ndim != 1 or array.size == 0:
+    array = np.asarray(scores)
+    if array.dtype.kind not in "iuf" or array.ndim != 1 or array.size == 0:
         raise ContractError("'reference_scores' must be a non-empty one-dimensional list of numbers")
+    non_finite = int((~np.isfinite(array)).sum())
+    if non_finite:
+        raise ContractError(f"'reference_scores' has {non_finite} NaN or infinite values")
     return int(array.size)
 
 

@@ -40,7 +40,9 @@ def check_schedule(schedule: object) -> str:
     try:
         CronSim(schedule, datetime(2000, 1, 1))
     except CronSimError as exc:
-        raise ScheduleError(f"schedule {schedule!r} is not a valid cron expression: {exc}") from None
+        raise ScheduleError(
+            f"schedule {schedule!r} is not a valid cron expression: {exc}"
+        ) from None
     return schedule
 
 
@@ -50,7 +52,9 @@ def check_timezone(name: object) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"unknown time zone {name!r}: use an IANA name such as 'Europe/London'") from None
+        raise ScheduleError(
+            f"unknown time zone {name!r}: use an IANA name such as 'Europe/London'"
+        ) from None
     return name
 
 
@@ -58,12 +62,20 @@ def next_runs(schedule: str, timezone: str, after: datetime, count: int = 1) -> 
     """The next `count` fire times strictly after `after`, in UTC.
 
     Cron fields are read in the deployment's own time zone (a daily 06:00 job stays
-    at 06:00 local across DST changes); cronsim skips a time that a spring-forward
-    gap removes and fires once in an autumn overlap.
+    at 06:00 local across DST changes). Like cron, cronsim fires a time that a
+    spring-forward gap removes right after the gap, so a daily job still runs that
+    day, and fires once in an autumn overlap. cronsim ignores `fold`, so from an
+    instant in the second pass of an overlap it can answer a time before `after`:
+    those are skipped.
     """
     local_after = after.astimezone(ZoneInfo(timezone))
     iterator = CronSim(to_cron(schedule), local_after)
-    return [next(iterator).astimezone(UTC) for _ in range(count)]
+    runs: list[datetime] = []
+    while len(runs) < count:
+        run = next(iterator).astimezone(UTC)
+        if run > after:
+            runs.append(run)
+    return runs
 
 
 def describe(schedule: str) -> str:

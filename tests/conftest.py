@@ -51,6 +51,22 @@ def s3_server(state_dir):
     service.stop()
 
 
+@pytest.fixture
+def bucket(s3_server, celery_app_configured):
+    """The models bucket, empty at the start of the test; returns a lister of its keys.
+
+    Validation messages go to this session's queue, which only the `worker` fixture reads.
+    """
+    from scoring import storage
+
+    def keys(prefix: str = "") -> list[str]:
+        listing = storage.client().list_objects_v2(Bucket=settings.MODELS_BUCKET, Prefix=prefix)
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+
+    storage.delete_objects(keys())
+    return keys
+
+
 @pytest.fixture(scope="session")
 def redis_url(state_dir):
     if services.redis_reachable(settings.REDIS_URL):

@@ -43,7 +43,7 @@ class DeploymentDetailSerializer(DeploymentSerializer):
 class UploadSerializer(serializers.Serializer):
     """POST /api/v1/models/: a package file and optional settings (they override the package's)."""
 
-    file = serializers.FileField()
+    file = serializers.FileField(allow_empty_file=True)  # deploy() says "the file is empty"
     name = serializers.CharField(required=False, allow_blank=True)
     email = serializers.CharField(required=False, allow_blank=True)
     schedule = serializers.CharField(required=False, allow_blank=True)

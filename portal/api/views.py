@@ -31,10 +31,10 @@ class DeploymentViewSet(viewsets.GenericViewSet):
 
     @extend_schema(request={"multipart/form-data": UploadSerializer}, responses={201: DeploymentDetailSerializer})
     def create(self, request):
+        form = UploadSerializer(data=request.data)  # parses the upload
         upload_error = getattr(request, "upload_error", None)
         if upload_error:
             raise DeployError(upload_error)
-        form = UploadSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         file = form.validated_data["file"]
         version = deployments.deploy(
