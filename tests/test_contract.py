@@ -436,7 +436,7 @@ def test_it_checks_the_name_inside_a_package():
     )
 
 
-@pytest.mark.parametrize("email", ["ann@bank.example", "risk.team+scores@mail.bank.co.uk"])
+@pytest.mark.parametrize("email", ["ann@bank.example", "risk.team+scores@mail.bank.co.uk", "demo@localhost"])
 def test_it_accepts_a_single_address(email):
     assert check_email(f" {email} ") == email
 
@@ -448,7 +448,7 @@ def test_it_accepts_a_single_address(email):
     "ann@bank.example, eve@evil.example",
     "Ann <ann@bank.example>",
     "ann@",
-    "ann@bank",
+    "ann@-bank",
 ])
 def test_it_refuses_an_address_that_is_not_single_and_plain(email):
     assert refusal(check_email, email) == f"email {email!r} is not a single valid address"

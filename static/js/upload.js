@@ -27,6 +27,7 @@
     rows.innerHTML = data.rows;
     rows.dataset.pending = data.pending;
     if (quota) quota.textContent = data.quota;
+    if (!data.pending) progress.classList.remove("shown");  // validation is over: the row says how it went
     return data.pending;
   }
 

