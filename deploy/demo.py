@@ -82,7 +82,8 @@ def make_demo_package(path: Path, customers: int = 20_000) -> dict:
     train = daily_slice(customers_base(customers, seed=99), date.today() - timedelta(days=60))
     labels = churn_labels(train)
     model = CatBoostClassifier(iterations=200, depth=6, learning_rate=0.1, verbose=False, random_seed=0,
-                               cat_features=[c for c in MODEL_FEATURES if c in CATEGORICAL])
+                               cat_features=[c for c in MODEL_FEATURES if c in CATEGORICAL],
+                               allow_writing_files=False)
     model.fit(train[MODEL_FEATURES], labels)
     scores = model.predict_proba(train[MODEL_FEATURES])[:, 1]
     return save_package(

@@ -10,7 +10,7 @@ import hashlib
 from django.conf import settings
 from django.core.files.uploadhandler import StopUpload, TemporaryFileUploadHandler
 
-from scoring.storage import NotAPickle, check_pickle_header
+from scoring.storage import NotAPickle, check_pickle_header, human_bytes
 
 
 class LimitedTemporaryFileUploadHandler(TemporaryFileUploadHandler):
@@ -28,8 +28,8 @@ class LimitedTemporaryFileUploadHandler(TemporaryFileUploadHandler):
                 raise StopUpload(connection_reset=False) from None
         self.received += len(raw_data)
         if self.received > settings.MAX_PACKAGE_BYTES:
-            limit_mb = settings.MAX_PACKAGE_BYTES // 1024**2
-            self.request.upload_error = f"the file is larger than the limit of {limit_mb} MB"
+            limit = human_bytes(settings.MAX_PACKAGE_BYTES)
+            self.request.upload_error = f"the file is larger than the limit of {limit}"
             raise StopUpload(connection_reset=False)
         self.digest.update(raw_data)
         return super().receive_data_chunk(raw_data, start)

@@ -66,8 +66,8 @@ def models_status(request: HttpRequest) -> JsonResponse:
 @require_POST
 def upload(request: HttpRequest) -> JsonResponse:
     """The drop zone posts here; answers JSON for the page's script."""
+    file = request.FILES.get("file")  # parses the upload; the handler may set upload_error
     error = getattr(request, "upload_error", None)
-    file = request.FILES.get("file")
     if error or file is None:
         return JsonResponse({"error": error or "choose a .dill or .pkl package file to upload"}, status=400)
     schedule = request.POST.get("cron") if request.POST.get("schedule") == "custom" else request.POST.get("schedule")

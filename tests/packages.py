@@ -57,7 +57,7 @@ def catboost_package(**extra) -> dict:
 
     frame = feature_frame(2000, seed=42)
     model = CatBoostClassifier(iterations=30, depth=4, verbose=False, random_seed=0, thread_count=1,
-                               cat_features=CATEGORICAL)
+                               cat_features=CATEGORICAL, allow_writing_files=False)
     model.fit(frame[FEATURES], churn_labels(frame))
     return {"model": model, "features": FEATURES, "meta": {"author": "alice", "gini_oot": 0.42}, **extra}
 

@@ -1,7 +1,6 @@
 """The server-rendered portal through Django's test client: pages, drop zone, actions, access."""
 
 import io
-import os
 from datetime import datetime
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
@@ -81,14 +80,8 @@ def deployment(alice) -> Deployment:
 
 
 @pytest.fixture(scope="module")
-def catboost_bytes(tmp_path_factory) -> bytes:
-    """Fitted in a temporary folder: CatBoost writes its catboost_info/ to the working directory."""
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("catboost"))
-    try:
-        return packages.dumps(packages.catboost_package())
-    finally:
-        os.chdir(cwd)
+def catboost_bytes() -> bytes:
+    return packages.dumps(packages.catboost_package())
 
 
 # --- login ---------------------------------------------------------------------
@@ -227,8 +220,6 @@ def test_it_cuts_off_an_upload_over_the_size_limit(browser, bucket, settings):
     assert bucket() == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: portal/uploads.py:32 floors the limit to whole MB, "
-                                       "so a 64 KB limit is reported as 'the limit of 0 MB'")
 def test_it_states_a_limit_under_one_megabyte_as_it_is(browser, settings):
     settings.MAX_PACKAGE_BYTES = 64 * 1024
     response = upload(browser, packages.dumps(packages.function_package()) + b"\0" * 200_000)
@@ -237,11 +228,6 @@ def test_it_states_a_limit_under_one_megabyte_as_it_is(browser, settings):
     assert "64 KB" in response.json()["error"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: portal/views.py:69 reads request.upload_error before request.FILES parses the body, "
-    "so when no middleware read request.POST first (a client without CSRF enforcement, a "
-    "csrf_exempt caller) the upload handler's message is lost and the user is told to choose "
-    "a file"))
 @pytest.mark.parametrize("data, message", [
     (b"not a pickle at all", "this file is not a pickle"),
     (b"\x80\x04" + b"\0" * (1024**2 + 100_000), "the file is larger than the limit of 1 MB"),
