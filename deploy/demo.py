@@ -12,7 +12,12 @@ import numpy as np
 import pandas as pd
 
 NUMERIC = [f"num_{i:02d}" for i in range(44)] + [
-    "age", "tenure_months", "monthly_spend", "calls_last_30d", "late_payments", "support_tickets",
+    "age",
+    "tenure_months",
+    "monthly_spend",
+    "calls_last_30d",
+    "late_payments",
+    "support_tickets",
 ]
 CATEGORICAL = {
     "region": ["north", "south", "east", "west", "central"],
@@ -20,8 +25,21 @@ CATEGORICAL = {
     "channel": ["web", "store", "partner"],
     "device": ["android", "ios", "other"],
 }
-MODEL_FEATURES = ["age", "tenure_months", "monthly_spend", "calls_last_30d", "late_payments",
-                  "support_tickets", "num_00", "num_01", "num_02", "num_03", "region", "plan", "channel"]
+MODEL_FEATURES = [
+    "age",
+    "tenure_months",
+    "monthly_spend",
+    "calls_last_30d",
+    "late_payments",
+    "support_tickets",
+    "num_00",
+    "num_01",
+    "num_02",
+    "num_03",
+    "region",
+    "plan",
+    "channel",
+]
 
 
 def customers_base(customers: int, seed: int = 7) -> pd.DataFrame:
@@ -53,13 +71,21 @@ def daily_slice(base: pd.DataFrame, day: date, drift: float = 0.0) -> pd.DataFra
 
 def churn_labels(frame: pd.DataFrame, seed: int = 11) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    logit = (-2.0 + 0.5 * frame["late_payments"] - 0.015 * frame["tenure_months"]
-             + 0.008 * frame["monthly_spend"] + 0.3 * (frame["plan"] == "basic")
-             + 0.2 * (frame["channel"] == "partner") + 0.1 * frame["num_00"])
+    logit = (
+        -2.0
+        + 0.5 * frame["late_payments"]
+        - 0.015 * frame["tenure_months"]
+        + 0.008 * frame["monthly_spend"]
+        + 0.3 * (frame["plan"] == "basic")
+        + 0.2 * (frame["channel"] == "partner")
+        + 0.1 * frame["num_00"]
+    )
     return (rng.random(len(frame)) < 1 / (1 + np.exp(-logit.to_numpy()))).astype("int8")
 
 
-def make_feature_table(root: Path, customers: int = 100_000, days: int = 30, today: date | None = None) -> list[date]:
+def make_feature_table(
+    root: Path, customers: int = 100_000, days: int = 30, today: date | None = None
+) -> list[date]:
     """Write the slices that are missing; returns the dates of all slices."""
     today = today or date.today()
     base = customers_base(customers)
@@ -81,17 +107,29 @@ def make_demo_package(path: Path, customers: int = 20_000) -> dict:
 
     train = daily_slice(customers_base(customers, seed=99), date.today() - timedelta(days=60))
     labels = churn_labels(train)
-    model = CatBoostClassifier(iterations=200, depth=6, learning_rate=0.1, verbose=False, random_seed=0,
-                               cat_features=[c for c in MODEL_FEATURES if c in CATEGORICAL],
-                               allow_writing_files=False)
+    model = CatBoostClassifier(
+        iterations=200,
+        depth=6,
+        learning_rate=0.1,
+        verbose=False,
+        random_seed=0,
+        cat_features=[c for c in MODEL_FEATURES if c in CATEGORICAL],
+        allow_writing_files=False,
+    )
     model.fit(train[MODEL_FEATURES], labels)
     scores = model.predict_proba(train[MODEL_FEATURES])[:, 1]
     return save_package(
-        str(path), model, MODEL_FEATURES,
+        str(path),
+        model,
+        MODEL_FEATURES,
         name="churn-demo",
         schedule="daily",
         params={"positive_class": 1},
-        meta={"author": "demo", "algorithm": "CatBoost 200 trees, depth 6",
-              "training_rows": customers, "target": "churn in 30 days"},
+        meta={
+            "author": "demo",
+            "algorithm": "CatBoost 200 trees, depth 6",
+            "training_rows": customers,
+            "target": "churn in 30 days",
+        },
         reference_scores=np.round(scores, 6).tolist(),
     )

@@ -44,12 +44,17 @@ def main() -> int:
     env = {"FEATURES_URI": os.environ.get("FEATURES_URI", str(STATE / "features"))}
     try:
         s3_url = os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:8333")
-        access, secret = os.environ.get("S3_ACCESS_KEY", "dropscore"), os.environ.get("S3_SECRET_KEY", "dropscore-secret")
+        access, secret = (
+            os.environ.get("S3_ACCESS_KEY", "dropscore"),
+            os.environ.get("S3_SECRET_KEY", "dropscore-secret"),
+        )
         if services.s3_ready(s3_url, access, secret):
             say(f"using the S3 server at {s3_url}")
         else:
             say("starting SeaweedFS (S3) ...")
-            s3 = services.start_seaweedfs(STATE, access, secret, s3_port=urlparse(s3_url).port or 8333)
+            s3 = services.start_seaweedfs(
+                STATE, access, secret, s3_port=urlparse(s3_url).port or 8333
+            )
             started.append(s3)
             say(f"SeaweedFS S3 on {s3.url} (log {s3.log})")
         env["S3_ENDPOINT_URL"] = s3_url
@@ -86,19 +91,31 @@ def main() -> int:
 
         python = sys.executable
         processes.append(services.celery("worker", env, STATE / "worker.log", "-c", "2"))
-        processes.append(services.celery("beat", env, STATE / "beat.log", "-s", str(STATE / "celerybeat-schedule")))
+        processes.append(
+            services.celery(
+                "beat", env, STATE / "beat.log", "-s", str(STATE / "celerybeat-schedule")
+            )
+        )
         with open(STATE / "web.log", "ab") as log:
-            web = subprocess.Popen([python, "manage.py", "runserver", f"127.0.0.1:{PORT}", "--noreload"],
-                                   cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+            web = subprocess.Popen(
+                [python, "manage.py", "runserver", f"127.0.0.1:{PORT}", "--noreload"],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         processes.append(web)
         wait_for_web()
-        print(f"""
+        print(
+            f"""
   Dropscore is running: http://127.0.0.1:{PORT}/
   Log in as   {DEMO_USER} / {password}
   Drag this demo package onto "My models":
               {package}
   Logs in {STATE}/ (web.log, worker.log, beat.log). Ctrl-C stops everything.
-""", flush=True)
+""",
+            flush=True,
+        )
         while all(p.poll() is None for p in processes):
             time.sleep(1)
         say("a process stopped; see the logs in .dropscore/")

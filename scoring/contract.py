@@ -23,8 +23,15 @@ from scoring.schedules import ScheduleError, check_schedule
 
 FORMAT = 1
 KNOWN_KEYS = (
-    "model", "features", "name", "email", "schedule",
-    "params", "meta", "reference_scores", "format",
+    "model",
+    "features",
+    "name",
+    "email",
+    "schedule",
+    "params",
+    "meta",
+    "reference_scores",
+    "format",
 )
 METHODS = ("predict_proba", "predict", "decision_function")
 CALL = "__call__"  # the method name recorded for a plain callable
@@ -44,8 +51,10 @@ MAX_NAME_LENGTH = 100
 MAX_FEATURES = 10_000
 # One address, no display name: anything with a line break or a comma is refused,
 # so a package can never smuggle extra mail headers or recipients.
-EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 class ContractError(ValueError):
@@ -144,15 +153,25 @@ def check_params(params: object) -> tuple[dict[str, Any], list[str]]:
 
 def _check_int(params: dict, key: str, low: int, high: int) -> None:
     value = params[key]
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
-        raise ContractError(f"params.{key} must be a whole number from {low} to {high}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not low <= value <= high
+    ):
+        raise ContractError(
+            f"params.{key} must be a whole number from {low} to {high}, got {value!r}"
+        )
     params[key] = int(value)
 
 
 def _check_number(params: dict, key: str, low: float, high: float) -> None:
     value = params[key]
-    if (isinstance(value, bool) or not isinstance(value, int | float | np.number)
-            or not math.isfinite(value) or not low <= value <= high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float | np.number)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise ContractError(f"params.{key} must be a number from {low} to {high}, got {value!r}")
     params[key] = float(value)
 
@@ -173,8 +192,7 @@ def resolve_method(model: object, requested: str | None) -> str:
     if callable(model):
         return CALL
     raise ContractError(
-        f"model has no predict_proba or predict and is not a function "
-        f"(it is a {type_name(model)})"
+        f"model has no predict_proba or predict and is not a function (it is a {type_name(model)})"
     )
 
 
@@ -203,7 +221,9 @@ def parse_package(obj: object) -> Package:
     if non_text:
         raise ContractError(f"package keys must be text, got {non_text[0]!r}")
     if "model" not in obj:
-        raise ContractError("'model' is missing: put the fitted model, pipeline or function under 'model'")
+        raise ContractError(
+            "'model' is missing: put the fitted model, pipeline or function under 'model'"
+        )
     if "features" not in obj:
         raise ContractError("'features' is missing: list the column names the model consumes")
     features = check_features(obj["features"])
@@ -213,8 +233,11 @@ def parse_package(obj: object) -> Package:
         raise ContractError(f"'format' must be a whole number from 1, got {version!r}")
     params, warnings = check_params(obj.get("params"))
     if version > FORMAT:
-        warnings.insert(0, f"format {version} is newer than this portal's {FORMAT}: "
-                           "keys it does not know are kept and ignored")
+        warnings.insert(
+            0,
+            f"format {version} is newer than this portal's {FORMAT}: "
+            "keys it does not know are kept and ignored",
+        )
 
     model = obj["model"]
     method = resolve_method(model, params["method"])
@@ -258,7 +281,9 @@ def check_reference_scores(scores: object) -> int | None:
         return None
     array = np.asarray(scores)
     if array.dtype.kind not in "iuf" or array.ndim != 1 or array.size == 0:
-        raise ContractError("'reference_scores' must be a non-empty one-dimensional list of numbers")
+        raise ContractError(
+            "'reference_scores' must be a non-empty one-dimensional list of numbers"
+        )
     non_finite = int((~np.isfinite(array)).sum())
     if non_finite:
         raise ContractError(f"'reference_scores' has {non_finite} NaN or infinite values")
@@ -274,7 +299,9 @@ def score(model: object, method: str, frame: Any, positive_class: Any = None) ->
     out = np.asarray(raw)
     if method == "predict_proba":
         if out.ndim != 2:
-            raise ContractError(f"predict_proba returned shape {out.shape}; expected (rows, classes)")
+            raise ContractError(
+                f"predict_proba returned shape {out.shape}; expected (rows, classes)"
+            )
         classes = model_classes(model)
         column = out.shape[1] - 1
         if positive_class is not None and classes is not None:
@@ -287,7 +314,9 @@ def score(model: object, method: str, frame: Any, positive_class: Any = None) ->
     try:
         return out.astype("float64", copy=False)
     except (TypeError, ValueError):
-        raise ContractError(f"{method} returned values that are not numbers ({out.dtype})") from None
+        raise ContractError(
+            f"{method} returned values that are not numbers ({out.dtype})"
+        ) from None
 
 
 def check_scores(scores: np.ndarray, rows: int, method: str) -> None:

@@ -66,10 +66,14 @@ def deploy(
         with transaction.atomic():
             # One upload at a time per user: quotas and version numbers cannot race.
             Quota.objects.select_for_update().get_or_create(user=user)
-            deployment = Deployment.objects.select_for_update().filter(owner=user, slug=slug).first()
+            deployment = (
+                Deployment.objects.select_for_update().filter(owner=user, slug=slug).first()
+            )
             latest = deployment.versions.order_by("-number").first() if deployment else None
             if latest and latest.sha256 == sha256:
-                raise DeployError(f"this file is the same as the current version v{latest.number} of {deployment.name}")
+                raise DeployError(
+                    f"this file is the same as the current version v{latest.number} of {deployment.name}"
+                )
             storage.check_quota(user, size, new_model=deployment is None)
             if deployment is None:
                 deployment = Deployment(owner=user, name=name, slug=slug, email=user.email or "")
@@ -116,7 +120,9 @@ def discard_object(key: str) -> None:
         log.exception("could not remove %s after a failed upload", key)
 
 
-def update(deployment: Deployment, email=None, schedule=None, timezone=None, status=None) -> Deployment:
+def update(
+    deployment: Deployment, email=None, schedule=None, timezone=None, status=None
+) -> Deployment:
     fields = clean_settings(email, schedule, timezone)
     with transaction.atomic():
         deployment = Deployment.objects.select_for_update().get(id=deployment.id)

@@ -29,7 +29,9 @@ class ParquetSource:
     @cached_property
     def filesystem_and_root(self) -> tuple[fs.FileSystem, str]:
         if self.uri.startswith("s3://"):
-            return fs.S3FileSystem(**(self.s3_options or {})), self.uri.removeprefix("s3://").rstrip("/")
+            return fs.S3FileSystem(**(self.s3_options or {})), self.uri.removeprefix(
+                "s3://"
+            ).rstrip("/")
         return fs.LocalFileSystem(), self.uri.rstrip("/")
 
     def slices(self) -> list[date]:
@@ -51,14 +53,18 @@ class ParquetSource:
     def latest_slice(self, on_or_before: date) -> date:
         candidates = [d for d in self.slices() if d <= on_or_before]
         if not candidates:
-            raise FeatureSourceError(f"the feature source {self.uri} has no slice on or before {on_or_before}")
+            raise FeatureSourceError(
+                f"the feature source {self.uri} has no slice on or before {on_or_before}"
+            )
         return candidates[-1]
 
     def files(self, slice_date: date) -> list[str]:
         filesystem, root = self.filesystem_and_root
         folder = f"{root}/{self.date_column}={slice_date.isoformat()}"
         entries = filesystem.get_file_info(fs.FileSelector(folder, recursive=True))
-        return sorted(e.path for e in entries if e.type == fs.FileType.File and e.path.endswith(".parquet"))
+        return sorted(
+            e.path for e in entries if e.type == fs.FileType.File and e.path.endswith(".parquet")
+        )
 
     def columns(self, slice_date: date) -> list[str]:
         filesystem, _ = self.filesystem_and_root
@@ -71,7 +77,9 @@ class ParquetSource:
         available = set(self.columns(slice_date))
         return [c for c in columns if c not in available]
 
-    def batches(self, slice_date: date, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, slice_date: date, columns: list[str], batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
         """Stream the slice's projected columns in batches of at most batch_rows."""
         filesystem, _ = self.filesystem_and_root
         for path in self.files(slice_date):

@@ -1,8 +1,8 @@
 from django.conf import settings
 from django.db import models
 from django.db.models import Q, Sum
-from django.utils.timezone import now
 from django.utils.text import slugify
+from django.utils.timezone import now
 
 from scoring import schedules
 
@@ -14,7 +14,9 @@ class Deployment(models.Model):
     PAUSED = "paused"
     STATUSES = [(ACTIVE, "active"), (PAUSED, "paused")]
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deployments")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deployments"
+    )
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=100)
     email = models.EmailField(blank=True, help_text="Where reports and error emails go.")
@@ -25,7 +27,9 @@ class Deployment(models.Model):
     created_at = models.DateTimeField(default=now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["owner", "slug"], name="unique_slug_per_owner")]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "slug"], name="unique_slug_per_owner")
+        ]
         ordering = ["name"]
 
     def __str__(self) -> str:
@@ -66,7 +70,9 @@ class PackageVersion(models.Model):
     uploaded_at = models.DateTimeField(default=now)
     state = models.CharField(max_length=10, choices=STATES, default=PENDING)
     message = models.TextField(blank=True)
-    package = models.JSONField(default=dict, blank=True, help_text="What validation read from the package.")
+    package = models.JSONField(
+        default=dict, blank=True, help_text="What validation read from the package."
+    )
     # Values the upload form gave; the package's own email/schedule apply only where these are blank.
     form_email = models.CharField(max_length=254, blank=True)
     form_schedule = models.CharField(max_length=100, blank=True)
@@ -86,7 +92,9 @@ class PackageVersion(models.Model):
 class Quota(models.Model):
     """Per-user overrides of the default quotas; blank means the site default."""
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="quota")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="quota"
+    )
     active_models = models.PositiveIntegerField(null=True, blank=True)
     bytes = models.BigIntegerField(null=True, blank=True)
 
@@ -107,9 +115,14 @@ def active_model_count(user) -> int:
 
 
 def stored_bytes(user) -> int:
-    return PackageVersion.objects.filter(deployment__owner=user).aggregate(total=Sum("size"))["total"] or 0
+    return (
+        PackageVersion.objects.filter(deployment__owner=user).aggregate(total=Sum("size"))["total"]
+        or 0
+    )
 
 
 def stale_validations(older_than):
     """Versions still pending whose validation message may have been lost."""
-    return PackageVersion.objects.filter(Q(state=PackageVersion.PENDING), validation_queued_at__lt=older_than)
+    return PackageVersion.objects.filter(
+        Q(state=PackageVersion.PENDING), validation_queued_at__lt=older_than
+    )

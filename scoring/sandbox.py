@@ -98,7 +98,9 @@ class Sandbox:
 
     def score(self, input_path: Path, output_path: Path) -> int:
         """Score an Arrow IPC file of features; the scores are written to output_path."""
-        reply = self.request({"cmd": "score", "input": str(input_path), "output": str(output_path)}, "scoring")
+        reply = self.request(
+            {"cmd": "score", "input": str(input_path), "output": str(output_path)}, "scoring"
+        )
         return reply["rows"]
 
     def request(self, message: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -257,7 +259,9 @@ def score_file(state: dict[str, Any], input_path: str, output_path: str) -> int:
         table = pa.ipc.open_file(source).read_all()
     # Arrow dictionaries become pandas categories: CatBoost scores them ~2x faster than strings.
     frame = table.select(package.features).to_pandas()
-    scores = contract.score(state["model"], package.method, frame, package.params.get("positive_class"))
+    scores = contract.score(
+        state["model"], package.method, frame, package.params.get("positive_class")
+    )
     contract.check_scores(scores, len(frame), package.method)
     result = pa.table({"score": pa.array(scores.astype(np.float64))})
     with pa.OSFile(output_path, "wb") as sink, pa.ipc.new_file(sink, result.schema) as writer:

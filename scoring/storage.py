@@ -4,8 +4,8 @@ Keys are made here from the owner's username, the deployment's slug and the
 version number, never from user input: `<username>/<slug>/v<N>.dill`.
 """
 
-import hashlib
 import contextlib
+import hashlib
 from functools import lru_cache
 from typing import BinaryIO
 
@@ -20,7 +20,9 @@ from scoring.models import Quota, active_model_count, stored_bytes
 PICKLE_PROTOCOLS = range(2, 6)
 READ_BLOCK = 1024 * 1024
 # Multipart parts of 8 MB, two in flight: the upload holds ~16 MB whatever the file size.
-TRANSFER = TransferConfig(multipart_threshold=8 * 1024**2, multipart_chunksize=8 * 1024**2, max_concurrency=2)
+TRANSFER = TransferConfig(
+    multipart_threshold=8 * 1024**2, multipart_chunksize=8 * 1024**2, max_concurrency=2
+)
 
 
 class StorageError(Exception):
@@ -112,14 +114,18 @@ def upload(fileobj: BinaryIO, key: str, sha256: str) -> None:
     fileobj.seek(0)
     try:
         client().upload_fileobj(
-            fileobj, settings.MODELS_BUCKET, key,
+            fileobj,
+            settings.MODELS_BUCKET,
+            key,
             ExtraArgs={"Metadata": {"sha256": sha256}, "ContentType": "application/octet-stream"},
             Config=TRANSFER,
         )
     except (BotoCoreError, ClientError) as exc:
         with contextlib.suppress(StorageError):  # a half multipart upload leaves no object
             delete_objects([key])
-        raise StorageError(f"storage is unavailable ({exc}); nothing was stored, try again") from exc
+        raise StorageError(
+            f"storage is unavailable ({exc}); nothing was stored, try again"
+        ) from exc
 
 
 def download(key: str, sha256: str, destination: BinaryIO) -> None:
@@ -133,7 +139,9 @@ def download(key: str, sha256: str, destination: BinaryIO) -> None:
     except (BotoCoreError, ClientError) as exc:
         raise StorageError(f"could not read {key} from storage: {exc}") from exc
     if digest.hexdigest() != sha256:
-        raise StorageError(f"{key} does not match its sha256: the stored object was changed or damaged")
+        raise StorageError(
+            f"{key} does not match its sha256: the stored object was changed or damaged"
+        )
     destination.flush()
 
 
@@ -146,7 +154,9 @@ def delete_objects(keys: list[str]) -> None:
             Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
         )
     except (BotoCoreError, ClientError) as exc:
-        raise StorageError(f"storage is unavailable ({exc}); nothing was deleted, try again") from exc
+        raise StorageError(
+            f"storage is unavailable ({exc}); nothing was deleted, try again"
+        ) from exc
 
 
 def object_exists(key: str) -> bool:
@@ -163,7 +173,9 @@ def human_bytes(size: int) -> str:
     value = float(size)
     for unit in ("B", "KB", "MB", "GB"):
         if value < 1024 or unit == "GB":
-            text = f"{value:.0f}" if unit == "B" or value >= 100 else f"{value:.1f}".removesuffix(".0")
+            text = (
+                f"{value:.0f}" if unit == "B" or value >= 100 else f"{value:.1f}".removesuffix(".0")
+            )
             return f"{text} {unit}"
         value /= 1024
     return f"{value:.1f} TB"

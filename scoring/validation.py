@@ -67,7 +67,10 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
             )
         sample = source.sample(slice_date, package["features"], settings.SMOKE_SAMPLE_ROWS)
         sample_path, scores_path = workdir / "sample.arrow", workdir / "scores.arrow"
-        with pa.OSFile(str(sample_path), "wb") as sink, pa.ipc.new_file(sink, sample.schema) as writer:
+        with (
+            pa.OSFile(str(sample_path), "wb") as sink,
+            pa.ipc.new_file(sink, sample.schema) as writer,
+        ):
             writer.write_table(sample)
         rows = sandbox.score(sample_path, scores_path)
     return package, f"smoke test: scored {rows} rows of slice {slice_date}"

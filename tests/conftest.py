@@ -98,7 +98,9 @@ def celery_app_configured(redis_url):
 
 
 @pytest.fixture(scope="session")
-def worker(django_db_setup, django_db_blocker, s3_server, celery_app_configured, feature_table, state_dir):
+def worker(
+    django_db_setup, django_db_blocker, s3_server, celery_app_configured, feature_table, state_dir
+):
     """A real Celery worker process on the test database, S3 server and Redis."""
     from django.db import connection
 
@@ -116,8 +118,19 @@ def worker(django_db_setup, django_db_blocker, s3_server, celery_app_configured,
     }
     hostname = f"{queue}@localhost"
     log = state_dir / "worker.log"
-    process = services.celery("worker", env, log, "-Q", queue, "-n", hostname, "-c", "2", "--without-gossip",
-                              "--without-mingle")
+    process = services.celery(
+        "worker",
+        env,
+        log,
+        "-Q",
+        queue,
+        "-n",
+        hostname,
+        "-c",
+        "2",
+        "--without-gossip",
+        "--without-mingle",
+    )
     deadline = time.monotonic() + 60
     while not (app.control.inspect(destination=[hostname], timeout=1).ping() or {}):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -195,5 +208,7 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
     if os.environ.get("CI") and skipped and session.exitstatus == 0:
-        reporter.write_line(f"CI: {len(skipped)} tests were skipped; on CI nothing may be skipped.", red=True)
+        reporter.write_line(
+            f"CI: {len(skipped)} tests were skipped; on CI nothing may be skipped.", red=True
+        )
         session.exitstatus = 1

@@ -18,22 +18,29 @@ PLANS = ["basic", "plus", "premium"]
 
 def feature_frame(rows: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "entity_id": np.arange(rows, dtype="int64"),
-        "age": rng.integers(18, 80, rows).astype("float64"),
-        "tenure_months": rng.integers(0, 120, rows).astype("float64"),
-        "monthly_spend": rng.gamma(2.0, 30.0, rows),
-        "calls_last_30d": rng.poisson(12, rows).astype("float64"),
-        "late_payments": rng.poisson(0.5, rows).astype("float64"),
-        "region": pd.Categorical(rng.choice(REGIONS, rows), categories=REGIONS),
-        "plan": pd.Categorical(rng.choice(PLANS, rows), categories=PLANS),
-    })
+    return pd.DataFrame(
+        {
+            "entity_id": np.arange(rows, dtype="int64"),
+            "age": rng.integers(18, 80, rows).astype("float64"),
+            "tenure_months": rng.integers(0, 120, rows).astype("float64"),
+            "monthly_spend": rng.gamma(2.0, 30.0, rows),
+            "calls_last_30d": rng.poisson(12, rows).astype("float64"),
+            "late_payments": rng.poisson(0.5, rows).astype("float64"),
+            "region": pd.Categorical(rng.choice(REGIONS, rows), categories=REGIONS),
+            "plan": pd.Categorical(rng.choice(PLANS, rows), categories=PLANS),
+        }
+    )
 
 
 def churn_labels(frame: pd.DataFrame, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    logit = (-1.5 + 0.04 * frame["late_payments"] * 10 - 0.02 * frame["tenure_months"]
-             + 0.01 * frame["monthly_spend"] + (frame["plan"] == "basic") * 0.8)
+    logit = (
+        -1.5
+        + 0.04 * frame["late_payments"] * 10
+        - 0.02 * frame["tenure_months"]
+        + 0.01 * frame["monthly_spend"]
+        + (frame["plan"] == "basic") * 0.8
+    )
     return (rng.random(len(frame)) < 1 / (1 + np.exp(-logit))).astype(int)
 
 
@@ -56,10 +63,22 @@ def catboost_package(**extra) -> dict:
     from catboost import CatBoostClassifier
 
     frame = feature_frame(2000, seed=42)
-    model = CatBoostClassifier(iterations=30, depth=4, verbose=False, random_seed=0, thread_count=1,
-                               cat_features=CATEGORICAL, allow_writing_files=False)
+    model = CatBoostClassifier(
+        iterations=30,
+        depth=4,
+        verbose=False,
+        random_seed=0,
+        thread_count=1,
+        cat_features=CATEGORICAL,
+        allow_writing_files=False,
+    )
     model.fit(frame[FEATURES], churn_labels(frame))
-    return {"model": model, "features": FEATURES, "meta": {"author": "alice", "gini_oot": 0.42}, **extra}
+    return {
+        "model": model,
+        "features": FEATURES,
+        "meta": {"author": "alice", "gini_oot": 0.42},
+        **extra,
+    }
 
 
 def sklearn_package(**extra) -> dict:
@@ -69,13 +88,20 @@ def sklearn_package(**extra) -> dict:
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     frame = feature_frame(2000, seed=7)
-    pipeline = Pipeline([
-        ("prep", ColumnTransformer([
-            ("num", StandardScaler(), NUMERIC),
-            ("cat", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
-        ])),
-        ("clf", LogisticRegression(max_iter=500)),
-    ])
+    pipeline = Pipeline(
+        [
+            (
+                "prep",
+                ColumnTransformer(
+                    [
+                        ("num", StandardScaler(), NUMERIC),
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
+                    ]
+                ),
+            ),
+            ("clf", LogisticRegression(max_iter=500)),
+        ]
+    )
     pipeline.fit(frame[FEATURES], churn_labels(frame))
     return {"model": pipeline, "features": FEATURES, "schedule": "weekly", **extra}
 
@@ -143,40 +169,97 @@ def bad_packages(marker_dir: Path) -> dict[str, tuple[bytes, str]]:
     shell = f"env > {marker_dir}/sandbox-env.txt"
     return {
         "truncated": (good[: len(good) // 2], "while loading"),
-        "not a dict": (dumps([1, 2, 3]), "the package must be a dict with 'model' and 'features', got a builtins.list"),
+        "not a dict": (
+            dumps([1, 2, 3]),
+            "the package must be a dict with 'model' and 'features', got a builtins.list",
+        ),
         "missing model": (dumps({"features": features}), "'model' is missing"),
         "missing features": (dumps({"model": Proba(0.5)}), "'features' is missing"),
-        "empty features": (dumps({"model": Proba(0.5), "features": []}),
-                           "'features' must be a non-empty list of column names"),
-        "features not a list": (dumps({"model": Proba(0.5), "features": "age"}),
-                                "'features' must be a non-empty list of column names"),
-        "duplicate features": (dumps({"model": Proba(0.5), "features": ["age", "age"]}),
-                               "'features' has duplicate column names: age"),
-        "no predict": (dumps({"model": NoPredict(), "features": features}), "model has no predict_proba or predict"),
-        "shell command at load": (dumps({"model": RunsAtLoad(os.system, shell), "features": features}),
-                                  "model has no predict_proba or predict and is not a function (it is a builtins.int)"),
-        "sleeps forever at load": (dumps({"model": RunsAtLoad(time.sleep, 3600), "features": features}),
-                                   "timed out after"),
-        "exits at load": (dumps({"model": RunsAtLoad(exit, 3), "features": features}), "SystemExit: 3 while loading"),
+        "empty features": (
+            dumps({"model": Proba(0.5), "features": []}),
+            "'features' must be a non-empty list of column names",
+        ),
+        "features not a list": (
+            dumps({"model": Proba(0.5), "features": "age"}),
+            "'features' must be a non-empty list of column names",
+        ),
+        "duplicate features": (
+            dumps({"model": Proba(0.5), "features": ["age", "age"]}),
+            "'features' has duplicate column names: age",
+        ),
+        "no predict": (
+            dumps({"model": NoPredict(), "features": features}),
+            "model has no predict_proba or predict",
+        ),
+        "shell command at load": (
+            dumps({"model": RunsAtLoad(os.system, shell), "features": features}),
+            "model has no predict_proba or predict and is not a function (it is a builtins.int)",
+        ),
+        "sleeps forever at load": (
+            dumps({"model": RunsAtLoad(time.sleep, 3600), "features": features}),
+            "timed out after",
+        ),
+        "exits at load": (
+            dumps({"model": RunsAtLoad(exit, 3), "features": features}),
+            "SystemExit: 3 while loading",
+        ),
         "notebook global missing": (
-            dumps({"model": without_global("def model(frame):\n    return np.ones(len(frame))\n", "model"),
-                   "features": features}),
-            "NameError: name 'np' is not defined while predicting"),
-        "path traversal name": (dumps({"model": Proba(0.5), "features": features, "name": "../../etc/passwd"}),
-                                "must not contain '/', '\\' or '..'"),
-        "bad cron": (dumps({"model": Proba(0.5), "features": features, "schedule": "61 * * * *"}),
-                     "is not a valid cron expression"),
+            dumps(
+                {
+                    "model": without_global(
+                        "def model(frame):\n    return np.ones(len(frame))\n", "model"
+                    ),
+                    "features": features,
+                }
+            ),
+            "NameError: name 'np' is not defined while predicting",
+        ),
+        "path traversal name": (
+            dumps({"model": Proba(0.5), "features": features, "name": "../../etc/passwd"}),
+            "must not contain '/', '\\' or '..'",
+        ),
+        "bad cron": (
+            dumps({"model": Proba(0.5), "features": features, "schedule": "61 * * * *"}),
+            "is not a valid cron expression",
+        ),
         "header injection email": (
-            dumps({"model": Proba(0.5), "features": features, "email": "a@bank.example\nBcc: all@evil.example"}),
-            "is not a single valid address"),
-        "missing method": (dumps({"model": Proba(0.5), "features": features, "params": {"method": "decision_function"}}),
-                           "params.method is 'decision_function' but the model has no decision_function"),
-        "bad format": (dumps({"model": Proba(0.5), "features": features, "format": "two"}),
-                       "'format' must be a whole number"),
-        "NaN output": (dumps(function_returning("np.full(len(frame), np.nan)")), "NaN or infinite scores"),
-        "wrong length output": (dumps(function_returning("np.ones(3)")), "the model returned 3 scores for"),
-        "out of range probability": (dumps({"model": Proba(1.5), "features": features}),
-                                     "predict_proba returned values outside [0, 1]"),
-        "features not in the source": (dumps({"model": Proba(0.5), "features": ["age", "income", "zip"]}),
-                                       "2 features are missing from the feature source"),
+            dumps(
+                {
+                    "model": Proba(0.5),
+                    "features": features,
+                    "email": "a@bank.example\nBcc: all@evil.example",
+                }
+            ),
+            "is not a single valid address",
+        ),
+        "missing method": (
+            dumps(
+                {
+                    "model": Proba(0.5),
+                    "features": features,
+                    "params": {"method": "decision_function"},
+                }
+            ),
+            "params.method is 'decision_function' but the model has no decision_function",
+        ),
+        "bad format": (
+            dumps({"model": Proba(0.5), "features": features, "format": "two"}),
+            "'format' must be a whole number",
+        ),
+        "NaN output": (
+            dumps(function_returning("np.full(len(frame), np.nan)")),
+            "NaN or infinite scores",
+        ),
+        "wrong length output": (
+            dumps(function_returning("np.ones(3)")),
+            "the model returned 3 scores for",
+        ),
+        "out of range probability": (
+            dumps({"model": Proba(1.5), "features": features}),
+            "predict_proba returned values outside [0, 1]",
+        ),
+        "features not in the source": (
+            dumps({"model": Proba(0.5), "features": ["age", "income", "zip"]}),
+            "2 features are missing from the feature source",
+        ),
     }

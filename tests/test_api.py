@@ -23,10 +23,16 @@ def named_file(data: bytes, name: str) -> io.BytesIO:
 
 
 def test_it_deploys_a_package_and_answers_with_the_deployment(api):
-    response = api.post("/api/v1/models/", {
-        "file": named_file(packages.dumps(packages.function_package()), "spend.dill"),
-        "email": "alice@bank.example", "schedule": "30 5 * * 1-5", "timezone": "Europe/London",
-    }, format="multipart")
+    response = api.post(
+        "/api/v1/models/",
+        {
+            "file": named_file(packages.dumps(packages.function_package()), "spend.dill"),
+            "email": "alice@bank.example",
+            "schedule": "30 5 * * 1-5",
+            "timezone": "Europe/London",
+        },
+        format="multipart",
+    )
 
     assert response.status_code == 201, response.json()
     body = response.json()
@@ -49,14 +55,17 @@ def test_the_same_name_makes_a_new_version(api):
     assert [v["number"] for v in response.json()["versions"]] == [2, 1]
 
 
-@pytest.mark.parametrize("data, fields, message", [
-    (b"not a pickle at all", {}, "this file is not a pickle"),
-    (b"", {}, "the file is empty"),
-    (None, {"name": "../secrets"}, "must not contain '/'"),
-    (None, {"schedule": "every minute"}, "neither a preset"),
-    (None, {"email": "a@b.example\nBcc: c@d.example"}, "not a single valid address"),
-    (None, {"timezone": "Nowhere/Land"}, "unknown time zone"),
-])
+@pytest.mark.parametrize(
+    "data, fields, message",
+    [
+        (b"not a pickle at all", {}, "this file is not a pickle"),
+        (b"", {}, "the file is empty"),
+        (None, {"name": "../secrets"}, "must not contain '/'"),
+        (None, {"schedule": "every minute"}, "neither a preset"),
+        (None, {"email": "a@b.example\nBcc: c@d.example"}, "not a single valid address"),
+        (None, {"timezone": "Nowhere/Land"}, "unknown time zone"),
+    ],
+)
 def test_bad_uploads_get_a_json_message_and_change_nothing(api, bucket, data, fields, message):
     response = upload(api, data, **fields)
 
@@ -86,8 +95,11 @@ def test_it_lists_reads_updates_and_deletes_a_deployment(api, bucket):
     assert [d["name"] for d in api.get("/api/v1/models/").json()] == ["churn"]
     assert api.get(f"/api/v1/models/{deployment_id}/").json()["name"] == "churn"
 
-    patched = api.patch(f"/api/v1/models/{deployment_id}/", {"status": "paused", "schedule": "weekly",
-                                                              "email": "risk@bank.example"}, format="json")
+    patched = api.patch(
+        f"/api/v1/models/{deployment_id}/",
+        {"status": "paused", "schedule": "weekly", "email": "risk@bank.example"},
+        format="json",
+    )
     assert patched.status_code == 200
     assert (patched.json()["status"], patched.json()["schedule"]) == ("paused", "weekly")
     assert patched.json()["next_run_at"] is None
@@ -101,11 +113,14 @@ def test_it_lists_reads_updates_and_deletes_a_deployment(api, bucket):
     assert bucket() == []
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"schedule": "61 * * * *"}, "not a valid cron expression"),
-    ({"status": "running"}, "status:"),
-    ({"email": "not-an-email"}, "not a single valid address"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"schedule": "61 * * * *"}, "not a valid cron expression"),
+        ({"status": "running"}, "status:"),
+        ({"email": "not-an-email"}, "not a single valid address"),
+    ],
+)
 def test_a_bad_patch_is_a_400_with_a_message(api, body, message):
     deployment_id = upload(api).json()["id"]
     response = api.patch(f"/api/v1/models/{deployment_id}/", body, format="json")
@@ -131,8 +146,12 @@ def test_another_users_deployment_is_a_404_for_every_method(api, outsider_api):
 
     assert outsider_api.get("/api/v1/models/").json() == []
     assert outsider_api.get(f"/api/v1/models/{deployment_id}/").status_code == 404
-    assert outsider_api.patch(f"/api/v1/models/{deployment_id}/", {"status": "paused"},
-                              format="json").status_code == 404
+    assert (
+        outsider_api.patch(
+            f"/api/v1/models/{deployment_id}/", {"status": "paused"}, format="json"
+        ).status_code
+        == 404
+    )
     assert outsider_api.delete(f"/api/v1/models/{deployment_id}/").status_code == 404
 
     # The same name makes the outsider a model of their own, not a version of Alice's.
@@ -154,7 +173,9 @@ def test_the_web_process_never_unpickles_an_upload(api, tmp_path):
     """An audit hook sees every global a pickle resolves in this process: there must be none."""
     resolved = []
     listening = True
-    sys.addaudithook(lambda event, args: listening and event == "pickle.find_class" and resolved.append(args))
+    sys.addaudithook(
+        lambda event, args: listening and event == "pickle.find_class" and resolved.append(args)
+    )
     data, _ = packages.bad_packages(tmp_path)["shell command at load"]
     try:
         response = upload(api, data, name="shell")
@@ -173,7 +194,10 @@ def test_the_openapi_schema_describes_the_endpoints(api):
     schema = response.json()
     assert schema["openapi"].startswith("3.")
     assert {"/api/v1/models/", "/api/v1/models/{id}/", "/api/v1/status/"} <= set(schema["paths"])
-    assert "multipart/form-data" in schema["paths"]["/api/v1/models/"]["post"]["requestBody"]["content"]
+    assert (
+        "multipart/form-data"
+        in schema["paths"]["/api/v1/models/"]["post"]["requestBody"]["content"]
+    )
 
 
 def test_status_reports_each_part(api, worker):

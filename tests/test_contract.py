@@ -97,11 +97,14 @@ def test_its_result_is_plain_json():
     assert json.loads(json.dumps(parsed.to_json()))["meta"] == {"author": "ana"}
 
 
-@pytest.mark.parametrize("obj, shown", [
-    ([1, 2], "builtins.list"),
-    ("model", "builtins.str"),
-    (CLASSIFIER, "sklearn.linear_model._logistic.LogisticRegression"),
-])
+@pytest.mark.parametrize(
+    "obj, shown",
+    [
+        ([1, 2], "builtins.list"),
+        ("model", "builtins.str"),
+        (CLASSIFIER, "sklearn.linear_model._logistic.LogisticRegression"),
+    ],
+)
 def test_it_refuses_a_package_that_is_not_a_dict(obj, shown):
     assert refusal(parse_package, obj) == (
         f"the package must be a dict with 'model' and 'features', got a {shown}"
@@ -129,9 +132,16 @@ def test_it_refuses_a_package_without_features():
 NOT_A_LIST = "'features' must be a non-empty list of column names"
 
 
-@pytest.mark.parametrize("features, shown", [
-    ("a,b", "str"), (b"ab", "bytes"), ({"a": 1}, "dict"), (None, "NoneType"), (5, "int"),
-])
+@pytest.mark.parametrize(
+    "features, shown",
+    [
+        ("a,b", "str"),
+        (b"ab", "bytes"),
+        ({"a": 1}, "dict"),
+        (None, "NoneType"),
+        (5, "int"),
+    ],
+)
 def test_it_refuses_features_that_are_not_a_list(features, shown):
     assert refusal(parse_package, package(features=features)) == f"{NOT_A_LIST}, got {shown}"
 
@@ -140,9 +150,14 @@ def test_it_refuses_empty_features():
     assert refusal(parse_package, package(features=[])) == NOT_A_LIST
 
 
-@pytest.mark.parametrize("features, shown", [
-    (["a", 1, None], "1, None"), (["a", ""], "''"), (["a", "  "], "'  '"),
-])
+@pytest.mark.parametrize(
+    "features, shown",
+    [
+        (["a", 1, None], "1, None"),
+        (["a", ""], "''"),
+        (["a", "  "], "'  '"),
+    ],
+)
 def test_it_refuses_features_that_are_not_names(features, shown):
     assert refusal(parse_package, package(features=features)) == (
         f"{NOT_A_LIST}; these are not: {shown}"
@@ -208,17 +223,20 @@ def test_it_refuses_an_unknown_method():
     )
 
 
-@pytest.mark.parametrize("key, value, low, high", [
-    ("chunk_rows", 999, 1000, 10_000_000),
-    ("chunk_rows", 10_000_001, 1000, 10_000_000),
-    ("chunk_rows", 5000.0, 1000, 10_000_000),
-    ("chunk_rows", "5000", 1000, 10_000_000),
-    ("chunk_rows", True, 1000, 10_000_000),
-    ("max_attempts", 0, 1, 20),
-    ("max_attempts", 21, 1, 20),
-    ("max_attempts", 2.5, 1, 20),
-    ("max_attempts", True, 1, 20),
-])
+@pytest.mark.parametrize(
+    "key, value, low, high",
+    [
+        ("chunk_rows", 999, 1000, 10_000_000),
+        ("chunk_rows", 10_000_001, 1000, 10_000_000),
+        ("chunk_rows", 5000.0, 1000, 10_000_000),
+        ("chunk_rows", "5000", 1000, 10_000_000),
+        ("chunk_rows", True, 1000, 10_000_000),
+        ("max_attempts", 0, 1, 20),
+        ("max_attempts", 21, 1, 20),
+        ("max_attempts", 2.5, 1, 20),
+        ("max_attempts", True, 1, 20),
+    ],
+)
 def test_it_refuses_whole_number_params_out_of_range_or_of_the_wrong_type(key, value, low, high):
     assert refusal(check_params, {key: value}) == (
         f"params.{key} must be a whole number from {low} to {high}, got {value!r}"
@@ -232,9 +250,15 @@ def test_it_refuses_a_retry_delay_out_of_range_or_of_the_wrong_type(value):
     )
 
 
-@pytest.mark.parametrize("key, value", [
-    ("chunk_rows", 1000), ("chunk_rows", 10_000_000), ("max_attempts", 1), ("max_attempts", 20),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("chunk_rows", 1000),
+        ("chunk_rows", 10_000_000),
+        ("max_attempts", 1),
+        ("max_attempts", 20),
+    ],
+)
 def test_it_accepts_whole_number_params_at_their_bounds(key, value):
     assert check_params({key: value})[0][key] == value
 
@@ -265,10 +289,15 @@ def test_it_refuses_adversarial_warn_above_adversarial_alert():
     )
 
 
-@pytest.mark.parametrize("key, value", [
-    ("psi_warn", -0.1), ("psi_alert", 11), ("adversarial_alert", float("nan")),
-    ("adversarial_warn", "0.6"),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("psi_warn", -0.1),
+        ("psi_alert", 11),
+        ("adversarial_alert", float("nan")),
+        ("adversarial_warn", "0.6"),
+    ],
+)
 def test_it_refuses_thresholds_out_of_range(key, value):
     assert refusal(check_params, {key: value}) == (
         f"params.{key} must be a number from 0 to 10, got {value!r}"
@@ -374,34 +403,62 @@ def test_it_makes_meta_json_able():
             return "<opaque>"
 
     meta = {
-        "gini": np.float64(0.61), "rows": np.int64(5), "ok": np.bool_(True),
-        "nan": float("nan"), "inf": np.float64("inf"), "who": Opaque(),
-        "window": ("2024-01", "2024-06"), 7: {"nested": [np.int32(1), None]},
+        "gini": np.float64(0.61),
+        "rows": np.int64(5),
+        "ok": np.bool_(True),
+        "nan": float("nan"),
+        "inf": np.float64("inf"),
+        "who": Opaque(),
+        "window": ("2024-01", "2024-06"),
+        7: {"nested": [np.int32(1), None]},
     }
 
     shown = parse_package(package(meta=meta)).meta
 
     assert shown == {
-        "gini": 0.61, "rows": 5, "ok": True, "nan": "nan", "inf": "inf", "who": "<opaque>",
-        "window": ["2024-01", "2024-06"], "7": {"nested": [1, None]},
+        "gini": 0.61,
+        "rows": 5,
+        "ok": True,
+        "nan": "nan",
+        "inf": "inf",
+        "who": "<opaque>",
+        "window": ["2024-01", "2024-06"],
+        "7": {"nested": [1, None]},
     }
     assert type(shown["gini"]) is float and type(shown["rows"]) is int
     json.dumps(shown, allow_nan=False)
 
 
-@pytest.mark.parametrize("schedule, kept", [
-    ("daily", "daily"), (" Weekly ", "weekly"), ("0  6 * * 1-5", "0 6 * * 1-5"),
-])
+@pytest.mark.parametrize(
+    "schedule, kept",
+    [
+        ("daily", "daily"),
+        (" Weekly ", "weekly"),
+        ("0  6 * * 1-5", "0 6 * * 1-5"),
+    ],
+)
 def test_it_keeps_a_schedule_normalized(schedule, kept):
     assert parse_package(package(schedule=schedule)).schedule == kept
 
 
-@pytest.mark.parametrize("schedule, message", [
-    ("61 * * * *", "'schedule': schedule '61 * * * *' is not a valid cron expression: Bad minute"),
-    ("hourly", "'schedule': schedule 'hourly' is neither a preset (daily, weekly, monthly) "
-               "nor a 5-field cron expression (minute hour day month weekday)"),
-    ("", "'schedule': schedule must be 'daily', 'weekly', 'monthly' or a 5-field cron expression"),
-])
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        (
+            "61 * * * *",
+            "'schedule': schedule '61 * * * *' is not a valid cron expression: Bad minute",
+        ),
+        (
+            "hourly",
+            "'schedule': schedule 'hourly' is neither a preset (daily, weekly, monthly) "
+            "nor a 5-field cron expression (minute hour day month weekday)",
+        ),
+        (
+            "",
+            "'schedule': schedule must be 'daily', 'weekly', 'monthly' or a 5-field cron expression",
+        ),
+    ],
+)
 def test_it_refuses_a_bad_schedule_under_its_key(schedule, message):
     assert refusal(parse_package, package(schedule=schedule)) == message
 
@@ -411,20 +468,23 @@ def test_it_accepts_names(name):
     assert check_name(name) == name.strip()
 
 
-@pytest.mark.parametrize("name, message", [
-    ("", "name must not be empty"),
-    ("   ", "name must not be empty"),
-    ("x" * 101, "name must be at most 100 characters"),
-    ("a/b", "name 'a/b' must not contain '/', '\\' or '..'"),
-    ("a\\b", "name 'a\\\\b' must not contain '/', '\\' or '..'"),
-    ("..", "name '..' must not contain '/', '\\' or '..'"),
-    ("v1..v2", "name 'v1..v2' must not contain '/', '\\' or '..'"),
-    ("a\x00b", "name must not contain control characters"),
-    ("a\nb", "name must not contain control characters"),
-    ("a\u200bb", "name must not contain control characters"),
-    ("- _ -", "name '- _ -' must contain at least one letter or digit"),
-    (5, "name must be text, got int"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("", "name must not be empty"),
+        ("   ", "name must not be empty"),
+        ("x" * 101, "name must be at most 100 characters"),
+        ("a/b", "name 'a/b' must not contain '/', '\\' or '..'"),
+        ("a\\b", "name 'a\\\\b' must not contain '/', '\\' or '..'"),
+        ("..", "name '..' must not contain '/', '\\' or '..'"),
+        ("v1..v2", "name 'v1..v2' must not contain '/', '\\' or '..'"),
+        ("a\x00b", "name must not contain control characters"),
+        ("a\nb", "name must not contain control characters"),
+        ("a\u200bb", "name must not contain control characters"),
+        ("- _ -", "name '- _ -' must contain at least one letter or digit"),
+        (5, "name must be text, got int"),
+    ],
+)
 def test_it_refuses_bad_names(name, message):
     assert refusal(check_name, name) == message
 
@@ -436,20 +496,25 @@ def test_it_checks_the_name_inside_a_package():
     )
 
 
-@pytest.mark.parametrize("email", ["ann@bank.example", "risk.team+scores@mail.bank.co.uk", "demo@localhost"])
+@pytest.mark.parametrize(
+    "email", ["ann@bank.example", "risk.team+scores@mail.bank.co.uk", "demo@localhost"]
+)
 def test_it_accepts_a_single_address(email):
     assert check_email(f" {email} ") == email
 
 
-@pytest.mark.parametrize("email", [
-    "annbank.example",
-    "ann@bank.example\nBcc: eve@evil.example",
-    "ann@bank.example\r\nBcc: eve@evil.example",
-    "ann@bank.example, eve@evil.example",
-    "Ann <ann@bank.example>",
-    "ann@",
-    "ann@-bank",
-])
+@pytest.mark.parametrize(
+    "email",
+    [
+        "annbank.example",
+        "ann@bank.example\nBcc: eve@evil.example",
+        "ann@bank.example\r\nBcc: eve@evil.example",
+        "ann@bank.example, eve@evil.example",
+        "Ann <ann@bank.example>",
+        "ann@",
+        "ann@-bank",
+    ],
+)
 def test_it_refuses_an_address_that_is_not_single_and_plain(email):
     assert refusal(check_email, email) == f"email {email!r} is not a single valid address"
 

@@ -36,9 +36,14 @@ def local_dates(runs, timezone=LONDON) -> list[date]:
 # --- presets and validation -------------------------------------------------
 
 
-@pytest.mark.parametrize("preset, cron", [
-    ("daily", "0 6 * * *"), ("weekly", "0 6 * * 1"), ("monthly", "0 6 1 * *"),
-])
+@pytest.mark.parametrize(
+    "preset, cron",
+    [
+        ("daily", "0 6 * * *"),
+        ("weekly", "0 6 * * 1"),
+        ("monthly", "0 6 1 * *"),
+    ],
+)
 def test_it_maps_presets_to_cron(preset, cron):
     assert PRESETS[preset] == cron
     assert to_cron(preset) == cron
@@ -50,14 +55,17 @@ def test_it_leaves_a_cron_expression_as_it_is():
     assert describe("15 2 * * *") == "cron 15 2 * * *"
 
 
-@pytest.mark.parametrize("schedule, normalized", [
-    ("daily", "daily"),
-    ("  Weekly\n", "weekly"),
-    ("MONTHLY", "monthly"),
-    ("0 6 * * *", "0 6 * * *"),
-    ("  0   6\t* *  MON-FRI ", "0 6 * * mon-fri"),
-    ("*/15 * * * *", "*/15 * * * *"),
-])
+@pytest.mark.parametrize(
+    "schedule, normalized",
+    [
+        ("daily", "daily"),
+        ("  Weekly\n", "weekly"),
+        ("MONTHLY", "monthly"),
+        ("0 6 * * *", "0 6 * * *"),
+        ("  0   6\t* *  MON-FRI ", "0 6 * * mon-fri"),
+        ("*/15 * * * *", "*/15 * * * *"),
+    ],
+)
 def test_it_normalizes_whitespace_and_case(schedule, normalized):
     assert check_schedule(schedule) == normalized
 
@@ -70,14 +78,17 @@ def test_it_refuses_anything_but_a_preset_or_five_fields(schedule):
     )
 
 
-@pytest.mark.parametrize("schedule, problem", [
-    ("60 * * * *", "Bad minute"),
-    ("* 24 * * *", "Bad hour"),
-    ("* * 32 * *", "Bad day-of-month"),
-    ("* * 0 * *", "Bad day-of-month"),
-    ("* * * 13 *", "Bad month"),
-    ("* * * * 8", "Bad day-of-week"),
-])
+@pytest.mark.parametrize(
+    "schedule, problem",
+    [
+        ("60 * * * *", "Bad minute"),
+        ("* 24 * * *", "Bad hour"),
+        ("* * 32 * *", "Bad day-of-month"),
+        ("* * 0 * *", "Bad day-of-month"),
+        ("* * * 13 *", "Bad month"),
+        ("* * * * 8", "Bad day-of-week"),
+    ],
+)
 def test_it_refuses_out_of_range_fields_with_the_message(schedule, problem):
     assert refusal(check_schedule, schedule) == (
         f"schedule {schedule!r} is not a valid cron expression: {problem}"
@@ -116,7 +127,8 @@ def test_it_refuses_an_empty_time_zone(name):
 
 def test_a_daily_job_runs_at_0600_utc_after_a_given_instant():
     assert next_runs("daily", "UTC", utc(2026, 1, 15, 7, 0), count=2) == [
-        utc(2026, 1, 16, 6, 0), utc(2026, 1, 17, 6, 0),
+        utc(2026, 1, 16, 6, 0),
+        utc(2026, 1, 17, 6, 0),
     ]
     assert next_runs("daily", "UTC", utc(2026, 1, 15, 5, 59, 59, 999)) == [utc(2026, 1, 15, 6, 0)]
 
@@ -162,14 +174,17 @@ def assert_increasing_and_after(runs, after, count):
     assert all(earlier < later for earlier, later in zip(runs, runs[1:], strict=False))
 
 
-@pytest.mark.parametrize("schedule, timezone, after", [
-    ("daily", "UTC", utc(2026, 1, 1)),
-    ("weekly", LONDON, utc(2026, 3, 20)),
-    ("*/30 * * * *", LONDON, utc(2026, 3, 28, 23, 0)),  # across the spring gap
-    ("*/30 * * * *", LONDON, utc(2026, 10, 24, 23, 0)),  # across the autumn overlap
-    ("0 * * * *", LONDON, utc(2026, 10, 25, 0, 15)),  # 01:15 BST, in the overlap
-    ("30 1 * * *", "America/New_York", utc(2026, 3, 1)),
-])
+@pytest.mark.parametrize(
+    "schedule, timezone, after",
+    [
+        ("daily", "UTC", utc(2026, 1, 1)),
+        ("weekly", LONDON, utc(2026, 3, 20)),
+        ("*/30 * * * *", LONDON, utc(2026, 3, 28, 23, 0)),  # across the spring gap
+        ("*/30 * * * *", LONDON, utc(2026, 10, 24, 23, 0)),  # across the autumn overlap
+        ("0 * * * *", LONDON, utc(2026, 10, 25, 0, 15)),  # 01:15 BST, in the overlap
+        ("30 1 * * *", "America/New_York", utc(2026, 3, 1)),
+    ],
+)
 def test_it_returns_count_increasing_utc_times_strictly_after_after(schedule, timezone, after):
     assert_increasing_and_after(next_runs(schedule, timezone, after, count=10), after, 10)
 

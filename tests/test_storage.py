@@ -63,32 +63,45 @@ def test_a_download_checks_the_hash(owner, tmp_path):
         storage.download(version.key, version.sha256, out)
     assert (tmp_path / "ok.dill").read_bytes() == package_bytes()
 
-    storage.client().put_object(Bucket=settings.MODELS_BUCKET, Key=version.key, Body=b"\x80\x04tampered")
-    with open(tmp_path / "bad.dill", "wb") as out, pytest.raises(storage.StorageError, match="does not match its sha256"):
+    storage.client().put_object(
+        Bucket=settings.MODELS_BUCKET, Key=version.key, Body=b"\x80\x04tampered"
+    )
+    with (
+        open(tmp_path / "bad.dill", "wb") as out,
+        pytest.raises(storage.StorageError, match="does not match its sha256"),
+    ):
         storage.download(version.key, version.sha256, out)
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "the file is empty"),
-    (b"PK\x03\x04 a zip file", "this file is not a pickle"),
-    (b"\x80\x09", "this file is not a pickle"),
-])
-def test_a_file_that_is_not_a_pickle_is_refused_before_anything_is_stored(owner, data, message, bucket):
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "the file is empty"),
+        (b"PK\x03\x04 a zip file", "this file is not a pickle"),
+        (b"\x80\x09", "this file is not a pickle"),
+    ],
+)
+def test_a_file_that_is_not_a_pickle_is_refused_before_anything_is_stored(
+    owner, data, message, bucket
+):
     with pytest.raises(DeployError, match=message):
         deploy(owner, data)
     assert bucket() == []
     assert not Deployment.objects.exists()
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("name", "../../etc/passwd", "must not contain '/'"),
-    ("name", "..", "must not contain"),
-    ("name", "   ", "name must not be empty"),
-    ("email", "ops@bank.example\r\nBcc: everyone@evil.example", "not a single valid address"),
-    ("schedule", "every day", "neither a preset"),
-    ("schedule", "0 25 * * *", "not a valid cron expression"),
-    ("timezone", "Mars/Olympus", "unknown time zone"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("name", "../../etc/passwd", "must not contain '/'"),
+        ("name", "..", "must not contain"),
+        ("name", "   ", "name must not be empty"),
+        ("email", "ops@bank.example\r\nBcc: everyone@evil.example", "not a single valid address"),
+        ("schedule", "every day", "neither a preset"),
+        ("schedule", "0 25 * * *", "not a valid cron expression"),
+        ("timezone", "Mars/Olympus", "unknown time zone"),
+    ],
+)
 def test_bad_settings_are_refused_before_anything_is_stored(owner, field, value, message, bucket):
     kwargs = {"name": "churn", field: value}
     with pytest.raises(DeployError, match=message):
@@ -114,7 +127,9 @@ def test_the_active_model_quota_is_checked_before_storing(owner, bucket):
         deployments.update(Deployment.objects.get(name="b"), status=Deployment.ACTIVE)
 
 
-def test_the_byte_quota_and_the_package_size_limit_are_checked_before_storing(owner, settings, bucket):
+def test_the_byte_quota_and_the_package_size_limit_are_checked_before_storing(
+    owner, settings, bucket
+):
     data = package_bytes()
     Quota.objects.create(user=owner, bytes=len(data) * 2 - 1)
     deploy(owner, data, name="a")

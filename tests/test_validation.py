@@ -15,11 +15,14 @@ def deploy_bytes(user, data: bytes, name: str):
     return deployments.deploy(user, io.BytesIO(data), f"{name}.dill", len(data), name=name)
 
 
-@pytest.mark.parametrize("make, method", [
-    (packages.catboost_package, "predict_proba"),
-    (packages.sklearn_package, "predict_proba"),
-    (packages.function_package, "__call__"),
-])
+@pytest.mark.parametrize(
+    "make, method",
+    [
+        (packages.catboost_package, "predict_proba"),
+        (packages.sklearn_package, "predict_proba"),
+        (packages.function_package, "__call__"),
+    ],
+)
 def test_a_good_package_becomes_valid_with_what_it_declares(worker, owner, settle, make, method):
     package = make()
     version = settle(deploy_bytes(owner, packages.dumps(package), make.__name__))
@@ -31,7 +34,11 @@ def test_a_good_package_becomes_valid_with_what_it_declares(worker, owner, settl
 
 
 def test_package_email_and_schedule_apply_where_the_form_gave_none(worker, owner, settle):
-    version = settle(deploy_bytes(owner, packages.dumps(packages.sklearn_package(email="team@bank.example")), "m"))
+    version = settle(
+        deploy_bytes(
+            owner, packages.dumps(packages.sklearn_package(email="team@bank.example")), "m"
+        )
+    )
 
     version.deployment.refresh_from_db()
     assert version.state == PackageVersion.VALID
@@ -51,7 +58,10 @@ def test_unknown_keys_are_kept_and_shown(worker, owner, settle):
 def test_every_bad_package_ends_invalid_with_a_clear_message(worker, owner, settle, tmp_path):
     Quota.objects.create(user=owner, active_models=100)
     bad = packages.bad_packages(tmp_path)
-    versions = {name: deploy_bytes(owner, data, f"bad-{i}") for i, (name, (data, _)) in enumerate(bad.items())}
+    versions = {
+        name: deploy_bytes(owner, data, f"bad-{i}")
+        for i, (name, (data, _)) in enumerate(bad.items())
+    }
 
     for name, version in versions.items():
         settle(version, timeout=120)

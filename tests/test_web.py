@@ -46,8 +46,15 @@ def logged_in(user) -> Client:
 def snapshot(deployment_id: int) -> tuple:
     deployment = Deployment.objects.get(id=deployment_id)
     versions = list(deployment.versions.values_list("number", "sha256"))
-    return (deployment.name, deployment.status, deployment.email, deployment.schedule,
-            deployment.timezone, deployment.next_run_at, versions)
+    return (
+        deployment.name,
+        deployment.status,
+        deployment.email,
+        deployment.schedule,
+        deployment.timezone,
+        deployment.next_run_at,
+        versions,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -87,18 +94,21 @@ def catboost_bytes() -> bytes:
 # --- login ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, path", [
-    ("get", "/"),
-    ("get", "/models/status/"),
-    ("get", "/models/1/"),
-    ("get", "/token/"),
-    ("get", "/help/"),
-    ("get", "/schedule-preview/?schedule=daily"),
-    ("post", "/models/upload/"),
-    ("post", "/models/1/pause/"),
-    ("post", "/models/1/delete/"),
-    ("post", "/token/"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("get", "/"),
+        ("get", "/models/status/"),
+        ("get", "/models/1/"),
+        ("get", "/token/"),
+        ("get", "/help/"),
+        ("get", "/schedule-preview/?schedule=daily"),
+        ("post", "/models/upload/"),
+        ("post", "/models/1/pause/"),
+        ("post", "/models/1/delete/"),
+        ("post", "/token/"),
+    ],
+)
 def test_it_sends_an_anonymous_user_to_the_login_page(client, method, path):
     response = getattr(client, method)(path)
 
@@ -109,8 +119,9 @@ def test_it_sends_an_anonymous_user_to_the_login_page(client, method, path):
 
 
 def test_it_lands_on_my_models_after_a_login_with_the_right_password(client, owner):
-    response = client.post("/login/", {"username": "alice", "password": "alice-password-123"},
-                           follow=True)
+    response = client.post(
+        "/login/", {"username": "alice", "password": "alice-password-123"}, follow=True
+    )
 
     assert response.redirect_chain[-1] == ("/", 302)
     assert response.status_code == 200
@@ -155,14 +166,24 @@ def test_it_shows_the_uploaded_model_row_and_the_quota_it_uses(alice):
 
 
 def test_it_deploys_a_package_dropped_on_the_page(alice, owner, bucket):
-    response = upload(alice, filename="churn.dill", email="risk@bank.example", schedule="custom",
-                      cron="30 5 * * 1-5", timezone="Europe/London")
+    response = upload(
+        alice,
+        filename="churn.dill",
+        email="risk@bank.example",
+        schedule="custom",
+        cron="30 5 * * 1-5",
+        timezone="Europe/London",
+    )
 
     assert response.status_code == 201, response.content
     deployment = Deployment.objects.get()
     assert response.json() == {"deployment": deployment.id, "name": "churn", "version": 1}
     assert (deployment.owner, deployment.email, deployment.schedule, deployment.timezone) == (
-        owner, "risk@bank.example", "30 5 * * 1-5", "Europe/London")
+        owner,
+        "risk@bank.example",
+        "30 5 * * 1-5",
+        "Europe/London",
+    )
     assert deployment.next_run_at is not None
     assert bucket() == ["alice/churn/v1.dill"]
 
@@ -177,18 +198,30 @@ def test_it_makes_version_2_when_the_same_name_is_uploaded_again(alice, bucket):
     assert bucket() == ["alice/churn/v1.dill", "alice/churn/v2.dill"]
 
 
-@pytest.mark.parametrize("data, fields, message", [
-    (b"not a pickle at all", {}, "this file is not a pickle"),
-    (b"", {}, "the file is empty"),
-    (None, {"schedule": "custom", "cron": "61 * * * *"}, "is not a valid cron expression"),
-    (None, {"schedule": "hourly"}, "is neither a preset"),
-    (None, {"email": "a@bank.example\nBcc: all@evil.example"}, "is not a single valid address"),
-    (None, {"name": "../../etc/passwd"}, "must not contain '/', '\\' or '..'"),
-    (None, {"timezone": "Nowhere/Land"}, "unknown time zone"),
-], ids=["not a pickle", "empty", "bad custom cron", "unknown preset", "header injection email",
-        "path traversal name", "unknown time zone"])
+@pytest.mark.parametrize(
+    "data, fields, message",
+    [
+        (b"not a pickle at all", {}, "this file is not a pickle"),
+        (b"", {}, "the file is empty"),
+        (None, {"schedule": "custom", "cron": "61 * * * *"}, "is not a valid cron expression"),
+        (None, {"schedule": "hourly"}, "is neither a preset"),
+        (None, {"email": "a@bank.example\nBcc: all@evil.example"}, "is not a single valid address"),
+        (None, {"name": "../../etc/passwd"}, "must not contain '/', '\\' or '..'"),
+        (None, {"timezone": "Nowhere/Land"}, "unknown time zone"),
+    ],
+    ids=[
+        "not a pickle",
+        "empty",
+        "bad custom cron",
+        "unknown preset",
+        "header injection email",
+        "path traversal name",
+        "unknown time zone",
+    ],
+)
 def test_it_refuses_a_bad_upload_with_a_clear_json_message_and_stores_nothing(
-        browser, bucket, data, fields, message):
+    browser, bucket, data, fields, message
+):
     response = upload(browser, data, **fields)
 
     assert response.status_code == 400
@@ -228,12 +261,17 @@ def test_it_states_a_limit_under_one_megabyte_as_it_is(browser, settings):
     assert "64 KB" in response.json()["error"]
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"not a pickle at all", "this file is not a pickle"),
-    (b"\x80\x04" + b"\0" * (1024**2 + 100_000), "the file is larger than the limit of 1 MB"),
-], ids=["not a pickle", "over the size limit"])
-def test_the_upload_handlers_message_reaches_a_client_that_skips_csrf(alice, bucket, settings, data,
-                                                                      message):
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"not a pickle at all", "this file is not a pickle"),
+        (b"\x80\x04" + b"\0" * (1024**2 + 100_000), "the file is larger than the limit of 1 MB"),
+    ],
+    ids=["not a pickle", "over the size limit"],
+)
+def test_the_upload_handlers_message_reaches_a_client_that_skips_csrf(
+    alice, bucket, settings, data, message
+):
     settings.MAX_PACKAGE_BYTES = 1024**2
     response = upload(alice, data, name="churn")
 
@@ -297,8 +335,9 @@ def test_the_status_json_shows_valid_and_stops_pending_after_validation(alice, w
 # --- the model page ------------------------------------------------------------
 
 
-def test_the_model_page_shows_what_validation_read_from_a_catboost_package(alice, worker, settle,
-                                                                          catboost_bytes):
+def test_the_model_page_shows_what_validation_read_from_a_catboost_package(
+    alice, worker, settle, catboost_bytes
+):
     upload(alice, name="churn")
     response = upload(alice, catboost_bytes, filename="churn-catboost.dill", name="churn")
     assert response.json()["version"] == 2
@@ -372,14 +411,23 @@ def test_it_refuses_to_resume_a_model_over_the_quota(alice, deployment, settings
 
 
 def test_it_saves_new_settings(alice, deployment):
-    response = alice.post(f"/models/{deployment.id}/settings/", {
-        "email": "risk@bank.example", "schedule": "custom", "cron": "30 5 * * 1-5",
-        "timezone": "Europe/London",
-    }, follow=True)
+    response = alice.post(
+        f"/models/{deployment.id}/settings/",
+        {
+            "email": "risk@bank.example",
+            "schedule": "custom",
+            "cron": "30 5 * * 1-5",
+            "timezone": "Europe/London",
+        },
+        follow=True,
+    )
 
     deployment.refresh_from_db()
     assert (deployment.email, deployment.schedule, deployment.timezone) == (
-        "risk@bank.example", "30 5 * * 1-5", "Europe/London")
+        "risk@bank.example",
+        "30 5 * * 1-5",
+        "Europe/London",
+    )
     expected = schedules.next_runs("30 5 * * 1-5", "Europe/London", timezone.now())[0]
     assert deployment.next_run_at == expected
     page = response.content.decode()
@@ -389,20 +437,29 @@ def test_it_saves_new_settings(alice, deployment):
 
 
 def test_it_saves_a_preset_schedule(alice, deployment):
-    alice.post(f"/models/{deployment.id}/settings/",
-               {"email": "", "schedule": "weekly", "timezone": "UTC"})
+    alice.post(
+        f"/models/{deployment.id}/settings/", {"email": "", "schedule": "weekly", "timezone": "UTC"}
+    )
 
     deployment.refresh_from_db()
     assert (deployment.email, deployment.schedule) == ("alice@bank.example", "weekly")
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"email": "risk@bank.example", "schedule": "custom", "cron": "61 * * * *"},
-     "is not a valid cron expression"),
-    ({"email": "risk@bank.example\nBcc: all@evil.example", "schedule": "weekly"},
-     "is not a single valid address"),
-    ({"schedule": "weekly", "timezone": "Nowhere/Land"}, "unknown time zone"),
-], ids=["bad cron", "header injection email", "unknown time zone"])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            {"email": "risk@bank.example", "schedule": "custom", "cron": "61 * * * *"},
+            "is not a valid cron expression",
+        ),
+        (
+            {"email": "risk@bank.example\nBcc: all@evil.example", "schedule": "weekly"},
+            "is not a single valid address",
+        ),
+        ({"schedule": "weekly", "timezone": "Nowhere/Land"}, "unknown time zone"),
+    ],
+    ids=["bad cron", "header injection email", "unknown time zone"],
+)
 def test_bad_settings_show_the_error_and_change_nothing(alice, deployment, fields, message):
     before = snapshot(deployment.id)
 
@@ -473,12 +530,15 @@ def test_the_schedule_preview_reads_a_cron_in_utc_by_default(alice):
     assert all((run.hour, run.minute, run.weekday() < 5) == (5, 30, True) for run in runs)
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"schedule": "61 * * * *"}, "is not a valid cron expression"),
-    ({"schedule": "every minute"}, "is neither a preset"),
-    ({"schedule": ""}, "schedule must be"),
-    ({"schedule": "daily", "timezone": "Nowhere/Land"}, "unknown time zone"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"schedule": "61 * * * *"}, "is not a valid cron expression"),
+        ({"schedule": "every minute"}, "is neither a preset"),
+        ({"schedule": ""}, "schedule must be"),
+        ({"schedule": "daily", "timezone": "Nowhere/Land"}, "unknown time zone"),
+    ],
+)
 def test_the_schedule_preview_gives_a_400_with_the_message(alice, params, message):
     response = alice.get("/schedule-preview/", params)
 
@@ -521,8 +581,12 @@ def test_an_outsider_gets_a_404_for_the_model_page_and_every_action(deployment, 
     before, keys = snapshot(deployment.id), bucket()
 
     assert mallory.get(f"/models/{deployment.id}/").status_code == 404
-    for action, fields in [("pause", {}), ("resume", {}), ("delete", {}),
-                           ("settings", {"email": "mallory@telco.example", "schedule": "weekly"})]:
+    for action, fields in [
+        ("pause", {}),
+        ("resume", {}),
+        ("delete", {}),
+        ("settings", {"email": "mallory@telco.example", "schedule": "weekly"}),
+    ]:
         response = mallory.post(f"/models/{deployment.id}/{action}/", fields)
         assert response.status_code == 404, action
 
@@ -551,8 +615,11 @@ def test_an_outsider_does_not_see_the_owners_model_in_lists(deployment, outsider
 
 
 def test_the_same_name_makes_the_outsider_a_model_of_their_own(deployment, outsider, bucket):
-    response = upload(logged_in(outsider), packages.dumps(packages.function_package(meta={"m": 1})),
-                      name=SECRET_NAME)
+    response = upload(
+        logged_in(outsider),
+        packages.dumps(packages.function_package(meta={"m": 1})),
+        name=SECRET_NAME,
+    )
 
     assert response.status_code == 201
     assert response.json()["deployment"] != deployment.id

@@ -16,7 +16,11 @@ def exception_handler(exc, context):
         return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(exc, ValidationError):
-        errors = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+        errors = (
+            response.data
+            if isinstance(response.data, dict)
+            else {"non_field_errors": response.data}
+        )
         response.data = {"detail": summarize(errors), "errors": errors}
     return response
 

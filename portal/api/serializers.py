@@ -13,7 +13,16 @@ class VersionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = PackageVersion
-        fields = ["number", "filename", "size", "sha256", "uploaded_at", "validated_at", "validation", "package"]
+        fields = [
+            "number",
+            "filename",
+            "size",
+            "sha256",
+            "uploaded_at",
+            "validated_at",
+            "validation",
+            "package",
+        ]
 
     def get_validation(self, version: PackageVersion) -> dict:
         return ValidationSerializer({"state": version.state, "message": version.message}).data
@@ -25,8 +34,18 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Deployment
-        fields = ["id", "name", "owner", "status", "schedule", "timezone", "email", "next_run_at",
-                  "created_at", "latest_version"]
+        fields = [
+            "id",
+            "name",
+            "owner",
+            "status",
+            "schedule",
+            "timezone",
+            "email",
+            "next_run_at",
+            "created_at",
+            "latest_version",
+        ]
 
     def get_latest_version(self, deployment: Deployment) -> dict | None:
         version = deployment.latest_version

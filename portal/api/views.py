@@ -29,7 +29,10 @@ class DeploymentViewSet(viewsets.GenericViewSet):
     def list(self, request):
         return Response(DeploymentSerializer(self.get_queryset(), many=True).data)
 
-    @extend_schema(request={"multipart/form-data": UploadSerializer}, responses={201: DeploymentDetailSerializer})
+    @extend_schema(
+        request={"multipart/form-data": UploadSerializer},
+        responses={201: DeploymentDetailSerializer},
+    )
     def create(self, request):
         form = UploadSerializer(data=request.data)  # parses the upload
         upload_error = getattr(request, "upload_error", None)
@@ -38,7 +41,10 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         form.is_valid(raise_exception=True)
         file = form.validated_data["file"]
         version = deployments.deploy(
-            request.user, file, file.name, file.size,
+            request.user,
+            file,
+            file.name,
+            file.size,
             name=form.validated_data.get("name"),
             email=form.validated_data.get("email"),
             schedule=form.validated_data.get("schedule"),

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,61 +15,129 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Deployment',
+            name="Deployment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('slug', models.SlugField(max_length=100)),
-                ('email', models.EmailField(blank=True, help_text='Where reports and error emails go.', max_length=254)),
-                ('schedule', models.CharField(default='daily', max_length=100)),
-                ('timezone', models.CharField(default='UTC', max_length=64)),
-                ('status', models.CharField(choices=[('active', 'active'), ('paused', 'paused')], default='active', max_length=10)),
-                ('next_run_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deployments', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("slug", models.SlugField(max_length=100)),
+                (
+                    "email",
+                    models.EmailField(
+                        blank=True, help_text="Where reports and error emails go.", max_length=254
+                    ),
+                ),
+                ("schedule", models.CharField(default="daily", max_length=100)),
+                ("timezone", models.CharField(default="UTC", max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("active", "active"), ("paused", "paused")],
+                        default="active",
+                        max_length=10,
+                    ),
+                ),
+                ("next_run_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="deployments",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='PackageVersion',
+            name="PackageVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('key', models.CharField(max_length=400, unique=True)),
-                ('filename', models.CharField(max_length=255)),
-                ('size', models.BigIntegerField()),
-                ('sha256', models.CharField(max_length=64)),
-                ('uploaded_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('state', models.CharField(choices=[('pending', 'pending'), ('valid', 'valid'), ('invalid', 'invalid')], default='pending', max_length=10)),
-                ('message', models.TextField(blank=True)),
-                ('package', models.JSONField(blank=True, default=dict, help_text='What validation read from the package.')),
-                ('form_email', models.CharField(blank=True, max_length=254)),
-                ('form_schedule', models.CharField(blank=True, max_length=100)),
-                ('validation_queued_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('validated_at', models.DateTimeField(blank=True, null=True)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='versions', to='scoring.deployment')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveIntegerField()),
+                ("key", models.CharField(max_length=400, unique=True)),
+                ("filename", models.CharField(max_length=255)),
+                ("size", models.BigIntegerField()),
+                ("sha256", models.CharField(max_length=64)),
+                ("uploaded_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("valid", "valid"),
+                            ("invalid", "invalid"),
+                        ],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("message", models.TextField(blank=True)),
+                (
+                    "package",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="What validation read from the package."
+                    ),
+                ),
+                ("form_email", models.CharField(blank=True, max_length=254)),
+                ("form_schedule", models.CharField(blank=True, max_length=100)),
+                ("validation_queued_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("validated_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="versions",
+                        to="scoring.deployment",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-number'],
+                "ordering": ["-number"],
             },
         ),
         migrations.CreateModel(
-            name='Quota',
+            name="Quota",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('active_models', models.PositiveIntegerField(blank=True, null=True)),
-                ('bytes', models.BigIntegerField(blank=True, null=True)),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='quota', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("active_models", models.PositiveIntegerField(blank=True, null=True)),
+                ("bytes", models.BigIntegerField(blank=True, null=True)),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="quota",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.AddConstraint(
-            model_name='deployment',
-            constraint=models.UniqueConstraint(fields=('owner', 'slug'), name='unique_slug_per_owner'),
+            model_name="deployment",
+            constraint=models.UniqueConstraint(
+                fields=("owner", "slug"), name="unique_slug_per_owner"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='packageversion',
-            constraint=models.UniqueConstraint(fields=('deployment', 'number'), name='unique_version_number'),
+            model_name="packageversion",
+            constraint=models.UniqueConstraint(
+                fields=("deployment", "number"), name="unique_version_number"
+            ),
         ),
     ]

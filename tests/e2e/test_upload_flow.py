@@ -32,8 +32,9 @@ def drop_file(page, data: bytes, name: str):
     page.evaluate(DROP, [base64.b64encode(data).decode(), name])
 
 
-def test_a_dropped_package_shows_progress_then_its_validation(page, live_server, worker, bucket, owner,
-                                                            artifacts):
+def test_a_dropped_package_shows_progress_then_its_validation(
+    page, live_server, worker, bucket, owner, artifacts
+):
     log_in(page, live_server, "alice", "alice-password-123")
     page.fill("#id_email", "alice@bank.example")
     page.select_option("#id_schedule", "weekly")
@@ -60,7 +61,9 @@ def test_a_dropped_package_shows_progress_then_its_validation(page, live_server,
     page.screenshot(path=f"{artifacts}/model-page.png", full_page=True)
 
 
-def test_a_broken_file_is_refused_at_once_with_its_reason(page, live_server, bucket, owner, artifacts):
+def test_a_broken_file_is_refused_at_once_with_its_reason(
+    page, live_server, bucket, owner, artifacts
+):
     log_in(page, live_server, "alice", "alice-password-123")
 
     drop_file(page, b"PK\x03\x04 this is a zip file", "model.dill")
@@ -75,7 +78,9 @@ def test_a_broken_file_is_refused_at_once_with_its_reason(page, live_server, buc
 def test_an_invalid_package_shows_what_is_wrong(page, live_server, worker, bucket, owner):
     log_in(page, live_server, "alice", "alice-password-123")
 
-    drop_file(page, packages.dumps({"model": packages.NoPredict(), "features": ["age"]}), "broken.dill")
+    drop_file(
+        page, packages.dumps({"model": packages.NoPredict(), "features": ["age"]}), "broken.dill"
+    )
 
     page.wait_for_selector('tr[data-model="broken"] .badge.invalid', timeout=60_000)
     assert "model has no predict_proba or predict" in page.inner_text('tr[data-model="broken"]')
