@@ -1,6 +1,6 @@
 from django.conf import settings
 from django.db import models
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.utils.text import slugify
 from django.utils.timezone import now
 
@@ -124,5 +124,5 @@ def stored_bytes(user) -> int:
 def stale_validations(older_than):
     """Versions still pending whose validation message may have been lost."""
     return PackageVersion.objects.filter(
-        Q(state=PackageVersion.PENDING), validation_queued_at__lt=older_than
+        state=PackageVersion.PENDING, validation_queued_at__lt=older_than
     )

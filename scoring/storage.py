@@ -159,16 +159,6 @@ def delete_objects(keys: list[str]) -> None:
         ) from exc
 
 
-def object_exists(key: str) -> bool:
-    try:
-        client().head_object(Bucket=settings.MODELS_BUCKET, Key=key)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-    return True
-
-
 def human_bytes(size: int) -> str:
     value = float(size)
     for unit in ("B", "KB", "MB", "GB"):

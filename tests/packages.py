@@ -156,10 +156,23 @@ class Proba:
 
     def predict_proba(self, frame):
         return np.column_stack([1 - np.full(len(frame), self.value), np.full(len(frame), self.value)])
+
+def allocate(megabytes):
+    return b"x" * (megabytes * 1024**2)  # touched, so it is resident
+
+def spin():
+    while True:
+        pass
+
+def connect(port):
+    import socket
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    return "connected"
 '''
 NOTEBOOK: dict = {"__name__": "__main__"}
 exec(NOTEBOOK_CELL, NOTEBOOK)
 NoPredict, Proba = NOTEBOOK["NoPredict"], NOTEBOOK["Proba"]
+allocate, spin, connect = NOTEBOOK["allocate"], NOTEBOOK["spin"], NOTEBOOK["connect"]
 
 
 def bad_packages(marker_dir: Path) -> dict[str, tuple[bytes, str]]:

@@ -78,3 +78,34 @@ def test_a_package_runs_without_the_portals_secrets(worker, owner, settle, tmp_p
     assert "HOME=" in environment  # the command did run, inside the sandbox
     for secret in ("SECRET_KEY", "S3_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "worker-secret"):
         assert secret not in environment
+
+
+def test_tick_sends_again_a_validation_whose_message_was_lost(worker, owner, settle, bucket):
+    """The database is the record: a pending version without a message in Redis is not forgotten."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from scoring import storage
+    from scoring.models import Deployment
+    from scoring.tasks import tick
+
+    data = packages.dumps(packages.function_package())
+    deployment = Deployment.objects.create(
+        owner=owner, name="lost", slug="lost", email="a@b.example"
+    )
+    key = storage.package_key(owner.username, "lost", 1)
+    storage.upload(io.BytesIO(data), key, storage.sha256_of(io.BytesIO(data)))
+    version = PackageVersion.objects.create(
+        deployment=deployment,
+        number=1,
+        key=key,
+        filename="lost.dill",
+        size=len(data),
+        sha256=storage.sha256_of(io.BytesIO(data)),
+        validation_queued_at=timezone.now() - timedelta(hours=1),
+    )
+
+    tick()
+
+    assert settle(version).state == PackageVersion.VALID
