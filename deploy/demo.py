@@ -11,34 +11,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-NUMERIC = [f"num_{i:02d}" for i in range(44)] + [
-    "age",
-    "tenure_months",
-    "monthly_spend",
-    "calls_last_30d",
-    "late_payments",
-    "support_tickets",
-]
 CATEGORICAL = {
     "region": ["north", "south", "east", "west", "central"],
     "plan": ["basic", "plus", "premium", "family"],
     "channel": ["web", "store", "partner"],
     "device": ["android", "ios", "other"],
 }
+# 10 numeric and 3 categorical columns of the ~54 in the table.
 MODEL_FEATURES = [
-    "age",
-    "tenure_months",
-    "monthly_spend",
-    "calls_last_30d",
-    "late_payments",
-    "support_tickets",
-    "num_00",
-    "num_01",
-    "num_02",
-    "num_03",
-    "region",
-    "plan",
-    "channel",
+    *[
+        "age",
+        "tenure_months",
+        "monthly_spend",
+        "calls_last_30d",
+        "late_payments",
+        "support_tickets",
+    ],
+    *[f"num_{i:02d}" for i in range(4)],
+    *["region", "plan", "channel"],
 ]
 
 

@@ -70,6 +70,13 @@ def models_status(request: HttpRequest) -> JsonResponse:
     )
 
 
+def posted_schedule(request: HttpRequest) -> str | None:
+    """The schedule of a form: a preset from the select, or the cron field for "custom"."""
+    if request.POST.get("schedule") == "custom":
+        return request.POST.get("cron")
+    return request.POST.get("schedule")
+
+
 @login_required
 @require_POST
 def upload(request: HttpRequest) -> JsonResponse:
@@ -80,11 +87,6 @@ def upload(request: HttpRequest) -> JsonResponse:
         return JsonResponse(
             {"error": error or "choose a .dill or .pkl package file to upload"}, status=400
         )
-    schedule = (
-        request.POST.get("cron")
-        if request.POST.get("schedule") == "custom"
-        else request.POST.get("schedule")
-    )
     try:
         version = deployments.deploy(
             request.user,
@@ -93,7 +95,7 @@ def upload(request: HttpRequest) -> JsonResponse:
             file.size,
             name=request.POST.get("name"),
             email=request.POST.get("email"),
-            schedule=schedule,
+            schedule=posted_schedule(request),
             timezone=request.POST.get("timezone"),
         )
     except DeployError as exc:
@@ -149,15 +151,10 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             messages.success(request, f"{deployment.name} and its packages were deleted.")
             return redirect("models")
         elif action == "settings":
-            schedule = (
-                request.POST.get("cron")
-                if request.POST.get("schedule") == "custom"
-                else request.POST.get("schedule")
-            )
             deployments.update(
                 deployment,
                 email=request.POST.get("email"),
-                schedule=schedule,
+                schedule=posted_schedule(request),
                 timezone=request.POST.get("timezone"),
             )
             messages.success(request, "Settings saved.")

@@ -86,10 +86,14 @@ def finish(version: PackageVersion, state: str, message: str, package: dict) -> 
 
 
 def apply_package_defaults(version: PackageVersion, package: dict) -> None:
-    """The package's email and schedule apply where the upload form left them blank."""
+    """A new deployment takes the package's email and schedule where the upload form gave none.
+
+    Only the first version does: later the deployment's settings are the user's, made on
+    the model page or through the API, and a new version never overrides them.
+    """
+    if version.number != 1:
+        return
     deployment = Deployment.objects.select_for_update().get(id=version.deployment_id)
-    if deployment.versions.filter(number__gt=version.number).exists():
-        return  # a newer upload decides
     changed = []
     if package.get("email") and not version.form_email:
         deployment.email = package["email"]

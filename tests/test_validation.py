@@ -5,7 +5,7 @@ import io
 import pytest
 
 from scoring import deployments
-from scoring.models import PackageVersion, Quota
+from scoring.models import Deployment, PackageVersion, Quota
 from tests import packages
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,6 +44,19 @@ def test_package_email_and_schedule_apply_where_the_form_gave_none(worker, owner
     assert version.state == PackageVersion.VALID
     assert version.deployment.schedule == "weekly"
     assert version.deployment.email == "team@bank.example"
+
+
+def test_a_new_version_never_overrides_the_settings_the_user_chose(worker, owner, settle):
+    settle(deploy_bytes(owner, packages.dumps(packages.function_package()), "spend"))
+    deployment = Deployment.objects.get(name="spend")
+    deployments.update(deployment, schedule="30 5 * * 1-5", email="risk@bank.example")
+
+    package = packages.function_package(schedule="monthly", email="someone@else.example")
+    version = settle(deploy_bytes(owner, packages.dumps(package), "spend"))
+
+    deployment.refresh_from_db()
+    assert (version.number, version.state) == (2, PackageVersion.VALID)
+    assert (deployment.schedule, deployment.email) == ("30 5 * * 1-5", "risk@bank.example")
 
 
 def test_unknown_keys_are_kept_and_shown(worker, owner, settle):
