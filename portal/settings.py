@@ -137,6 +137,8 @@ S3_SECRET_KEY = env_str("S3_SECRET_KEY", "dropscore-secret")
 S3_REGION = env_str("S3_REGION", "us-east-1")
 MODELS_BUCKET = env_str("MODELS_BUCKET", "dropscore-models")
 SCORES_BUCKET = env_str("SCORES_BUCKET", "dropscore-scores")
+# Delta commits use S3 conditional writes (MinIO, SeaweedFS, AWS have them); off: a database lock.
+S3_CONDITIONAL_PUT = env_bool("S3_CONDITIONAL_PUT", True)
 
 # --- Feature source ---------------------------------------------------------
 FEATURES_URI = env_str("FEATURES_URI", "")
@@ -153,6 +155,16 @@ SANDBOX_MEMORY_BYTES = env_int("SANDBOX_MEMORY_BYTES", 4 * 1024**3)
 SANDBOX_CPU_SECONDS = env_int("SANDBOX_CPU_SECONDS", 600)
 SMOKE_SAMPLE_ROWS = env_int("SMOKE_SAMPLE_ROWS", 200)
 
+# --- Scoring runs -----------------------------------------------------------
+CHUNK_ROWS = env_int("CHUNK_ROWS", 100_000)
+# A running run's worker writes a heartbeat; tick takes back a run whose heartbeat is older.
+HEARTBEAT_SECONDS = env_int("HEARTBEAT_SECONDS", 20)
+RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 180)
+# A queued run that no worker took for this long lost its message: tick sends it again.
+REQUEUE_AFTER_SECONDS = env_int("REQUEUE_AFTER_SECONDS", 300)
+# Chunks are handed to sandboxes as Arrow files here: shared memory where there is some.
+CHUNK_DIR = env_str("CHUNK_DIR", "/dev/shm" if Path("/dev/shm").is_dir() else "")
+
 # --- Celery -----------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = REDIS_URL
@@ -166,6 +178,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Longer than any batch: Redis redelivers an unacknowledged task after this (runs are
+# claimed in the database, so a redelivery never doubles one).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("VISIBILITY_TIMEOUT_SECONDS", 12 * 3600)
+}
 CELERY_BEAT_SCHEDULE = {
     "tick": {"task": "scoring.tasks.tick", "schedule": 60.0, "options": {"expires": 55}},
 }
@@ -177,7 +194,9 @@ EMAIL_PORT = env_int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(STATE_DIR / "mail"))
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Dropscore <dropscore@localhost>")
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
 
 # --- REST API ---------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -189,6 +208,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "portal.api.errors.exception_handler",
+    # ?format= is ours (csv or parquet for scores), not DRF's renderer switch.
+    "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Dropscore API",

@@ -9,6 +9,7 @@ from portal.api import views as api
 
 router = DefaultRouter(trailing_slash=True)
 router.register("models", api.DeploymentViewSet, basename="api-model")
+router.register("runs", api.RunViewSet, basename="api-run")
 
 urlpatterns = [
     path("", views.models_page, name="models"),
@@ -16,6 +17,7 @@ urlpatterns = [
     path("models/upload/", views.upload, name="upload"),
     path("models/<int:deployment_id>/", views.model_page, name="model"),
     path("models/<int:deployment_id>/<str:action>/", views.model_action, name="model-action"),
+    path("runs/<int:run_id>/scores.<str:kind>", views.run_scores, name="run-scores"),
     path("schedule-preview/", views.schedule_preview, name="schedule-preview"),
     path("token/", views.token_page, name="token"),
     path("help/", views.help_page, name="help"),

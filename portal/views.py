@@ -1,6 +1,7 @@
 """Server-rendered pages: my models with the drop zone, a model's page, the API token."""
 
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -12,10 +13,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework.authtoken.models import Token
 
+from portal.downloads import stream_scores
 from portal.quotas import quota_usage
-from scoring import deployments, schedules
+from scoring import deployments, dispatch, runs, schedules
 from scoring.deployments import DeployError
-from scoring.models import Deployment, PackageVersion
+from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.runs import RunError
 from scoring.storage import StorageError
 
 
@@ -25,6 +28,20 @@ def deployments_for(user):
         Prefetch("versions", queryset=PackageVersion.objects.order_by("-number"))
     )
     return queryset if user.is_staff else queryset.filter(owner=user)
+
+
+def runs_for(user):
+    queryset = ScoringRun.objects.select_related("deployment", "version")
+    return queryset if user.is_staff else queryset.filter(deployment__owner=user)
+
+
+def score_now(deployment: Deployment, day=None) -> ScoringRun:
+    """Queue the run of `day` (default today in the deployment's time zone) and send it at once."""
+    day = day or timezone.now().astimezone(ZoneInfo(deployment.timezone)).date()
+    run = runs.request_run(deployment, day)
+    if run.status == ScoringRun.QUEUED:
+        dispatch.send_batch([run.id])
+    return run
 
 
 def get_deployment_for_user(request: HttpRequest, deployment_id: int) -> Deployment:
@@ -121,6 +138,8 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
         {
             "deployment": deployment,
             "versions": deployment.versions.all(),
+            "runs": deployment.runs.select_related("version")[:50],
+            "current_version": runs.current_version(deployment),
             "presets": schedules.PRESETS,
             "next_runs": next_runs_or_none(deployment),
         },
@@ -146,6 +165,9 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
         elif action == "resume":
             deployments.update(deployment, status=Deployment.ACTIVE)
             messages.success(request, f"{deployment.name} is active again.")
+        elif action == "score":
+            run = score_now(deployment)
+            messages.success(request, f"Run {run.id} for {run.date} is {run.status}.")
         elif action == "delete":
             deployments.delete(deployment)
             messages.success(request, f"{deployment.name} and its packages were deleted.")
@@ -160,9 +182,18 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             messages.success(request, "Settings saved.")
         else:
             return HttpResponse(status=404)
-    except (DeployError, StorageError) as exc:
+    except (DeployError, StorageError, RunError) as exc:
         messages.error(request, str(exc))
     return redirect("model", deployment_id=deployment.id)
+
+
+@login_required
+@require_GET
+def run_scores(request: HttpRequest, run_id: int, kind: str) -> HttpResponse:
+    run = get_object_or_404(runs_for(request.user), id=run_id, status=ScoringRun.SUCCEEDED)
+    if kind not in ("csv", "parquet"):
+        return HttpResponse(status=404)
+    return stream_scores(run, kind)
 
 
 @login_required

@@ -89,6 +89,71 @@ class PackageVersion(models.Model):
         return f"{self.deployment} v{self.number}"
 
 
+class Batch(models.Model):
+    """Runs due at one moment, scored together: their features are read once."""
+
+    created_at = models.DateTimeField(default=now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"batch {self.id}"
+
+
+class ScoringRun(models.Model):
+    """One scoring of one version for one date; the ledger of what must run.
+
+    At most one per (version, date): two ticks, two beats or a retry can never double it.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    STATUSES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, RETRYING)]
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="runs")
+    version = models.ForeignKey(PackageVersion, on_delete=models.CASCADE, related_name="runs")
+    batch = models.ForeignKey(
+        Batch, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
+    )
+    date = models.DateField(
+        help_text="The run scores the latest feature slice on or before this date."
+    )
+    slice_date = models.DateField(null=True, blank=True, help_text="The slice it read.")
+    trigger = models.CharField(max_length=10, default=SCHEDULE)
+    status = models.CharField(max_length=10, choices=STATUSES, default=QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    rows = models.BigIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=now)
+    queued_at = models.DateTimeField(default=now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["version", "date"], name="one_run_per_version_and_date")
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        ordering = ["-date", "-id"]
+
+    def __str__(self) -> str:
+        return f"run {self.id} of {self.version} for {self.date}"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
 class Quota(models.Model):
     """Per-user overrides of the default quotas; blank means the site default."""
 

@@ -98,23 +98,30 @@ class Sandbox:
 
     def score(self, input_path: Path, output_path: Path) -> int:
         """Score an Arrow IPC file of features; the scores are written to output_path."""
-        reply = self.request(
-            {"cmd": "score", "input": str(input_path), "output": str(output_path)}, "scoring"
-        )
-        return reply["rows"]
+        self.send_score(input_path, output_path)
+        return self.receive("scoring")["rows"]
 
     def request(self, message: dict[str, Any], stage: str) -> dict[str, Any]:
+        self.send(message, stage)
+        return self.receive(stage)
+
+    def send(self, message: dict[str, Any], stage: str) -> None:
+        """Send a request without waiting: several sandboxes can work at once."""
         assert self.process is not None and self.process.stdin is not None
         try:
             self.process.stdin.write(json.dumps(message).encode() + b"\n")
             self.process.stdin.flush()
         except BrokenPipeError:
             raise SandboxError(self.died_message(stage)) from None
-        line = self.wait_for_reply(stage)
-        reply = json.loads(line)
+
+    def receive(self, stage: str) -> dict[str, Any]:
+        reply = json.loads(self.wait_for_reply(stage))
         if not reply.get("ok"):
             raise SandboxError(reply["error"])
         return reply
+
+    def send_score(self, input_path: Path, output_path: Path) -> None:
+        self.send({"cmd": "score", "input": str(input_path), "output": str(output_path)}, "scoring")
 
     def wait_for_reply(self, stage: str) -> bytes:
         deadline = time.monotonic() + self.limits.timeout_seconds

@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from scoring import validation
+from scoring import dispatch, engine, validation
 from scoring.models import stale_validations
 from scoring.storage import StorageError
 
@@ -24,6 +24,11 @@ def validate_version(version_id: int) -> None:
 
 
 @shared_task
+def run_batch(batch_id: int) -> None:
+    engine.run_batch(batch_id)
+
+
+@shared_task
 def tick() -> None:
     """Runs every minute (Celery beat): the database, not the broker, says what is due."""
     now = timezone.now()
@@ -32,3 +37,4 @@ def tick() -> None:
         version.validation_queued_at = now
         version.save(update_fields=["validation_queued_at"])
         validate_version.delay(version.id)
+    dispatch.tick(now)

@@ -98,14 +98,12 @@ def celery_app_configured(redis_url):
 
 
 @pytest.fixture(scope="session")
-def worker(
-    django_db_setup, django_db_blocker, s3_server, celery_app_configured, feature_table, state_dir
-):
-    """A real Celery worker process on the test database, S3 server and Redis."""
+def worker_env(django_db_setup, s3_server, celery_app_configured, feature_table, state_dir) -> dict:
+    """The environment of a Celery worker on the test database, S3 server, Redis and features."""
     from django.db import connection
 
     app, queue = celery_app_configured
-    env = {
+    return {
         "DATABASE_URL": database_url(connection.settings_dict),
         "REDIS_URL": app.conf.broker_url,
         "CELERY_QUEUE": queue,
@@ -114,13 +112,21 @@ def worker(
         "SCORES_BUCKET": settings.SCORES_BUCKET,
         "FEATURES_URI": str(feature_table),
         "SANDBOX_TIMEOUT_SECONDS": str(WORKER_SANDBOX_TIMEOUT),
+        "HEARTBEAT_SECONDS": "1",
+        "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "EMAIL_FILE_PATH": str(state_dir / "mail"),
         "SECRET_KEY": "worker-secret-that-packages-must-not-see",
     }
-    hostname = f"{queue}@localhost"
-    log = state_dir / "worker.log"
+
+
+def start_worker(env: dict, queue: str, log: Path) -> services.subprocess.Popen:
+    """A real Celery worker process on `queue`, ready when this returns."""
+    from portal.celery import app
+
+    hostname = f"{queue}-{uuid.uuid4().hex[:4]}@localhost"
     process = services.celery(
         "worker",
-        env,
+        {**env, "CELERY_QUEUE": queue},
         log,
         "-Q",
         queue,
@@ -136,12 +142,45 @@ def worker(
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"the Celery worker did not start; see {log}:\n{log.read_text()[-3000:]}")
-    yield process
+    return process
+
+
+def stop_worker(process) -> None:
     process.terminate()
     try:
         process.wait(timeout=15)
-    except Exception:
+    except services.subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(worker_env, celery_app_configured, state_dir):
+    """The session's Celery worker, on the queue every test publishes to."""
+    _, queue = celery_app_configured
+    process = start_worker(worker_env, queue, state_dir / "worker.log")
+    yield process
+    stop_worker(process)
+
+
+@pytest.fixture
+def mailbox(state_dir):
+    """The emails the worker sent during this test (Django's file backend, parsed)."""
+    import email
+    import shutil
+
+    folder = state_dir / "mail"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+
+    def messages():
+        found = []
+        for path in sorted(folder.glob("*.log")):
+            for raw in path.read_text().split("-" * 79 + "\n"):
+                if raw.strip():
+                    found.append(email.message_from_string(raw))
+        return found
+
+    return messages
 
 
 def database_url(db: dict) -> str:

@@ -276,3 +276,49 @@ def bad_packages(marker_dir: Path) -> dict[str, tuple[bytes, str]]:
             "2 features are missing from the feature source",
         ),
     }
+
+
+def notebook_function(source: str, name: str):
+    """A function as a notebook cell defines it: in __main__, carried by value."""
+    namespace: dict = {"__name__": "__main__"}
+    exec(source, namespace)
+    return namespace[name]
+
+
+# Validation smoke-tests on 200 rows; the test slices have 300 or 500: these models
+# misbehave only on a whole slice, so they validate and then fail or dawdle when scored.
+SLOW = """
+import time
+import numpy as np
+
+def model(frame):
+    if len(frame) > 250:
+        time.sleep({seconds})
+    return np.full(len(frame), 0.5)
+"""
+
+FLAKY = """
+import os
+import numpy as np
+
+def model(frame):
+    if len(frame) > 250:
+        with open({path!r}, "a") as attempts:
+            attempts.write("x")
+        if os.path.getsize({path!r}) <= {failures}:
+            raise RuntimeError("the source system is down")
+    return np.full(len(frame), 0.25)
+"""
+
+
+def slow_package(seconds: float) -> dict:
+    return {"model": notebook_function(SLOW.format(seconds=seconds), "model"), "features": ["age"]}
+
+
+def flaky_package(path: Path, failures: int, max_attempts: int = 3) -> dict:
+    model = notebook_function(FLAKY.format(path=str(path), failures=failures), "model")
+    return {
+        "model": model,
+        "features": ["age"],
+        "params": {"retry_delay_minutes": 0, "max_attempts": max_attempts},
+    }

@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from scoring.models import Deployment, PackageVersion
+from scoring.models import Deployment, PackageVersion, ScoringRun
 
 
 class ValidationSerializer(serializers.Serializer):
@@ -74,3 +74,36 @@ class DeploymentUpdateSerializer(serializers.Serializer):
     schedule = serializers.CharField(required=False)
     timezone = serializers.CharField(required=False)
     status = serializers.ChoiceField(choices=[s for s, _ in Deployment.STATUSES], required=False)
+
+
+class RunSerializer(serializers.ModelSerializer):
+    model = serializers.IntegerField(source="deployment_id", read_only=True)
+    version = serializers.IntegerField(source="version.number", read_only=True)
+    duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = ScoringRun
+        fields = [
+            "id",
+            "model",
+            "version",
+            "status",
+            "attempts",
+            "max_attempts",
+            "date",
+            "slice_date",
+            "rows",
+            "error",
+            "trigger",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration_seconds",
+            "next_attempt_at",
+        ]
+
+
+class RunRequestSerializer(serializers.Serializer):
+    date = serializers.DateField(
+        required=False, help_text="Score the latest slice on or before this date (default: today)."
+    )

@@ -1,5 +1,7 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -9,9 +11,12 @@ from portal.api.serializers import (
     DeploymentDetailSerializer,
     DeploymentSerializer,
     DeploymentUpdateSerializer,
+    RunRequestSerializer,
+    RunSerializer,
     UploadSerializer,
 )
-from portal.views import deployments_for
+from portal.downloads import stream_scores
+from portal.views import deployments_for, runs_for, score_now
 from scoring import deployments
 from scoring.deployments import DeployError
 
@@ -68,6 +73,48 @@ class DeploymentViewSet(viewsets.GenericViewSet):
     def destroy(self, request, pk=None):
         deployments.delete(self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(methods=["GET"], responses=RunSerializer(many=True))
+    @extend_schema(methods=["POST"], request=RunRequestSerializer, responses={202: RunSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def runs(self, request, pk=None):
+        """GET: the run history. POST: score now, optionally for {"date": "YYYY-MM-DD"}."""
+        deployment = self.get_object()
+        if request.method == "GET":
+            return Response(
+                RunSerializer(deployment.runs.select_related("version")[:500], many=True).data
+            )
+        form = RunRequestSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        run = score_now(deployment, form.validated_data.get("date"))
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class RunViewSet(viewsets.GenericViewSet):
+    """Runs of the user's deployments (staff see all); another user's is a 404."""
+
+    serializer_class = RunSerializer
+
+    def get_queryset(self):
+        return runs_for(self.request.user)
+
+    def retrieve(self, request, pk=None):
+        return Response(RunSerializer(self.get_object()).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("format", enum=["csv", "parquet"], default="csv")],
+        responses={(200, "text/csv"): bytes, (200, "application/vnd.apache.parquet"): bytes},
+    )
+    @action(detail=True, methods=["get"], url_path="scores", url_name="scores")
+    def scores(self, request, pk=None):
+        """The run's scores (entity_id, score), streamed as CSV or Parquet."""
+        run = self.get_object()
+        kind = request.query_params.get("format", "csv")
+        if kind not in ("csv", "parquet"):
+            raise DeployError("format must be csv or parquet")
+        if run.status != run.SUCCEEDED:
+            raise NotFound(f"run {run.id} has no committed scores (it is {run.status})")
+        return stream_scores(run, kind)
 
 
 class StatusView(APIView):

@@ -1,0 +1,217 @@
+"""A batch: read the union of its models' features once, chunk by chunk; each model scores
+each chunk in its own sandbox; each run commits its partition of the scores table.
+
+A model fails alone (missing columns, a crash in predict, bad output, a timeout):
+the other runs of the batch still commit.
+"""
+
+import contextlib
+import logging
+import tempfile
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from scoring import features, runs, scores, storage
+from scoring.models import Batch, ScoringRun
+from scoring.sandbox import Sandbox, SandboxError
+from scoring.validation import sandbox_limits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scorer:
+    """One run being scored: its sandbox, and its scores so far as Arrow parts on disk."""
+
+    run: ScoringRun
+    sandbox: Sandbox
+    workdir: Path
+    rows: int = 0
+    writer: pa.RecordBatchStreamWriter | None = field(default=None, repr=False)
+
+    @property
+    def parts_path(self) -> Path:
+        return self.workdir / "parts.arrow"
+
+    def add(self, part: pa.RecordBatch) -> None:
+        if self.writer is None:
+            self.writer = pa.ipc.new_stream(str(self.parts_path), part.schema)
+        self.writer.write_batch(part)
+        self.rows += part.num_rows
+
+    def parts(self) -> pa.RecordBatchReader:
+        self.writer.close()
+        return pa.ipc.open_stream(pa.memory_map(str(self.parts_path)))
+
+
+def run_batch(batch_id: int) -> None:
+    batch = Batch.objects.get(id=batch_id)
+    queued = ScoringRun.objects.filter(batch=batch, status=ScoringRun.QUEUED).select_related(
+        "deployment", "version"
+    )
+    claimed = [run for run in queued if runs.claim(run, batch_id)]
+    if not claimed:
+        return  # a redelivered message, or another worker has them
+    Batch.objects.filter(id=batch_id).update(started_at=timezone.now())
+    by_date = defaultdict(list)
+    for run in claimed:
+        by_date[run.date].append(run)
+    with Heartbeat(claimed):
+        for day, group in sorted(by_date.items()):
+            score_date(day, group)
+    Batch.objects.filter(id=batch_id).update(finished_at=timezone.now())
+
+
+def score_date(day: date, group: list[ScoringRun]) -> None:
+    source = features.source_from_settings()
+    if source is None:
+        for run in group:
+            runs.fail(run, "no feature source is configured (FEATURES_URI)")
+        return
+    try:
+        slice_date = source.latest_slice(day)
+        available = set(source.columns(slice_date))
+    except features.FeatureSourceError as exc:
+        for run in group:
+            runs.fail(run, str(exc))
+        return
+    ready = []
+    for run in group:
+        missing = [name for name in run.version.package["features"] if name not in available]
+        if missing:
+            runs.fail(
+                run,
+                f"{len(missing)} features are missing from slice {slice_date}: {', '.join(missing[:30])}",
+                slice_date,
+            )
+        else:
+            ready.append(run)
+    if ready:
+        score_slice(source, slice_date, ready)
+
+
+def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
+    with contextlib.ExitStack() as stack:
+        scorers = [s for run in ready if (s := start_scorer(run, slice_date, stack))]
+        if not scorers:
+            return
+        chunk_dir = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(
+                    prefix="dropscore-chunk-", dir=settings.CHUNK_DIR or None
+                )
+            )
+        )
+        columns = [source.id_column, *union(s.run.version.package["features"] for s in scorers)]
+        chunk_rows = min(
+            s.run.version.package["params"].get("chunk_rows", settings.CHUNK_ROWS) for s in scorers
+        )
+        try:
+            for index, chunk in enumerate(source.batches(slice_date, columns, chunk_rows)):
+                scorers = score_chunk(chunk, index, chunk_dir, scorers, slice_date)
+                if not scorers:
+                    return
+        except (features.FeatureSourceError, OSError) as exc:
+            for scorer in scorers:
+                runs.fail(scorer.run, f"reading slice {slice_date} failed: {exc}", slice_date)
+            return
+        for scorer in scorers:
+            commit(scorer, slice_date)
+
+
+def start_scorer(run: ScoringRun, slice_date: date, stack: contextlib.ExitStack) -> Scorer | None:
+    """Download the package and load it in a sandbox that serves the whole batch."""
+    workdir = Path(
+        stack.enter_context(tempfile.TemporaryDirectory(prefix=f"dropscore-run-{run.id}-"))
+    )
+    try:
+        with open(workdir / "package.dill", "wb") as file:
+            storage.download(run.version.key, run.version.sha256, file)
+        sandbox = stack.enter_context(Sandbox(workdir, sandbox_limits()))
+        sandbox.load(workdir / "package.dill")
+    except (SandboxError, storage.StorageError) as exc:
+        runs.fail(run, str(exc), slice_date)
+        return None
+    return Scorer(run, sandbox, workdir)
+
+
+def score_chunk(
+    chunk: pa.RecordBatch, index: int, chunk_dir: Path, scorers: list[Scorer], slice_date
+) -> list[Scorer]:
+    """Write the chunk once to shared memory; every sandbox maps it and scores it at once."""
+    chunk_path = chunk_dir / f"chunk-{index}.arrow"
+    with pa.OSFile(str(chunk_path), "wb") as sink, pa.ipc.new_file(sink, chunk.schema) as writer:
+        writer.write_batch(chunk)
+    entity_ids = chunk.column(0)
+    scored_at = timezone.now()
+    alive = []
+    for scorer in scorers:
+        scorer.sandbox.send_score(chunk_path, chunk_dir / f"scores-{scorer.run.id}.arrow")
+    for scorer in scorers:
+        try:
+            scorer.sandbox.receive("scoring")
+            with pa.memory_map(str(chunk_dir / f"scores-{scorer.run.id}.arrow")) as source:
+                values = pa.ipc.open_file(source).read_all().column("score").combine_chunks()
+            scorer.add(scores.score_batch(entity_ids, values, scorer.run, scored_at))
+            alive.append(scorer)
+        except SandboxError as exc:
+            runs.fail(
+                scorer.run,
+                f"{exc} (rows {index * len(chunk) + 1} onwards of slice {slice_date})",
+                slice_date,
+            )
+            scorer.sandbox.kill()
+    chunk_path.unlink()
+    return alive
+
+
+def commit(scorer: Scorer, slice_date: date) -> None:
+    if scorer.writer is None:
+        runs.fail(scorer.run, f"slice {slice_date} has no rows", slice_date)
+        return
+    try:
+        scores.commit_run(scorer.run, scorer.parts())
+    except (
+        Exception
+    ) as exc:  # S3 down or a conflicting commit: the run is retried, nothing half-written
+        log.exception("commit of run %s failed", scorer.run.id)
+        runs.fail(scorer.run, f"committing the scores failed: {exc}", slice_date)
+        return
+    runs.succeed(scorer.run, scorer.rows, slice_date)
+
+
+def union(feature_lists) -> list[str]:
+    """All features, each once, in the order first seen."""
+    return list(dict.fromkeys(name for names in feature_lists for name in names))
+
+
+class Heartbeat(threading.Thread):
+    """Keeps the runs' lease alive while the batch works, from a thread of its own."""
+
+    def __init__(self, held: list[ScoringRun]):
+        super().__init__(daemon=True)
+        self.held = held
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(settings.HEARTBEAT_SECONDS):
+                runs.heartbeat(self.held)
+        finally:
+            close_old_connections()
+
+    def __enter__(self) -> "Heartbeat":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopped.set()
+        self.join()

@@ -1,0 +1,143 @@
+"""The life of a scoring run: created, queued, claimed, then succeeded or failed and retried.
+
+Every change of state is a conditional update on the row, so two workers or two
+ticks can never both take a run, and a worker that lost its lease cannot write
+over the run's new owner.
+"""
+
+import logging
+from datetime import date, datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from scoring import reports
+from scoring.models import Deployment, PackageVersion, ScoringRun
+
+log = logging.getLogger(__name__)
+
+
+class RunError(ValueError):
+    """A run cannot be requested; the message says why."""
+
+
+def current_version(deployment: Deployment) -> PackageVersion | None:
+    """The version that scores: the latest valid one."""
+    return deployment.versions.filter(state=PackageVersion.VALID).order_by("-number").first()
+
+
+def create_run(
+    deployment: Deployment, version: PackageVersion, day: date, trigger: str
+) -> ScoringRun | None:
+    """A new queued run, or None when this version already has one for that date."""
+    try:
+        with transaction.atomic():
+            return ScoringRun.objects.create(
+                deployment=deployment,
+                version=version,
+                date=day,
+                trigger=trigger,
+                max_attempts=version.package.get("params", {}).get("max_attempts", 3),
+            )
+    except IntegrityError:
+        return None
+
+
+def claim(run: ScoringRun, batch_id: int) -> bool:
+    """Take a queued run of this batch; False when another worker or batch has it."""
+    now = timezone.now()
+    won = ScoringRun.objects.filter(id=run.id, batch_id=batch_id, status=ScoringRun.QUEUED).update(
+        status=ScoringRun.RUNNING,
+        attempts=F("attempts") + 1,
+        started_at=now,
+        heartbeat_at=now,
+        finished_at=None,
+    )
+    if won:
+        run.refresh_from_db()
+    return bool(won)
+
+
+def held(run: ScoringRun):
+    """The run's row as long as this worker still holds it (same attempt, still running)."""
+    return ScoringRun.objects.filter(id=run.id, status=ScoringRun.RUNNING, attempts=run.attempts)
+
+
+def heartbeat(runs: list[ScoringRun]) -> None:
+    for run in runs:
+        held(run).update(heartbeat_at=timezone.now())
+
+
+def succeed(run: ScoringRun, rows: int, slice_date: date) -> None:
+    now = timezone.now()
+    held(run).update(
+        status=ScoringRun.SUCCEEDED,
+        rows=rows,
+        slice_date=slice_date,
+        error="",
+        finished_at=now,
+        next_attempt_at=None,
+    )
+
+
+def fail(run: ScoringRun, error: str, slice_date: date | None = None) -> None:
+    """Record a failed attempt: retry after the package's delay, or give up; tell the owner."""
+    now = timezone.now()
+    gave_up = run.attempts >= run.max_attempts
+    delay = timedelta(minutes=run.version.package.get("params", {}).get("retry_delay_minutes", 30))
+    updated = held(run).update(
+        status=ScoringRun.FAILED if gave_up else ScoringRun.RETRYING,
+        error=error[:4000],
+        slice_date=slice_date,
+        finished_at=now,
+        next_attempt_at=None if gave_up else now + delay,
+    )
+    if updated:
+        run.refresh_from_db()
+        notify_failure(run)
+
+
+def notify_failure(run: ScoringRun) -> None:
+    try:
+        reports.send_run_failed(run)
+    except Exception:  # a mail server that is down must not fail the run's bookkeeping
+        log.exception("could not send the failure email of run %s", run.id)
+
+
+def take_back(run: ScoringRun, now: datetime) -> bool:
+    """A running run whose worker stopped answering: queue it again, or give up."""
+    stale = ScoringRun.objects.filter(
+        id=run.id, status=ScoringRun.RUNNING, heartbeat_at=run.heartbeat_at
+    )
+    message = f"the worker stopped answering during attempt {run.attempts}"
+    if run.attempts >= run.max_attempts:
+        if stale.update(status=ScoringRun.FAILED, error=message, finished_at=now):
+            run.refresh_from_db()
+            notify_failure(run)
+        return False
+    return bool(stale.update(status=ScoringRun.QUEUED, error=message, queued_at=now))
+
+
+def request_run(deployment: Deployment, day: date) -> ScoringRun:
+    """ "Score now": the run for that date, queued unless it is running or already scored."""
+    version = current_version(deployment)
+    if version is None:
+        raise RunError(f"{deployment.name} has no valid version to score")
+    run = create_run(deployment, version, day, ScoringRun.MANUAL)
+    if run is not None:
+        return run
+    run = ScoringRun.objects.get(version=version, date=day)
+    if run.status == ScoringRun.SUCCEEDED:
+        raise RunError(
+            f"version {version.number} already scored {day} (run {run.id}): its scores are committed"
+        )
+    # Queued or running: nothing to do. Retrying: now instead of later. Failed: a fresh set of attempts.
+    ScoringRun.objects.filter(id=run.id, status=ScoringRun.RETRYING).update(
+        status=ScoringRun.QUEUED, queued_at=timezone.now()
+    )
+    ScoringRun.objects.filter(id=run.id, status=ScoringRun.FAILED).update(
+        status=ScoringRun.QUEUED, attempts=0, queued_at=timezone.now(), trigger=ScoringRun.MANUAL
+    )
+    run.refresh_from_db()
+    return run

@@ -1,0 +1,117 @@
+"""The unified scores table: one Delta Lake table on S3, partitioned by date and model.
+
+`s3://SCORES_BUCKET/scores` with columns entity_id, score, model_id,
+model_version, run_id, scored_at and the partition columns dt and model_id.
+A run commits by replacing its (dt, model_id) partition in one Delta
+transaction (a predicate overwrite): a reader sees the partition whole or not at
+all, and a retried run replaces, never adds. Spark, Trino, DuckDB and Polars
+read it as it is.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from datetime import date, datetime
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from django.conf import settings
+from django.db import connection, transaction
+
+PARTITIONS = ["dt", "model_id"]
+# Taken by a PostgreSQL advisory lock when the S3 server has no conditional writes.
+COMMIT_LOCK_KEY = 7_301_977
+
+
+def table_uri() -> str:
+    return f"s3://{settings.SCORES_BUCKET}/scores"
+
+
+def storage_options() -> dict[str, str]:
+    options = {
+        "AWS_ENDPOINT_URL": settings.S3_ENDPOINT_URL,
+        "AWS_ACCESS_KEY_ID": settings.S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": settings.S3_SECRET_KEY,
+        "AWS_REGION": settings.S3_REGION,
+        "AWS_ALLOW_HTTP": "true",
+    }
+    if settings.S3_CONDITIONAL_PUT:
+        # Concurrent commits from several workers: the log entry is written with
+        # If-None-Match, so two writers of one table version cannot both win.
+        options["conditional_put"] = "etag"
+    else:
+        options["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
+    return options
+
+
+def schema(id_type: pa.DataType) -> pa.Schema:
+    return pa.schema(
+        [
+            ("entity_id", id_type),
+            ("score", pa.float64()),
+            ("model_id", pa.int64()),
+            ("model_version", pa.int32()),
+            ("run_id", pa.int64()),
+            ("scored_at", pa.timestamp("us", tz="UTC")),
+            ("dt", pa.string()),
+        ]
+    )
+
+
+def score_batch(entity_ids: pa.Array, scores: pa.Array, run, scored_at: datetime) -> pa.RecordBatch:
+    """One part of a run's output, in the table's schema."""
+    rows = len(entity_ids)
+    return pa.RecordBatch.from_arrays(
+        [
+            entity_ids,
+            scores,
+            pa.array([run.deployment_id] * rows, pa.int64()),
+            pa.array([run.version.number] * rows, pa.int32()),
+            pa.array([run.id] * rows, pa.int64()),
+            pa.array([scored_at] * rows, pa.timestamp("us", tz="UTC")),
+            pa.array([run.date.isoformat()] * rows, pa.string()),
+        ],
+        schema=schema(entity_ids.type),
+    )
+
+
+def partition_predicate(day: date, model_id: int) -> str:
+    return f"dt = '{day.isoformat()}' AND model_id = {int(model_id)}"
+
+
+def commit_run(run, parts: pa.RecordBatchReader) -> None:
+    """Replace the run's partition with `parts`, streamed, in one Delta transaction."""
+    with commit_lock():
+        write_deltalake(
+            table_uri(),
+            parts,
+            mode="overwrite",
+            predicate=partition_predicate(run.date, run.deployment_id),
+            partition_by=PARTITIONS,
+            storage_options=storage_options(),
+        )
+
+
+@contextlib.contextmanager
+def commit_lock():
+    if settings.S3_CONDITIONAL_PUT:
+        yield
+        return
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [COMMIT_LOCK_KEY])
+        yield  # on SQLite the IMMEDIATE transaction itself is the lock
+
+
+def run_scores(run, columns=("entity_id", "score")) -> Iterator[pa.RecordBatch]:
+    """Stream a committed run's scores (empty if its partition holds another run's)."""
+    try:
+        table = DeltaTable(table_uri(), storage_options=storage_options())
+    except TableNotFoundError:
+        return
+    dataset = table.to_pyarrow_dataset(
+        file_pruning_predicate=partition_predicate(run.date, run.deployment_id)
+    )
+    yield from dataset.to_batches(columns=list(columns), filter=ds.field("run_id") == run.id)

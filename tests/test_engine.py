@@ -1,0 +1,298 @@
+"""Batch scoring through the real parts: tick, Redis, Celery workers, sandboxes, S3 and Delta Lake."""
+
+import io
+import shutil
+import threading
+import time
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+from django.db import close_old_connections
+from django.utils import timezone
+
+from scoring import deployments, dispatch, scores
+from scoring.models import Deployment, ScoringRun
+from tests import packages
+from tests.conftest import start_worker, stop_worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def deploy(user, package: dict, name: str, settle, **settings_):
+    data = packages.dumps(package)
+    version = settle(
+        deployments.deploy(
+            user, io.BytesIO(data), f"{name}.dill", len(data), name=name, **settings_
+        )
+    )
+    assert version.state == "valid", version.message
+    return version.deployment
+
+
+def wait_for_runs(deployment_ids, statuses=("succeeded", "failed"), timeout=90) -> list[ScoringRun]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(
+            ScoringRun.objects.filter(deployment_id__in=deployment_ids).select_related("version")
+        )
+        if found and all(run.status in statuses for run in found):
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"runs not finished: {[(r.id, r.status, r.error) for r in found]}")
+
+
+def table_rows(deployment_id: int, day: date) -> pl.DataFrame:
+    frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
+    return frame.filter((pl.col("model_id") == deployment_id) & (pl.col("dt") == day.isoformat()))
+
+
+def slice_frame(feature_table, day: date) -> pd.DataFrame:
+    return pd.read_parquet(feature_table / f"dt={day.isoformat()}" / "part-0.parquet")
+
+
+def make_due(*deployments_):
+    Deployment.objects.filter(id__in=[d.id for d in deployments_]).update(
+        next_run_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+def test_scores_equal_each_models_own_predictions(
+    worker, owner, settle, feature_table, bucket, api
+):
+    catboost, sklearn, function = (
+        packages.catboost_package(),
+        packages.sklearn_package(),
+        packages.function_package(),
+    )
+    ids = {
+        "catboost": deploy(owner, catboost, "catboost", settle).id,
+        "sklearn": deploy(owner, sklearn, "sklearn", settle).id,
+        "function": deploy(owner, function, "function", settle).id,
+    }
+    make_due(*Deployment.objects.all())
+
+    batch = dispatch.tick()
+
+    assert batch is not None and batch.runs.count() == 3
+    finished = wait_for_runs(ids.values())
+    today = date.today()
+    frame = slice_frame(feature_table, today)
+    expected = {
+        "catboost": catboost["model"].predict_proba(frame[packages.FEATURES])[:, 1],
+        "sklearn": sklearn["model"].predict_proba(frame[packages.FEATURES])[:, 1],
+        "function": function["model"](frame[["monthly_spend"]]),
+    }
+    for run in finished:
+        assert (run.status, run.rows, run.slice_date, run.attempts) == (
+            "succeeded",
+            500,
+            today,
+            1,
+        ), run.error
+    for name, deployment_id in ids.items():
+        committed = table_rows(deployment_id, today).sort("entity_id")
+        assert committed["entity_id"].to_list() == frame["entity_id"].tolist()
+        np.testing.assert_allclose(committed["score"].to_numpy(), expected[name], rtol=1e-9)
+        assert committed["run_id"].n_unique() == 1
+
+
+def test_a_model_missing_a_column_fails_alone_and_its_owner_is_told(
+    worker, owner, settle, feature_table, bucket, api, mailbox
+):
+    day = date.today() + timedelta(days=10)
+    folder = feature_table / f"dt={day.isoformat()}"
+    folder.mkdir()
+    packages.feature_frame(300, seed=5).drop(columns=["late_payments"]).to_parquet(
+        folder / "part-0.parquet"
+    )
+    try:
+        good = deploy(owner, packages.function_package(), "spend", settle)
+        also_good = deploy(
+            owner, {"model": packages.Proba(0.7), "features": ["age", "region"]}, "churn", settle
+        )
+        needs_late = deploy(
+            owner,
+            {"model": packages.Proba(0.3), "features": ["age", "late_payments"]},
+            "late",
+            settle,
+            email="risk@bank.example",
+        )
+        responses = [
+            api.post(f"/api/v1/models/{d.id}/runs/", {"date": day.isoformat()}, format="json")
+            for d in (good, also_good, needs_late)
+        ]
+        assert [r.status_code for r in responses] == [202, 202, 202]
+
+        finished = {
+            run.deployment_id: run
+            for run in wait_for_runs(
+                [good.id, also_good.id, needs_late.id], ("succeeded", "failed", "retrying")
+            )
+        }
+    finally:
+        shutil.rmtree(folder)
+
+    assert [finished[d.id].status for d in (good, also_good)] == ["succeeded", "succeeded"]
+    assert table_rows(good.id, day).height == table_rows(also_good.id, day).height == 300
+    failed = finished[needs_late.id]
+    assert failed.status == "retrying", (failed.date, failed.slice_date, failed.rows, failed.error)
+    assert failed.error == f"1 features are missing from slice {day}: late_payments"
+    assert table_rows(needs_late.id, day).height == 0
+    [message] = mailbox()
+    assert message["To"] == "risk@bank.example"
+    assert message["Subject"] == f"late failed for {day} (attempt 1 of 3)"
+    text = message.get_payload(0).get_payload()
+    assert "1 features are missing from slice" in text and "late_payments" in text
+    assert "The next attempt is at" in text
+
+
+def test_two_ticks_at_once_make_one_run(owner, settle, worker, bucket):
+    deployment = deploy(owner, packages.function_package(), "spend", settle)
+    make_due(deployment)
+    barrier = threading.Barrier(4)
+    batches = []
+
+    def tick():
+        barrier.wait()
+        batches.append(dispatch.tick())
+        close_old_connections()
+
+    threads = [threading.Thread(target=tick) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert ScoringRun.objects.filter(deployment=deployment).count() == 1
+    assert len([b for b in batches if b is not None]) == 1
+    wait_for_runs([deployment.id])
+
+
+def test_a_tick_while_a_batch_runs_sends_no_second_batch(owner, settle, worker, bucket):
+    deployment = deploy(owner, packages.slow_package(seconds=3), "slow", settle)
+    make_due(deployment)
+    assert dispatch.tick() is not None
+    wait_for_runs([deployment.id], statuses=("running",))
+
+    assert dispatch.tick() is None
+    [run] = wait_for_runs([deployment.id])
+    assert (run.status, run.attempts) == ("succeeded", 1)
+
+
+def test_a_killed_worker_delays_the_run_but_never_loses_or_doubles_it(
+    owner, settle, worker, worker_env, bucket, state_dir, settings, celery_app_configured
+):
+    app, queue = celery_app_configured
+    deployment = deploy(owner, packages.slow_package(seconds=6), "slow", settle)
+    own_queue = f"{queue}-kill"
+    settings.RUN_LEASE_SECONDS = 3
+    app.conf.task_default_queue = own_queue
+    try:
+        doomed = start_worker(worker_env, own_queue, state_dir / "doomed-worker.log")
+        make_due(deployment)
+        dispatch.tick()
+        wait_for_runs([deployment.id], statuses=("running",))
+        import os
+        import signal
+
+        os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its pool, mid-batch
+        doomed.wait()
+        time.sleep(settings.RUN_LEASE_SECONDS + 1)
+        survivor = start_worker(worker_env, own_queue, state_dir / "survivor-worker.log")
+        try:
+            assert dispatch.tick() is not None  # the stale lease is taken back
+            [run] = wait_for_runs([deployment.id])
+        finally:
+            stop_worker(survivor)
+    finally:
+        app.conf.task_default_queue = queue
+
+    assert (run.status, run.attempts, run.rows) == ("succeeded", 2, 500)
+    committed = table_rows(deployment.id, run.date)
+    assert committed.height == 500
+    assert committed["entity_id"].n_unique() == 500
+
+
+def test_a_model_that_fails_twice_then_succeeds_ends_succeeded_after_three_attempts(
+    owner, settle, worker, bucket, mailbox, tmp_path
+):
+    tmp_path.chmod(0o777)
+    deployment = deploy(
+        owner, packages.flaky_package(tmp_path / "attempts", failures=2), "flaky", settle
+    )
+    make_due(deployment)
+    dispatch.tick()
+    for _ in range(3):
+        wait_for_runs([deployment.id], statuses=("succeeded", "retrying", "failed"))
+        dispatch.tick()  # retry_delay_minutes is 0: the retry is due at once
+
+    [run] = wait_for_runs([deployment.id])
+    assert (run.status, run.attempts) == ("succeeded", 3)
+    subjects = [m["Subject"] for m in mailbox()]
+    assert subjects == [
+        f"flaky failed for {run.date} (attempt 1 of 3)",
+        f"flaky failed for {run.date} (attempt 2 of 3)",
+    ]
+    assert table_rows(deployment.id, run.date).height == 500
+
+
+def test_a_model_that_always_fails_stops_at_max_attempts_with_a_final_email(
+    owner, settle, worker, bucket, mailbox, tmp_path
+):
+    tmp_path.chmod(0o777)
+    package = packages.flaky_package(tmp_path / "attempts", failures=99, max_attempts=2)
+    deployment = deploy(owner, package, "doomed", settle)
+    make_due(deployment)
+    dispatch.tick()
+    wait_for_runs([deployment.id], statuses=("retrying",))
+    dispatch.tick()
+
+    [run] = wait_for_runs([deployment.id], statuses=("failed",))
+    assert run.attempts == 2
+    assert "RuntimeError: the source system is down while predicting" in run.error
+    assert dispatch.tick() is None  # nothing more to do
+    subjects = [m["Subject"] for m in mailbox()]
+    assert subjects == [
+        f"doomed failed for {run.date} (attempt 1 of 2)",
+        f"Gave up: doomed failed 2 times for {run.date}",
+    ]
+    assert "Dropscore gave up on this date" in mailbox()[-1].get_payload(0).get_payload()
+
+
+def test_runs_and_scores_through_the_api(owner, settle, worker, bucket, api, outsider_api):
+    deployment = deploy(owner, packages.function_package(), "spend", settle)
+    response = api.post(f"/api/v1/models/{deployment.id}/runs/", {}, format="json")
+    assert response.status_code == 202
+    run_id = response.json()["id"]
+    [run] = wait_for_runs([deployment.id])
+
+    body = api.get(f"/api/v1/runs/{run_id}/").json()
+    assert (body["status"], body["rows"], body["slice_date"], body["attempts"]) == (
+        "succeeded",
+        500,
+        date.today().isoformat(),
+        1,
+    )
+    assert [r["id"] for r in api.get(f"/api/v1/models/{deployment.id}/runs/").json()] == [run_id]
+
+    again = api.post(f"/api/v1/models/{deployment.id}/runs/", {}, format="json")
+    assert again.status_code == 409
+    assert "already scored" in again.json()["detail"]
+
+    csv = api.get(f"/api/v1/runs/{run_id}/scores/?format=csv")
+    lines = b"".join(csv.streaming_content).decode().splitlines()
+    assert lines[0] == '"entity_id","score"' and len(lines) == 501
+    parquet = api.get(f"/api/v1/runs/{run_id}/scores/?format=parquet")
+    table = pd.read_parquet(io.BytesIO(b"".join(parquet.streaming_content)))
+    assert list(table.columns) == ["entity_id", "score"] and len(table) == 500
+
+    assert outsider_api.get(f"/api/v1/runs/{run_id}/").status_code == 404
+    assert outsider_api.get(f"/api/v1/runs/{run_id}/scores/").status_code == 404
+    assert outsider_api.get(f"/api/v1/models/{deployment.id}/runs/").status_code == 404
+    assert (
+        outsider_api.post(f"/api/v1/models/{deployment.id}/runs/", {}, format="json").status_code
+        == 404
+    )
