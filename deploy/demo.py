@@ -89,7 +89,19 @@ def make_feature_table(
     return dates
 
 
-def make_demo_package(path: Path, customers: int = 20_000) -> dict:
+RETENTION_FEATURES = [
+    *["age", "tenure_months", "monthly_spend", "support_tickets"],
+    *[f"num_{i:02d}" for i in range(4, 12)],
+    *["plan", "device"],
+]
+
+
+def make_demo_package(
+    path: Path,
+    name: str = "churn-demo",
+    features: list[str] = MODEL_FEATURES,
+    customers: int = 20_000,
+) -> dict:
     """Train a CatBoost churn model on a demo slice and save it as a package file."""
     from catboost import CatBoostClassifier
 
@@ -103,16 +115,16 @@ def make_demo_package(path: Path, customers: int = 20_000) -> dict:
         learning_rate=0.1,
         verbose=False,
         random_seed=0,
-        cat_features=[c for c in MODEL_FEATURES if c in CATEGORICAL],
+        cat_features=[c for c in features if c in CATEGORICAL],
         allow_writing_files=False,
     )
-    model.fit(train[MODEL_FEATURES], labels)
-    scores = model.predict_proba(train[MODEL_FEATURES])[:, 1]
+    model.fit(train[features], labels)
+    scores = model.predict_proba(train[features])[:, 1]
     return save_package(
         str(path),
         model,
-        MODEL_FEATURES,
-        name="churn-demo",
+        features,
+        name=name,
         schedule="daily",
         params={"positive_class": 1},
         meta={

@@ -83,11 +83,15 @@ def main() -> int:
 
         say("writing the demo feature table (30 daily slices of 100,000 customers) ...")
         demo.make_feature_table(Path(env["FEATURES_URI"]))
-        package = STATE / "demo" / "churn-demo.dill"
-        if not package.exists():
-            package.parent.mkdir(parents=True, exist_ok=True)
-            say("training the demo CatBoost package ...")
-            demo.make_demo_package(package)
+        deployed, package = (
+            STATE / "demo" / "churn-demo.dill",
+            STATE / "demo" / "retention-demo.dill",
+        )
+        package.parent.mkdir(parents=True, exist_ok=True)
+        if not deployed.exists():
+            say("training the demo CatBoost packages ...")
+            demo.make_demo_package(deployed)
+            demo.make_demo_package(package, "retention-demo", demo.RETENTION_FEATURES)
 
         python = sys.executable
         processes.append(services.celery("worker", env, STATE / "worker.log", "-c", "2"))
@@ -106,11 +110,13 @@ def main() -> int:
             )
         processes.append(web)
         wait_for_web()
+        deploy_demo_model(deployed)
         print(
             f"""
   Dropscore is running: http://127.0.0.1:{PORT}/
   Log in as   {DEMO_USER} / {password}
-  Drag this demo package onto "My models":
+  churn-demo is deployed on a daily schedule and scored once already.
+  Drag this second demo package onto "My models":
               {package}
   Logs in {STATE}/ (web.log, worker.log, beat.log). Ctrl-C stops everything.
 """,
@@ -147,6 +153,45 @@ def demo_user() -> str:
     user.set_password(password)
     user.save()
     return password
+
+
+def deploy_demo_model(path: Path) -> None:
+    """The demo user's churn model: deployed, validated and scored once, so there is a run to see."""
+    from django.contrib.auth.models import User
+
+    from scoring import deployments, dispatch
+    from scoring.models import Deployment, ScoringRun
+
+    user = User.objects.get(username=DEMO_USER)
+    deployment = Deployment.objects.filter(owner=user, slug="churn-demo").first()
+    if deployment is None:
+        say("deploying churn-demo ...")
+        with open(path, "rb") as file:
+            version = deployments.deploy(
+                user, file, path.name, path.stat().st_size, name="churn-demo"
+            )
+        deployment = version.deployment
+    if not wait(lambda: deployment.versions.filter(state="valid").exists(), 120):
+        say("churn-demo did not validate; see worker.log")
+        return
+    if deployment.runs.filter(status=ScoringRun.SUCCEEDED).exists():
+        return
+    say("scoring churn-demo once (100,000 customers) ...")
+    run = dispatch.score_now(deployment)
+    if wait(
+        lambda: ScoringRun.objects.get(id=run.id).status in ("succeeded", "failed", "retrying"), 300
+    ):
+        run.refresh_from_db()
+        say(f"churn-demo run {run.id}: {run.status}, {run.rows or 0} rows {run.error}")
+
+
+def wait(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(1)
+    return False
 
 
 def wait_for_web() -> None:

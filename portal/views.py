@@ -1,7 +1,6 @@
 """Server-rendered pages: my models with the drop zone, a model's page, the API token."""
 
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -33,15 +32,6 @@ def deployments_for(user):
 def runs_for(user):
     queryset = ScoringRun.objects.select_related("deployment", "version")
     return queryset if user.is_staff else queryset.filter(deployment__owner=user)
-
-
-def score_now(deployment: Deployment, day=None) -> ScoringRun:
-    """Queue the run of `day` (default today in the deployment's time zone) and send it at once."""
-    day = day or timezone.now().astimezone(ZoneInfo(deployment.timezone)).date()
-    run = runs.request_run(deployment, day)
-    if run.status == ScoringRun.QUEUED:
-        dispatch.send_batch([run.id])
-    return run
 
 
 def get_deployment_for_user(request: HttpRequest, deployment_id: int) -> Deployment:
@@ -166,7 +156,7 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             deployments.update(deployment, status=Deployment.ACTIVE)
             messages.success(request, f"{deployment.name} is active again.")
         elif action == "score":
-            run = score_now(deployment)
+            run = dispatch.score_now(deployment)
             messages.success(request, f"Run {run.id} for {run.date} is {run.status}.")
         elif action == "delete":
             deployments.delete(deployment)
@@ -205,9 +195,9 @@ def schedule_preview(request: HttpRequest) -> JsonResponse:
         zone = schedules.check_timezone(request.GET.get("timezone") or "UTC")
     except schedules.ScheduleError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
-    runs = schedules.next_runs(schedule, zone, timezone.now(), 3)
+    fire_times = schedules.next_runs(schedule, zone, timezone.now(), 3)
     return JsonResponse(
-        {"schedule": schedules.describe(schedule), "next_runs": [r.isoformat() for r in runs]}
+        {"schedule": schedules.describe(schedule), "next_runs": [t.isoformat() for t in fire_times]}
     )
 
 

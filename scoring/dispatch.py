@@ -6,7 +6,7 @@ tick looks again at what is due, retrying, stale or queued too long.
 """
 
 import logging
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -85,6 +85,15 @@ def lost(now: datetime) -> list[int]:
             id=run_id, status=ScoringRun.QUEUED, queued_at__lt=before
         ).update(queued_at=now)
     ]
+
+
+def score_now(deployment: Deployment, day: date | None = None) -> ScoringRun:
+    """Queue the run of `day` (default: today in the deployment's time zone) and send it at once."""
+    day = day or timezone.now().astimezone(ZoneInfo(deployment.timezone)).date()
+    run = runs.request_run(deployment, day)
+    if run.status == ScoringRun.QUEUED:
+        send_batch([run.id])
+    return run
 
 
 def send_batch(run_ids: list[int], now: datetime | None = None) -> Batch:

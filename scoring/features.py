@@ -93,7 +93,9 @@ class ParquetSource:
         filesystem, _ = self.filesystem_and_root
         for path in self.files(slice_date):
             with filesystem.open_input_file(path) as handle:
-                parquet = pq.ParquetFile(handle)
+                schema = pq.read_schema(handle)
+                strings = [c for c in columns if is_string(schema.field(c).type)]
+                parquet = pq.ParquetFile(handle, read_dictionary=strings)
                 yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
 
     def sample(self, slice_date: date, columns: list[str], rows: int) -> pa.Table:
@@ -190,11 +192,15 @@ class PostgresSource:
         raise FeatureSourceError(f"the slice {slice_date} of the feature table has no rows")
 
 
+def is_string(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def column_array(values: tuple) -> pa.Array:
     array = pa.array(values)
     if pa.types.is_decimal(array.type):
         return array.cast(pa.float64())
-    if pa.types.is_string(array.type):
+    if is_string(array.type):
         return array.dictionary_encode()
     return array
 

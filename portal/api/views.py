@@ -16,8 +16,8 @@ from portal.api.serializers import (
     UploadSerializer,
 )
 from portal.downloads import stream_scores
-from portal.views import deployments_for, runs_for, score_now
-from scoring import deployments
+from portal.views import deployments_for, runs_for
+from scoring import deployments, dispatch
 from scoring.deployments import DeployError
 
 
@@ -86,7 +86,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             )
         form = RunRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        run = score_now(deployment, form.validated_data.get("date"))
+        run = dispatch.score_now(deployment, form.validated_data.get("date"))
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 

@@ -1,0 +1,289 @@
+"""Feature sources against real backends: Parquet on disk, Parquet on SeaweedFS S3, PostgreSQL."""
+
+import io
+from datetime import date
+
+import boto3
+import pandas as pd
+import pyarrow as pa
+import pytest
+from django.conf import settings
+
+from deploy.services import free_port
+from scoring.features import FeatureSourceError, ParquetSource, PostgresSource, source_from_settings
+from tests import packages
+from tests.conftest import database_url
+
+BUCKET = "features-test"
+COLUMNS = ["entity_id", "age", "monthly_spend", "region"]
+SLICES = {date(2026, 11, 18): 7, date(2026, 11, 20): 25, date(2026, 11, 23): 10}
+FIRST, MIDDLE, LAST = SLICES
+
+
+def frame(day: date, rows: int | None = None) -> pd.DataFrame:
+    return packages.feature_frame(SLICES[day] if rows is None else rows, seed=day.toordinal())
+
+
+def s3_options() -> dict:
+    return {
+        "endpoint_override": settings.S3_ENDPOINT_URL.split("://", 1)[-1],
+        "access_key": settings.S3_ACCESS_KEY,
+        "secret_key": settings.S3_SECRET_KEY,
+        "region": settings.S3_REGION,
+        "scheme": "http",
+    }
+
+
+def parquet_bytes(data: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    data.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server.url,
+        aws_access_key_id=settings.S3_ACCESS_KEY,
+        aws_secret_access_key=settings.S3_SECRET_KEY,
+        region_name=settings.S3_REGION,
+    )
+    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@pytest.fixture(scope="module")
+def local_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    for day in SLICES:
+        (root / f"dt={day}").mkdir()
+        (root / f"dt={day}" / "part-0.parquet").write_bytes(parquet_bytes(frame(day)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def s3_root(s3):
+    for day in SLICES:
+        key = f"churn/dt={day}/part-0.parquet"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=parquet_bytes(frame(day)))
+    return f"s3://{BUCKET}/churn"
+
+
+def postgres_uri(table: str) -> str:
+    """The test database as a feature source URI (its tests carry the transactional db mark)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgresSource needs PostgreSQL: set DATABASE_URL=postgresql://...")
+    return f"{database_url(connection.settings_dict)}?table={table}"
+
+
+@pytest.fixture
+def postgres_table():
+    from django.db import connection
+
+    uri = postgres_uri("features_test")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE features_test (entity_id bigint, dt date, age double precision,"
+            " monthly_spend double precision, region text)"
+        )
+        for day in SLICES:
+            rows = frame(day)[COLUMNS].itertuples(index=False)
+            cursor.executemany(
+                "INSERT INTO features_test VALUES (%s, %s, %s, %s, %s)",
+                [(int(e), day, float(a), float(m), str(r)) for e, a, m, r in rows],
+            )
+    yield uri
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE features_test")
+
+
+@pytest.fixture(
+    params=["local", "s3", pytest.param("postgres", marks=pytest.mark.django_db(transaction=True))]
+)
+def source(request):
+    if request.param == "local":
+        return ParquetSource(str(request.getfixturevalue("local_root")))
+    if request.param == "s3":
+        return ParquetSource(request.getfixturevalue("s3_root"), s3_options=s3_options())
+    return PostgresSource(request.getfixturevalue("postgres_table"))
+
+
+def read_all(source, day: date, columns: list[str], batch_rows: int) -> list[pa.RecordBatch]:
+    return list(source.batches(day, columns, batch_rows))
+
+
+# --- slices -------------------------------------------------------------------
+
+
+def test_it_lists_the_slices_in_order(source):
+    assert source.slices() == [FIRST, MIDDLE, LAST]
+
+
+@pytest.mark.parametrize(
+    "on_or_before, expected",
+    [
+        (MIDDLE, MIDDLE),
+        (date(2026, 11, 21), MIDDLE),
+        (date(2026, 11, 19), FIRST),
+        (date(2027, 1, 1), LAST),
+    ],
+)
+def test_it_picks_the_latest_slice_on_or_before_a_date(source, on_or_before, expected):
+    assert source.latest_slice(on_or_before) == expected
+
+
+def test_it_refuses_a_date_before_the_first_slice(source):
+    with pytest.raises(FeatureSourceError, match="no slice on or before 2026-11-17"):
+        source.latest_slice(date(2026, 11, 17))
+
+
+# --- columns ------------------------------------------------------------------
+
+
+def test_it_reports_the_columns_and_names_exactly_the_missing_ones(source):
+    assert set(COLUMNS) <= set(source.columns(MIDDLE))
+    assert source.missing(MIDDLE, COLUMNS) == []
+    assert source.missing(MIDDLE, ["age", "income", "region", "zip"]) == ["income", "zip"]
+
+
+# --- batches and samples ------------------------------------------------------
+
+
+def test_it_streams_the_projected_columns_in_small_batches(source):
+    columns = ["region", "monthly_spend", "entity_id", "age"]
+    batches = read_all(source, MIDDLE, columns, batch_rows=4)
+
+    assert len(batches) >= SLICES[MIDDLE] // 4
+    assert all(0 < batch.num_rows <= 4 for batch in batches)
+    assert all(batch.schema.names == columns for batch in batches)
+
+
+def test_it_returns_exactly_the_rows_of_the_slice(source):
+    batches = read_all(source, MIDDLE, COLUMNS, batch_rows=4)
+    got = pa.Table.from_batches(batches).to_pandas().sort_values("entity_id", ignore_index=True)
+    expected = frame(MIDDLE)[COLUMNS]
+
+    assert got["entity_id"].tolist() == list(range(SLICES[MIDDLE]))
+    assert got["age"].tolist() == expected["age"].tolist()
+    assert got["monthly_spend"].tolist() == expected["monthly_spend"].tolist()
+    assert got["region"].astype(str).tolist() == expected["region"].astype(str).tolist()
+
+
+def test_it_gives_strings_as_dictionaries_and_numbers_as_floats(source):
+    batch = read_all(source, LAST, COLUMNS, batch_rows=100)[0]
+
+    assert pa.types.is_dictionary(batch.schema.field("region").type)
+    assert batch.schema.field("age").type == pa.float64()
+    assert batch.schema.field("monthly_spend").type == pa.float64()
+    assert isinstance(batch.to_pandas()["region"].dtype, pd.CategoricalDtype)
+
+
+def test_it_samples_at_most_the_rows_asked_for(source):
+    sample = source.sample(MIDDLE, ["age", "region"], rows=5)
+
+    assert 0 < sample.num_rows <= 5
+    assert sample.column_names == ["age", "region"]
+
+
+# --- Parquet layout -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_it_reads_a_slice_split_over_several_files_whole(where, request):
+    day = date(2026, 12, 1)
+    parts = [frame(MIDDLE, rows=9), frame(LAST, rows=6)]
+    parts[1]["entity_id"] += 100
+    if where == "local":
+        root = request.getfixturevalue("tmp_path")
+        (root / f"dt={day}").mkdir()
+        for n, part in enumerate(parts):
+            (root / f"dt={day}" / f"part-{n}.parquet").write_bytes(parquet_bytes(part))
+        source = ParquetSource(str(root))
+    else:
+        s3 = request.getfixturevalue("s3")
+        for n, part in enumerate(parts):
+            s3.put_object(
+                Bucket=BUCKET, Key=f"split/dt={day}/part-{n}.parquet", Body=parquet_bytes(part)
+            )
+        source = ParquetSource(f"s3://{BUCKET}/split", s3_options=s3_options())
+
+    got = pa.Table.from_batches(read_all(source, day, ["entity_id", "age"], batch_rows=4))
+
+    assert sorted(got["entity_id"].to_pylist()) == list(range(9)) + list(range(100, 106))
+    assert sorted(got["age"].to_pylist()) == sorted(pd.concat(parts)["age"].tolist())
+
+
+def test_it_gives_plain_string_parquet_columns_as_dictionaries(tmp_path):
+    day = date(2026, 12, 1)
+    data = frame(MIDDLE).assign(region=lambda f: f["region"].astype(str))
+    (tmp_path / f"dt={day}").mkdir()
+    (tmp_path / f"dt={day}" / "part-0.parquet").write_bytes(parquet_bytes(data))
+
+    batch = read_all(ParquetSource(str(tmp_path)), day, ["region"], batch_rows=100)[0]
+
+    assert pa.types.is_dictionary(batch.schema.field("region").type)
+
+
+# --- unreachable and misconfigured sources ------------------------------------
+
+
+def test_it_finds_no_slice_in_a_local_path_that_does_not_exist(tmp_path):
+    source = ParquetSource(str(tmp_path / "nowhere"))
+
+    assert source.slices() == []
+    with pytest.raises(FeatureSourceError, match="has no slice on or before"):
+        source.latest_slice(date(2026, 11, 20))
+
+
+def test_it_cannot_connect_to_postgres_on_a_closed_port():
+    source = PostgresSource(f"postgresql://postgres@127.0.0.1:{free_port()}/test?table=features")
+
+    with pytest.raises(FeatureSourceError, match="cannot connect"):
+        source.latest_slice(date(2026, 11, 20))
+
+
+def test_it_asks_for_the_table_when_a_postgres_uri_names_none():
+    source = PostgresSource("postgresql://postgres@127.0.0.1:5432/test")
+
+    with pytest.raises(FeatureSourceError, match=r"names no table: add \?table=<name>"):
+        source.slices()
+
+
+# --- settings -----------------------------------------------------------------
+
+
+def test_it_has_no_source_when_features_uri_is_blank(settings):
+    settings.FEATURES_URI = ""
+    assert source_from_settings() is None
+
+
+def test_it_builds_a_parquet_source_for_a_local_path(settings, local_root):
+    settings.FEATURES_URI = str(local_root)
+    source = source_from_settings()
+
+    assert isinstance(source, ParquetSource)
+    assert source.slices() == [FIRST, MIDDLE, LAST]
+
+
+def test_it_builds_a_parquet_source_for_s3(settings, s3_root):
+    settings.FEATURES_URI = s3_root
+    source = source_from_settings()
+
+    assert isinstance(source, ParquetSource)
+    assert source.s3_options == s3_options()
+    assert source.slices() == [FIRST, MIDDLE, LAST]
+
+
+def test_it_builds_a_postgres_source_for_a_postgresql_uri(settings):
+    settings.FEATURES_URI = "postgresql://scorer@db.example:5432/warehouse?table=features"
+    settings.FEATURES_ID_COLUMN = "customer_id"
+    source = source_from_settings()
+
+    assert isinstance(source, PostgresSource)
+    assert source.uri == settings.FEATURES_URI
+    assert source.id_column == "customer_id"
+    assert source.dsn_and_table == ("postgresql://scorer@db.example:5432/warehouse", "features")
