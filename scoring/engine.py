@@ -7,9 +7,12 @@ the other runs of the batch still commit.
 
 import contextlib
 import logging
+import queue
 import tempfile
 import threading
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -60,7 +63,8 @@ def run_batch(batch_id: int) -> None:
     claimed = [run for run in queued if runs.claim(run, batch_id)]
     if not claimed:
         return  # a redelivered message, or another worker has them
-    Batch.objects.filter(id=batch_id).update(started_at=timezone.now())
+    started = timezone.now()
+    Batch.objects.filter(id=batch_id).update(started_at=started)
     by_date = defaultdict(list)
     for run in claimed:
         by_date[run.date].append(run)
@@ -68,6 +72,7 @@ def run_batch(batch_id: int) -> None:
         for day, group in sorted(by_date.items()):
             score_date(day, group)
     Batch.objects.filter(id=batch_id).update(finished_at=timezone.now())
+    log.info("batch %s done in %.2f s", batch_id, (timezone.now() - started).total_seconds())
 
 
 def score_date(day: date, group: list[ScoringRun]) -> None:
@@ -85,6 +90,10 @@ def score_date(day: date, group: list[ScoringRun]) -> None:
         return
     ready = []
     for run in group:
+        newer = runs.newer_run(run)
+        if newer is not None:
+            runs.supersede(run, newer)
+            continue
         missing = [name for name in run.version.package["features"] if name not in available]
         if missing:
             runs.fail(
@@ -99,8 +108,10 @@ def score_date(day: date, group: list[ScoringRun]) -> None:
 
 
 def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
+    clock = Stopwatch()
     with contextlib.ExitStack() as stack:
-        scorers = [s for run in ready if (s := start_scorer(run, slice_date, stack))]
+        with clock("load"):
+            scorers = start_scorers(ready, slice_date, stack)
         if not scorers:
             return
         chunk_dir = Path(
@@ -114,33 +125,110 @@ def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
         chunk_rows = min(
             s.run.version.package["params"].get("chunk_rows", settings.CHUNK_ROWS) for s in scorers
         )
+        chunks = read_ahead(source.batches(slice_date, columns, chunk_rows))
         try:
-            for index, chunk in enumerate(source.batches(slice_date, columns, chunk_rows)):
-                scorers = score_chunk(chunk, index, chunk_dir, scorers, slice_date)
+            for index, chunk in enumerate(chunks):
+                with clock("score"):
+                    scorers = score_chunk(chunk, index, chunk_dir, scorers, slice_date)
                 if not scorers:
                     return
         except (features.FeatureSourceError, OSError) as exc:
             for scorer in scorers:
                 runs.fail(scorer.run, f"reading slice {slice_date} failed: {exc}", slice_date)
             return
-        for scorer in scorers:
-            commit(scorer, slice_date)
+        finally:
+            chunks.close()
+        with clock("commit"):
+            commit(scorers, slice_date)
+    log.info("slice %s, %d runs: %s", slice_date, len(ready), clock)
 
 
-def start_scorer(run: ScoringRun, slice_date: date, stack: contextlib.ExitStack) -> Scorer | None:
-    """Download the package and load it in a sandbox that serves the whole batch."""
-    workdir = Path(
-        stack.enter_context(tempfile.TemporaryDirectory(prefix=f"dropscore-run-{run.id}-"))
-    )
+def read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 1) -> Iterator[pa.RecordBatch]:
+    """Read the next chunk in a thread while the sandboxes score this one.
+
+    Parquet decoding releases the GIL, so reading overlaps scoring.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put(("batch", batch), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised in its thread
+            ready.put(("error", exc))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
     try:
-        with open(workdir / "package.dill", "wb") as file:
-            storage.download(run.version.key, run.version.sha256, file)
-        sandbox = stack.enter_context(Sandbox(workdir, sandbox_limits()))
-        sandbox.load(workdir / "package.dill")
-    except (SandboxError, storage.StorageError) as exc:
-        runs.fail(run, str(exc), slice_date)
-        return None
-    return Scorer(run, sandbox, workdir)
+        while True:
+            kind, item = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class Stopwatch:
+    """Seconds spent per phase of a batch, for the worker's log."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - started
+
+    def __str__(self) -> str:
+        return ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self.seconds.items())
+
+
+def start_scorers(
+    ready: list[ScoringRun], slice_date: date, stack: contextlib.ExitStack
+) -> list[Scorer]:
+    """Download each package and load it in a sandbox that serves the whole batch.
+
+    The sandboxes load at the same time: most of a load is importing the model's
+    libraries, which is CPU work the cores share.
+    """
+    loading = []
+    for run in ready:
+        workdir = Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix=f"dropscore-run-{run.id}-"))
+        )
+        try:
+            with open(workdir / "package.dill", "wb") as file:
+                storage.download(run.version.key, run.version.sha256, file)
+            sandbox = stack.enter_context(Sandbox(workdir, sandbox_limits()))
+            sandbox.send({"cmd": "load", "path": str(workdir / "package.dill")}, "loading")
+        except (SandboxError, storage.StorageError) as exc:
+            runs.fail(run, str(exc), slice_date)
+            continue
+        loading.append(Scorer(run, sandbox, workdir))
+    scorers = []
+    for scorer in loading:
+        try:
+            scorer.sandbox.receive("loading")
+            scorers.append(scorer)
+        except SandboxError as exc:
+            runs.fail(scorer.run, str(exc), slice_date)
+    return scorers
 
 
 def score_chunk(
@@ -173,19 +261,29 @@ def score_chunk(
     return alive
 
 
-def commit(scorer: Scorer, slice_date: date) -> None:
-    if scorer.writer is None:
+def commit(scorers: list[Scorer], slice_date: date) -> None:
+    """All runs of the slice in one Delta transaction: each partition whole, or none."""
+    empty = [s for s in scorers if s.writer is None]
+    for scorer in empty:
         runs.fail(scorer.run, f"slice {slice_date} has no rows", slice_date)
+    scorers = [s for s in scorers if s.writer is not None]
+    if not scorers:
         return
+    readers = [scorer.parts() for scorer in scorers]
+    parts = pa.RecordBatchReader.from_batches(
+        readers[0].schema, (batch for reader in readers for batch in reader)
+    )
     try:
-        scores.commit_run(scorer.run, scorer.parts())
+        scores.commit(scorers[0].run.date, [s.run.deployment_id for s in scorers], parts)
     except (
         Exception
-    ) as exc:  # S3 down or a conflicting commit: the run is retried, nothing half-written
-        log.exception("commit of run %s failed", scorer.run.id)
-        runs.fail(scorer.run, f"committing the scores failed: {exc}", slice_date)
+    ) as exc:  # S3 down or a conflicting commit: the runs are retried, nothing half-written
+        log.exception("commit of runs %s failed", [s.run.id for s in scorers])
+        for scorer in scorers:
+            runs.fail(scorer.run, f"committing the scores failed: {exc}", slice_date)
         return
-    runs.succeed(scorer.run, scorer.rows, slice_date)
+    for scorer in scorers:
+        runs.succeed(scorer.run, scorer.rows, slice_date)
 
 
 def union(feature_lists) -> list[str]:

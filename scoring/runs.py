@@ -105,6 +105,28 @@ def notify_failure(run: ScoringRun) -> None:
         log.exception("could not send the failure email of run %s", run.id)
 
 
+def newer_run(run: ScoringRun) -> ScoringRun | None:
+    """A run of a newer version of the same model for the same date: it owns the partition."""
+    return (
+        ScoringRun.objects.filter(
+            deployment_id=run.deployment_id, date=run.date, version__number__gt=run.version.number
+        )
+        .exclude(status=ScoringRun.FAILED)
+        .order_by("-version__number")
+        .first()
+    )
+
+
+def supersede(run: ScoringRun, newer: ScoringRun) -> None:
+    """The partition belongs to a newer version's run: this one stops, without retries."""
+    held(run).update(
+        status=ScoringRun.FAILED,
+        error=f"superseded by run {newer.id} of version {newer.version.number} for the same date",
+        finished_at=timezone.now(),
+        next_attempt_at=None,
+    )
+
+
 def take_back(run: ScoringRun, now: datetime) -> bool:
     """A running run whose worker stopped answering: queue it again, or give up."""
     stale = ScoringRun.objects.filter(

@@ -31,6 +31,7 @@ import psutil
 
 CLONE_NEWNET = 0x40000000
 POLL_SECONDS = 0.05
+MEMORY_CHECK_SECONDS = 0.2
 
 
 class SandboxError(Exception):
@@ -54,7 +55,8 @@ class Sandbox:
         self.limits = limits
         self.process: subprocess.Popen | None = None
         self.stderr_path = self.workdir / "sandbox-stderr.log"
-        self.protections: dict[str, str] = {}
+        self.greeted = True
+        self._protections: dict[str, str] = {}
 
     def __enter__(self) -> "Sandbox":
         self.start()
@@ -89,8 +91,20 @@ class Sandbox:
                 start_new_session=True,
             )
         os.close(reply_write)
-        self.replies = os.fdopen(reply_read, "rb")
-        self.protections = self.request({"cmd": "hello"}, "starting")["protections"]
+        self.replies, self.pending = reply_read, b""
+        # The hello is answered with the first reply: sandboxes start side by side.
+        self.send({"cmd": "hello"}, "starting")
+        self.greeted = False
+
+    @property
+    def protections(self) -> dict[str, str]:
+        self.greet()
+        return self._protections
+
+    def greet(self) -> None:
+        if not self.greeted:
+            self.greeted = True
+            self._protections = self.receive_reply("starting")["protections"]
 
     def load(self, package_path: Path) -> dict[str, Any]:
         """Load the package and check its contract; returns the package description."""
@@ -115,6 +129,10 @@ class Sandbox:
             raise SandboxError(self.died_message(stage)) from None
 
     def receive(self, stage: str) -> dict[str, Any]:
+        self.greet()
+        return self.receive_reply(stage)
+
+    def receive_reply(self, stage: str) -> dict[str, Any]:
         reply = json.loads(self.wait_for_reply(stage))
         if not reply.get("ok"):
             raise SandboxError(reply["error"])
@@ -124,20 +142,31 @@ class Sandbox:
         self.send({"cmd": "score", "input": str(input_path), "output": str(output_path)}, "scoring")
 
     def wait_for_reply(self, stage: str) -> bytes:
+        """The next reply line. Replies are read with os.read into our own buffer: a
+        buffered file could hold a second reply that select() would never announce."""
         deadline = time.monotonic() + self.limits.timeout_seconds
+        next_memory_check = 0.0
         while True:
+            line, newline, rest = self.pending.partition(b"\n")
+            if newline:
+                self.pending = rest
+                return line
             ready, _, _ = select.select([self.replies], [], [], POLL_SECONDS)
             if ready:
-                line = self.replies.readline()
-                if not line:
+                data = os.read(self.replies, 1 << 16)
+                if not data:
                     self.process.wait(timeout=5)
                     raise SandboxError(self.died_message(stage))
-                return line
+                self.pending += data
+                continue
             if time.monotonic() > deadline:
                 self.kill()
                 raise SandboxError(
                     f"timed out after {self.limits.timeout_seconds:g} s while {stage}; the sandbox was stopped"
                 )
+            if time.monotonic() < next_memory_check:
+                continue
+            next_memory_check = time.monotonic() + MEMORY_CHECK_SECONDS
             rss = self.resident_bytes()
             if rss > self.limits.memory_bytes:
                 self.kill()
@@ -181,16 +210,12 @@ class Sandbox:
             self.process.wait()
 
     def close(self) -> None:
+        """The child keeps nothing worth a graceful exit: it is killed at once."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.close()
-                self.process.wait(timeout=2)
-            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
-                pass
         self.kill()
-        self.replies.close()
+        self.process.stdin.close()
+        os.close(self.replies)
 
 
 # --- the child --------------------------------------------------------------

@@ -12,14 +12,17 @@ import contextlib
 from collections.abc import Iterator
 from datetime import date, datetime
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from django.conf import settings
 from django.db import connection, transaction
 
 PARTITIONS = ["dt", "model_id"]
+# Scores are random doubles that barely compress: the fastest codec loses little.
+WRITER = WriterProperties(compression="SNAPPY")
 # Taken by a PostgreSQL advisory lock when the S3 server has no conditional writes.
 COMMIT_LOCK_KEY = 7_301_977
 
@@ -60,36 +63,44 @@ def schema(id_type: pa.DataType) -> pa.Schema:
 
 
 def score_batch(entity_ids: pa.Array, scores: pa.Array, run, scored_at: datetime) -> pa.RecordBatch:
-    """One part of a run's output, in the table's schema."""
+    """One part of a run's output, in the table's schema (constant columns built by numpy)."""
     rows = len(entity_ids)
     return pa.RecordBatch.from_arrays(
         [
             entity_ids,
             scores,
-            pa.array([run.deployment_id] * rows, pa.int64()),
-            pa.array([run.version.number] * rows, pa.int32()),
-            pa.array([run.id] * rows, pa.int64()),
-            pa.array([scored_at] * rows, pa.timestamp("us", tz="UTC")),
-            pa.array([run.date.isoformat()] * rows, pa.string()),
+            pa.array(np.full(rows, run.deployment_id, dtype=np.int64)),
+            pa.array(np.full(rows, run.version.number, dtype=np.int32)),
+            pa.array(np.full(rows, run.id, dtype=np.int64)),
+            pa.array(
+                np.full(rows, np.datetime64(scored_at.replace(tzinfo=None), "us")),
+                pa.timestamp("us", tz="UTC"),
+            ),
+            pa.DictionaryArray.from_arrays(
+                np.zeros(rows, dtype=np.int32), [run.date.isoformat()]
+            ).cast(pa.string()),
         ],
         schema=schema(entity_ids.type),
     )
 
 
-def partition_predicate(day: date, model_id: int) -> str:
-    return f"dt = '{day.isoformat()}' AND model_id = {int(model_id)}"
+def partition_predicate(day: date, model_ids: list[int]) -> str:
+    ids = ", ".join(str(int(model_id)) for model_id in model_ids)
+    return f"dt = '{day.isoformat()}' AND model_id IN ({ids})"
 
 
-def commit_run(run, parts: pa.RecordBatchReader) -> None:
-    """Replace the run's partition with `parts`, streamed, in one Delta transaction."""
+def commit(day: date, model_ids: list[int], parts: pa.RecordBatchReader) -> None:
+    """Replace the (day, model) partitions of these runs with `parts`, streamed, in one
+    Delta transaction: each run's partition is replaced whole, or nothing changes."""
     with commit_lock():
         write_deltalake(
             table_uri(),
             parts,
             mode="overwrite",
-            predicate=partition_predicate(run.date, run.deployment_id),
+            predicate=partition_predicate(day, model_ids),
             partition_by=PARTITIONS,
             storage_options=storage_options(),
+            writer_properties=WRITER,
         )
 
 
