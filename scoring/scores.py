@@ -123,6 +123,6 @@ def run_scores(run, columns=("entity_id", "score")) -> Iterator[pa.RecordBatch]:
     except TableNotFoundError:
         return
     dataset = table.to_pyarrow_dataset(
-        file_pruning_predicate=partition_predicate(run.date, run.deployment_id)
+        file_pruning_predicate=partition_predicate(run.date, [run.deployment_id])
     )
     yield from dataset.to_batches(columns=list(columns), filter=ds.field("run_id") == run.id)
