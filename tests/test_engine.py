@@ -297,3 +297,27 @@ def test_runs_and_scores_through_the_api(owner, settle, worker, bucket, api, out
         outsider_api.post(f"/api/v1/models/{deployment.id}/runs/", {}, format="json").status_code
         == 404
     )
+
+
+def test_score_now_on_the_model_page_shows_the_run_and_its_downloads(
+    owner, outsider, settle, worker, bucket, client
+):
+    deployment = deploy(owner, packages.function_package(), "spend", settle)
+    client.force_login(owner)
+
+    response = client.post(f"/models/{deployment.id}/score/", follow=True)
+    assert "is queued" in response.content.decode()
+    [run] = wait_for_runs([deployment.id])
+    page = client.get(f"/models/{deployment.id}/").content.decode()
+    assert f'data-run-status="{run.id}">succeeded' in page
+    assert f"/runs/{run.id}/scores.csv" in page
+
+    csv = client.get(f"/runs/{run.id}/scores.csv")
+    assert (
+        csv["Content-Disposition"] == f'attachment; filename="spend-v1-{run.date}-run{run.id}.csv"'
+    )
+    assert len(b"".join(csv.streaming_content).splitlines()) == 501
+
+    client.force_login(outsider)
+    assert client.get(f"/runs/{run.id}/scores.csv").status_code == 404
+    assert client.post(f"/models/{deployment.id}/score/").status_code == 404

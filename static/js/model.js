@@ -8,6 +8,21 @@
   const settings = document.getElementById("settings-form");
   if (settings) wireSchedulePreview(settings);
 
+  // While a run is queued or running, follow it and show the page anew when it ends.
+  const runs = document.getElementById("runs");
+  const active = () => document.querySelectorAll('[data-run-status].queued, [data-run-status].running');
+  if (runs && active().length > 0) {
+    adaptiveSetInterval(async () => {
+      const response = await fetch(runs.dataset.apiUrl, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const changed = (await response.json()).some((run) => {
+        const badge = document.querySelector(`[data-run-status="${run.id}"]`);
+        return badge && badge.textContent !== run.status;
+      });
+      if (changed) window.location.reload();
+    }, 2000);
+  }
+
   const latest = document.getElementById("latest-version");
   const pendingBadges = () => document.querySelectorAll("[data-version-state].pending");
   if (!latest || pendingBadges().length === 0) return;
