@@ -6,6 +6,7 @@ the other runs of the batch still commit.
 """
 
 import contextlib
+import itertools
 import logging
 import queue
 import tempfile
@@ -23,7 +24,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from scoring import features, runs, scores, storage
-from scoring.models import Batch, ScoringRun
+from scoring.models import Batch, BatchPart, ScoringRun
 from scoring.sandbox import Sandbox, SandboxError
 from scoring.validation import sandbox_limits
 
@@ -52,7 +53,9 @@ class Scorer:
 
     def parts(self) -> pa.RecordBatchReader:
         self.writer.close()
-        return pa.ipc.open_stream(pa.OSFile(str(self.parts_path)))  # read, not mapped: RSS stays bounded
+        return pa.ipc.open_stream(
+            pa.OSFile(str(self.parts_path))
+        )  # read, not mapped: RSS stays bounded
 
 
 def run_batch(batch_id: int) -> None:
@@ -71,6 +74,8 @@ def run_batch(batch_id: int) -> None:
     with Heartbeat(claimed):
         for day, group in sorted(by_date.items()):
             score_date(day, group)
+    if batch.parts.exists():
+        return  # split over workers: the part that finishes last commits and closes the batch
     Batch.objects.filter(id=batch_id).update(finished_at=timezone.now())
     log.info("batch %s done in %.2f s", batch_id, (timezone.now() - started).total_seconds())
 
@@ -108,39 +113,163 @@ def score_date(day: date, group: list[ScoringRun]) -> None:
 
 
 def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
+    plan = plan_parts(source, slice_date)
+    if plan:
+        fan_out(ready, slice_date, plan)
+        return
     clock = Stopwatch()
     with contextlib.ExitStack() as stack:
         with clock("load"):
             scorers = start_scorers(ready, slice_date, stack)
-        if not scorers:
-            return
-        chunk_dir = Path(
-            stack.enter_context(
-                tempfile.TemporaryDirectory(
-                    prefix="dropscore-chunk-", dir=settings.CHUNK_DIR or None
-                )
-            )
-        )
-        columns = [source.id_column, *union(s.run.version.package["features"] for s in scorers)]
-        chunk_rows = min(
-            s.run.version.package["params"].get("chunk_rows", settings.CHUNK_ROWS) for s in scorers
-        )
-        chunks = read_ahead(source.batches(slice_date, columns, chunk_rows))
-        try:
-            for index, chunk in enumerate(chunks):
-                with clock("score"):
-                    scorers = score_chunk(chunk, index, chunk_dir, scorers, slice_date)
-                if not scorers:
-                    return
-        except (features.FeatureSourceError, OSError) as exc:
-            for scorer in scorers:
-                runs.fail(scorer.run, f"reading slice {slice_date} failed: {exc}", slice_date)
-            return
-        finally:
-            chunks.close()
-        with clock("commit"):
-            commit(scorers, slice_date)
+        scorers = score_range(source, slice_date, scorers, stack, clock)
+        if scorers:
+            with clock("commit"):
+                commit(scorers, slice_date)
     log.info("slice %s, %d runs: %s", slice_date, len(ready), clock)
+
+
+def score_range(source, slice_date, scorers, stack, clock, row_groups=None) -> list[Scorer]:
+    """Score the slice (or the part of it in `row_groups`) chunk by chunk; the runs still alive."""
+    if not scorers:
+        return []
+    chunk_dir = Path(
+        stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="dropscore-chunk-", dir=settings.CHUNK_DIR or None)
+        )
+    )
+    columns = [source.id_column, *union(s.run.version.package["features"] for s in scorers)]
+    chunk_rows = min(
+        s.run.version.package["params"].get("chunk_rows", settings.CHUNK_ROWS) for s in scorers
+    )
+    chunks = read_ahead(source.batches(slice_date, columns, chunk_rows, row_groups=row_groups))
+    try:
+        for index, chunk in enumerate(chunks):
+            with clock("score"):
+                scorers = score_chunk(chunk, index, chunk_dir, scorers, slice_date)
+            if not scorers:
+                return []
+    except (features.FeatureSourceError, OSError) as exc:
+        for scorer in scorers:
+            runs.fail(scorer.run, f"reading slice {slice_date} failed: {exc}", slice_date)
+        return []
+    finally:
+        chunks.close()
+    return scorers
+
+
+# --- a large slice, split over workers ------------------------------------------------
+
+
+def plan_parts(source, slice_date: date) -> list[list] | None:
+    """Row groups of a large Parquet slice in parts of about PART_ROWS rows, or None."""
+    if not isinstance(source, features.ParquetSource) or settings.PART_ROWS <= 0:
+        return None
+    parts, current, rows = [], {}, 0
+    for path, index, count in source.row_groups(slice_date):
+        current.setdefault(path, []).append(index)
+        rows += count
+        if rows >= settings.PART_ROWS:
+            parts.append([[p, groups] for p, groups in current.items()])
+            current, rows = {}, 0
+    if current:
+        parts.append([[p, groups] for p, groups in current.items()])
+    return parts if len(parts) > 1 else None
+
+
+def fan_out(ready: list[ScoringRun], slice_date: date, plan: list[list]) -> None:
+    """One task per part (a Celery group): more workers on more machines score faster."""
+    from celery import group
+
+    from scoring.tasks import score_part
+
+    first = ready[0]
+    parts = [
+        BatchPart.objects.create(
+            batch_id=first.batch_id,
+            date=first.date,
+            slice_date=slice_date,
+            index=index,
+            row_groups=row_groups,
+        )
+        for index, row_groups in enumerate(plan)
+    ]
+    log.info("slice %s of batch %s: %d parts", slice_date, first.batch_id, len(parts))
+    group(score_part.s(part.id) for part in parts).apply_async()
+
+
+def score_part(part_id: int, worker: str) -> None:
+    part = BatchPart.objects.select_related("batch").get(id=part_id)
+    if not BatchPart.objects.filter(id=part_id, status=BatchPart.QUEUED).update(
+        status=BatchPart.RUNNING, worker=worker
+    ):
+        return  # a redelivered message
+    held = list(
+        ScoringRun.objects.filter(
+            batch_id=part.batch_id, date=part.date, status=ScoringRun.RUNNING
+        ).select_related("deployment", "version")
+    )
+    clock = Stopwatch()
+    with Heartbeat(held), contextlib.ExitStack() as stack:
+        with clock("load"):
+            scorers = start_scorers(held, part.slice_date, stack)
+        scorers = score_range(
+            features.source_from_settings(), part.slice_date, scorers, stack, clock, part.row_groups
+        )
+        with clock("stage"):
+            for scorer in scorers:
+                if scorer.writer is not None:
+                    scorer.writer.close()
+                    scores.stage(
+                        part.batch_id, part.date, scorer.run.id, part.index, scorer.parts_path
+                    )
+    BatchPart.objects.filter(id=part_id).update(status=BatchPart.DONE, finished_at=timezone.now())
+    log.info("part %s of batch %s: %s", part.index, part.batch_id, clock)
+    if join_parts(part):
+        commit_staged(part)
+
+
+def join_parts(part: BatchPart) -> bool:
+    """True for exactly one worker: the one that finished the last part of the slice."""
+    siblings = BatchPart.objects.filter(batch_id=part.batch_id, date=part.date)
+    if siblings.exclude(status=BatchPart.DONE).exists():
+        return False
+    # Part 0 moves to "committed" once: its conditional update elects the committer.
+    return bool(siblings.filter(index=0, status=BatchPart.DONE).update(status="committed"))
+
+
+def commit_staged(part: BatchPart) -> None:
+    held = list(
+        ScoringRun.objects.filter(
+            batch_id=part.batch_id, date=part.date, status=ScoringRun.RUNNING
+        ).select_related("deployment", "version")
+    )
+    if held:
+        rows: dict[int, int] = defaultdict(int)
+
+        def staged():
+            for run in held:
+                for batch in scores.staged(part.batch_id, part.date, run.id):
+                    rows[run.id] += batch.num_rows
+                    yield batch
+
+        batches = staged()
+        first = next(batches, None)
+        try:
+            if first is None:
+                raise features.FeatureSourceError(f"slice {part.slice_date} has no rows")
+            parts = pa.RecordBatchReader.from_batches(
+                first.schema, itertools.chain([first], batches)
+            )
+            scores.commit(part.date, [run.deployment_id for run in held], parts)
+        except Exception as exc:  # the runs are retried, nothing half-written
+            log.exception("commit of the parts of batch %s failed", part.batch_id)
+            for run in held:
+                runs.fail(run, f"committing the scores failed: {exc}", part.slice_date)
+        else:
+            for run in held:
+                runs.succeed(run, rows[run.id], part.slice_date)
+    scores.drop_staging(part.batch_id, part.date)
+    Batch.objects.filter(id=part.batch_id).update(finished_at=timezone.now())
 
 
 def read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 1) -> Iterator[pa.RecordBatch]:

@@ -87,16 +87,38 @@ class ParquetSource:
         return [c for c in columns if c not in available]
 
     def batches(
-        self, slice_date: date, columns: list[str], batch_rows: int
+        self, slice_date: date, columns: list[str], batch_rows: int, row_groups: list | None = None
     ) -> Iterator[pa.RecordBatch]:
-        """Stream the slice's projected columns in batches of at most batch_rows."""
+        """Stream the slice's projected columns in batches of at most batch_rows.
+
+        `row_groups` ([[path, [index, ...]], ...]) limits the read to a part of the slice.
+        """
         filesystem, _ = self.filesystem_and_root
+        wanted = dict((path, groups) for path, groups in row_groups) if row_groups else None
         for path in self.files(slice_date):
+            if wanted is not None and path not in wanted:
+                continue
             with filesystem.open_input_file(path) as handle:
                 schema = pq.read_schema(handle)
                 strings = [c for c in columns if is_string(schema.field(c).type)]
                 parquet = pq.ParquetFile(handle, read_dictionary=strings)
-                yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
+                groups = wanted[path] if wanted is not None else None
+                yield from parquet.iter_batches(
+                    batch_size=batch_rows, columns=columns, row_groups=groups
+                )
+
+    def row_groups(self, slice_date: date) -> list[tuple[str, int, int]]:
+        """(path, row group, rows) of every row group of the slice: the units a slice splits into."""
+        filesystem, _ = self.filesystem_and_root
+        found = []
+        for path in self.files(slice_date):
+            with filesystem.open_input_file(path) as handle:
+                metadata = pq.ParquetFile(handle).metadata
+            found += [
+                (path, index, metadata.row_group(index).num_rows)
+                for index in range(metadata.num_row_groups)
+            ]
+        return found
 
     def sample(self, slice_date: date, columns: list[str], rows: int) -> pa.Table:
         for batch in self.batches(slice_date, columns, rows):

@@ -100,6 +100,35 @@ class Batch(models.Model):
         return f"batch {self.id}"
 
 
+class BatchPart(models.Model):
+    """A range of a large slice's row groups, scored by whichever worker takes it.
+
+    The parts of one (batch, date) are joined in the database: the worker that
+    finishes the last part commits every run of that slice.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="parts")
+    date = models.DateField()
+    slice_date = models.DateField()
+    index = models.PositiveIntegerField()
+    row_groups = models.JSONField(help_text="[[path, [row group, ...]], ...]")
+    status = models.CharField(max_length=10, default=QUEUED)
+    worker = models.CharField(max_length=200, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "date", "index"], name="unique_part")
+        ]
+
+    def __str__(self) -> str:
+        return f"part {self.index} of {self.batch} for {self.date}"
+
+
 class ScoringRun(models.Model):
     """One scoring of one version for one date; the ledger of what must run.
 

@@ -126,3 +126,42 @@ def run_scores(run, columns=("entity_id", "score")) -> Iterator[pa.RecordBatch]:
         file_pruning_predicate=partition_predicate(run.date, [run.deployment_id])
     )
     yield from dataset.to_batches(columns=list(columns), filter=ds.field("run_id") == run.id)
+
+
+# --- staging: the parts of a slice scored by several workers -------------------
+
+
+def staging_prefix(batch_id: int, day: date) -> str:
+    return f"_staging/batch-{batch_id}/{day.isoformat()}/"
+
+
+def stage(batch_id: int, day: date, run_id: int, part_index: int, path) -> None:
+    """Keep one part's scores of one run (an Arrow stream file) until the slice commits."""
+    from scoring import storage
+
+    key = f"{staging_prefix(batch_id, day)}run-{run_id}/part-{part_index:05d}.arrow"
+    storage.client().upload_file(str(path), settings.SCORES_BUCKET, key)
+
+
+def staged(batch_id: int, day: date, run_id: int) -> Iterator[pa.RecordBatch]:
+    """A run's staged parts, in order, streamed from S3."""
+    from scoring import storage
+
+    s3 = storage.client()
+    prefix = f"{staging_prefix(batch_id, day)}run-{run_id}/"
+    listing = s3.list_objects_v2(Bucket=settings.SCORES_BUCKET, Prefix=prefix)
+    for item in sorted(listing.get("Contents", []), key=lambda item: item["Key"]):
+        body = s3.get_object(Bucket=settings.SCORES_BUCKET, Key=item["Key"])["Body"]
+        yield from pa.ipc.open_stream(pa.PythonFile(body, mode="r"))
+
+
+def drop_staging(batch_id: int, day: date) -> None:
+    from scoring import storage
+
+    s3 = storage.client()
+    listing = s3.list_objects_v2(
+        Bucket=settings.SCORES_BUCKET, Prefix=staging_prefix(batch_id, day)
+    )
+    keys = [{"Key": item["Key"]} for item in listing.get("Contents", [])]
+    if keys:
+        s3.delete_objects(Bucket=settings.SCORES_BUCKET, Delete={"Objects": keys, "Quiet": True})

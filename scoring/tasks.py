@@ -28,6 +28,11 @@ def run_batch(batch_id: int) -> None:
     engine.run_batch(batch_id)
 
 
+@shared_task(bind=True)
+def score_part(self, part_id: int) -> None:
+    engine.score_part(part_id, self.request.hostname or "")
+
+
 @shared_task
 def tick() -> None:
     """Runs every minute (Celery beat): the database, not the broker, says what is due."""

@@ -13,7 +13,7 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
-from scoring import deployments, dispatch, scores
+from scoring import deployments, dispatch, runs, scores
 from scoring.models import Deployment, ScoringRun
 from tests import packages
 from tests.conftest import start_worker, stop_worker
@@ -321,3 +321,61 @@ def test_score_now_on_the_model_page_shows_the_run_and_its_downloads(
     client.force_login(outsider)
     assert client.get(f"/runs/{run.id}/scores.csv").status_code == 404
     assert client.post(f"/models/{deployment.id}/score/").status_code == 404
+
+
+def test_a_large_slice_is_split_over_several_workers_and_committed_once(
+    owner, settle, worker, worker_env, bucket, feature_table, state_dir, celery_app_configured
+):
+    from scoring.models import BatchPart
+
+    app, queue = celery_app_configured
+    day = date.today() + timedelta(days=20)
+    folder = feature_table / f"dt={day.isoformat()}"
+    folder.mkdir()
+    frame = packages.feature_frame(500, seed=9)
+    frame.to_parquet(
+        folder / "part-0.parquet", row_group_size=100
+    )  # 5 row groups: parts of 2, 2 and 1
+    catboost, function = packages.catboost_package(), packages.function_package()
+    deployed = [deploy(owner, catboost, "churn", settle), deploy(owner, function, "spend", settle)]
+    own_queue = f"{queue}-parts"
+    app.conf.task_default_queue = own_queue
+    env = {**worker_env, "PART_ROWS": "200"}
+    workers = [
+        start_worker({**env, "CELERY_QUEUE": own_queue}, own_queue, state_dir / f"parts-{i}.log")
+        for i in range(2)
+    ]
+    try:
+        run_ids = [runs.request_run(d, day).id for d in deployed]
+        dispatch.send_batch(run_ids)
+        finished = wait_for_runs([d.id for d in deployed])
+    finally:
+        app.conf.task_default_queue = queue
+        for process in workers:
+            stop_worker(process)
+        shutil.rmtree(folder)
+
+    parts = list(BatchPart.objects.order_by("index"))
+    assert [len(sum((groups for _, groups in p.row_groups), [])) for p in parts] == [2, 2, 1]
+    assert len({p.worker for p in parts}) == 2, "both workers took parts"
+    assert all(run.status == "succeeded" and run.rows == 500 for run in finished), [
+        r.error for r in finished
+    ]
+    expected = {
+        deployed[0].id: catboost["model"].predict_proba(frame[packages.FEATURES])[:, 1],
+        deployed[1].id: function["model"](frame[["monthly_spend"]]),
+    }
+    for deployment_id, scores_ in expected.items():
+        committed = table_rows(deployment_id, day).sort("entity_id")
+        assert committed["entity_id"].to_list() == list(range(500))
+        np.testing.assert_allclose(committed["score"].to_numpy(), scores_, rtol=1e-9)
+    assert not scores_staged()
+
+
+def scores_staged() -> list[str]:
+    from django.conf import settings
+
+    from scoring import storage
+
+    listing = storage.client().list_objects_v2(Bucket=settings.SCORES_BUCKET, Prefix="_staging/")
+    return [item["Key"] for item in listing.get("Contents", [])]
