@@ -1,8 +1,10 @@
 """A batch: read the union of its models' features once, chunk by chunk; each model scores
-each chunk in its own sandbox; each run commits its partition of the scores table.
+each chunk in its own sandbox; the runs of a slice commit their partitions of the scores
+table in one transaction. A large slice is split into parts that several workers score.
 
 A model fails alone (missing columns, a crash in predict, bad output, a timeout):
-the other runs of the batch still commit.
+the other runs of the batch still commit. Anything else that goes wrong leaves the
+runs running without a heartbeat: tick takes them back and they are retried.
 """
 
 import contextlib
@@ -52,10 +54,9 @@ class Scorer:
         self.rows += part.num_rows
 
     def parts(self) -> pa.RecordBatchReader:
+        """The scores so far, read as a stream, not mapped: the worker's memory stays bounded."""
         self.writer.close()
-        return pa.ipc.open_stream(
-            pa.OSFile(str(self.parts_path))
-        )  # read, not mapped: RSS stays bounded
+        return pa.ipc.open_stream(pa.OSFile(str(self.parts_path)))
 
 
 def run_batch(batch_id: int) -> None:
@@ -369,10 +370,14 @@ def score_chunk(
         writer.write_batch(chunk)
     entity_ids = chunk.column(0)
     scored_at = timezone.now()
-    alive = []
+    sent, alive = [], []
     for scorer in scorers:
-        scorer.sandbox.send_score(chunk_path, chunk_dir / f"scores-{scorer.run.id}.arrow")
-    for scorer in scorers:
+        try:
+            scorer.sandbox.send_score(chunk_path, chunk_dir / f"scores-{scorer.run.id}.arrow")
+            sent.append(scorer)
+        except SandboxError as exc:
+            drop(scorer, exc, index, slice_date)
+    for scorer in sent:
         try:
             scorer.sandbox.receive("scoring")
             with pa.memory_map(str(chunk_dir / f"scores-{scorer.run.id}.arrow")) as source:
@@ -380,14 +385,15 @@ def score_chunk(
             scorer.add(scores.score_batch(entity_ids, values, scorer.run, scored_at))
             alive.append(scorer)
         except SandboxError as exc:
-            runs.fail(
-                scorer.run,
-                f"{exc} (rows {index * len(chunk) + 1} onwards of slice {slice_date})",
-                slice_date,
-            )
-            scorer.sandbox.kill()
+            drop(scorer, exc, index, slice_date)
     chunk_path.unlink()
     return alive
+
+
+def drop(scorer: Scorer, error: SandboxError, index: int, slice_date: date) -> None:
+    """A model failed on a chunk: its run fails alone, its sandbox goes."""
+    runs.fail(scorer.run, f"{error} (chunk {index + 1} of slice {slice_date})", slice_date)
+    scorer.sandbox.kill()
 
 
 def commit(scorers: list[Scorer], slice_date: date) -> None:
