@@ -48,18 +48,8 @@ def due_schedules(now: datetime) -> list[int]:
 
 
 def due_retries(now: datetime) -> list[int]:
-    ids = list(
-        ScoringRun.objects.filter(status=ScoringRun.RETRYING, next_attempt_at__lte=now).values_list(
-            "id", flat=True
-        )
-    )
-    return [
-        run_id
-        for run_id in ids
-        if ScoringRun.objects.filter(id=run_id, status=ScoringRun.RETRYING).update(
-            status=ScoringRun.QUEUED, queued_at=now
-        )
-    ]
+    due = ScoringRun.objects.filter(status=ScoringRun.RETRYING, next_attempt_at__lte=now)
+    return claim_each(due, status=ScoringRun.QUEUED, queued_at=now)
 
 
 def taken_back(now: datetime) -> list[int]:
@@ -73,18 +63,15 @@ def taken_back(now: datetime) -> list[int]:
 def lost(now: datetime) -> list[int]:
     """Queued runs no worker took in time: their message was lost (or the queue is long)."""
     before = now - timedelta(seconds=settings.REQUEUE_AFTER_SECONDS)
-    ids = list(
-        ScoringRun.objects.filter(status=ScoringRun.QUEUED, queued_at__lt=before).values_list(
-            "id", flat=True
-        )
+    return claim_each(
+        ScoringRun.objects.filter(status=ScoringRun.QUEUED, queued_at__lt=before), queued_at=now
     )
-    return [
-        run_id
-        for run_id in ids
-        if ScoringRun.objects.filter(
-            id=run_id, status=ScoringRun.QUEUED, queued_at__lt=before
-        ).update(queued_at=now)
-    ]
+
+
+def claim_each(candidates, **changes) -> list[int]:
+    """The runs whose conditional update this tick wins: another tick may take some first."""
+    ids = list(candidates.values_list("id", flat=True))
+    return [run_id for run_id in ids if candidates.filter(id=run_id).update(**changes)]
 
 
 def score_now(deployment: Deployment, day: date | None = None) -> ScoringRun:
