@@ -44,14 +44,18 @@ ROW_GROUP = 100_000
 def build_slice(folder: Path, rows: int) -> None:
     """Write the slice row group by row group, so building 4M rows needs little memory."""
     rng = np.random.default_rng(0)
-    levels = {c: np.array([f"{c}_v{k}" for k in range(5 + i * 3)]) for i, c in enumerate(CATEGORICAL)}
+    levels = {
+        c: np.array([f"{c}_v{k}" for k in range(5 + i * 3)]) for i, c in enumerate(CATEGORICAL)
+    }
     folder.mkdir(parents=True, exist_ok=True)
     writer = None
     for start in range(0, rows, ROW_GROUP):
         n = min(ROW_GROUP, rows - start)
         columns = {"entity_id": pa.array(np.arange(start, start + n, dtype=np.int64))}
         for i, name in enumerate(NUMERIC):
-            columns[name] = pa.array(np.round(rng.normal(i % 5, 1 + i % 3, n), 2).astype(np.float32))
+            columns[name] = pa.array(
+                np.round(rng.normal(i % 5, 1 + i % 3, n), 2).astype(np.float32)
+            )
         for name in CATEGORICAL:
             # Plain strings, as Spark or a database export writes them.
             columns[name] = pa.array(levels[name][rng.integers(0, len(levels[name]), n)])
@@ -79,12 +83,23 @@ def train_packages(folder: Path, slice_path: Path, feature_sets: list[list[str]]
     from scoring.contract import save_package
 
     sample = pq.read_table(slice_path).slice(0, 30_000).to_pandas()
-    target = (sample[NUMERIC[0]] + sample[NUMERIC[7]] * 0.5 + np.random.default_rng(2).normal(0, 1, len(sample)) > 0.5)
+    target = (
+        sample[NUMERIC[0]]
+        + sample[NUMERIC[7]] * 0.5
+        + np.random.default_rng(2).normal(0, 1, len(sample))
+        > 0.5
+    )
     paths = []
     for m, features in enumerate(feature_sets):
         categorical = [c for c in features if c in CATEGORICAL]
-        model = CatBoostClassifier(iterations=300, depth=6, verbose=False, random_seed=m, allow_writing_files=False,
-                                   cat_features=categorical)
+        model = CatBoostClassifier(
+            iterations=300,
+            depth=6,
+            verbose=False,
+            random_seed=m,
+            allow_writing_files=False,
+            cat_features=categorical,
+        )
         frame = sample[features].copy()
         model.fit(frame, target.astype(int))
         path = folder / f"model-{m}.dill"
@@ -143,21 +158,32 @@ class PeakRss(threading.Thread):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--workdir", default=None, help="keep the data here (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir", default=None, help="keep the data here (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--part-rows",
+        type=int,
+        default=0,
+        help="split slices larger than this over parts (default 0: one worker scores it whole)",
+    )
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dropscore-bench-"))
     day = date.today()
     features_root = work / "features"
     slice_path = features_root / f"dt={day.isoformat()}" / "part-0.parquet"
-    os.environ.update({
-        "DROPSCORE_STATE_DIR": str(work / "state"),
-        "FEATURES_URI": str(features_root),
-        "MODELS_BUCKET": "bench-models",
-        "SCORES_BUCKET": "bench-scores",
-        "QUOTA_ACTIVE_MODELS": "100",
-        "LOG_LEVEL": "WARNING",
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-    })
+    os.environ.update(
+        {
+            "DROPSCORE_STATE_DIR": str(work / "state"),
+            "FEATURES_URI": str(features_root),
+            "MODELS_BUCKET": "bench-models",
+            "SCORES_BUCKET": "bench-scores",
+            "QUOTA_ACTIVE_MODELS": "100",
+            "LOG_LEVEL": "WARNING",
+            "PART_ROWS": str(args.part_rows),
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+        }
+    )
     from deploy import services
 
     (work / "state").mkdir(parents=True, exist_ok=True)
@@ -203,14 +229,25 @@ def main() -> None:
 
         models = [dill.load(open(path, "rb"))["model"] for path in paths]
 
-        worker = services.celery("worker", {}, work / "state" / "worker.log", "-Q", os.environ["CELERY_QUEUE"],
-                                 "-c", "1", "--without-gossip", "--without-mingle")
+        worker = services.celery(
+            "worker",
+            {},
+            work / "state" / "worker.log",
+            "-Q",
+            os.environ["CELERY_QUEUE"],
+            "-c",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+        )
         started.append(services.Service("worker", worker, "", work / "state" / "worker.log"))
         user, _ = User.objects.get_or_create(username=f"bench-{os.getpid()}")
         versions = []
         for path in paths:
             data = path.read_bytes()
-            versions.append(deployments.deploy(user, io.BytesIO(data), path.name, len(data), name=path.stem))
+            versions.append(
+                deployments.deploy(user, io.BytesIO(data), path.name, len(data), name=path.stem)
+            )
         while any(v.state == "pending" for v in versions):
             time.sleep(0.5)
             for v in versions:
@@ -232,7 +269,8 @@ def main() -> None:
         read, predict = physical_limit(slice_path, feature_sets, models)
         limit = read + predict
         naive_seconds = naive(slice_path, feature_sets, models)
-        print(f"""
+        print(
+            f"""
 rows x models / s        {args.rows * MODELS / batch_seconds:,.0f}
 batch (engine)           {batch_seconds:.2f} s
 physical limit           {limit:.2f} s  (read {read:.2f} s + predict {predict:.2f} s)
@@ -240,7 +278,9 @@ batch / limit            {batch_seconds / limit:.2f}x   (target <= 1.25x)
 naive / batch            {naive_seconds / batch_seconds:.2f}x   (naive {naive_seconds:.2f} s; target >= 1.8x)
 peak RSS worker          {rss.worker_peak / 1024**2:,.0f} MB
 peak RSS sandbox (max)   {rss.sandbox_peak / 1024**2:,.0f} MB
-""", flush=True)
+""",
+            flush=True,
+        )
     finally:
         for service in reversed(started):
             service.stop()
