@@ -142,7 +142,7 @@ def take_back(run: ScoringRun, now: datetime) -> bool:
 
 
 def request_run(deployment: Deployment, day: date) -> ScoringRun:
-    """ "Score now": the run for that date, queued unless it is running or already scored."""
+    """Score now: the run for that date, queued unless it is running or already scored."""
     version = current_version(deployment)
     if version is None:
         raise RunError(f"{deployment.name} has no valid version to score")
