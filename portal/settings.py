@@ -38,6 +38,16 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.getenv(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+
+
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
 
@@ -167,6 +177,14 @@ RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 180)
 REQUEUE_AFTER_SECONDS = env_int("REQUEUE_AFTER_SECONDS", 300)
 # Chunks are handed to sandboxes as Arrow files here: shared memory where there is some.
 CHUNK_DIR = env_str("CHUNK_DIR", "/dev/shm" if Path("/dev/shm").is_dir() else "")
+
+# --- Data quality (a package's params psi_warn, psi_alert, ... override these) ---
+PSI_WARN = env_float("PSI_WARN", 0.1)
+PSI_ALERT = env_float("PSI_ALERT", 0.25)
+ADVERSARIAL_WARN = env_float("ADVERSARIAL_WARN", 0.6)
+ADVERSARIAL_ALERT = env_float("ADVERSARIAL_ALERT", 0.65)
+# Rows of features and scores kept per run while it scores, for the next run's checks.
+QUALITY_SAMPLE_ROWS = env_int("QUALITY_SAMPLE_ROWS", 20_000)
 
 # --- Celery -----------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -165,12 +165,19 @@ class ScoringRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Data quality against the previous run (or the package's reference scores), computed
+    # after the run commits; the shape is documented in scoring/quality.py.
+    quality = models.JSONField(null=True, blank=True)
+    quality_status = models.CharField(max_length=10, blank=True, help_text="ok, warning or alert")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["version", "date"], name="one_run_per_version_and_date")
         ]
-        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"]),
+            models.Index(fields=["deployment", "-finished_at"]),
+        ]
         ordering = ["-date", "-id"]
 
     def __str__(self) -> str:
@@ -181,6 +188,33 @@ class ScoringRun(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class Report(models.Model):
+    """One report per user per batch: the email, and the same as a page in the portal."""
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="reports")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reports"
+    )
+    runs = models.ManyToManyField(ScoringRun, related_name="reports")
+    status = models.CharField(
+        max_length=10, help_text="the worst of its runs: ok, warning, alert or failed"
+    )
+    created_at = models.DateTimeField(default=now)
+    # A mail server that is down delays the email: tick sends unsent reports again.
+    sent_at = models.DateTimeField(null=True, blank=True)
+    send_attempts = models.PositiveIntegerField(default=0)
+    send_error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "owner"], name="one_report_per_user_and_batch")
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"report of {self.batch} for {self.owner}"
 
 
 class Quota(models.Model):
