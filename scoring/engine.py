@@ -8,7 +8,7 @@ runs running without a heartbeat: tick takes them back and they are retried.
 """
 
 import contextlib
-import itertools
+import json
 import logging
 import queue
 import tempfile
@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from scoring import features, runs, scores, storage
+from scoring import checks, features, reports, runs, samples, scores, storage
 from scoring.models import Batch, BatchPart, ScoringRun
 from scoring.sandbox import Sandbox, SandboxError
 from scoring.validation import sandbox_limits
@@ -35,28 +35,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Scorer:
-    """One run being scored: its sandbox, and its scores so far as Arrow parts on disk."""
+    """One run being scored: its sandbox, its scores file being written, its row sample."""
 
     run: ScoringRun
     sandbox: Sandbox
     workdir: Path
-    rows: int = 0
-    writer: pa.RecordBatchStreamWriter | None = field(default=None, repr=False)
+    writer: scores.RunWriter
+    sample: samples.RowSample = field(repr=False)
 
     @property
-    def parts_path(self) -> Path:
-        return self.workdir / "parts.arrow"
-
-    def add(self, part: pa.RecordBatch) -> None:
-        if self.writer is None:
-            self.writer = pa.ipc.new_stream(str(self.parts_path), part.schema)
-        self.writer.write_batch(part)
-        self.rows += part.num_rows
-
-    def parts(self) -> pa.RecordBatchReader:
-        """The scores so far, read as a stream, not mapped: the worker's memory stays bounded."""
-        self.writer.close()
-        return pa.ipc.open_stream(pa.OSFile(str(self.parts_path)))
+    def features(self) -> list[str]:
+        return self.run.version.package["features"]
 
 
 def run_batch(batch_id: int) -> None:
@@ -77,8 +66,15 @@ def run_batch(batch_id: int) -> None:
             score_date(day, group)
     if batch.parts.exists():
         return  # split over workers: the part that finishes last commits and closes the batch
-    Batch.objects.filter(id=batch_id).update(finished_at=timezone.now())
+    finish_batch(batch_id)
     log.info("batch %s done in %.2f s", batch_id, (timezone.now() - started).total_seconds())
+
+
+def finish_batch(batch_id: int) -> None:
+    """The batch is over: mark it, and send each owner the report of their runs in it."""
+    Batch.objects.filter(id=batch_id).update(finished_at=timezone.now())
+    for report in reports.build_reports(Batch.objects.get(id=batch_id)):
+        reports.send_report(report)  # a mail server that is down: tick sends it later
 
 
 def score_date(day: date, group: list[ScoringRun]) -> None:
@@ -123,9 +119,10 @@ def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
         with clock("load"):
             scorers = start_scorers(ready, slice_date, stack)
         scorers = score_range(source, slice_date, scorers, stack, clock)
-        if scorers:
-            with clock("commit"):
-                commit(scorers, slice_date)
+        with clock("commit"):
+            committed = commit(scorers, slice_date)
+    with clock("quality"):
+        checks.check_runs(committed)
     log.info("slice %s, %d runs: %s", slice_date, len(ready), clock)
 
 
@@ -151,6 +148,7 @@ def score_range(source, slice_date, scorers, stack, clock, row_groups=None) -> l
                 return []
     except (features.FeatureSourceError, OSError) as exc:
         for scorer in scorers:
+            scorer.writer.abort()
             runs.fail(scorer.run, f"reading slice {slice_date} failed: {exc}", slice_date)
         return []
     finally:
@@ -212,21 +210,25 @@ def score_part(part_id: int, worker: str) -> None:
     clock = Stopwatch()
     with Heartbeat(held), contextlib.ExitStack() as stack:
         with clock("load"):
-            scorers = start_scorers(held, part.slice_date, stack)
+            scorers = start_scorers(held, part.slice_date, stack, part.index)
         scorers = score_range(
             features.source_from_settings(), part.slice_date, scorers, stack, clock, part.row_groups
         )
         with clock("stage"):
+            files = {}
             for scorer in scorers:
-                if scorer.writer is not None:
-                    scorer.writer.close()
-                    scores.stage(
-                        part.batch_id, part.date, scorer.run.id, part.index, scorer.parts_path
-                    )
-    BatchPart.objects.filter(id=part_id).update(status=BatchPart.DONE, finished_at=timezone.now())
+                try:
+                    files[scorer.run.id] = finish_files(scorer, part.index)
+                except Exception as exc:  # S3 down: this run is retried, the others go on
+                    log.exception("part %s of run %s could not be kept", part.index, scorer.run.id)
+                    scorer.writer.abort()
+                    runs.fail(scorer.run, f"keeping the scores failed: {exc}", part.slice_date)
+    BatchPart.objects.filter(id=part_id).update(
+        status=BatchPart.DONE, files=files, finished_at=timezone.now()
+    )
     log.info("part %s of batch %s: %s", part.index, part.batch_id, clock)
     if join_parts(part):
-        commit_staged(part)
+        commit_parts(part)
 
 
 def join_parts(part: BatchPart) -> bool:
@@ -238,39 +240,30 @@ def join_parts(part: BatchPart) -> bool:
     return bool(siblings.filter(index=0, status=BatchPart.DONE).update(status="committed"))
 
 
-def commit_staged(part: BatchPart) -> None:
+def commit_parts(part: BatchPart) -> None:
+    """Commit every run of the slice still alive with the files all its parts wrote."""
+    siblings = list(BatchPart.objects.filter(batch_id=part.batch_id, date=part.date))
     held = list(
         ScoringRun.objects.filter(
             batch_id=part.batch_id, date=part.date, status=ScoringRun.RUNNING
         ).select_related("deployment", "version")
     )
-    if held:
-        rows: dict[int, int] = defaultdict(int)
-
-        def staged():
-            for run in held:
-                for batch in scores.staged(part.batch_id, part.date, run.id):
-                    rows[run.id] += batch.num_rows
-                    yield batch
-
-        batches = staged()
-        first = next(batches, None)
-        try:
-            if first is None:
-                raise features.FeatureSourceError(f"slice {part.slice_date} has no rows")
-            parts = pa.RecordBatchReader.from_batches(
-                first.schema, itertools.chain([first], batches)
-            )
-            scores.commit(part.date, [run.deployment_id for run in held], parts)
-        except Exception as exc:  # the runs are retried, nothing half-written
-            log.exception("commit of the parts of batch %s failed", part.batch_id)
-            for run in held:
-                runs.fail(run, f"committing the scores failed: {exc}", part.slice_date)
+    files = {run.id: [] for run in held}
+    for sibling in siblings:
+        for run_id, written in sibling.files.items():
+            if int(run_id) in files:
+                files[int(run_id)] += written
+            else:  # the run failed in another part: its files never reach the log
+                scores.remove_files(written)
+    alive = []
+    for run in held:
+        if sum(json.loads(f["stats"])["numRecords"] for f in files[run.id]) == 0:
+            runs.fail(run, f"slice {part.slice_date} has no rows", part.slice_date)
         else:
-            for run in held:
-                runs.succeed(run, rows[run.id], part.slice_date)
-    scores.drop_staging(part.batch_id, part.date)
-    Batch.objects.filter(id=part.batch_id).update(finished_at=timezone.now())
+            alive.append(run)
+    committed = commit_files(alive, files, part.date, part.slice_date)
+    checks.check_runs(committed)
+    finish_batch(part.batch_id)
 
 
 def read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 1) -> Iterator[pa.RecordBatch]:
@@ -330,7 +323,7 @@ class Stopwatch:
 
 
 def start_scorers(
-    ready: list[ScoringRun], slice_date: date, stack: contextlib.ExitStack
+    ready: list[ScoringRun], slice_date: date, stack: contextlib.ExitStack, part_index: int = 0
 ) -> list[Scorer]:
     """Download each package and load it in a sandbox that serves the whole batch.
 
@@ -350,7 +343,15 @@ def start_scorers(
         except (SandboxError, storage.StorageError) as exc:
             runs.fail(run, str(exc), slice_date)
             continue
-        loading.append(Scorer(run, sandbox, workdir))
+        loading.append(
+            Scorer(
+                run,
+                sandbox,
+                workdir,
+                scores.RunWriter(run, part_index),
+                samples.RowSample(settings.QUALITY_SAMPLE_ROWS),
+            )
+        )
     scorers = []
     for scorer in loading:
         try:
@@ -382,43 +383,72 @@ def score_chunk(
             scorer.sandbox.receive("scoring")
             with pa.memory_map(str(chunk_dir / f"scores-{scorer.run.id}.arrow")) as source:
                 values = pa.ipc.open_file(source).read_all().column("score").combine_chunks()
-            scorer.add(scores.score_batch(entity_ids, values, scorer.run, scored_at))
-            alive.append(scorer)
         except SandboxError as exc:
             drop(scorer, exc, index, slice_date)
+            continue
+        scorer.writer.write(entity_ids, values, scored_at)
+        scorer.sample.offer(chunk, scorer.features, values)
+        alive.append(scorer)
     chunk_path.unlink()
     return alive
 
 
 def drop(scorer: Scorer, error: SandboxError, index: int, slice_date: date) -> None:
-    """A model failed on a chunk: its run fails alone, its sandbox goes."""
+    """A model failed on a chunk: its run fails alone, its sandbox and its file go."""
     runs.fail(scorer.run, f"{error} (chunk {index + 1} of slice {slice_date})", slice_date)
     scorer.sandbox.kill()
+    scorer.writer.abort()
 
 
-def commit(scorers: list[Scorer], slice_date: date) -> None:
-    """All runs of the slice in one Delta transaction: each partition whole, or none."""
-    empty = [s for s in scorers if s.writer is None]
-    for scorer in empty:
-        runs.fail(scorer.run, f"slice {slice_date} has no rows", slice_date)
-    scorers = [s for s in scorers if s.writer is not None]
-    if not scorers:
-        return
-    readers = [scorer.parts() for scorer in scorers]
-    parts = pa.RecordBatchReader.from_batches(
-        readers[0].schema, (batch for reader in readers for batch in reader)
-    )
-    try:
-        scores.commit(scorers[0].run.date, [s.run.deployment_id for s in scorers], parts)
-    except (
-        Exception
-    ) as exc:  # S3 down or a conflicting commit: the runs are retried, nothing half-written
-        log.exception("commit of runs %s failed", [s.run.id for s in scorers])
-        for scorer in scorers:
-            runs.fail(scorer.run, f"committing the scores failed: {exc}", slice_date)
-        return
+def finish_files(scorer: Scorer, part_index: int) -> list[dict]:
+    """Close the run's scores file and keep its sample: what the commit needs of this part."""
+    if scorer.writer.rows == 0:
+        scorer.writer.abort()
+        return []
+    samples.save(scorer.run.id, part_index, scorer.sample)
+    return [scorer.writer.close()]
+
+
+def commit(scorers: list[Scorer], slice_date: date) -> list[ScoringRun]:
+    """All runs of the slice in one Delta transaction; returns the runs that committed."""
+    files, alive = {}, []
     for scorer in scorers:
-        runs.succeed(scorer.run, scorer.rows, slice_date)
+        try:
+            files[scorer.run.id] = finish_files(scorer, 0)
+        except Exception as exc:  # S3 down: the run is retried
+            log.exception("the scores of run %s could not be kept", scorer.run.id)
+            scorer.writer.abort()
+            runs.fail(scorer.run, f"keeping the scores failed: {exc}", slice_date)
+            continue
+        if files[scorer.run.id]:
+            alive.append(scorer.run)
+        else:
+            runs.fail(scorer.run, f"slice {slice_date} has no rows", slice_date)
+    if not alive:
+        return []
+    return commit_files(alive, files, alive[0].date, slice_date)
+
+
+def commit_files(
+    held: list[ScoringRun], files: dict[int, list[dict]], day: date, slice_date: date
+) -> list[ScoringRun]:
+    """Add the runs' written files to the table at once: each partition whole, or none."""
+    if not held:
+        return []
+    try:
+        scores.commit(
+            day, [run.deployment_id for run in held], [f for r in held for f in files[r.id]]
+        )
+    except Exception as exc:  # S3 down or a conflicting commit: the runs are retried
+        log.exception("commit of runs %s failed", [run.id for run in held])
+        for run in held:
+            scores.remove_files(files[run.id])
+            runs.fail(run, f"committing the scores failed: {exc}", slice_date)
+        return []
+    for run in held:
+        rows = sum(json.loads(f["stats"])["numRecords"] for f in files[run.id])
+        runs.succeed(run, rows, slice_date)
+    return held
 
 
 def union(feature_lists) -> list[str]:

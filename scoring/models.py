@@ -118,6 +118,9 @@ class BatchPart(models.Model):
     row_groups = models.JSONField(help_text="[[path, [row group, ...]], ...]")
     status = models.CharField(max_length=10, default=QUEUED)
     worker = models.CharField(max_length=200, blank=True)
+    files = models.JSONField(
+        default=dict, blank=True, help_text="run id -> the scores files this part wrote"
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -206,6 +209,9 @@ class Report(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     send_attempts = models.PositiveIntegerField(default=0)
     send_error = models.TextField(blank=True)
+    # Set when a sender claims the report: it is both the retry backoff and a lease, so two
+    # senders (the engine and tick) never send the same report twice.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

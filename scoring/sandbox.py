@@ -3,13 +3,15 @@
 A package is code: dill rebuilds functions from bytecode, so loading it runs
 whatever its author put in. Only the process boundary protects us, so the child
 
-- starts from a bare environment (no S3, database or mail secrets) in its own
-  empty working directory, in its own session (a timeout kills its whole group);
+- is forked from a warm zygote process (scoring.zygote) that itself started from
+  a bare environment (no S3, database or mail secrets), and runs in its own empty
+  working directory and its own session (a timeout kills its whole group);
 - sets its own limits before it reads the package: CPU time, open files, file
   size, no core dumps, and cuts its network with a new network namespace where
   the kernel lets it;
-- is watched by the parent for resident memory (RLIMIT_AS would break numpy and
-  CatBoost, which reserve large virtual areas) and for wall-clock time.
+- is watched by the parent for the memory it holds of its own (RLIMIT_AS would
+  break numpy and CatBoost, which reserve large virtual areas) and for wall-clock
+  time.
 
 The parent talks to the child with one JSON line per request and reply on a
 pipe of its own; the model's own prints go to the child's stderr, which is
@@ -20,16 +22,18 @@ import json
 import os
 import select
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 import psutil
 
+from scoring.zygote import Child, fork_sandbox
+
 CLONE_NEWNET = 0x40000000
+# A package's reference_scores, written by the sandbox into its working folder at load.
+REFERENCE_SCORES_FILE = "reference-scores.arrow"
 POLL_SECONDS = 0.05
 MEMORY_CHECK_SECONDS = 0.2
 
@@ -53,7 +57,7 @@ class Sandbox:
     def __init__(self, workdir: Path, limits: Limits):
         self.workdir = Path(workdir)
         self.limits = limits
-        self.process: subprocess.Popen | None = None
+        self.process: Child | None = None
         self.stderr_path = self.workdir / "sandbox-stderr.log"
         self.greeted = True
         self._protections: dict[str, str] = {}
@@ -67,30 +71,16 @@ class Sandbox:
 
     def start(self) -> None:
         reply_read, reply_write = os.pipe()
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(self.workdir),
-            "TMPDIR": str(self.workdir),
-            "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "DROPSCORE_REPLY_FD": str(reply_write),
-            "DROPSCORE_LIMITS": json.dumps(self.limits.__dict__),
-        }
-        # -I: no PYTHON* variables, no user site, no current directory on sys.path;
-        # `scoring` comes from the installed project, nothing else of it is importable.
-        boot = "from scoring.sandbox import child_main; child_main()"
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-c", boot],
-                stdin=subprocess.PIPE,
-                stdout=stderr,
-                stderr=stderr,
-                cwd=self.workdir,
-                env=env,
-                pass_fds=(reply_write,),
-                start_new_session=True,
-            )
-        os.close(reply_write)
+        try:
+            with open(self.stderr_path, "wb") as stderr:
+                self.process = fork_sandbox(
+                    self.workdir, self.limits.__dict__, reply_write, stderr.fileno()
+                )
+        except OSError as exc:
+            os.close(reply_read)
+            raise SandboxError(f"the sandbox could not start: {exc}") from exc
+        finally:
+            os.close(reply_write)
         self.replies, self.pending = reply_read, b""
         # The hello is answered with the first reply: sandboxes start side by side.
         self.send({"cmd": "hello"}, "starting")
@@ -176,10 +166,11 @@ class Sandbox:
                 )
 
     def resident_bytes(self) -> int:
+        """Memory the package holds: unique pages, not those it shares with the zygote."""
         try:
             parent = psutil.Process(self.process.pid)
             family = [parent, *parent.children(recursive=True)]
-            return sum(p.memory_info().rss for p in family)
+            return sum(p.memory_full_info().uss for p in family)
         except psutil.NoSuchProcess:
             return 0
 
@@ -221,13 +212,11 @@ class Sandbox:
 # --- the child --------------------------------------------------------------
 
 
-def child_main() -> None:
-    """Entry point of the sandbox process: set limits, then serve requests."""
-    replies = os.fdopen(int(os.environ.pop("DROPSCORE_REPLY_FD")), "w", buffering=1)
-    limits = Limits(**json.loads(os.environ.pop("DROPSCORE_LIMITS")))
+def serve(requests: BinaryIO, replies: TextIO, limits: Limits) -> None:
+    """The sandbox process (forked by scoring.zygote): set limits, then serve requests."""
     protections = apply_limits(limits)
     state: dict[str, Any] = {}
-    for line in sys.stdin:
+    for line in requests:
         request = json.loads(line)
         try:
             reply = handle(request, state)
@@ -274,6 +263,8 @@ def handle(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
             obj = dill.load(file)
         package = contract.parse_package(obj)
         state.update(model=obj["model"], package=package)
+        if package.reference_scores_count:
+            write_scores(obj["reference_scores"], REFERENCE_SCORES_FILE)
         return {"package": package.to_json()}
     if command == "score":
         return {"rows": score_file(state, request["input"], request["output"])}
@@ -281,7 +272,6 @@ def handle(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_file(state: dict[str, Any], input_path: str, output_path: str) -> int:
-    import numpy as np
     import pyarrow as pa
 
     from scoring import contract
@@ -295,10 +285,17 @@ def score_file(state: dict[str, Any], input_path: str, output_path: str) -> int:
         state["model"], package.method, frame, package.params.get("positive_class")
     )
     contract.check_scores(scores, len(frame), package.method)
-    result = pa.table({"score": pa.array(scores.astype(np.float64))})
-    with pa.OSFile(output_path, "wb") as sink, pa.ipc.new_file(sink, result.schema) as writer:
-        writer.write_table(result)
+    write_scores(scores, output_path)
     return len(frame)
+
+
+def write_scores(scores, path: str) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    result = pa.table({"score": pa.array(np.asarray(scores, dtype=np.float64))})
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, result.schema) as writer:
+        writer.write_table(result)
 
 
 def describe_error(exc: BaseException, command: str) -> str:

@@ -2,33 +2,42 @@
 
 `s3://SCORES_BUCKET/scores` with columns entity_id, score, model_id,
 model_version, run_id, scored_at and the partition columns dt and model_id.
-A run commits by replacing its (dt, model_id) partition in one Delta
-transaction (a predicate overwrite): a reader sees the partition whole or not at
-all, and a retried run replaces, never adds. Spark, Trino, DuckDB and Polars
-read it as it is.
+A run writes its Parquet files into its partition's folder while it scores
+(invisible: not yet in the log), then commits by one Delta transaction that adds
+them and removes whatever the (dt, model_id) partition held: a reader sees the
+partition whole or not at all, and a retried run replaces, never adds. Only the
+log entry is written at commit time. Spark, Trino, DuckDB and Polars read the
+table as it is.
 """
 
 import contextlib
+import json
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import date, datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import DeltaTable, WriterProperties, write_deltalake
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction
 from django.conf import settings
 from django.db import connection, transaction
 
+from scoring import storage
+
+TABLE = "scores"
 PARTITIONS = ["dt", "model_id"]
-# Scores are random doubles that barely compress: the fastest codec loses little.
-WRITER = WriterProperties(compression="SNAPPY")
 # Taken by a PostgreSQL advisory lock when the S3 server has no conditional writes.
 COMMIT_LOCK_KEY = 7_301_977
 
 
 def table_uri() -> str:
-    return f"s3://{settings.SCORES_BUCKET}/scores"
+    return f"s3://{settings.SCORES_BUCKET}/{TABLE}"
 
 
 def storage_options() -> dict[str, str]:
@@ -62,25 +71,106 @@ def schema(id_type: pa.DataType) -> pa.Schema:
     )
 
 
-def score_batch(entity_ids: pa.Array, scores: pa.Array, run, scored_at: datetime) -> pa.RecordBatch:
-    """One part of a run's output, in the table's schema (constant columns built by numpy)."""
+class RunWriter:
+    """One run's scores (or one part's of them), written into its partition while it scores.
+
+    The file streams to S3 as row groups, so the worker holds one chunk of scores, not
+    the run's; it stays invisible to every reader until `commit` adds it to the log.
+    """
+
+    def __init__(self, run, part_index: int = 0):
+        self.run = run
+        self.partition = {"dt": run.date.isoformat(), "model_id": str(run.deployment_id)}
+        self.path = (
+            f"dt={self.partition['dt']}/model_id={self.partition['model_id']}/"
+            f"run-{run.id}-attempt-{run.attempts}-part-{part_index}-{uuid.uuid4().hex[:8]}.parquet"
+        )
+        self.filesystem = storage.arrow_filesystem()
+        self.sink = None
+        self.writer = None
+        self.rows = 0
+        self.low: dict = {}
+        self.high: dict = {}
+
+    @property
+    def key(self) -> str:
+        return f"{settings.SCORES_BUCKET}/{TABLE}/{self.path}"
+
+    def write(self, entity_ids: pa.Array, scores: pa.Array, scored_at: datetime) -> None:
+        part = file_batch(entity_ids, scores, self.run, scored_at)
+        if self.writer is None:
+            self.sink = self.filesystem.open_output_stream(self.key)
+            self.writer = pq.ParquetWriter(self.sink, part.schema, compression="snappy")
+        self.writer.write_batch(part)
+        self.rows += part.num_rows
+        for name in ("entity_id", "score", "scored_at"):
+            low, high = (v.as_py() for v in pc.min_max(part.column(name)).values())
+            self.low[name] = low if name not in self.low else min(self.low[name], low)
+            self.high[name] = high if name not in self.high else max(self.high[name], high)
+
+    def close(self) -> dict:
+        """Finish the file; returns its add action for the commit (JSON-able)."""
+        self.writer.close()
+        size = self.sink.tell()
+        self.sink.close()
+        # Full statistics: readers (and delta-rs itself) prune files on them, and a
+        # column without them would be taken as all-null.
+        constants = {"model_version": self.run.version.number, "run_id": self.run.id}
+        low = {**self.low, **constants, "scored_at": delta_time(self.low["scored_at"])}
+        high = {**self.high, **constants, "scored_at": delta_time(self.high["scored_at"])}
+        return {
+            "path": self.path,
+            "size": size,
+            "partition_values": self.partition,
+            "modification_time": int(time.time() * 1000),
+            "data_change": True,
+            "stats": json.dumps(
+                {
+                    "numRecords": self.rows,
+                    "minValues": low,
+                    "maxValues": high,
+                    "nullCount": {name: 0 for name in low},
+                }
+            ),
+            "id_type": str(self.writer.schema.field("entity_id").type),
+        }
+
+    def abort(self) -> None:
+        """The run failed: its file never reaches the log; remove it (best effort)."""
+        with contextlib.suppress(Exception):
+            if self.writer is not None:
+                self.writer.close()
+                self.sink.close()
+            self.filesystem.delete_file(self.key)
+
+
+def delta_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def remove_files(files: list[dict]) -> None:
+    """Written files that will never be committed (best effort: unlogged files are never read)."""
+    filesystem = storage.arrow_filesystem()
+    for written in files:
+        with contextlib.suppress(Exception):
+            filesystem.delete_file(f"{settings.SCORES_BUCKET}/{TABLE}/{written['path']}")
+
+
+def file_batch(entity_ids: pa.Array, scores: pa.Array, run, scored_at: datetime) -> pa.RecordBatch:
+    """Rows of a data file: the partition columns dt and model_id live in its path."""
     rows = len(entity_ids)
     return pa.RecordBatch.from_arrays(
         [
             entity_ids,
             scores,
-            pa.array(np.full(rows, run.deployment_id, dtype=np.int64)),
             pa.array(np.full(rows, run.version.number, dtype=np.int32)),
             pa.array(np.full(rows, run.id, dtype=np.int64)),
             pa.array(
                 np.full(rows, np.datetime64(scored_at.replace(tzinfo=None), "us")),
                 pa.timestamp("us", tz="UTC"),
             ),
-            pa.DictionaryArray.from_arrays(
-                np.zeros(rows, dtype=np.int32), [run.date.isoformat()]
-            ).cast(pa.string()),
         ],
-        schema=schema(entity_ids.type),
+        names=["entity_id", "score", "model_version", "run_id", "scored_at"],
     )
 
 
@@ -89,18 +179,29 @@ def partition_predicate(day: date, model_ids: list[int]) -> str:
     return f"dt = '{day.isoformat()}' AND model_id IN ({ids})"
 
 
-def commit(day: date, model_ids: list[int], parts: pa.RecordBatchReader) -> None:
-    """Replace the (day, model) partitions of these runs with `parts`, streamed, in one
+def commit(day: date, model_ids: list[int], files: list[dict]) -> None:
+    """Replace the (day, model) partitions of these runs with their written files, in one
     Delta transaction: each run's partition is replaced whole, or nothing changes."""
+    id_type = {"int64": pa.int64(), "string": pa.string(), "large_string": pa.large_string()}
+    actions = [AddAction(**{k: v for k, v in f.items() if k != "id_type"}) for f in files]
+    table_schema = schema(id_type.get(files[0]["id_type"], pa.int64()))
     with commit_lock():
-        write_deltalake(
+        table = open_table() or DeltaTable.create(
             table_uri(),
-            parts,
-            mode="overwrite",
-            predicate=partition_predicate(day, model_ids),
+            table_schema,
             partition_by=PARTITIONS,
+            mode="ignore",  # another worker may have just made it
             storage_options=storage_options(),
-            writer_properties=WRITER,
+        )
+        table.create_write_transaction(
+            actions,
+            mode="overwrite",
+            schema=table_schema,
+            partition_by=PARTITIONS,
+            partition_filters=[
+                ("dt", "=", day.isoformat()),
+                ("model_id", "in", [str(int(model_id)) for model_id in model_ids]),
+            ],
         )
 
 
@@ -116,52 +217,19 @@ def commit_lock():
         yield  # on SQLite the IMMEDIATE transaction itself is the lock
 
 
-def run_scores(run, columns=("entity_id", "score")) -> Iterator[pa.RecordBatch]:
-    """Stream a committed run's scores (empty if its partition holds another run's)."""
+def open_table() -> DeltaTable | None:
     try:
-        table = DeltaTable(table_uri(), storage_options=storage_options())
+        return DeltaTable(table_uri(), storage_options=storage_options())
     except TableNotFoundError:
+        return None
+
+
+def run_scores(run, columns=("entity_id", "score"), table=None) -> Iterator[pa.RecordBatch]:
+    """Stream a committed run's scores (empty if its partition holds another run's)."""
+    table = table or open_table()
+    if table is None:
         return
     dataset = table.to_pyarrow_dataset(
         file_pruning_predicate=partition_predicate(run.date, [run.deployment_id])
     )
     yield from dataset.to_batches(columns=list(columns), filter=ds.field("run_id") == run.id)
-
-
-# --- staging: the parts of a slice scored by several workers -------------------
-
-
-def staging_prefix(batch_id: int, day: date) -> str:
-    return f"_staging/batch-{batch_id}/{day.isoformat()}/"
-
-
-def stage(batch_id: int, day: date, run_id: int, part_index: int, path) -> None:
-    """Keep one part's scores of one run (an Arrow stream file) until the slice commits."""
-    from scoring import storage
-
-    key = f"{staging_prefix(batch_id, day)}run-{run_id}/part-{part_index:05d}.arrow"
-    storage.client().upload_file(str(path), settings.SCORES_BUCKET, key)
-
-
-def staged(batch_id: int, day: date, run_id: int) -> Iterator[pa.RecordBatch]:
-    """A run's staged parts, in order, streamed from S3."""
-    from scoring import storage
-
-    s3 = storage.client()
-    prefix = f"{staging_prefix(batch_id, day)}run-{run_id}/"
-    listing = s3.list_objects_v2(Bucket=settings.SCORES_BUCKET, Prefix=prefix)
-    for item in sorted(listing.get("Contents", []), key=lambda item: item["Key"]):
-        body = s3.get_object(Bucket=settings.SCORES_BUCKET, Key=item["Key"])["Body"]
-        yield from pa.ipc.open_stream(pa.PythonFile(body, mode="r"))
-
-
-def drop_staging(batch_id: int, day: date) -> None:
-    from scoring import storage
-
-    s3 = storage.client()
-    listing = s3.list_objects_v2(
-        Bucket=settings.SCORES_BUCKET, Prefix=staging_prefix(batch_id, day)
-    )
-    keys = [{"Key": item["Key"]} for item in listing.get("Contents", [])]
-    if keys:
-        s3.delete_objects(Bucket=settings.SCORES_BUCKET, Delete={"Objects": keys, "Quiet": True})

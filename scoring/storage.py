@@ -55,6 +55,19 @@ def client():
     )
 
 
+def arrow_filesystem():
+    """The S3 server as a pyarrow filesystem, for Parquet read and written in streams."""
+    from pyarrow import fs
+
+    return fs.S3FileSystem(
+        endpoint_override=settings.S3_ENDPOINT_URL.split("://", 1)[-1],
+        scheme="https" if settings.S3_ENDPOINT_URL.startswith("https") else "http",
+        access_key=settings.S3_ACCESS_KEY,
+        secret_key=settings.S3_SECRET_KEY,
+        region=settings.S3_REGION,
+    )
+
+
 def ensure_buckets() -> None:
     s3 = client()
     for bucket in (settings.MODELS_BUCKET, settings.SCORES_BUCKET):

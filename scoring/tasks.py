@@ -5,10 +5,11 @@ from datetime import timedelta
 
 import redis
 from celery import shared_task
+from celery.signals import worker_process_init
 from django.conf import settings
 from django.utils import timezone
 
-from scoring import dispatch, engine, validation
+from scoring import dispatch, engine, reports, validation, zygote
 from scoring.models import stale_validations
 from scoring.storage import StorageError
 
@@ -16,6 +17,12 @@ log = logging.getLogger(__name__)
 # A validation still pending after this long lost its message (Redis restart, dead worker).
 REQUEUE_AFTER = timedelta(minutes=5)
 LAST_TICK_KEY = "dropscore:last_tick"
+
+
+@worker_process_init.connect
+def start_sandbox_zygote(**_) -> None:
+    """Import the packages' libraries once per worker process, before the first batch."""
+    zygote.zygote()
 
 
 @shared_task(autoretry_for=(StorageError,), retry_backoff=5, max_retries=10)
@@ -43,3 +50,4 @@ def tick() -> None:
         version.save(update_fields=["validation_queued_at"])
         validate_version.delay(version.id)
     dispatch.tick(now)
+    reports.send_due_reports(now)

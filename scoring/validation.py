@@ -13,9 +13,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from scoring import features, storage
+from scoring import features, samples, storage
 from scoring.models import Deployment, PackageVersion
-from scoring.sandbox import Limits, Sandbox, SandboxError
+from scoring.sandbox import REFERENCE_SCORES_FILE, Limits, Sandbox, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
         storage.download(version.key, version.sha256, file)
     with Sandbox(workdir, sandbox_limits()) as sandbox:
         package = sandbox.load(package_path)
+        if package.get("reference_scores_count"):
+            keep_reference_scores(version, workdir / REFERENCE_SCORES_FILE)
         source = features.source_from_settings()
         if source is None:
             return package, "not smoke-tested: no feature source is configured"
@@ -74,6 +76,13 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
             writer.write_table(sample)
         rows = sandbox.score(sample_path, scores_path)
     return package, f"smoke test: scored {rows} rows of slice {slice_date}"
+
+
+def keep_reference_scores(version: PackageVersion, path: Path) -> None:
+    """The baseline of the model's first run's quality checks (scoring.checks)."""
+    with pa.memory_map(str(path)) as source:
+        values = pa.ipc.open_file(source).read_all().column("score").to_numpy()
+    samples.save_reference(version.id, values)
 
 
 def finish(version: PackageVersion, state: str, message: str, package: dict) -> None:

@@ -5,6 +5,7 @@ import shutil
 import threading
 import time
 from datetime import date, timedelta
+from email.header import decode_header, make_header
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,29 @@ def wait_for_runs(deployment_ids, statuses=("succeeded", "failed"), timeout=90) 
             return found
         time.sleep(0.3)
     raise AssertionError(f"runs not finished: {[(r.id, r.status, r.error) for r in found]}")
+
+
+def subject(message) -> str:
+    return str(make_header(decode_header(message["Subject"])))
+
+
+def failure_emails(messages) -> list:
+    return [m for m in messages if not subject(m).startswith("[Dropscore]")]
+
+
+def report_emails(mailbox, day: date, count: int, timeout: float = 20) -> list:
+    """The reports of batches for `day`, which go out just after their runs finish."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [
+            m
+            for m in mailbox()
+            if subject(m).startswith("[Dropscore]") and f"({day})" in subject(m)
+        ]
+        if len(found) >= count:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {count} report emails after {timeout} s")
 
 
 def table_rows(deployment_id: int, day: date) -> pl.DataFrame:
@@ -141,12 +165,20 @@ def test_a_model_missing_a_column_fails_alone_and_its_owner_is_told(
     assert failed.status == "retrying", (failed.date, failed.slice_date, failed.rows, failed.error)
     assert failed.error == f"1 features are missing from slice {day}: late_payments"
     assert table_rows(needs_late.id, day).height == 0
-    [message] = mailbox()
+    [message] = failure_emails(mailbox())
     assert message["To"] == "risk@bank.example"
     assert message["Subject"] == f"late failed for {day} (attempt 1 of 3)"
     text = message.get_payload(0).get_payload()
     assert "1 features are missing from slice" in text and "late_payments" in text
     assert "The next attempt is at" in text
+    # "Score now" sends each run as a batch of its own: one report each. Proba(0.7)
+    # scores every row alike, which the quality checks call out.
+    reports = sorted(subject(m) for m in report_emails(mailbox, day, 3))
+    assert reports == [
+        f"[Dropscore] ALERT — churn returned constant scores ({day})",
+        f"[Dropscore] FAILED — late failed ({day})",
+        f"[Dropscore] OK — spend scored ({day})",
+    ]
 
 
 def test_two_ticks_at_once_make_one_run(owner, settle, worker, bucket):
@@ -231,7 +263,8 @@ def test_a_model_that_fails_twice_then_succeeds_ends_succeeded_after_three_attem
 
     [run] = wait_for_runs([deployment.id])
     assert (run.status, run.attempts) == ("succeeded", 3)
-    subjects = sorted(m["Subject"] for m in mailbox())  # two pool processes: files in any order
+    # two pool processes: files in any order
+    subjects = sorted(m["Subject"] for m in failure_emails(mailbox()))
     assert subjects == [
         f"flaky failed for {run.date} (attempt 1 of 3)",
         f"flaky failed for {run.date} (attempt 2 of 3)",
@@ -254,7 +287,8 @@ def test_a_model_that_always_fails_stops_at_max_attempts_with_a_final_email(
     assert run.attempts == 2
     assert "RuntimeError: the source system is down while predicting" in run.error
     assert dispatch.tick() is None  # nothing more to do
-    subjects = sorted(m["Subject"] for m in mailbox())  # two pool processes: files in any order
+    # two pool processes: files in any order
+    subjects = sorted(m["Subject"] for m in failure_emails(mailbox()))
     assert subjects == [
         f"Gave up: doomed failed 2 times for {run.date}",
         f"doomed failed for {run.date} (attempt 1 of 2)",

@@ -1,0 +1,40 @@
+"""The report of a batch as a page: the same as the email, with its charts served as PNGs."""
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_GET
+
+from scoring import reports
+from scoring.models import Report
+
+
+def reports_for(user):
+    """The reports a user may see: their own, or all of them for staff."""
+    queryset = Report.objects.select_related("owner", "batch")
+    return queryset if user.is_staff else queryset.filter(owner=user)
+
+
+def get_report_for_user(request: HttpRequest, report_id: int) -> Report:
+    """The report, or 404 when it is not the user's: no view can forget ownership."""
+    return get_object_or_404(reports_for(request.user), id=report_id)
+
+
+@login_required
+@require_GET
+def report_page(request: HttpRequest, report_id: int) -> HttpResponse:
+    report = get_report_for_user(request, report_id)
+    return render(request, "portal/report.html", reports.report_context(report))
+
+
+@login_required
+@require_GET
+def report_chart(request: HttpRequest, report_id: int, run_id: int) -> HttpResponse:
+    report = get_report_for_user(request, report_id)
+    run = get_object_or_404(report.runs.all(), id=run_id)
+    if not reports.has_histogram(run.quality):
+        raise Http404("this run has no score distribution")
+    response = HttpResponse(reports.score_chart_png(run.quality), content_type="image/png")
+    # A run's quality is computed once, after it commits: the chart does not change.
+    response["Cache-Control"] = "private, max-age=86400"
+    return response

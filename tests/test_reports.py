@@ -1,0 +1,494 @@
+"""Reports: one email per user per batch, its retries when the mail server is down, its page.
+
+Runs are written to the database as the engine and the quality checks leave them: no worker.
+"""
+
+import io
+import socket
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import pytest
+from django.core import mail
+from django.test import Client
+from PIL import Image
+
+from scoring import reports
+from scoring.models import Batch, Deployment, PackageVersion, Report, ScoringRun
+
+pytestmark = pytest.mark.django_db
+
+DAY = date(2026, 11, 23)
+SLICE = date(2026, 11, 22)
+NOW = datetime(2026, 11, 23, 6, 30, tzinfo=UTC)
+LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def histogram(shift: float = 0.0, baseline: bool = True) -> dict:
+    edges = np.linspace(0, 1, 21)
+    centres = (edges[:-1] + edges[1:]) / 2
+
+    def shares(mean: float) -> list[float]:
+        weights = np.exp(-((centres - mean) ** 2) / 0.02)
+        return (weights / weights.sum()).round(4).tolist()
+
+    return {
+        "edges": edges.round(4).tolist(),
+        "current": shares(0.3 + shift),
+        "baseline": shares(0.3) if baseline else None,
+    }
+
+
+def quality(status: str = "ok", **changes) -> dict:
+    """A quality dict as scoring/quality.py writes it, against the previous run."""
+    drift = {"ok": (0.012, 0.51), "warning": (0.14, 0.62), "alert": (0.312, 0.71)}[status]
+    features = {
+        "ok": [{"name": "age", "psi": 0.004, "status": "ok"}],
+        "warning": [{"name": "tenure", "psi": 0.12, "status": "warning"}],
+        "alert": [
+            {"name": "income", "psi": 0.41, "status": "alert"},
+            {"name": "age", "psi": 0.18, "status": "warning"},
+        ],
+    }[status]
+    return {
+        "status": status,
+        "baseline": {"kind": "run", "run_id": 12, "date": "2026-11-22", "rows": 98000},
+        "rows": 100000,
+        "baseline_rows": 98000,
+        "rows_change": 0.0204,
+        "rows_status": "ok",
+        "psi": drift[0],
+        "psi_status": status,
+        "adversarial_auc": drift[1],
+        "adversarial_auc_stderr": 0.006,
+        "adversarial_status": status,
+        "adversarial_rows": 5000,
+        "features": features,
+        "missing_share": 0.0,
+        "missing_status": "ok",
+        "constant": False,
+        "constant_status": "ok",
+        "histogram": histogram(shift={"ok": 0.0, "warning": 0.1, "alert": 0.25}[status]),
+        "thresholds": {
+            "psi_warn": 0.1,
+            "psi_alert": 0.25,
+            "adversarial_warn": 0.6,
+            "adversarial_alert": 0.65,
+        },
+        "seconds": 0.4,
+        **changes,
+    }
+
+
+def deployment(user, name: str, email: str | None = None) -> Deployment:
+    made = Deployment.objects.create(
+        owner=user,
+        name=name,
+        slug=Deployment.slug_for(name),
+        email=user.email if email is None else email,
+    )
+    PackageVersion.objects.create(
+        deployment=made,
+        number=1,
+        key=f"{user.username}/{made.slug}/v1.dill",
+        filename=f"{made.slug}.dill",
+        size=2048,
+        sha256="0" * 64,
+        state=PackageVersion.VALID,
+    )
+    return made
+
+
+def run(batch: Batch, deployment_: Deployment, status: str = "ok", **fields) -> ScoringRun:
+    """A run of the batch: succeeded with quality at `status`, or failed/retrying."""
+    started = NOW - timedelta(minutes=3)
+    values = {
+        "deployment": deployment_,
+        "version": deployment_.versions.get(),
+        "batch": batch,
+        "date": DAY,
+        "slice_date": SLICE,
+        "status": ScoringRun.SUCCEEDED,
+        "attempts": 1,
+        "rows": 100000,
+        "started_at": started,
+        "finished_at": started + timedelta(seconds=42.5),
+    }
+    if status in ("failed", "retrying"):
+        values.update(status=status, rows=None, error="ValueError: column 'income' is missing")
+        if status == "retrying":
+            values["next_attempt_at"] = NOW + timedelta(minutes=5)
+    else:
+        values.update(quality=quality(status), quality_status=status)
+    values.update(fields)
+    return ScoringRun.objects.create(**values)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def batch() -> Batch:
+    return Batch.objects.create(created_at=NOW, finished_at=NOW)
+
+
+@pytest.fixture
+def alice_models(owner, batch) -> dict[str, ScoringRun]:
+    """Alice's three models in the batch: one drifted, one drifting, one fine."""
+    return {
+        "churn": run(batch, deployment(owner, "churn", "risk-team@bank.example"), "alert"),
+        "spend": run(batch, deployment(owner, "spend"), "warning"),
+        "limits": run(batch, deployment(owner, "limits"), "ok"),
+    }
+
+
+@pytest.fixture
+def mallory_model(outsider, batch) -> ScoringRun:
+    return run(batch, deployment(outsider, "fraud"), "ok")
+
+
+@pytest.fixture
+def smtp_down(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = closed_port()
+    settings.EMAIL_TIMEOUT = 2
+    return settings
+
+
+def report_of(user) -> Report:
+    return Report.objects.get(owner=user)
+
+
+def sent_to(user, outbox) -> mail.EmailMultiAlternatives:
+    found = [message for message in outbox if user.email in message.to]
+    assert len(found) == 1, [message.to for message in outbox]
+    return found[0]
+
+
+# --- building reports --------------------------------------------------------------
+
+
+def test_it_builds_one_report_per_owner_with_the_worst_status(
+    owner, outsider, batch, alice_models, mallory_model
+):
+    built = reports.build_reports(batch)
+
+    assert {report.owner for report in built} == {owner, outsider}
+    assert report_of(owner).status == "alert"
+    assert set(report_of(owner).runs.all()) == set(alice_models.values())
+    assert report_of(outsider).status == "ok"
+    assert list(report_of(outsider).runs.all()) == [mallory_model]
+
+
+def test_building_twice_does_not_double_and_updates_the_status(owner, batch, alice_models):
+    reports.build_reports(batch)
+    late = run(batch, deployment(owner, "limits-v2"), "retrying")
+    again = reports.build_reports(batch)
+
+    assert Report.objects.count() == 1
+    assert [report.id for report in again] == [report_of(owner).id]
+    assert report_of(owner).runs.count() == 4
+    assert report_of(owner).status == "failed"
+    assert late in report_of(owner).runs.all()
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        ([], "ok"),
+        (["ok", "warning"], "warning"),
+        (["warning", "alert", "ok"], "alert"),
+        (["alert", "failed"], "failed"),
+    ],
+)
+def test_worst_orders_failed_then_alert_then_warning_then_ok(statuses, expected):
+    assert reports.worst(statuses) == expected
+
+
+def test_a_run_without_quality_counts_as_ok_and_a_retrying_one_as_failed(owner, batch):
+    fine = run(batch, deployment(owner, "fine"), quality=None, quality_status="")
+    retrying = run(batch, deployment(owner, "flaky"), "retrying")
+
+    assert reports.run_status(fine) == "ok"
+    assert reports.run_status(retrying) == "failed"
+
+
+# --- the email ---------------------------------------------------------------------
+
+
+def test_it_sends_one_email_per_user_per_batch(
+    owner, outsider, batch, alice_models, mallory_model, mailoutbox
+):
+    for report in reports.build_reports(batch):
+        assert reports.send_report(report, NOW) is True
+    for report in reports.build_reports(batch):  # a second finish of the batch
+        assert reports.send_report(report, NOW) is False
+
+    assert len(mailoutbox) == 2
+    alice = next(message for message in mailoutbox if "alice@bank.example" in message.to)
+    assert sorted(alice.to) == ["alice@bank.example", "risk-team@bank.example"]
+    assert sent_to(outsider, mailoutbox).to == ["mallory@telco.example"]
+    assert all(report.sent_at == NOW and not report.send_error for report in Report.objects.all())
+
+
+def test_the_subject_names_the_worst_status(
+    owner, outsider, batch, alice_models, mallory_model, mailoutbox
+):
+    for report in reports.build_reports(batch):
+        reports.send_report(report, NOW)
+
+    assert sent_to(owner, mailoutbox).subject == (
+        "[Dropscore] ALERT — churn drifted (3 models, 2026-11-23)"
+    )
+    assert sent_to(outsider, mailoutbox).subject == "[Dropscore] OK — fraud scored (2026-11-23)"
+
+
+def test_a_failed_run_makes_the_subject_say_failed(owner, batch, alice_models, mailoutbox):
+    run(batch, deployment(owner, "R&D score"), "failed", attempts=3)
+    [report] = reports.build_reports(batch)
+    reports.send_report(report, NOW)
+
+    assert mailoutbox[0].subject == "[Dropscore] FAILED — R&D score failed (4 models, 2026-11-23)"
+    assert "ValueError: column 'income' is missing" in mailoutbox[0].body
+    assert "Attempt:  3 of 3" in mailoutbox[0].body
+
+
+def test_the_subject_says_when_several_models_are_fine(owner, batch, mailoutbox):
+    run(batch, deployment(owner, "churn"), "ok")
+    run(batch, deployment(owner, "spend"), "ok")
+    [report] = reports.build_reports(batch)
+    reports.send_report(report, NOW)
+
+    assert mailoutbox[0].subject == "[Dropscore] OK — 2 models scored (2026-11-23)"
+
+
+def test_the_subject_says_what_went_wrong_when_it_is_not_drift(owner, batch, mailoutbox):
+    shrunk = {
+        **quality("ok", rows=40000, rows_change=-0.59, rows_status="alert"),
+        "status": "alert",
+    }
+    run(batch, deployment(owner, "churn"), quality=shrunk, quality_status="alert", rows=40000)
+    [report] = reports.build_reports(batch)
+    reports.send_report(report, NOW)
+
+    assert mailoutbox[0].subject == "[Dropscore] ALERT — churn changed in size (2026-11-23)"
+    assert "[ALERT] Rows: 40,000 (-59.0% vs 98,000 in the baseline)" in mailoutbox[0].body
+
+
+def test_the_text_and_html_show_each_model_with_its_quality(owner, batch, alice_models, mailoutbox):
+    [report] = reports.build_reports(batch)
+    reports.send_report(report, NOW)
+
+    message = mailoutbox[0]
+    html, mimetype = message.alternatives[0]
+    assert mimetype == "text/html"
+    for body in (message.body, html):
+        for name in ("churn", "spend", "limits"):
+            assert name in body
+        assert "100,000" in body  # rows
+        assert "2026-11-22" in body  # the slice used, and the baseline run
+        assert "42.5 s" in body
+        assert "1 of 3" in body
+        assert "income" in body and "tenure" in body  # drifting features
+        assert "the previous run, of 2026-11-22 (98,000 rows)" in body
+        assert f"/reports/{report.id}/" in body
+    assert "[ALERT] Score PSI: 0.312" in message.body
+    assert "[WARNING] Score PSI: 0.140" in message.body
+    assert "[OK] Score PSI: 0.012" in message.body
+    assert "[ALERT] income: 0.410" in message.body
+    assert "[ALERT] Adversarial AUC: 0.710 ± 0.006" in message.body
+    # Worst first.
+    assert message.body.index("churn") < message.body.index("spend") < message.body.index("limits")
+    # Traffic lights in the HTML: the alert colour next to the alert words.
+    assert 'color:#c0362c;background:#fdecea">ALERT' in html
+    assert 'color:#9a6700;background:#fff4d6">WARNING' in html
+    assert 'color:#1a7f37;background:#e7f5ec">OK' in html
+
+
+def test_the_chart_is_an_inline_image_the_html_refers_to(owner, batch, alice_models, mailoutbox):
+    [report] = reports.build_reports(batch)
+    reports.send_report(report, NOW)
+
+    message = mailoutbox[0]
+    html = message.alternatives[0][0]
+    parsed = message.message()
+    assert parsed.get_content_type() == "multipart/related"
+    images = [part for part in parsed.walk() if part.get_content_type() == "image/png"]
+    assert len(images) == 3
+    for image in images:
+        content_id = image["Content-ID"].strip("<>")
+        assert f'src="cid:{content_id}"' in html
+        assert image.get_content_disposition() == "inline"
+        png = Image.open(io.BytesIO(image.get_payload(decode=True)))
+        assert png.format == "PNG" and png.size == (600, 260)
+
+
+def test_a_run_without_a_histogram_gets_no_chart(owner, batch, mailoutbox):
+    run(batch, deployment(owner, "churn"), "ok", quality=quality("ok", histogram=None))
+    [report] = reports.build_reports(batch)
+    reports.send_report(report, NOW)
+
+    assert "cid:" not in mailoutbox[0].alternatives[0][0]
+    assert not mailoutbox[0].attachments
+
+
+def test_the_chart_draws_without_a_baseline(owner):
+    png = reports.score_chart_png(quality("ok", baseline=None, histogram=histogram(baseline=False)))
+
+    assert Image.open(io.BytesIO(png)).size == (600, 260)
+
+
+def test_reports_go_to_the_account_email_when_no_model_has_one(owner, batch, mailoutbox):
+    run(batch, deployment(owner, "churn", email=""), "ok")
+    [report] = reports.build_reports(batch)
+
+    assert reports.send_report(report, NOW) is True
+    assert mailoutbox[0].to == ["alice@bank.example"]
+
+
+def test_a_report_with_no_address_at_all_is_marked_sent(owner, batch, mailoutbox):
+    owner.email = ""
+    owner.save()
+    run(batch, deployment(owner, "churn", email=""), "ok")
+    [report] = reports.build_reports(batch)
+
+    assert reports.send_report(report, NOW) is True
+    assert mailoutbox == []
+    report.refresh_from_db()
+    assert report.sent_at == NOW
+    assert reports.send_due_reports(NOW + timedelta(hours=2)) == 0
+
+
+# --- a mail server that is down --------------------------------------------------
+
+
+def test_a_mail_server_that_is_down_leaves_the_report_for_tick(
+    owner, batch, alice_models, smtp_down, mailoutbox
+):
+    [report] = reports.build_reports(batch)
+
+    assert reports.send_report(report, NOW) is False
+    report.refresh_from_db()
+    assert report.sent_at is None
+    assert report.send_attempts == 1
+    assert "Connection" in report.send_error or "refused" in report.send_error.lower()
+    # Tick backs off: not again within two minutes.
+    assert reports.send_due_reports(NOW + timedelta(minutes=1)) == 0
+
+    smtp_down.EMAIL_BACKEND = LOCMEM
+    assert reports.send_due_reports(NOW + timedelta(minutes=3)) == 1
+    assert reports.send_due_reports(NOW + timedelta(hours=3)) == 0
+
+    assert len(mailoutbox) == 1
+    assert mailoutbox[0].subject.startswith("[Dropscore] ALERT")
+    report.refresh_from_db()
+    assert report.sent_at == NOW + timedelta(minutes=3)
+    assert report.send_error == ""
+
+
+def test_tick_gives_up_after_ten_attempts_and_keeps_the_error(owner, batch, smtp_down):
+    run(batch, deployment(owner, "churn"), "ok")
+    [report] = reports.build_reports(batch)
+
+    moment = NOW
+    for _ in range(12):
+        reports.send_due_reports(moment)
+        moment += timedelta(minutes=61)
+
+    report.refresh_from_db()
+    assert report.send_attempts == reports.MAX_SEND_ATTEMPTS
+    assert report.sent_at is None
+    assert report.send_error
+    smtp_down.EMAIL_BACKEND = LOCMEM
+    assert reports.send_due_reports(moment) == 0
+
+
+def test_the_backoff_doubles_up_to_an_hour():
+    assert [reports.retry_delay(n).total_seconds() / 60 for n in (1, 2, 3, 5, 6, 9)] == [
+        2,
+        4,
+        8,
+        32,
+        60,
+        60,
+    ]
+
+
+def test_a_report_being_sent_is_not_taken_by_tick(owner, batch, mailoutbox):
+    run(batch, deployment(owner, "churn"), "ok")
+    [report] = reports.build_reports(batch)
+    assert reports.claim(report, NOW)  # the engine is sending it right now
+
+    assert reports.send_due_reports(NOW + timedelta(seconds=30)) == 0
+    assert mailoutbox == []
+
+
+# --- the page ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def alice_report(batch, alice_models, mallory_model) -> Report:
+    reports.build_reports(batch)
+    return Report.objects.get(runs=alice_models["churn"])
+
+
+def test_the_page_shows_the_report_to_its_owner(owner, alice_report, alice_models):
+    response = logged_in(owner).get(f"/reports/{alice_report.id}/")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    for name in ("churn", "spend", "limits", "income", "Score PSI", "0.312", "100,000"):
+        assert name in page
+    churn = alice_models["churn"]
+    assert f'src="/reports/{alice_report.id}/chart-{churn.id}.png"' in page
+
+
+def test_staff_see_any_report(staff, alice_report):
+    response = logged_in(staff).get(f"/reports/{alice_report.id}/")
+
+    assert response.status_code == 200
+    assert "report of alice" in response.content.decode()
+
+
+def test_an_outsider_gets_404_for_the_page_and_its_charts(outsider, alice_report, alice_models):
+    client = logged_in(outsider)
+    churn = alice_models["churn"]
+
+    assert client.get(f"/reports/{alice_report.id}/").status_code == 404
+    assert client.get(f"/reports/{alice_report.id}/chart-{churn.id}.png").status_code == 404
+
+
+def test_the_page_needs_a_login(client, alice_report):
+    response = client.get(f"/reports/{alice_report.id}/")
+
+    assert response.status_code == 302
+    assert "/login/" in response["Location"]
+
+
+def test_the_chart_is_a_png(owner, alice_report, alice_models):
+    churn = alice_models["churn"]
+    response = logged_in(owner).get(f"/reports/{alice_report.id}/chart-{churn.id}.png")
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size == (600, 260)
+
+
+def test_a_chart_of_a_run_not_in_the_report_is_404(owner, staff, alice_report, mallory_model):
+    url = f"/reports/{alice_report.id}/chart-{mallory_model.id}.png"
+
+    assert logged_in(owner).get(url).status_code == 404
+    assert logged_in(staff).get(url).status_code == 404
