@@ -1,6 +1,7 @@
 """Health checks of the parts Dropscore depends on, for the status API and page."""
 
 import time
+from datetime import datetime
 
 import redis
 from django.conf import settings
@@ -27,11 +28,21 @@ def database() -> str:
     return connection.vendor
 
 
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+
+
+def last_tick(client: redis.Redis | None = None) -> datetime | None:
+    """When beat's tick last ran (it writes the time to Redis), or None if never."""
+    last = (client or redis_client()).get(LAST_TICK_KEY)
+    return datetime.fromisoformat(last.decode()) if last else None
+
+
 def broker() -> str:
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    client = redis_client()
     client.ping()
-    last = client.get(LAST_TICK_KEY)
-    return f"last tick {last.decode()}" if last else "no tick yet"
+    tick = last_tick(client)
+    return f"last tick {tick.isoformat()}" if tick else "no tick yet"
 
 
 def s3() -> str:

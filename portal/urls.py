@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from rest_framework.routers import DefaultRouter
 
-from portal import views
+from portal import report_views, status_views, views
 from portal.api import views as api
 
 router = DefaultRouter(trailing_slash=True)
@@ -18,6 +18,14 @@ urlpatterns = [
     path("models/<int:deployment_id>/", views.model_page, name="model"),
     path("models/<int:deployment_id>/<str:action>/", views.model_action, name="model-action"),
     path("runs/<int:run_id>/scores.<str:kind>", views.run_scores, name="run-scores"),
+    path("reports/<int:report_id>/", report_views.report_page, name="report"),
+    path(
+        "reports/<int:report_id>/chart-<int:run_id>.png",
+        report_views.report_chart,
+        name="report-chart",
+    ),
+    path("status/", status_views.status_page, name="status"),
+    path("status.json", status_views.status_json, name="status-json"),
     path("schedule-preview/", views.schedule_preview, name="schedule-preview"),
     path("token/", views.token_page, name="token"),
     path("help/", views.help_page, name="help"),

@@ -12,11 +12,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework.authtoken.models import Token
 
+from portal import dashboard
 from portal.downloads import stream_scores
 from portal.quotas import quota_usage
 from scoring import deployments, dispatch, runs, schedules
 from scoring.deployments import DeployError
-from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.models import Deployment, PackageVersion, Report, ScoringRun
 from scoring.runs import RunError
 from scoring.storage import StorageError
 
@@ -40,7 +41,7 @@ def get_deployment_for_user(request: HttpRequest, deployment_id: int) -> Deploym
 
 
 def models_context(request: HttpRequest) -> dict:
-    own = list(deployments_for(request.user).filter(owner=request.user))
+    own = dashboard.with_last_runs(deployments_for(request.user).filter(owner=request.user))
     return {
         "deployments": own,
         "quota": quota_usage(request.user),
@@ -122,16 +123,23 @@ def upload(request: HttpRequest) -> JsonResponse:
 @login_required
 def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = get_deployment_for_user(request, deployment_id)
+    current_version = runs.current_version(deployment)
+    latest_checked = dashboard.latest_checked_run(deployment)
     return render(
         request,
         "portal/model.html",
         {
             "deployment": deployment,
             "versions": deployment.versions.all(),
-            "runs": deployment.runs.select_related("version")[:50],
-            "current_version": runs.current_version(deployment),
+            "runs": deployment.runs.select_related("version").prefetch_related(
+                Prefetch("reports", queryset=Report.objects.only("id"))
+            )[:50],
+            "current_version": current_version,
             "presets": schedules.PRESETS,
             "next_runs": next_runs_or_none(deployment),
+            "latest_checked": latest_checked,
+            "top_features": dashboard.top_features(latest_checked and latest_checked.quality),
+            "charts": dashboard.chart_data(deployment, latest_checked, current_version),
         },
     )
 

@@ -1,0 +1,109 @@
+"""The status page: are the services up, is beat ticking, what runs and fails, how is quality.
+
+Staff see every user's models and runs here; others see their own. The page renders the
+same report that /status.json gives, and refreshes its figures by polling that view.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from portal import dashboard, health
+from portal.views import deployments_for, runs_for
+
+# The checks that leave the process; the workers ping always waits its whole 1 s timeout.
+REMOTE_CHECKS = {"broker": health.broker, "storage": health.s3, "workers": health.workers}
+SERVICE_NAMES = {
+    "database": "Database",
+    "broker": "Redis",
+    "storage": "S3 storage",
+    "workers": "Workers",
+}
+
+
+def tick_report(now) -> dict:
+    try:
+        at = health.last_tick()
+    except Exception as exc:  # Redis is down: the broker check says so too
+        return {"at": None, "age_seconds": None, "ok": False, "detail": f"unknown: {exc}"}
+    if at is None:
+        return {"at": None, "age_seconds": None, "ok": False, "detail": "no tick yet"}
+    ok = now - at <= dashboard.TICK_STALE_AFTER
+    detail = "beat ticks every minute" if ok else "stale: is celery beat running?"
+    return {
+        "at": at,
+        "age_seconds": max(0, round((now - at).total_seconds())),
+        "ok": ok,
+        "detail": detail,
+    }
+
+
+def failure_entry(run) -> dict:
+    return {
+        "run": run.id,
+        "model": run.deployment.name,
+        "model_id": run.deployment_id,
+        "owner": run.deployment.owner.username,
+        "date": run.date,
+        "finished_at": run.finished_at,
+        "status": run.status,
+        "attempts": run.attempts,
+        "max_attempts": run.max_attempts,
+        "next_attempt_at": run.next_attempt_at,
+        "error": run.error[:300],
+        "url": reverse("model", args=[run.deployment_id]) + f"#run-{run.id}",
+    }
+
+
+def status_report(request: HttpRequest) -> dict:
+    """Everything the status page shows, in a fixed number of queries and about one second.
+
+    Times are datetimes: the page formats them, JsonResponse writes them as ISO 8601.
+    """
+    now = timezone.now()
+    user = request.user
+    # The remote checks run side by side, and beside the database work: the report waits
+    # for the slowest (the workers ping's 1 s), not for their sum.
+    with ThreadPoolExecutor(max_workers=len(REMOTE_CHECKS) + 1) as pool:
+        remote = {name: pool.submit(health.timed, check) for name, check in REMOTE_CHECKS.items()}
+        tick = pool.submit(tick_report, now)
+        services = {"database": health.timed(health.database)}
+        runs = runs_for(user)
+        counts = dashboard.run_counts(runs, now)
+        failures = [failure_entry(run) for run in dashboard.recent_failures(runs, now)]
+        models = dashboard.latest_quality(deployments_for(user))
+        for model in models:
+            model["url"] = reverse("model", args=[model["id"]])
+        services.update({name: future.result() for name, future in remote.items()})
+        tick = tick.result()
+    for name, check in services.items():
+        check["name"] = SERVICE_NAMES[name]
+    return {
+        "ok": all(check["ok"] for check in services.values()) and tick["ok"],
+        "checked_at": now,
+        "scope": "all" if user.is_staff else "own",
+        "services": services,
+        "last_tick": tick,
+        "runs": counts,
+        "failures": failures,
+        "quality": {"counts": dashboard.light_counts(models), "models": models},
+    }
+
+
+@login_required
+@require_GET
+def status_page(request: HttpRequest) -> HttpResponse:
+    report = status_report(request)
+    return render(request, "portal/status.html", {"report": report})
+
+
+@login_required
+@require_GET
+def status_json(request: HttpRequest) -> JsonResponse:
+    """What the status page polls; always 200 when it could answer, the body says what is down."""
+    return JsonResponse(status_report(request))

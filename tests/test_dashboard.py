@@ -1,0 +1,402 @@
+"""The dashboard, a model's quality charts and the status page: what they show, to whom,
+and that they ask the database a fixed number of times however many models and runs."""
+
+import json
+import re
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from portal import health, status_views
+from scoring.models import Batch, Report, ScoringRun
+from tests.runs_data import make_models, make_runs, quality
+
+pytestmark = pytest.mark.django_db
+
+# The most SQL queries each page may make, with 200 models and 20,000 runs or with 2 and 10.
+QUERY_BOUNDS = {
+    # session, user, models with their latest-run subqueries, versions, the latest runs
+    # (one in_bulk), the quota's three (override, active models, stored bytes)
+    "/": 8,
+    "/models/status/": 8,
+    # session, user, model, versions, current version, latest check, chart points, 50 runs,
+    # their reports
+    "/models/{id}/": 9,
+    # session, user, SELECT 1, run counts, failures, models with their latest-check subquery,
+    # those checks' PSI and AUC
+    "/status/": 7,
+    "/status.json": 7,
+}
+STATUS_PAGES = ("/status/", "/status.json")
+
+
+@pytest.fixture
+def services(request):
+    """The S3 server and Redis of the session, so every check of the status page can answer."""
+    request.getfixturevalue("s3_server")
+    request.getfixturevalue("celery_app_configured")
+
+
+def logged_in(client, user):
+    client.force_login(user)
+    return client
+
+
+def chart_data(page: str) -> dict:
+    found = re.search(r'<script id="chart-data" type="application/json">(.*?)</script>', page, re.S)
+    assert found, "the model page has no chart data"
+    return json.loads(found.group(1))
+
+
+def timed_get(client, url: str):
+    started = time.perf_counter()
+    response = client.get(url)
+    return response, time.perf_counter() - started
+
+
+# --- bounded queries ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", QUERY_BOUNDS)
+def test_each_page_asks_a_fixed_number_of_queries_however_many_models_and_runs(
+    path, client, owner, request, capsys, django_assert_max_num_queries
+):
+    if path in STATUS_PAGES:
+        request.getfixturevalue("services")
+    logged_in(client, owner)
+    first = make_models(owner, 2, prefix="first")
+    make_runs(first, 5)
+    url = path.format(id=first[0].id)
+    assert client.get(url).status_code == 200  # templates load once, not in the count
+
+    with CaptureQueriesContext(connection) as few:
+        small = client.get(url)
+    assert small.status_code == 200
+
+    # Up to 200 models and 20,000 runs: 95 older runs for the first two, 198 more models.
+    make_runs(first, 95, days_back=5)
+    make_runs(make_models(owner, 198, prefix="more"), 100)
+    assert ScoringRun.objects.count() == 20_000
+
+    with django_assert_max_num_queries(QUERY_BOUNDS[path]) as many:
+        large, seconds = timed_get(client, url)
+    assert large.status_code == 200
+    assert len(many) == len(few), [q["sql"][:200] for q in many.captured_queries]
+    with capsys.disabled():
+        print(
+            f"\n{url:<18} {len(many)} queries with 200 models and 20,000 runs, "
+            f"{1000 * seconds:.0f} ms ({len(large.content) // 1024} KB)"
+        )
+
+
+# --- the dashboard --------------------------------------------------------------
+
+
+def test_the_dashboard_shows_each_models_last_run_quality_and_next_run(client, owner):
+    churn, spend, fresh = make_models(owner, 3)
+    make_runs([churn, spend], 3)
+    last = churn.runs.order_by("-date").first()
+    last.quality = quality(0.14, 0.58, rows=123_456)
+    last.quality_status = "warning"
+    last.rows = 123_456
+    last.save()
+    ScoringRun.objects.filter(deployment=spend).order_by("-date").update(
+        status=ScoringRun.FAILED, quality=None, quality_status="", rows=None, error="boom"
+    )
+    ScoringRun.objects.create(
+        deployment=spend,
+        version=spend.versions.get(),
+        date=timezone.localdate() + timedelta(days=1),
+        status=ScoringRun.RUNNING,
+        started_at=timezone.now(),
+    )
+
+    page = logged_in(client, owner).get("/").content.decode()
+    rows = {
+        name: row for name, row in re.findall(r'<tr data-model="([^"]+)">(.*?)</tr>', page, re.S)
+    }
+
+    assert '<span class="badge succeeded">succeeded</span>' in rows[churn.name]
+    assert "123,456 rows · finished 1\xa0hour ago" in rows[churn.name]
+    assert 'class="light warning"' in rows[churn.name]
+    assert "PSI 0.140 · AUC 0.58" in rows[churn.name]
+    assert "UTC" in rows[churn.name]  # the next run
+    assert '<span class="badge running">running now</span>' in rows[spend.name]
+    assert '<span class="badge failed">failed</span>' in rows[spend.name]
+    assert 'class="light none"' in rows[spend.name]
+    assert "no runs yet" in rows[fresh.name]
+
+
+def test_the_dashboard_json_carries_the_same_rows(client, owner):
+    models = make_models(owner, 2)
+    make_runs(models, 2)
+
+    body = logged_in(client, owner).get("/models/status/").json()
+
+    assert set(body) == {"rows", "quota", "pending"}
+    assert body["rows"].count('class="light ') == 2
+    assert body["rows"].count("finished ") == 2
+
+
+def test_the_dashboard_lists_only_my_own_models_even_for_staff(client, owner, staff):
+    make_models(owner, 1, prefix="alice")
+    make_models(staff, 1, prefix="sam")
+
+    page = logged_in(client, staff).get("/").content.decode()
+
+    assert 'data-model="sam-000"' in page
+    assert 'data-model="alice-000"' not in page
+
+
+# --- the model page -------------------------------------------------------------
+
+
+def test_the_model_page_carries_the_chart_data_and_the_top_drifting_features(client, owner):
+    (model,) = make_models(owner, 1)
+    make_runs([model], 20)
+    latest = model.runs.order_by("-date").first()
+    latest.quality = quality(0.31, 0.67)
+    latest.quality["thresholds"] = {**latest.quality["thresholds"], "psi_warn": 0.15}
+    latest.quality_status = "alert"
+    latest.save()
+
+    response = logged_in(client, owner).get(f"/models/{model.id}/")
+    page = response.content.decode()
+    data = chart_data(page)
+
+    checked = list(model.runs.exclude(quality_status="").order_by("date", "id"))
+    assert [p["run"] for p in data["runs"]] == [r.id for r in checked]
+    assert data["runs"][-1] == {
+        "run": latest.id,
+        "date": latest.date.isoformat(),
+        "status": "alert",
+        "psi": 0.31,
+        "psi_status": "alert",
+        "auc": 0.67,
+        "auc_status": "alert",
+    }
+    assert data["thresholds"] == {
+        "psi_warn": 0.15,
+        "psi_alert": 0.25,
+        "adversarial_warn": 0.6,
+        "adversarial_alert": 0.65,
+    }
+    assert len(data["histogram"]["edges"]) == 21
+    assert len(data["histogram"]["current"]) == len(data["histogram"]["baseline"]) == 20
+    assert data["latest"] == {"run": latest.id, "date": latest.date.isoformat()}
+    assert data["baseline"] == "the package's reference scores (5,000 rows)"
+    for canvas in ("psi-chart", "auc-chart", "distribution-chart"):
+        assert f'<canvas id="{canvas}"' in page
+    assert "vendor/chartjs/chart.umd.min.js" in page
+    assert "js/model_charts.js" in page
+    assert "js/model.js" in page  # the run polling stays
+
+    features = re.findall(
+        r'<td class="mono">(\w+)</td><td class="num mono metric (\w+)">([\d.]+)', page
+    )
+    assert [f[0] for f in features][:3] == ["age", "tenure_months", "monthly_spend"]
+    assert features[0] == ("age", "alert", "0.496")
+    psis = [float(f[2]) for f in features]
+    assert psis == sorted(psis, reverse=True)
+
+
+def test_the_run_history_shows_each_runs_light_psi_auc_and_report(client, owner):
+    (model,) = make_models(owner, 1)
+    make_runs([model], 3)
+    latest, previous = model.runs.order_by("-date")[:2]
+    report = Report.objects.create(batch=Batch.objects.create(), owner=owner, status="ok")
+    report.runs.add(latest)
+
+    page = logged_in(client, owner).get(f"/models/{model.id}/").content.decode()
+    rows = dict(re.findall(r'<tr data-run="(\d+)" id="run-\d+">(.*?)</tr>', page, re.S))
+
+    row = rows[str(latest.id)]
+    assert f'class="light {latest.quality_status}"' in row
+    assert f"{latest.quality['psi']:.3f}" in row
+    assert f"{latest.quality['adversarial_auc']:.3f}" in row
+    assert f'href="/reports/{report.id}/">Report</a>' in row
+    assert "Report</a>" not in rows[str(previous.id)]
+
+
+def test_a_model_without_checked_runs_draws_no_charts(client, owner):
+    (model,) = make_models(owner, 1)
+
+    page = logged_in(client, owner).get(f"/models/{model.id}/").content.decode()
+
+    assert chart_data(page)["runs"] == []
+    assert "<canvas" not in page
+    assert "chart.umd.min.js" not in page
+
+
+def test_another_users_model_page_is_a_404(client, owner, outsider):
+    (model,) = make_models(owner, 1)
+    make_runs([model], 2)
+
+    assert logged_in(client, outsider).get(f"/models/{model.id}/").status_code == 404
+
+
+# --- the status page ------------------------------------------------------------
+
+
+@pytest.fixture
+def two_users_runs(owner, outsider):
+    """Alice's and Mallory's models, each with a recent failure and a quality verdict."""
+    alice = make_models(owner, 2, prefix="alice")
+    mallory = make_models(outsider, 1, prefix="mallory")
+    make_runs(alice + mallory, 3)
+    for deployment in (alice[0], mallory[0]):
+        ScoringRun.objects.filter(id=deployment.runs.first().id).update(
+            status=ScoringRun.FAILED,
+            error=f"{deployment.name} broke",
+            finished_at=timezone.now(),
+            quality=None,
+            quality_status="",
+        )
+    return alice, mallory
+
+
+@pytest.fixture
+def fake_remote_checks(monkeypatch):
+    """Redis, S3 and the workers answer at once, and the ping is counted."""
+    calls = []
+    monkeypatch.setitem(status_views.REMOTE_CHECKS, "broker", lambda: "redis 7")
+    monkeypatch.setitem(status_views.REMOTE_CHECKS, "storage", lambda: "http://s3")
+    monkeypatch.setitem(
+        status_views.REMOTE_CHECKS, "workers", lambda: calls.append(1) or "1 live: w@host"
+    )
+    monkeypatch.setattr(health, "last_tick", lambda: timezone.now() - timedelta(seconds=30))
+    return calls
+
+
+def test_the_status_json_has_every_field(client, owner, two_users_runs, fake_remote_checks):
+    alice, _ = two_users_runs
+    (queued, running, retrying), old = alice[1].runs.all(), alice[0].runs.last()
+    unchecked = {"quality": None, "quality_status": ""}
+    for run, status in ((queued, "queued"), (running, "running")):
+        ScoringRun.objects.filter(id=run.id).update(status=status, finished_at=None, **unchecked)
+    ScoringRun.objects.filter(id=retrying.id).update(
+        status="retrying", finished_at=timezone.now(), error="flaky", **unchecked
+    )
+    ScoringRun.objects.filter(id=old.id).update(
+        status="failed", finished_at=timezone.now() - timedelta(days=2)
+    )
+
+    body = logged_in(client, owner).get("/status.json").json()
+
+    assert set(body) == {
+        "ok", "checked_at", "scope", "services", "last_tick", "runs", "failures", "quality"
+    }  # fmt: skip
+    assert body["ok"] is True
+    assert body["scope"] == "own"
+    assert set(body["services"]) == {"database", "broker", "storage", "workers"}
+    assert body["services"]["database"]["ok"] and body["services"]["workers"]["ok"]
+    assert body["services"]["workers"]["detail"] == "1 live: w@host"
+    assert {"ok", "detail", "ms", "name"} <= set(body["services"]["broker"])
+    assert body["last_tick"]["ok"] is True
+    assert 29 <= body["last_tick"]["age_seconds"] <= 40
+    assert body["runs"] == {"queued": 1, "running": 1, "retrying": 1, "failed_24h": 2}
+    assert [f["status"] for f in body["failures"]] == ["retrying", "failed"]
+    failure = body["failures"][1]
+    assert set(failure) == {
+        "run", "model", "model_id", "owner", "date", "finished_at", "status", "attempts",
+        "max_attempts", "next_attempt_at", "error", "url",
+    }  # fmt: skip
+    assert failure["error"] == "alice-000 broke"
+    assert failure["url"] == f"/models/{alice[0].id}/#run-{failure['run']}"
+    assert body["quality"]["counts"]["none"] == 1  # alice-001 has no checked run left
+    assert sum(body["quality"]["counts"].values()) == 2
+    assert body["quality"]["models"][-1]["name"] == "alice-001"  # worst first, unchecked last
+    model = body["quality"]["models"][0]
+    assert set(model) == {"id", "name", "owner", "status", "run", "date", "psi", "auc", "url"}
+    assert fake_remote_checks == [1]  # the workers were pinged once for the request
+
+
+def test_staff_see_every_users_models_and_runs_on_the_status_page(
+    client, staff, two_users_runs, fake_remote_checks
+):
+    body = logged_in(client, staff).get("/status.json").json()
+    page = client.get("/status/").content.decode()
+
+    assert body["scope"] == "all"
+    assert {f["model"] for f in body["failures"]} == {"alice-000", "mallory-000"}
+    assert {m["name"] for m in body["quality"]["models"]} == {
+        "alice-000", "alice-001", "mallory-000"
+    }  # fmt: skip
+    assert body["runs"]["failed_24h"] == 2
+    assert "Every user's models and runs" in page
+    assert "alice-000 broke" in page and "mallory-000 broke" in page
+    assert "<th>Owner</th>" in page
+    assert fake_remote_checks == [1, 1]
+
+
+@pytest.mark.parametrize("user", ["owner", "outsider"])
+def test_others_see_only_their_own_on_the_status_page(
+    client, request, user, two_users_runs, fake_remote_checks
+):
+    me = request.getfixturevalue(user)
+    mine = {"owner": "alice", "outsider": "mallory"}[user]
+    theirs = {"owner": "mallory", "outsider": "alice"}[user]
+
+    body = logged_in(client, me).get("/status.json").json()
+    page = client.get("/status/").content.decode()
+
+    assert body["scope"] == "own"
+    assert {f["model"] for f in body["failures"]} == {f"{mine}-000"}
+    assert all(m["name"].startswith(mine) for m in body["quality"]["models"])
+    assert body["runs"]["failed_24h"] == 1
+    assert theirs not in page
+    assert f"{mine}-000 broke" in page
+    assert "<th>Owner</th>" not in page
+
+
+def test_the_status_page_says_what_is_down_and_a_stale_tick(
+    client, owner, monkeypatch, fake_remote_checks
+):
+    def down():
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setitem(status_views.REMOTE_CHECKS, "storage", down)
+    tick = timezone.now() - timedelta(minutes=12, seconds=30)
+    monkeypatch.setattr(health, "last_tick", lambda: tick)
+
+    body = logged_in(client, owner).get("/status.json").json()
+    page = client.get("/status/").content.decode()
+
+    assert body["ok"] is False
+    assert body["services"]["storage"] == {
+        "ok": False,
+        "detail": "ConnectionError: no route to host",
+        "ms": body["services"]["storage"]["ms"],
+        "name": "S3 storage",
+    }
+    assert body["last_tick"]["ok"] is False
+    assert body["last_tick"]["detail"] == "stale: is celery beat running?"
+    assert '<div class="tile bad" data-service="storage">' in page
+    assert "12\xa0minutes ago" in page
+    assert "No failures in the last 24 hours." in page
+
+
+def test_the_status_page_reports_every_service_up_with_a_real_worker(client, owner, worker):
+    body = logged_in(client, owner).get("/status.json").json()
+
+    for name, check in body["services"].items():
+        assert check["ok"], (name, check)
+    assert re.match(r"\d+ live: ", body["services"]["workers"]["detail"])
+
+
+@pytest.mark.parametrize("path", ["/status/", "/status.json"])
+def test_the_status_page_needs_a_login(client, path):
+    response = client.get(path)
+
+    assert response.status_code == 302
+    assert response.url == f"/login/?next={path}"
+
+
+def test_the_nav_links_to_the_status_page(client, owner):
+    page = logged_in(client, owner).get("/").content.decode()
+
+    assert '<a href="/status/" class="">Status</a>' in page
