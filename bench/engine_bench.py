@@ -132,12 +132,16 @@ def naive(slice_path: Path, feature_sets, models) -> float:
 
 
 class PeakRss(threading.Thread):
-    """Samples the worker's and the sandboxes' resident memory while the batch runs."""
+    """Samples the worker's and the sandboxes' resident memory while the batch runs.
+
+    Sandboxes are forked from the zygote, so much of their resident memory is the
+    zygote's libraries, shared: their own share is the unique set size (USS).
+    """
 
     def __init__(self, worker_pid: int):
         super().__init__(daemon=True)
         self.worker_pid, self.stop_event = worker_pid, threading.Event()
-        self.worker_peak = self.sandbox_peak = 0
+        self.worker_peak = self.sandbox_peak = self.sandbox_unique_peak = 0
 
     def run(self) -> None:
         import psutil
@@ -146,13 +150,20 @@ class PeakRss(threading.Thread):
         while not self.stop_event.wait(0.05):
             try:
                 for process in [root, *root.children(recursive=True)]:
-                    rss = process.memory_info().rss
-                    if "scoring.sandbox" in " ".join(process.cmdline()):
-                        self.sandbox_peak = max(self.sandbox_peak, rss)
-                    else:
-                        self.worker_peak = max(self.worker_peak, rss)
+                    if "scoring.zygote" not in " ".join(process.cmdline()):
+                        self.worker_peak = max(self.worker_peak, process.memory_info().rss)
+                    elif "scoring.zygote" in " ".join(process.parent().cmdline()):
+                        memory = process.memory_full_info()
+                        self.sandbox_peak = max(self.sandbox_peak, memory.rss)
+                        self.sandbox_unique_peak = max(self.sandbox_unique_peak, memory.uss)
             except psutil.Error:
                 continue
+
+
+def phases(log: Path) -> str:
+    """The last batch's phases, from the worker's log line "slice ..., N runs: load 0.1 s, ..."."""
+    lines = [line for line in log.read_text().splitlines() if " runs: load " in line]
+    return lines[-1].split(" runs: ", 1)[1] if lines else "(not logged)"
 
 
 def main() -> None:
@@ -179,7 +190,6 @@ def main() -> None:
             "MODELS_BUCKET": "bench-models",
             "SCORES_BUCKET": "bench-scores",
             "QUOTA_ACTIVE_MODELS": "100",
-            "LOG_LEVEL": "WARNING",
             "PART_ROWS": str(args.part_rows),
             "DJANGO_SETTINGS_MODULE": "portal.settings",
         }
@@ -269,15 +279,19 @@ def main() -> None:
         read, predict = physical_limit(slice_path, feature_sets, models)
         limit = read + predict
         naive_seconds = naive(slice_path, feature_sets, models)
+        quality_seconds = sum(r.quality["seconds"] for r in done if r.quality)
+        quality_share = 100 * quality_seconds / batch_seconds
+        sandbox_own = rss.sandbox_unique_peak / 1024**2
         print(
             f"""
 rows x models / s        {args.rows * MODELS / batch_seconds:,.0f}
-batch (engine)           {batch_seconds:.2f} s
+batch (engine)           {batch_seconds:.2f} s   ({phases(work / "state" / "worker.log")})
 physical limit           {limit:.2f} s  (read {read:.2f} s + predict {predict:.2f} s)
 batch / limit            {batch_seconds / limit:.2f}x   (target <= 1.25x)
 naive / batch            {naive_seconds / batch_seconds:.2f}x   (naive {naive_seconds:.2f} s; target >= 1.8x)
+quality checks           {quality_seconds:.2f} s = {quality_share:.0f}% of the batch (target <= 15%)
 peak RSS worker          {rss.worker_peak / 1024**2:,.0f} MB
-peak RSS sandbox (max)   {rss.sandbox_peak / 1024**2:,.0f} MB
+peak RSS sandbox (max)   {rss.sandbox_peak / 1024**2:,.0f} MB ({sandbox_own:,.0f} MB its own, the rest shared)
 """,
             flush=True,
         )

@@ -141,9 +141,8 @@ def score_range(source, slice_date, scorers, stack, clock, row_groups=None) -> l
     )
     chunks = read_ahead(source.batches(slice_date, columns, chunk_rows, row_groups=row_groups))
     try:
-        for index, chunk in enumerate(chunks):
-            with clock("score"):
-                scorers = score_chunk(chunk, index, chunk_dir, scorers, slice_date)
+        for index, chunk in enumerate(clock.each("read", chunks)):
+            scorers = score_chunk(chunk, index, chunk_dir, scorers, slice_date, clock)
             if not scorers:
                 return []
     except (features.FeatureSourceError, OSError) as exc:
@@ -318,6 +317,16 @@ class Stopwatch:
         finally:
             self.seconds[phase] += time.perf_counter() - started
 
+    def each(self, phase: str, items: Iterator):
+        """The items of `items`, the time spent waiting for each counted in `phase`."""
+        iterator = iter(items)
+        while True:
+            with self(phase):
+                item = next(iterator, StopIteration)
+            if item is StopIteration:
+                return
+            yield item
+
     def __str__(self) -> str:
         return ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self.seconds.items())
 
@@ -363,12 +372,21 @@ def start_scorers(
 
 
 def score_chunk(
-    chunk: pa.RecordBatch, index: int, chunk_dir: Path, scorers: list[Scorer], slice_date
+    chunk: pa.RecordBatch,
+    index: int,
+    chunk_dir: Path,
+    scorers: list[Scorer],
+    slice_date: date,
+    clock: "Stopwatch",
 ) -> list[Scorer]:
     """Write the chunk once to shared memory; every sandbox maps it and scores it at once."""
     chunk_path = chunk_dir / f"chunk-{index}.arrow"
-    with pa.OSFile(str(chunk_path), "wb") as sink, pa.ipc.new_file(sink, chunk.schema) as writer:
-        writer.write_batch(chunk)
+    with clock("hand-off"):
+        with (
+            pa.OSFile(str(chunk_path), "wb") as sink,
+            pa.ipc.new_file(sink, chunk.schema) as writer,
+        ):
+            writer.write_batch(chunk)
     entity_ids = chunk.column(0)
     scored_at = timezone.now()
     sent, alive = [], []
@@ -380,14 +398,17 @@ def score_chunk(
             drop(scorer, exc, index, slice_date)
     for scorer in sent:
         try:
-            scorer.sandbox.receive("scoring")
+            with clock("predict"):
+                scorer.sandbox.receive("scoring")
             with pa.memory_map(str(chunk_dir / f"scores-{scorer.run.id}.arrow")) as source:
                 values = pa.ipc.open_file(source).read_all().column("score").combine_chunks()
         except SandboxError as exc:
             drop(scorer, exc, index, slice_date)
             continue
-        scorer.writer.write(entity_ids, values, scored_at)
-        scorer.sample.offer(chunk, scorer.features, values)
+        with clock("write"):
+            scorer.writer.write(entity_ids, values, scored_at)
+        with clock("sample"):
+            scorer.sample.offer(chunk, scorer.features, values)
         alive.append(scorer)
     chunk_path.unlink()
     return alive
