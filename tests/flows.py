@@ -46,9 +46,7 @@ def report_emails(mailbox, day: date, count: int, timeout: float = 20) -> list:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [
-            m
-            for m in mailbox()
-            if subject(m).startswith("[Dropscore]") and f"{day})" in subject(m)
+            m for m in mailbox() if subject(m).startswith("[Dropscore]") and f"{day})" in subject(m)
         ]
         if len(found) >= count:
             return found

@@ -98,7 +98,11 @@ def test_two_calm_days_then_a_drifted_one_alerts_and_each_user_gets_one_report_p
             "alice@bank.example",
             "mallory@telco.example",
         ]
-    assert Report.objects.filter(owner=owner).count() == Report.objects.filter(owner=outsider).count() == 3
+    assert (
+        Report.objects.filter(owner=owner).count()
+        == Report.objects.filter(owner=outsider).count()
+        == 3
+    )
     calm = {m["To"]: subject(m) for m in second_reports}
     assert calm["alice@bank.example"] == f"[Dropscore] OK — 2 models scored ({days[1]})"
     assert calm["mallory@telco.example"] == f"[Dropscore] OK — their-spend scored ({days[1]})"
@@ -109,6 +113,7 @@ def test_two_calm_days_then_a_drifted_one_alerts_and_each_user_gets_one_report_p
     assert "monthly_spend" in alice_text and "[ALERT]" in alice_text
     mallory_text = text_of(drifted["mallory@telco.example"])
     assert "their-spend" in mallory_text and "churn" not in mallory_text
-    assert f"/reports/{Report.objects.get(owner=outsider, batch=third['their-spend'].batch).id}/" in (
-        mallory_text
+    assert (
+        f"/reports/{Report.objects.get(owner=outsider, batch=third['their-spend'].batch).id}/"
+        in (mallory_text)
     )
