@@ -16,8 +16,9 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,13 +36,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Scorer:
-    """One run being scored: its sandbox, its scores file being written, its row sample."""
+    """One run being scored: its sandbox, its scores file being written, the rows sampled."""
 
     run: ScoringRun
     sandbox: Sandbox
     workdir: Path
     writer: scores.RunWriter
-    sample: samples.RowSample = field(repr=False)
+    sample: samples.RowSample = field(repr=False)  # shared by the scorers of a slice
+    failed: bool = False
 
     @property
     def features(self) -> list[str]:
@@ -140,11 +142,20 @@ def score_range(source, slice_date, scorers, stack, clock, row_groups=None) -> l
         s.run.version.package["params"].get("chunk_rows", settings.CHUNK_ROWS) for s in scorers
     )
     chunks = read_ahead(source.batches(slice_date, columns, chunk_rows, row_groups=row_groups))
+    # Two chunks in flight: the sandboxes already have chunk i when the worker writes
+    # the scores of chunk i-1, so neither waits for the other.
+    in_flight = None
     try:
         for index, chunk in enumerate(clock.each("read", chunks)):
-            scorers = score_chunk(chunk, index, chunk_dir, scorers, slice_date, clock)
+            handed = hand_off(chunk, index, chunk_dir, scorers, slice_date, clock)
+            if in_flight is not None:
+                collect(in_flight, slice_date, clock)
+            in_flight = handed
+            scorers = [s for s in scorers if not s.failed]
             if not scorers:
                 return []
+        if in_flight is not None:
+            collect(in_flight, slice_date, clock)
     except (features.FeatureSourceError, OSError) as exc:
         for scorer in scorers:
             scorer.writer.abort()
@@ -152,7 +163,7 @@ def score_range(source, slice_date, scorers, stack, clock, row_groups=None) -> l
         return []
     finally:
         chunks.close()
-    return scorers
+    return [s for s in scorers if not s.failed]
 
 
 # --- a large slice, split over workers ------------------------------------------------
@@ -340,6 +351,7 @@ def start_scorers(
     libraries, which is CPU work the cores share.
     """
     loading = []
+    sample = samples.RowSample(settings.QUALITY_SAMPLE_ROWS)
     for run in ready:
         workdir = Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix=f"dropscore-run-{run.id}-"))
@@ -358,7 +370,7 @@ def start_scorers(
                 sandbox,
                 workdir,
                 scores.RunWriter(run, part_index),
-                samples.RowSample(settings.QUALITY_SAMPLE_ROWS),
+                sample,
             )
         )
     scorers = []
@@ -371,51 +383,72 @@ def start_scorers(
     return scorers
 
 
-def score_chunk(
+@dataclass
+class Handoff:
+    """A chunk written to shared memory and sent to the sandboxes, its scores not yet in."""
+
+    chunk: pa.RecordBatch
+    index: int
+    path: Path
+    sent: list[Scorer]
+    scored_at: datetime
+
+    def scores_path(self, scorer: Scorer) -> Path:
+        return self.path.with_name(f"scores-{scorer.run.id}-{self.index}.arrow")
+
+
+def hand_off(
     chunk: pa.RecordBatch,
     index: int,
     chunk_dir: Path,
     scorers: list[Scorer],
     slice_date: date,
     clock: "Stopwatch",
-) -> list[Scorer]:
+) -> Handoff:
     """Write the chunk once to shared memory; every sandbox maps it and scores it at once."""
-    chunk_path = chunk_dir / f"chunk-{index}.arrow"
+    path = chunk_dir / f"chunk-{index}.arrow"
     with clock("hand-off"):
-        with (
-            pa.OSFile(str(chunk_path), "wb") as sink,
-            pa.ipc.new_file(sink, chunk.schema) as writer,
-        ):
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, chunk.schema) as writer:
             writer.write_batch(chunk)
-    entity_ids = chunk.column(0)
-    scored_at = timezone.now()
-    sent, alive = [], []
+    handoff = Handoff(chunk, index, path, [], timezone.now())
     for scorer in scorers:
         try:
-            scorer.sandbox.send_score(chunk_path, chunk_dir / f"scores-{scorer.run.id}.arrow")
-            sent.append(scorer)
+            scorer.sandbox.send_score(path, handoff.scores_path(scorer))
+            handoff.sent.append(scorer)
         except SandboxError as exc:
             drop(scorer, exc, index, slice_date)
-    for scorer in sent:
+    return handoff
+
+
+def collect(handoff: Handoff, slice_date: date, clock: "Stopwatch") -> None:
+    """Take each sandbox's scores of a chunk into its run's file and the slice's sample."""
+    results = {}
+    for scorer in handoff.sent:
+        if scorer.failed:  # failed on the chunk before: this one was sent, never scored
+            continue
+        output = handoff.scores_path(scorer)
         try:
             with clock("predict"):
                 scorer.sandbox.receive("scoring")
-            with pa.memory_map(str(chunk_dir / f"scores-{scorer.run.id}.arrow")) as source:
+            with pa.memory_map(str(output)) as source:
                 values = pa.ipc.open_file(source).read_all().column("score").combine_chunks()
         except SandboxError as exc:
-            drop(scorer, exc, index, slice_date)
+            drop(scorer, exc, handoff.index, slice_date)
             continue
+        finally:
+            output.unlink(missing_ok=True)
         with clock("write"):
-            scorer.writer.write(entity_ids, values, scored_at)
+            scorer.writer.write(handoff.chunk.column(0), values, handoff.scored_at)
+        results[scorer.run.id] = values
+    if results:
         with clock("sample"):
-            scorer.sample.offer(chunk, scorer.features, values)
-        alive.append(scorer)
-    chunk_path.unlink()
-    return alive
+            handoff.sent[0].sample.offer(handoff.chunk, results)
+    handoff.path.unlink()
 
 
 def drop(scorer: Scorer, error: SandboxError, index: int, slice_date: date) -> None:
     """A model failed on a chunk: its run fails alone, its sandbox and its file go."""
+    scorer.failed = True
     runs.fail(scorer.run, f"{error} (chunk {index + 1} of slice {slice_date})", slice_date)
     scorer.sandbox.kill()
     scorer.writer.abort()
@@ -426,16 +459,19 @@ def finish_files(scorer: Scorer, part_index: int) -> list[dict]:
     if scorer.writer.rows == 0:
         scorer.writer.abort()
         return []
-    samples.save(scorer.run.id, part_index, scorer.sample)
+    samples.save(scorer.run.id, part_index, scorer.sample, scorer.features)
     return [scorer.writer.close()]
 
 
 def commit(scorers: list[Scorer], slice_date: date) -> list[ScoringRun]:
     """All runs of the slice in one Delta transaction; returns the runs that committed."""
     files, alive = {}, []
-    for scorer in scorers:
+    # Finishing a file is mostly waiting for S3 to complete its upload: side by side.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        finishing = [(scorer, pool.submit(finish_files, scorer, 0)) for scorer in scorers]
+    for scorer, finished in finishing:
         try:
-            files[scorer.run.id] = finish_files(scorer, 0)
+            files[scorer.run.id] = finished.result()
         except Exception as exc:  # S3 down: the run is retried
             log.exception("the scores of run %s could not be kept", scorer.run.id)
             scorer.writer.abort()

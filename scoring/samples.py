@@ -22,29 +22,44 @@ KEY = "_key"
 
 
 class RowSample:
-    """At most `size` rows, uniformly drawn from every chunk offered."""
+    """At most `size` rows, uniformly drawn from every chunk of a slice, with each run's score.
+
+    One sample serves every run of the slice: the chunk's columns are taken once, and each
+    run's score rides along as a column `score:<run id>`.
+    """
 
     def __init__(self, size: int):
         self.size = size
         self.rng = np.random.default_rng()
         self.table: pa.Table | None = None
+        self.runs: list[int] = []
 
-    def offer(self, chunk: pa.RecordBatch, columns: list[str], scores: pa.Array) -> None:
+    def offer(self, chunk: pa.RecordBatch, scores: dict[int, pa.Array]) -> None:
+        if self.table is None:
+            self.runs = list(scores)
         keys = self.rng.random(chunk.num_rows)
         if self.table is not None and self.table.num_rows >= self.size:
             # Only rows that beat the largest kept key can enter: few, once the sample is full.
-            keys_kept = self.table.column(KEY)
-            take = np.flatnonzero(keys < pc.max(keys_kept).as_py())
+            take = np.flatnonzero(keys < pc.max(self.table.column(KEY)).as_py())
         else:
             take = np.arange(chunk.num_rows)
         if not len(take):
             return
-        rows = pa.Table.from_batches([chunk.select(columns)]).take(take)
-        rows = rows.append_column("score", scores.take(take)).append_column(
-            KEY, pa.array(keys[take])
-        )
+        rows = pa.Table.from_batches([chunk]).take(take)
+        for run_id in self.runs:  # a run that failed meanwhile: nulls, never saved
+            values = scores.get(run_id)
+            column = values.take(take) if values is not None else pa.nulls(len(take), pa.float64())
+            rows = rows.append_column(f"score:{run_id}", column)
+        rows = rows.append_column(KEY, pa.array(keys[take]))
         merged = rows if self.table is None else pa.concat_tables([self.table, rows])
         self.table = bottom(merged, self.size)
+
+    def of_run(self, run_id: int, features: list[str]) -> pa.Table | None:
+        if self.table is None:
+            return None
+        return self.table.select([*features, f"score:{run_id}", KEY]).rename_columns(
+            [*features, "score", KEY]
+        )
 
 
 def bottom(table: pa.Table, size: int) -> pa.Table:
@@ -59,11 +74,10 @@ def sample_key(run_id: int, part: int) -> str:
     return f"{settings.SCORES_BUCKET}/_samples/run-{run_id}/part-{part:05d}.parquet"
 
 
-def save(run_id: int, part: int, sample: RowSample) -> None:
-    if sample.table is not None:
-        pq.write_table(
-            sample.table, sample_key(run_id, part), filesystem=storage.arrow_filesystem()
-        )
+def save(run_id: int, part: int, sample: RowSample, features: list[str]) -> None:
+    table = sample.of_run(run_id, features)
+    if table is not None:
+        pq.write_table(table, sample_key(run_id, part), filesystem=storage.arrow_filesystem())
 
 
 def load(run_id: int, size: int) -> pd.DataFrame | None:

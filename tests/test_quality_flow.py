@@ -41,7 +41,7 @@ def text_of(message) -> str:
 
 
 def test_two_calm_days_then_a_drifted_one_alerts_and_each_user_gets_one_report_per_batch(
-    worker, owner, outsider, settle, feature_table, bucket, mailbox
+    worker, owner, outsider, settle, feature_table, bucket, mailbox, api
 ):
     days = [date.today() + timedelta(days=40 + i) for i in range(3)]
     try:
@@ -88,6 +88,9 @@ def test_two_calm_days_then_a_drifted_one_alerts_and_each_user_gets_one_report_p
         assert quality["adversarial_status"] == "alert", quality["adversarial_auc"]
         assert quality["features"][0]["name"] == "monthly_spend"
         assert third[name].quality_status == "alert"
+    body = api.get(f"/api/v1/runs/{third['spend'].id}/").json()
+    assert body["quality"]["psi_status"] == "alert"
+    assert body["quality"]["adversarial_status"] == "alert"
     churn_features = [f["name"] for f in third["churn"].quality["features"][:2]]
     assert set(churn_features) == {"monthly_spend", "tenure_months"}
     assert third["churn"].quality["adversarial_status"] == "alert"

@@ -100,7 +100,15 @@ class RunSerializer(serializers.ModelSerializer):
             "finished_at",
             "duration_seconds",
             "next_attempt_at",
+            "quality",
         ]
+        extra_kwargs = {
+            "quality": {
+                "help_text": "Data quality against the previous run or the reference scores "
+                "(null until checked): status, psi, psi_status, adversarial_auc, "
+                "adversarial_status, features, rows_change, histogram, ..."
+            }
+        }
 
 
 class RunRequestSerializer(serializers.Serializer):
