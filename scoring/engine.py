@@ -16,7 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ from scoring.validation import sandbox_limits
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class Scorer:
     """One run being scored: its sandbox, its scores file being written, the rows sampled."""
 
@@ -141,29 +141,50 @@ def score_range(source, slice_date, scorers, stack, clock, row_groups=None) -> l
     chunk_rows = min(
         s.run.version.package["params"].get("chunk_rows", settings.CHUNK_ROWS) for s in scorers
     )
-    chunks = read_ahead(source.batches(slice_date, columns, chunk_rows, row_groups=row_groups))
-    # Two chunks in flight: the sandboxes already have chunk i when the worker writes
-    # the scores of chunk i-1, so neither waits for the other.
-    in_flight = None
+    # The reading thread also writes each chunk to shared memory, and a writing thread
+    # takes the scores to S3: the worker's own thread only passes chunks and scores
+    # between them and the sandboxes, so the sandboxes never wait for it.
+    chunks = read_ahead(
+        source.batches(slice_date, columns, chunk_rows, row_groups=row_groups),
+        prepare=lambda index, chunk: write_chunk(chunk, chunk_dir / f"chunk-{index}.arrow"),
+    )
     try:
-        for index, chunk in enumerate(clock.each("read", chunks)):
-            handed = hand_off(chunk, index, chunk_dir, scorers, slice_date, clock)
-            if in_flight is not None:
-                collect(in_flight, slice_date, clock)
-            in_flight = handed
-            scorers = [s for s in scorers if not s.failed]
-            if not scorers:
-                return []
-        if in_flight is not None:
-            collect(in_flight, slice_date, clock)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scores") as writes:
+            pipeline(chunks, scorers, slice_date, clock, writes)
     except (features.FeatureSourceError, OSError) as exc:
         for scorer in scorers:
-            scorer.writer.abort()
-            runs.fail(scorer.run, f"reading slice {slice_date} failed: {exc}", slice_date)
-        return []
+            if not scorer.failed:
+                scorer.failed = True
+                runs.fail(scorer.run, f"reading slice {slice_date} failed: {exc}", slice_date)
     finally:
         chunks.close()
+    for scorer in scorers:
+        if scorer.failed:  # its file never reaches the log
+            scorer.writer.abort()
     return [s for s in scorers if not s.failed]
+
+
+def pipeline(chunks, scorers: list[Scorer], slice_date: date, clock, writes: Executor) -> None:
+    """Two chunks in flight: the sandboxes score chunk i while the worker takes in the
+    scores of chunk i-1 and the writing thread still writes those of chunk i-2."""
+    in_flight = writing = None
+    for index, (chunk, path) in enumerate(clock.each("read", chunks)):
+        alive = [s for s in scorers if not s.failed]
+        if not alive:
+            return
+        handed = hand_off(chunk, index, path, alive, slice_date)
+        if in_flight is not None:
+            collect(in_flight, slice_date, clock, writes)
+            if writing is not None:
+                settle(writing, slice_date, clock)
+            writing = in_flight
+        in_flight = handed
+    for handoff in (in_flight, writing):
+        if handoff is not None and handoff.written is None:
+            collect(handoff, slice_date, clock, writes)
+    for handoff in (writing, in_flight):
+        if handoff is not None:
+            settle(handoff, slice_date, clock)
 
 
 # --- a large slice, split over workers ------------------------------------------------
@@ -276,20 +297,19 @@ def commit_parts(part: BatchPart) -> None:
     finish_batch(part.batch_id)
 
 
-def read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 1) -> Iterator[pa.RecordBatch]:
-    """Read the next chunk in a thread while the sandboxes score this one.
-
-    Parquet decoding releases the GIL, so reading overlaps scoring.
-    """
+def read_ahead(batches: Iterator[pa.RecordBatch], prepare, depth: int = 1) -> Iterator:
+    """Read the next chunk, and `prepare(index, chunk)` it, in a thread while the
+    sandboxes score this one. Parquet decoding releases the GIL: reading overlaps scoring."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for batch in batches:
+            for index, batch in enumerate(batches):
+                prepared = prepare(index, batch)
                 while not stop.is_set():
                     try:
-                        ready.put(("batch", batch), timeout=0.5)
+                        ready.put(("batch", prepared), timeout=0.5)
                         break
                     except queue.Full:
                         continue
@@ -385,31 +405,30 @@ def start_scorers(
 
 @dataclass
 class Handoff:
-    """A chunk written to shared memory and sent to the sandboxes, its scores not yet in."""
+    """A chunk in shared memory, sent to the sandboxes; then its scores on their way to S3."""
 
     chunk: pa.RecordBatch
     index: int
     path: Path
     sent: list[Scorer]
     scored_at: datetime
+    written: Future | None = None
 
     def scores_path(self, scorer: Scorer) -> Path:
         return self.path.with_name(f"scores-{scorer.run.id}-{self.index}.arrow")
 
 
+def write_chunk(chunk: pa.RecordBatch, path: Path) -> tuple[pa.RecordBatch, Path]:
+    """The chunk as an Arrow file in shared memory, written once for every sandbox."""
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, chunk.schema) as writer:
+        writer.write_batch(chunk)
+    return chunk, path
+
+
 def hand_off(
-    chunk: pa.RecordBatch,
-    index: int,
-    chunk_dir: Path,
-    scorers: list[Scorer],
-    slice_date: date,
-    clock: "Stopwatch",
+    chunk: pa.RecordBatch, index: int, path: Path, scorers: list[Scorer], slice_date: date
 ) -> Handoff:
-    """Write the chunk once to shared memory; every sandbox maps it and scores it at once."""
-    path = chunk_dir / f"chunk-{index}.arrow"
-    with clock("hand-off"):
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, chunk.schema) as writer:
-            writer.write_batch(chunk)
+    """Every sandbox maps the chunk's file and scores it: all at once."""
     handoff = Handoff(chunk, index, path, [], timezone.now())
     for scorer in scorers:
         try:
@@ -420,8 +439,8 @@ def hand_off(
     return handoff
 
 
-def collect(handoff: Handoff, slice_date: date, clock: "Stopwatch") -> None:
-    """Take each sandbox's scores of a chunk into its run's file and the slice's sample."""
+def collect(handoff: Handoff, slice_date: date, clock: "Stopwatch", writes: Executor) -> None:
+    """Take in each sandbox's scores of a chunk and pass them to the writing thread."""
     results = {}
     for scorer in handoff.sent:
         if scorer.failed:  # failed on the chunk before: this one was sent, never scored
@@ -431,27 +450,46 @@ def collect(handoff: Handoff, slice_date: date, clock: "Stopwatch") -> None:
             with clock("predict"):
                 scorer.sandbox.receive("scoring")
             with pa.memory_map(str(output)) as source:
-                values = pa.ipc.open_file(source).read_all().column("score").combine_chunks()
+                results[scorer] = pa.ipc.open_file(source).read_all().column("score")
         except SandboxError as exc:
             drop(scorer, exc, handoff.index, slice_date)
-            continue
         finally:
             output.unlink(missing_ok=True)
-        with clock("write"):
-            scorer.writer.write(handoff.chunk.column(0), values, handoff.scored_at)
-        results[scorer.run.id] = values
-    if results:
-        with clock("sample"):
-            handoff.sent[0].sample.offer(handoff.chunk, results)
     handoff.path.unlink()
+    handoff.written = writes.submit(write_scores, handoff, results)
+
+
+def write_scores(handoff: Handoff, results: dict) -> dict:
+    """In the writing thread: each run's scores to its file, the chunk into the sample.
+    Returns the runs whose write failed, with the error."""
+    errors = {}
+    for scorer, values in results.items():
+        try:
+            scorer.writer.write(handoff.chunk.column(0), values.combine_chunks(), handoff.scored_at)
+        except Exception as exc:  # S3 refused: this run is retried, the others go on
+            errors[scorer] = exc
+    if results:
+        sample = next(iter(results)).sample
+        sample.offer(handoff.chunk, {s.run.id: v.combine_chunks() for s, v in results.items()})
+    return errors
+
+
+def settle(handoff: Handoff, slice_date: date, clock: "Stopwatch") -> None:
+    """Wait for the writing thread to finish a chunk; a run whose write failed fails alone."""
+    with clock("write"):
+        errors = handoff.written.result()
+    for scorer, exc in errors.items():
+        if not scorer.failed:
+            scorer.failed = True
+            runs.fail(scorer.run, f"writing the scores failed: {exc}", slice_date)
+            scorer.sandbox.kill()
 
 
 def drop(scorer: Scorer, error: SandboxError, index: int, slice_date: date) -> None:
-    """A model failed on a chunk: its run fails alone, its sandbox and its file go."""
+    """A model failed on a chunk: its run fails alone, its sandbox goes (its file at the end)."""
     scorer.failed = True
     runs.fail(scorer.run, f"{error} (chunk {index + 1} of slice {slice_date})", slice_date)
     scorer.sandbox.kill()
-    scorer.writer.abort()
 
 
 def finish_files(scorer: Scorer, part_index: int) -> list[dict]:
