@@ -131,39 +131,74 @@ def naive(slice_path: Path, feature_sets, models) -> float:
     return time.perf_counter() - started
 
 
-class PeakRss(threading.Thread):
-    """Samples the worker's and the sandboxes' resident memory while the batch runs.
+class Usage(threading.Thread):
+    """Samples the worker's and the sandboxes' memory and CPU while the batch runs.
 
     Sandboxes are forked from the zygote, so much of their resident memory is the
-    zygote's libraries, shared: their own share is the unique set size (USS).
+    zygote's libraries, shared: their own share is the unique set size (USS). CPU is
+    counted per process as last seen, so sandboxes that exit still count.
     """
 
-    def __init__(self, worker_pid: int):
+    def __init__(self, worker_pid: int, s3_pid: int):
         super().__init__(daemon=True)
-        self.worker_pid, self.stop_event = worker_pid, threading.Event()
+        self.worker_pid, self.s3_pid, self.stop_event = worker_pid, s3_pid, threading.Event()
         self.worker_peak = self.sandbox_peak = self.sandbox_unique_peak = 0
+        self.cpu: dict[int, tuple[str, float]] = {}
+        self.cpu_at_start = self.cpu_now()
+
+    def cpu_now(self) -> dict[int, tuple[str, float]]:
+        import psutil
+
+        seen = {}
+        root = psutil.Process(self.worker_pid)
+        for process in [root, *root.children(recursive=True), psutil.Process(self.s3_pid)]:
+            try:
+                times = process.cpu_times()
+                seen[process.pid] = (self.kind(process), times.user + times.system)
+            except psutil.Error:
+                continue
+        return seen
+
+    @staticmethod
+    def kind(process) -> str:
+        if process.name() == "weed":
+            return "S3 server"
+        if "scoring.zygote" not in " ".join(process.cmdline()):
+            return "worker"
+        if "scoring.zygote" in " ".join(process.parent().cmdline()):
+            return "sandboxes"
+        return "zygote"
 
     def run(self) -> None:
         import psutil
 
         root = psutil.Process(self.worker_pid)
         while not self.stop_event.wait(0.05):
-            try:
-                for process in [root, *root.children(recursive=True)]:
-                    if "scoring.zygote" not in " ".join(process.cmdline()):
+            self.cpu.update(self.cpu_now())
+            for process in [root, *root.children(recursive=True)]:
+                try:
+                    kind = self.kind(process)
+                    if kind == "worker":
                         self.worker_peak = max(self.worker_peak, process.memory_info().rss)
-                    elif "scoring.zygote" in " ".join(process.parent().cmdline()):
+                    elif kind == "sandboxes":
                         memory = process.memory_full_info()
                         self.sandbox_peak = max(self.sandbox_peak, memory.rss)
                         self.sandbox_unique_peak = max(self.sandbox_unique_peak, memory.uss)
-            except psutil.Error:
-                continue
+                except psutil.Error:
+                    continue
+
+    def cpu_seconds(self) -> dict[str, float]:
+        spent: dict[str, float] = {}
+        for pid, (kind, seconds) in self.cpu.items():
+            before = self.cpu_at_start.get(pid, (kind, 0.0))[1]
+            spent[kind] = spent.get(kind, 0.0) + seconds - before
+        return spent
 
 
 def phases(log: Path) -> str:
-    """The last batch's phases, from the worker's log line "slice ..., N runs: load 0.1 s, ..."."""
-    lines = [line for line in log.read_text().splitlines() if " runs: load " in line]
-    return lines[-1].split(" runs: ", 1)[1] if lines else "(not logged)"
+    """The last slice's phases, from the worker's log: "slice ..., N runs in 5 s: load 0.1 s, ..."."""
+    lines = [line for line in log.read_text().splitlines() if " runs in " in line]
+    return "slice " + lines[-1].split(" runs in ", 1)[1] if lines else "(not logged)"
 
 
 def main() -> None:
@@ -265,7 +300,7 @@ def main() -> None:
         assert all(v.state == "valid" for v in versions), [v.message for v in versions]
 
         run_ids = [runs.request_run(v.deployment, day).id for v in versions]
-        rss = PeakRss(worker.pid)
+        rss = Usage(worker.pid, s3.process.pid)
         rss.start()
         batch = dispatch.send_batch(run_ids)
         while not Batch.objects.filter(id=batch.id, finished_at__isnull=False).exists():
@@ -276,11 +311,20 @@ def main() -> None:
         assert all(r.status == "succeeded" for r in done), [(r.status, r.error) for r in done]
         batch_seconds = (batch.finished_at - batch.started_at).total_seconds()
 
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_SELF)
         read, predict = physical_limit(slice_path, feature_sets, models)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        limit_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        engine_cpu = rss.cpu_seconds()
         limit = read + predict
         naive_seconds = naive(slice_path, feature_sets, models)
         quality_seconds = sum(r.quality["seconds"] for r in done if r.quality)
         quality_share = 100 * quality_seconds / batch_seconds
+        cpu_text = ", ".join(
+            f"{kind} {seconds:.1f}" for kind, seconds in sorted(engine_cpu.items())
+        )
         sandbox_own = rss.sandbox_unique_peak / 1024**2
         print(
             f"""
@@ -290,6 +334,7 @@ physical limit           {limit:.2f} s  (read {read:.2f} s + predict {predict:.2
 batch / limit            {batch_seconds / limit:.2f}x   (target <= 1.25x)
 naive / batch            {naive_seconds / batch_seconds:.2f}x   (naive {naive_seconds:.2f} s; target >= 1.8x)
 quality checks           {quality_seconds:.2f} s = {quality_share:.0f}% of the batch (target <= 15%)
+CPU seconds, engine      {sum(engine_cpu.values()):.1f} ({cpu_text}); limit {limit_cpu:.1f}
 peak RSS worker          {rss.worker_peak / 1024**2:,.0f} MB
 peak RSS sandbox (max)   {rss.sandbox_peak / 1024**2:,.0f} MB ({sandbox_own:,.0f} MB its own, the rest shared)
 """,

@@ -125,7 +125,7 @@ def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
             committed = commit(scorers, slice_date)
     with clock("quality"):
         checks.check_runs(committed)
-    log.info("slice %s, %d runs: %s", slice_date, len(ready), clock)
+    log.info("slice %s, %d runs in %s", slice_date, len(ready), clock)
 
 
 def score_range(source, slice_date, scorers, stack, clock, row_groups=None) -> list[Scorer]:
@@ -338,6 +338,7 @@ class Stopwatch:
     """Seconds spent per phase of a batch, for the worker's log."""
 
     def __init__(self):
+        self.started = time.perf_counter()
         self.seconds: dict[str, float] = defaultdict(float)
 
     @contextlib.contextmanager
@@ -359,7 +360,9 @@ class Stopwatch:
             yield item
 
     def __str__(self) -> str:
-        return ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self.seconds.items())
+        total = time.perf_counter() - self.started
+        phases = ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self.seconds.items())
+        return f"{total:.2f} s: {phases}"
 
 
 def start_scorers(
