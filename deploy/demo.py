@@ -2,7 +2,9 @@
 
 The table is hive-partitioned Parquet, one folder per daily slice
 (`dt=YYYY-MM-DD/part-0.parquet`), ~50 numeric and 4 categorical features per
-customer, drifting a little from day to day as real behaviour does.
+customer, varying a little from day to day as real behaviour does — until a
+promotion lifts spending and calls on the last two days, which the data-quality
+checks of the demo model flag.
 """
 
 from datetime import date, timedelta
@@ -17,6 +19,8 @@ CATEGORICAL = {
     "channel": ["web", "store", "partner"],
     "device": ["android", "ios", "other"],
 }
+# Days ago -> how much a promotion lifted spending and calls: yesterday a little, today a lot.
+PROMOTION = {1: 0.15, 0: 0.8}
 # 10 numeric and 3 categorical columns of the ~54 in the table.
 MODEL_FEATURES = [
     *[
@@ -85,7 +89,8 @@ def make_feature_table(
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        daily_slice(base, day).to_parquet(path, index=False, row_group_size=50_000)
+        drift = PROMOTION.get((today - day).days, 0.0)
+        daily_slice(base, day, drift).to_parquet(path, index=False, row_group_size=50_000)
     return dates
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,6 +25,7 @@ from deploy import demo, services  # noqa: E402
 STATE = Path(os.environ.get("DROPSCORE_STATE_DIR", ROOT / ".dropscore"))
 PORT = int(os.environ.get("PORT", "8000"))
 DEMO_USER = "demo"
+BACKFILL_DAYS = 7
 
 
 def say(text: str) -> None:
@@ -41,7 +43,14 @@ def main() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     started: list[services.Service] = []
     processes: list[subprocess.Popen] = []
-    env = {"FEATURES_URI": os.environ.get("FEATURES_URI", str(STATE / "features"))}
+    env = {
+        "FEATURES_URI": os.environ.get("FEATURES_URI", str(STATE / "features")),
+        # Report and failure emails land as files to read, unless a mail server is set up.
+        "EMAIL_BACKEND": os.environ.get(
+            "EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend"
+        ),
+        "EMAIL_FILE_PATH": os.environ.get("EMAIL_FILE_PATH", str(STATE / "mail")),
+    }
     try:
         s3_url = os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:8333")
         access, secret = (
@@ -115,7 +124,8 @@ def main() -> int:
             f"""
   Dropscore is running: http://127.0.0.1:{PORT}/
   Log in as   {DEMO_USER} / {password}
-  churn-demo is deployed on a daily schedule and scored once already.
+  churn-demo is deployed on a daily schedule and scored on the last {BACKFILL_DAYS} days.
+  Report emails go to {env["EMAIL_FILE_PATH"]}/ (set EMAIL_BACKEND and EMAIL_HOST to send them).
   Drag this second demo package onto "My models":
               {package}
   Logs in {STATE}/ (web.log, worker.log, beat.log). Ctrl-C stops everything.
@@ -156,10 +166,10 @@ def demo_user() -> str:
 
 
 def deploy_demo_model(path: Path) -> None:
-    """The demo user's churn model: deployed, validated and scored once, so there is a run to see."""
+    """The demo user's churn model: deployed, validated and scored on the last days."""
     from django.contrib.auth.models import User
 
-    from scoring import deployments, dispatch
+    from scoring import deployments, dispatch, runs
     from scoring.models import Deployment, ScoringRun
 
     user = User.objects.get(username=DEMO_USER)
@@ -176,13 +186,25 @@ def deploy_demo_model(path: Path) -> None:
         return
     if deployment.runs.filter(status=ScoringRun.SUCCEEDED).exists():
         return
-    say("scoring churn-demo once (100,000 customers) ...")
-    run = dispatch.score_now(deployment)
-    if wait(
-        lambda: ScoringRun.objects.get(id=run.id).status in ("succeeded", "failed", "retrying"), 300
-    ):
+    # A week of history, a day at a time (each run is checked against the day before),
+    # so the model page has charts and the last day shows the promotion's drift.
+    say(f"scoring churn-demo on the last {BACKFILL_DAYS} days (100,000 customers each) ...")
+    for offset in range(BACKFILL_DAYS - 1, -1, -1):
+        run = runs.request_run(deployment, date.today() - timedelta(days=offset))
+        dispatch.send_batch([run.id])
+        finished = wait(
+            lambda run=run: (
+                ScoringRun.objects.get(id=run.id).status in ("succeeded", "failed", "retrying")
+            ),
+            300,
+        )
         run.refresh_from_db()
-        say(f"churn-demo run {run.id}: {run.status}, {run.rows or 0} rows {run.error}")
+        if not finished or run.status != ScoringRun.SUCCEEDED:
+            say(f"churn-demo run {run.id} for {run.date}: {run.status} {run.error}")
+            return
+    wait(lambda: ScoringRun.objects.get(id=run.id).quality is not None, 60)
+    run.refresh_from_db()
+    say(f"churn-demo scored {run.rows:,} rows for {run.date}: quality {run.quality_status}")
 
 
 def wait(condition, seconds: float) -> bool:
