@@ -85,8 +85,7 @@ class RunWriter:
             f"dt={self.partition['dt']}/model_id={self.partition['model_id']}/"
             f"run-{run.id}-attempt-{run.attempts}-part-{part_index}-{uuid.uuid4().hex[:8]}.parquet"
         )
-        # Written from the engine's writing thread: blocking there costs the sandboxes nothing.
-        self.filesystem = storage.arrow_filesystem(background_writes=False)
+        self.filesystem = storage.arrow_filesystem()
         self.sink = None
         self.writer = None
         self.rows = 0

@@ -55,15 +55,11 @@ def client():
     )
 
 
-def arrow_filesystem(background_writes: bool = True):
-    """The S3 server as a pyarrow filesystem, for Parquet read and written in streams.
-
-    Without background writes a stream uploads each part before it takes more: its
-    memory is one part, however far the server lags behind."""
+def arrow_filesystem():
+    """The S3 server as a pyarrow filesystem, for Parquet read and written in streams."""
     from pyarrow import fs
 
     return fs.S3FileSystem(
-        background_writes=background_writes,
         endpoint_override=settings.S3_ENDPOINT_URL.split("://", 1)[-1],
         scheme="https" if settings.S3_ENDPOINT_URL.startswith("https") else "http",
         access_key=settings.S3_ACCESS_KEY,
