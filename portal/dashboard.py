@@ -7,9 +7,19 @@ there are: a page that lists 200 models must not ask the database 200 times.
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, F, FloatField, OuterRef, Q, QuerySet, Subquery
+from django.db.models import (
+    Count,
+    F,
+    FloatField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    TextField,
+    Value,
+)
 from django.db.models.fields.json import KT
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, NullIf
 
 from scoring.models import Deployment, PackageVersion, ScoringRun
 
@@ -21,9 +31,15 @@ FAILURES_SHOWN = 50
 TICK_STALE_AFTER = timedelta(minutes=3)
 
 
+def quality_field(name: str) -> NullIf:
+    """A value inside `quality`, read by the database rather than loading the whole dict.
+
+    SQLite reads a JSON null as the text 'null' (which would cast to 0): it stays None."""
+    return NullIf(KT(f"quality__{name}"), Value("null", output_field=TextField()))
+
+
 def metric(name: str) -> Cast:
-    """A number inside `quality`, read by the database rather than loading the whole dict."""
-    return Cast(KT(f"quality__{name}"), FloatField())
+    return Cast(quality_field(name), FloatField())
 
 
 def with_last_runs(deployments: QuerySet) -> list[Deployment]:
@@ -139,8 +155,8 @@ def chart_data(
             "quality_status",
             psi=metric("psi"),
             auc=metric("adversarial_auc"),
-            psi_status=KT("quality__psi_status"),
-            auc_status=KT("quality__adversarial_status"),
+            psi_status=quality_field("psi_status"),
+            auc_status=quality_field("adversarial_status"),
         )[:CHART_RUNS]
     )
     quality = latest.quality if latest else None

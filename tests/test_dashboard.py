@@ -204,6 +204,20 @@ def test_the_model_page_carries_the_chart_data_and_the_top_drifting_features(cli
     assert psis == sorted(psis, reverse=True)
 
 
+def test_a_run_checked_without_features_has_no_auc_point_rather_than_zero(client, owner):
+    """A first run compared with reference scores has PSI but no adversarial AUC."""
+    (model,) = make_models(owner, 1)
+    make_runs([model], 2)
+    first = model.runs.order_by("date").first()
+    first.quality = {**quality(0.02, 0.5), "adversarial_auc": None, "adversarial_status": None}
+    first.save()
+
+    data = chart_data(logged_in(client, owner).get(f"/models/{model.id}/").content.decode())
+
+    point = next(p for p in data["runs"] if p["run"] == first.id)
+    assert (point["psi"], point["auc"], point["auc_status"]) == (0.02, None, None)
+
+
 def test_the_run_history_shows_each_runs_light_psi_auc_and_report(client, owner):
     (model,) = make_models(owner, 1)
     make_runs([model], 3)
