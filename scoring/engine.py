@@ -246,14 +246,7 @@ def score_part(part_id: int, worker: str) -> None:
             features.source_from_settings(), part.slice_date, scorers, stack, clock, part.row_groups
         )
         with clock("stage"):
-            files = {}
-            for scorer in scorers:
-                try:
-                    files[scorer.run.id] = finish_files(scorer, part.index)
-                except Exception as exc:  # S3 down: this run is retried, the others go on
-                    log.exception("part %s of run %s could not be kept", part.index, scorer.run.id)
-                    scorer.writer.abort()
-                    runs.fail(scorer.run, f"keeping the scores failed: {exc}", part.slice_date)
+            files = keep_files(scorers, part.index, part.slice_date)
     BatchPart.objects.filter(id=part_id).update(
         status=BatchPart.DONE, files=files, finished_at=timezone.now()
     )
@@ -504,23 +497,32 @@ def finish_files(scorer: Scorer, part_index: int) -> list[dict]:
     return [scorer.writer.close()]
 
 
-def commit(scorers: list[Scorer], slice_date: date) -> list[ScoringRun]:
-    """All runs of the slice in one Delta transaction; returns the runs that committed."""
-    files, alive = {}, []
-    # Finishing a file is mostly waiting for S3 to complete its upload: side by side.
+def keep_files(scorers: list[Scorer], part_index: int, slice_date: date) -> dict[int, list[dict]]:
+    """Finish each run's scores file and save its sample: what its commit needs of this part.
+
+    Finishing is mostly waiting for S3 to complete the uploads, so side by side; a run
+    whose files cannot be kept (S3 down) fails alone and is retried."""
+    files = {}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        finishing = [(scorer, pool.submit(finish_files, scorer, 0)) for scorer in scorers]
+        finishing = [(scorer, pool.submit(finish_files, scorer, part_index)) for scorer in scorers]
     for scorer, finished in finishing:
         try:
             files[scorer.run.id] = finished.result()
-        except Exception as exc:  # S3 down: the run is retried
+        except Exception as exc:
             log.exception("the scores of run %s could not be kept", scorer.run.id)
             scorer.writer.abort()
             runs.fail(scorer.run, f"keeping the scores failed: {exc}", slice_date)
-            continue
-        if files[scorer.run.id]:
+    return files
+
+
+def commit(scorers: list[Scorer], slice_date: date) -> list[ScoringRun]:
+    """All runs of the slice in one Delta transaction; returns the runs that committed."""
+    files = keep_files(scorers, 0, slice_date)
+    alive = []
+    for scorer in scorers:
+        if files.get(scorer.run.id):
             alive.append(scorer.run)
-        else:
+        elif scorer.run.id in files:
             runs.fail(scorer.run, f"slice {slice_date} has no rows", slice_date)
     if not alive:
         return []
