@@ -285,7 +285,9 @@ def score_file(state: dict[str, Any], input_path: str, output_path: str) -> int:
     with pa.memory_map(input_path, "r") as source:
         table = pa.ipc.open_file(source).read_all()
     # Arrow dictionaries become pandas categories: CatBoost scores them ~2x faster than strings.
-    frame = table.select(package.features).to_pandas()
+    # split_blocks: each column stays its own block, mostly straight from the mapped file,
+    # instead of being copied into one 2-D block (10-15% of a CatBoost model's CPU per chunk).
+    frame = table.select(package.features).to_pandas(split_blocks=True)
     scores = contract.score(
         state["model"], package.method, frame, package.params.get("positive_class")
     )
