@@ -43,6 +43,8 @@ class RowSample:
             take = np.flatnonzero(keys < pc.max(self.table.column(KEY)).as_py())
         else:
             take = np.arange(chunk.num_rows)
+        if len(take) > self.size:  # of this chunk, only its `size` smallest keys can stay
+            take = take[np.argpartition(keys[take], self.size)[: self.size]]
         if not len(take):
             return
         rows = pa.Table.from_batches([chunk]).take(take)

@@ -1,0 +1,64 @@
+"""The row sample a slice keeps while it scores: uniform, bounded, each run's score beside its row."""
+
+import numpy as np
+import pyarrow as pa
+
+from scoring.samples import KEY, RowSample, bottom
+
+CHUNKS, ROWS, SIZE = 10, 1000, 500
+
+
+def chunk(index: int) -> pa.RecordBatch:
+    ids = np.arange(index * ROWS, (index + 1) * ROWS)
+    return pa.RecordBatch.from_arrays([pa.array(ids), pa.array(ids % 7)], names=["entity_id", "x"])
+
+
+def offer_all(sample: RowSample) -> None:
+    for index in range(CHUNKS):
+        batch = chunk(index)
+        ids = batch.column(0).to_numpy()
+        sample.offer(batch, {1: pa.array(ids * 2.0), 2: pa.array(ids * 3.0)})
+
+
+def test_the_sample_keeps_size_rows_drawn_evenly_from_every_chunk():
+    sample = RowSample(SIZE)
+    offer_all(sample)
+    ids = sample.table.column("entity_id").to_numpy()
+    assert len(ids) == SIZE and len(set(ids)) == SIZE
+    per_chunk = np.bincount(ids // ROWS, minlength=CHUNKS)
+    # Binomial(500, 0.1): 50 rows a chunk, standard deviation 6.7; 20..80 is beyond 4.
+    assert per_chunk.min() >= 20 and per_chunk.max() <= 80, per_chunk
+
+
+def test_each_run_gets_its_features_and_its_own_score_of_the_same_rows():
+    sample = RowSample(SIZE)
+    offer_all(sample)
+    first, second = sample.of_run(1, ["x"]), sample.of_run(2, ["entity_id"])
+    assert first.column_names == ["x", "score", KEY]
+    ids = sample.table.column("entity_id").to_numpy()
+    np.testing.assert_array_equal(first.column("score").to_numpy(), ids * 2.0)
+    np.testing.assert_array_equal(second.column("score").to_numpy(), ids * 3.0)
+    np.testing.assert_array_equal(first.column("x").to_numpy(), ids % 7)
+
+
+def test_a_run_that_failed_midway_has_nulls_where_it_did_not_score():
+    sample = RowSample(SIZE)
+    for index in range(CHUNKS):
+        batch = chunk(index)
+        ids = pa.array(batch.column(0).to_numpy() * 1.0)
+        sample.offer(batch, {1: ids, 2: ids} if index < 5 else {1: ids})
+    ids = sample.table.column("entity_id").to_numpy()
+    second = sample.of_run(2, []).column("score")
+    assert second.null_count == int((ids >= 5 * ROWS).sum()) > 0
+
+
+def test_the_samples_of_parts_merge_into_one_of_the_same_size():
+    parts = []
+    for _ in range(3):
+        part = RowSample(SIZE)
+        offer_all(part)
+        parts.append(part.table)
+    merged = bottom(pa.concat_tables(parts), SIZE)
+    assert merged.num_rows == SIZE
+    keys = np.sort(np.concatenate([t.column(KEY).to_numpy() for t in parts]))
+    np.testing.assert_array_equal(np.sort(merged.column(KEY).to_numpy()), keys[:SIZE])
