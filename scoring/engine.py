@@ -16,7 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from scoring.sandbox import Sandbox, SandboxError
 from scoring.validation import sandbox_limits
 
 log = logging.getLogger(__name__)
+WRITING_THREADS = 4
 
 
 @dataclass(eq=False)
@@ -141,15 +142,15 @@ def score_range(source, slice_date, scorers, stack, clock, row_groups=None) -> l
     chunk_rows = min(
         s.run.version.package["params"].get("chunk_rows", settings.CHUNK_ROWS) for s in scorers
     )
-    # The reading thread also writes each chunk to shared memory, and a writing thread
-    # takes the scores to S3: the worker's own thread only passes chunks and scores
+    # The reading thread also writes each chunk to shared memory, and writing threads
+    # take the scores to S3: the worker's own thread only passes chunks and scores
     # between them and the sandboxes, so the sandboxes never wait for it.
     chunks = read_ahead(
         source.batches(slice_date, columns, chunk_rows, row_groups=row_groups),
         prepare=lambda index, chunk: write_chunk(chunk, chunk_dir / f"chunk-{index}.arrow"),
     )
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scores") as writes:
+        with ThreadPoolExecutor(max_workers=WRITING_THREADS, thread_name_prefix="scores") as writes:
             pipeline(chunks, scorers, slice_date, clock, writes)
     except (features.FeatureSourceError, OSError) as exc:
         for scorer in scorers:
@@ -166,7 +167,8 @@ def score_range(source, slice_date, scorers, stack, clock, row_groups=None) -> l
 
 def pipeline(chunks, scorers: list[Scorer], slice_date: date, clock, writes: Executor) -> None:
     """Two chunks in flight: the sandboxes score chunk i while the worker takes in the
-    scores of chunk i-1 and the writing thread still writes those of chunk i-2."""
+    scores of chunk i-1 and the writing threads write them. A chunk's writes start only
+    once the chunk before is written, so each run's file gets its chunks in order."""
     in_flight = writing = None
     for index, (chunk, path) in enumerate(clock.each("read", chunks)):
         alive = [s for s in scorers if not s.failed]
@@ -174,17 +176,20 @@ def pipeline(chunks, scorers: list[Scorer], slice_date: date, clock, writes: Exe
             return
         handed = hand_off(chunk, index, path, alive, slice_date)
         if in_flight is not None:
-            collect(in_flight, slice_date, clock, writes)
+            results = collect(in_flight, slice_date, clock)
             if writing is not None:
                 settle(writing, slice_date, clock)
+            write(in_flight, results, writes)
             writing = in_flight
         in_flight = handed
-    for handoff in (in_flight, writing):
-        if handoff is not None and handoff.written is None:
-            collect(handoff, slice_date, clock, writes)
-    for handoff in (writing, in_flight):
-        if handoff is not None:
-            settle(handoff, slice_date, clock)
+    if in_flight is not None:
+        results = collect(in_flight, slice_date, clock)
+        if writing is not None:
+            settle(writing, slice_date, clock)
+        write(in_flight, results, writes)
+        writing = in_flight
+    if writing is not None:
+        settle(writing, slice_date, clock)
 
 
 # --- a large slice, split over workers ------------------------------------------------
@@ -408,7 +413,8 @@ class Handoff:
     path: Path
     sent: list[Scorer]
     scored_at: datetime
-    written: Future | None = None
+    written: dict[Scorer, Future] = field(default_factory=dict)
+    sampled: Future | None = None
 
     def scores_path(self, scorer: Scorer) -> Path:
         return self.path.with_name(f"scores-{scorer.run.id}-{self.index}.arrow")
@@ -435,8 +441,8 @@ def hand_off(
     return handoff
 
 
-def collect(handoff: Handoff, slice_date: date, clock: "Stopwatch", writes: Executor) -> None:
-    """Take in each sandbox's scores of a chunk and pass them to the writing thread."""
+def collect(handoff: Handoff, slice_date: date, clock: "Stopwatch") -> dict:
+    """Take in each sandbox's scores of a chunk: {scorer: scores}."""
     results = {}
     for scorer in handoff.sent:
         if scorer.failed:  # failed on the chunk before: this one was sent, never scored
@@ -452,33 +458,36 @@ def collect(handoff: Handoff, slice_date: date, clock: "Stopwatch", writes: Exec
         finally:
             output.unlink(missing_ok=True)
     handoff.path.unlink()
-    handoff.written = writes.submit(write_scores, handoff, results)
+    return results
 
 
-def write_scores(handoff: Handoff, results: dict) -> dict:
-    """In the writing thread: each run's scores to its file, the chunk into the sample.
-    Returns the runs whose write failed, with the error."""
-    errors = {}
-    for scorer, values in results.items():
-        try:
-            scorer.writer.write(handoff.chunk.column(0), values.combine_chunks(), handoff.scored_at)
-        except Exception as exc:  # S3 refused: this run is retried, the others go on
-            errors[scorer] = exc
+def write(handoff: Handoff, results: dict, writes: Executor) -> None:
+    """Hand the chunk's scores to the writing threads: each run's to its file, side by
+    side (Parquet encoding and S3 uploads release the GIL), and the rows to the sample."""
+    entity_ids = handoff.chunk.column(0)
+    handoff.written = {
+        scorer: writes.submit(
+            scorer.writer.write, entity_ids, values.combine_chunks(), handoff.scored_at
+        )
+        for scorer, values in results.items()
+    }
     if results:
         sample = next(iter(results)).sample
-        sample.offer(handoff.chunk, {s.run.id: v.combine_chunks() for s, v in results.items()})
-    return errors
+        scored = {s.run.id: v.combine_chunks() for s, v in results.items()}
+        handoff.sampled = writes.submit(sample.offer, handoff.chunk, scored)
 
 
 def settle(handoff: Handoff, slice_date: date, clock: "Stopwatch") -> None:
-    """Wait for the writing thread to finish a chunk; a run whose write failed fails alone."""
+    """Wait until a chunk is written; a run whose write failed (S3 refused) fails alone."""
     with clock("write"):
-        errors = handoff.written.result()
-    for scorer, exc in errors.items():
-        if not scorer.failed:
+        wait([*handoff.written.values(), *([handoff.sampled] if handoff.sampled else [])])
+    for scorer, written in handoff.written.items():
+        if written.exception() is not None and not scorer.failed:
             scorer.failed = True
-            runs.fail(scorer.run, f"writing the scores failed: {exc}", slice_date)
+            runs.fail(scorer.run, f"writing the scores failed: {written.exception()}", slice_date)
             scorer.sandbox.kill()
+    if handoff.sampled is not None and handoff.sampled.exception() is not None:
+        raise handoff.sampled.exception()
 
 
 def drop(scorer: Scorer, error: SandboxError, index: int, slice_date: date) -> None:
