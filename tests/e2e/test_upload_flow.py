@@ -26,6 +26,8 @@ def log_in(page, live_server, username, password):
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     page.wait_for_selector("#dropzone")
+    # The drop zone is parsed before upload.js runs: a drop before "load" went nowhere.
+    page.wait_for_load_state("load")
 
 
 def drop_file(page, data: bytes, name: str):
