@@ -176,20 +176,24 @@ def pipeline(chunks, scorers: list[Scorer], slice_date: date, clock, writes: Exe
             return
         handed = hand_off(chunk, index, path, alive, slice_date)
         if in_flight is not None:
-            results = collect(in_flight, slice_date, clock)
-            if writing is not None:
-                settle(writing, slice_date, clock)
-            write(in_flight, results, writes)
-            writing = in_flight
+            writing = take_in(in_flight, writing, slice_date, clock, writes)
         in_flight = handed
     if in_flight is not None:
-        results = collect(in_flight, slice_date, clock)
-        if writing is not None:
-            settle(writing, slice_date, clock)
-        write(in_flight, results, writes)
-        writing = in_flight
+        writing = take_in(in_flight, writing, slice_date, clock, writes)
     if writing is not None:
         settle(writing, slice_date, clock)
+
+
+def take_in(
+    handoff: "Handoff", writing: "Handoff | None", slice_date: date, clock, writes: Executor
+) -> "Handoff":
+    """Collect a chunk's scores and start writing them once the chunk before is written;
+    returns the chunk now being written."""
+    results = collect(handoff, slice_date, clock)
+    if writing is not None:
+        settle(writing, slice_date, clock)
+    write(handoff, results, writes)
+    return handoff
 
 
 # --- a large slice, split over workers ------------------------------------------------
@@ -429,7 +433,7 @@ def write_chunk(chunk: pa.RecordBatch, path: Path) -> tuple[pa.RecordBatch, Path
 
 def hand_off(
     chunk: pa.RecordBatch, index: int, path: Path, scorers: list[Scorer], slice_date: date
-) -> Handoff:
+) -> "Handoff":
     """Every sandbox maps the chunk's file and scores it: all at once."""
     handoff = Handoff(chunk, index, path, [], timezone.now())
     for scorer in scorers:
@@ -442,7 +446,7 @@ def hand_off(
 
 
 def collect(handoff: Handoff, slice_date: date, clock: "Stopwatch") -> dict:
-    """Take in each sandbox's scores of a chunk: {scorer: scores}."""
+    """Each sandbox's scores of a chunk: {scorer: scores}."""
     results = {}
     for scorer in handoff.sent:
         if scorer.failed:  # failed on the chunk before: this one was sent, never scored
@@ -452,7 +456,8 @@ def collect(handoff: Handoff, slice_date: date, clock: "Stopwatch") -> dict:
             with clock("predict"):
                 scorer.sandbox.receive("scoring")
             with pa.memory_map(str(output)) as source:
-                results[scorer] = pa.ipc.open_file(source).read_all().column("score")
+                table = pa.ipc.open_file(source).read_all()
+            results[scorer] = table.column("score").combine_chunks()
         except SandboxError as exc:
             drop(scorer, exc, handoff.index, slice_date)
         finally:
@@ -466,14 +471,12 @@ def write(handoff: Handoff, results: dict, writes: Executor) -> None:
     side (Parquet encoding and S3 uploads release the GIL), and the rows to the sample."""
     entity_ids = handoff.chunk.column(0)
     handoff.written = {
-        scorer: writes.submit(
-            scorer.writer.write, entity_ids, values.combine_chunks(), handoff.scored_at
-        )
+        scorer: writes.submit(scorer.writer.write, entity_ids, values, handoff.scored_at)
         for scorer, values in results.items()
     }
     if results:
         sample = next(iter(results)).sample
-        scored = {s.run.id: v.combine_chunks() for s, v in results.items()}
+        scored = {scorer.run.id: values for scorer, values in results.items()}
         handoff.sampled = writes.submit(sample.offer, handoff.chunk, scored)
 
 

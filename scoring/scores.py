@@ -103,10 +103,12 @@ class RunWriter:
             self.writer = parquet_writer(self.sink, part.schema)
         self.writer.write_batch(part)
         self.rows += part.num_rows
-        for name in ("entity_id", "score", "scored_at"):
+        for name in ("entity_id", "score"):
             low, high = (v.as_py() for v in pc.min_max(part.column(name)).values())
             self.low[name] = low if name not in self.low else min(self.low[name], low)
             self.high[name] = high if name not in self.high else max(self.high[name], high)
+        self.low.setdefault("scored_at", scored_at)  # one time per chunk, chunks in order
+        self.high["scored_at"] = scored_at
 
     def close(self) -> dict:
         """Finish the file; returns its add action for the commit (JSON-able)."""
@@ -197,9 +199,8 @@ def partition_predicate(day: date, model_ids: list[int]) -> str:
 def commit(day: date, model_ids: list[int], files: list[dict]) -> None:
     """Replace the (day, model) partitions of these runs with their written files, in one
     Delta transaction: each run's partition is replaced whole, or nothing changes."""
-    id_type = {"int64": pa.int64(), "string": pa.string(), "large_string": pa.large_string()}
     actions = [AddAction(**{k: v for k, v in f.items() if k != "id_type"}) for f in files]
-    table_schema = schema(id_type.get(files[0]["id_type"], pa.int64()))
+    table_schema = schema(pa.type_for_alias(files[0]["id_type"]))
     with commit_lock():
         table = open_table() or DeltaTable.create(
             table_uri(),
