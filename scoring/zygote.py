@@ -14,6 +14,7 @@ writes each child's exit status to a pipe the parent reads. When the parent goes
 away (the socket closes), the zygote kills its children and exits.
 """
 
+import ctypes
 import importlib
 import json
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 # What most packages need; imported once in the zygote, shared by every child.
 PRELOAD = ("numpy", "pandas", "pyarrow", "pyarrow.ipc", "dill", "sklearn", "catboost")
 REPLY_FD = 3  # a child's reply pipe, right after stdin, stdout and stderr
+PR_SET_PDEATHSIG = 1
 
 
 class Child:
@@ -189,9 +191,10 @@ def main() -> None:
         stdin_fd, reply_fd, stderr_fd, status_fd = fds
         sys.stdout.flush()
         sys.stderr.flush()
+        zygote_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
-            become_sandbox(json.loads(message), stdin_fd, reply_fd, stderr_fd)
+            become_sandbox(json.loads(message), stdin_fd, reply_fd, stderr_fd, zygote_pid)
         for fd in (stdin_fd, reply_fd, stderr_fd):
             os.close(fd)
         statuses[pid] = status_fd
@@ -219,11 +222,17 @@ def kill_group(pid: int) -> None:
         pass
 
 
-def become_sandbox(request: dict, stdin_fd: int, reply_fd: int, stderr_fd: int) -> None:
+def become_sandbox(
+    request: dict, stdin_fd: int, reply_fd: int, stderr_fd: int, zygote_pid: int
+) -> None:
     """In the forked child: keep only its own pipes, then serve the package. Never returns."""
     code = 1
     try:
         os.setsid()  # its own group: a timeout kills it and whatever it started
+        # Killed with the zygote, even by SIGKILL (the zygote's own cleanup never runs then).
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != zygote_pid:  # the zygote died before the line above
+            return
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.dup2(stdin_fd, 0)

@@ -67,3 +67,40 @@ def test_without_the_cut_the_same_package_would_connect(tmp_path):
         server.bind(("127.0.0.1", 0))
         server.listen()
         assert connect(server.getsockname()[1]) == "connected"
+
+
+@pytest.mark.parametrize("ending", ["its parent goes", "it is killed"])
+def test_sandboxes_die_with_their_zygote_when(ending, tmp_path):
+    """A worker killed mid-batch must not leave packages running: the zygote sees its
+    control socket close, kills the sandboxes it forked and exits; a zygote killed
+    outright takes them along too."""
+    import os
+    import signal
+
+    import psutil
+
+    from scoring.zygote import Zygote
+
+    zygote = Zygote()
+    requests_read, requests_write = os.pipe()  # kept open: the sandbox waits for requests
+    replies_read, replies_write = os.pipe()
+    with open(tmp_path / "stderr.log", "wb") as stderr:
+        pid, status_fd = zygote.spawn(
+            tmp_path, FAST.__dict__, requests_read, replies_write, stderr.fileno()
+        )
+    for fd in (requests_read, replies_write):
+        os.close(fd)
+    time.sleep(0.5)
+    assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+    if ending == "it is killed":
+        os.kill(zygote.process.pid, signal.SIGKILL)
+    zygote.close()
+
+    assert zygote.process.returncode is not None
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the sandbox outlived its zygote"
+        time.sleep(0.05)
+    for fd in (requests_write, replies_read, status_fd):
+        os.close(fd)
