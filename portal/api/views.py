@@ -1,3 +1,4 @@
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -19,6 +20,7 @@ from portal.downloads import stream_scores
 from portal.views import deployments_for, runs_for
 from scoring import deployments, dispatch
 from scoring.deployments import DeployError
+from scoring.models import Deployment, ScoringRun
 
 
 class DeploymentViewSet(viewsets.GenericViewSet):
@@ -27,6 +29,8 @@ class DeploymentViewSet(viewsets.GenericViewSet):
     parser_classes = [MultiPartParser, FormParser, JSONParser]
     serializer_class = DeploymentSerializer
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    # For the schema only (it reads the model from here); requests use get_queryset.
+    queryset = Deployment.objects.none()
 
     def get_queryset(self):
         return deployments_for(self.request.user)
@@ -94,6 +98,7 @@ class RunViewSet(viewsets.GenericViewSet):
     """Runs of the user's deployments (staff see all); another user's is a 404."""
 
     serializer_class = RunSerializer
+    queryset = ScoringRun.objects.none()  # for the schema, as above
 
     def get_queryset(self):
         return runs_for(self.request.user)
@@ -120,6 +125,7 @@ class RunViewSet(viewsets.GenericViewSet):
 class StatusView(APIView):
     """Health of the database, broker, storage and workers."""
 
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, 503: OpenApiTypes.OBJECT})
     def get(self, request):
         report = health.check_all()
         code = status.HTTP_200_OK if report["ok"] else status.HTTP_503_SERVICE_UNAVAILABLE
