@@ -4,6 +4,7 @@ The helpers below fail loudly on a malformed value instead of guessing.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -59,6 +60,20 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
+# --- HTTPS (on by default when DEBUG is off; `make run` serves plain http) ----
+# Behind a TLS proxy that sets X-Forwarded-Proto. Only where nothing reaches the web
+# server around the proxy: any client could otherwise claim https.
+if env_bool("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+# Browsers remember HSTS for this long: start at an hour, raise to a year once https is sure.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+# The header alone lists nothing: a site joins browsers' preload lists only when submitted.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -69,6 +84,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "axes",
     "scoring",
     "portal",
 ]
@@ -82,6 +98,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: it turns a login refused for too many failures into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -126,6 +144,20 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "models"
 LOGOUT_REDIRECT_URL = "login"
 
+# Login rate limit (django-axes): after AXES_FAILURE_LIMIT failed logins of one username from
+# one IP, that pair is locked out for AXES_COOLOFF_MINUTES, counted from its last failure.
+# Axes' backend comes first so a locked-out pair never reaches the password check; API
+# tokens do not go through authenticate() and are unaffected.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/login.html"
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = False
@@ -133,7 +165,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Production: collectstatic (at image build) writes hashed, compressed copies that
+    # WhiteNoise serves with far-future caching. Debug serves the sources as they are.
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 # Uploads always go to a temporary file, never to memory: the web process holds
 # a package in constant memory whatever its size (see portal/uploads.py).
@@ -159,6 +201,10 @@ FEATURES_DATE_COLUMN = env_str("FEATURES_DATE_COLUMN", "dt")
 QUOTA_ACTIVE_MODELS = env_int("QUOTA_ACTIVE_MODELS", 10)
 QUOTA_BYTES = env_int("QUOTA_BYTES", 1024**3)
 MAX_PACKAGE_BYTES = env_int("MAX_PACKAGE_BYTES", 512 * 1024**2)
+# A schedule may not fire more often than this (0: any cron). Scoring makes one run per
+# model and date, so a cron firing every minute is nearly always a slip ("* 6 * * *" for
+# "0 6 * * *"): refused with a message rather than kept as a misleading setting.
+MIN_SCHEDULE_INTERVAL_MINUTES = env_int("MIN_SCHEDULE_INTERVAL_MINUTES", 5)
 
 SANDBOX_TIMEOUT_SECONDS = env_int("SANDBOX_TIMEOUT_SECONDS", 120)
 SANDBOX_MEMORY_BYTES = env_int("SANDBOX_MEMORY_BYTES", 4 * 1024**3)
@@ -193,6 +239,8 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "dropscore")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# Beside the tasks, workers load the command the status page asks for their sandboxes' protections.
+CELERY_IMPORTS = ["scoring.protections"]
 CELERY_TASK_IGNORE_RESULT = True
 # A task is acknowledged when done, so a killed worker's task is delivered again.
 CELERY_TASK_ACKS_LATE = True
@@ -237,6 +285,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Deploy model packages and get them scored on a schedule.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Two "status" fields with different choices: each enum gets a name of its own.
+    "ENUM_NAME_OVERRIDES": {
+        "DeploymentStatusEnum": "scoring.models.Deployment.STATUSES",
+        "RunStatusEnum": "scoring.models.ScoringRun.STATUSES",
+    },
 }
 
 LOGGING = {

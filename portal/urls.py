@@ -8,6 +8,9 @@ from portal import report_views, status_views, views
 from portal.api import views as api
 
 router = DefaultRouter(trailing_slash=True)
+# No ".json" suffix URLs: the viewsets take no format argument (they answered 500), and
+# ?format= is ours (csv or parquet scores), not DRF's renderer switch.
+router.include_format_suffixes = False
 router.register("models", api.DeploymentViewSet, basename="api-model")
 router.register("runs", api.RunViewSet, basename="api-run")
 

@@ -212,7 +212,14 @@ def schedule_preview(request: HttpRequest) -> JsonResponse:
 @login_required
 def token_page(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
-        Token.objects.filter(user=request.user).delete()  # revokes the old key at once
+        # Deleting the row revokes the key at once: TokenAuthentication looks it up per request.
+        revoked, _ = Token.objects.filter(user=request.user).delete()
+        if "revoke" in request.POST:
+            if revoked:
+                messages.success(request, "Your token was revoked: it no longer works.")
+            else:
+                messages.error(request, "You have no token to revoke.")
+            return redirect("token")
         Token.objects.create(user=request.user)
         messages.success(request, "A new token was made; the old one no longer works.")
         return redirect("token")

@@ -576,22 +576,7 @@ def test_it_makes_a_token_and_a_new_one_revokes_the_old(alice):
 # --- who sees what -------------------------------------------------------------
 
 
-def test_an_outsider_gets_a_404_for_the_model_page_and_every_action(deployment, outsider, bucket):
-    mallory = logged_in(outsider)
-    before, keys = snapshot(deployment.id), bucket()
-
-    assert mallory.get(f"/models/{deployment.id}/").status_code == 404
-    for action, fields in [
-        ("pause", {}),
-        ("resume", {}),
-        ("delete", {}),
-        ("settings", {"email": "mallory@telco.example", "schedule": "weekly"}),
-    ]:
-        response = mallory.post(f"/models/{deployment.id}/{action}/", fields)
-        assert response.status_code == 404, action
-
-    assert snapshot(deployment.id) == before
-    assert bucket() == keys
+# Every URL of another user's objects, with every method, is walked in tests/test_access.py.
 
 
 def test_an_outsider_cannot_resume_a_paused_model(alice, deployment, outsider):
@@ -640,19 +625,7 @@ def test_staff_can_open_the_owners_model_page(deployment, staff):
 # --- CSRF ----------------------------------------------------------------------
 
 
-def test_posts_without_the_csrf_token_are_refused_and_change_nothing(browser, deployment, bucket):
-    before, keys = snapshot(deployment.id), bucket()
-
-    other = package_file(filename="other.dill")
-    assert browser.post("/models/upload/", {"file": other}).status_code == 403
-    assert browser.post(f"/models/{deployment.id}/pause/").status_code == 403
-    assert browser.post(f"/models/{deployment.id}/delete/").status_code == 403
-    settings_url = f"/models/{deployment.id}/settings/"
-    assert browser.post(settings_url, {"schedule": "weekly"}).status_code == 403
-
-    assert list(Deployment.objects.values_list("id", flat=True)) == [deployment.id]
-    assert snapshot(deployment.id) == before
-    assert bucket() == keys
+# Every URL refusing an unsafe request without the token is walked in tests/test_access.py.
 
 
 def test_posts_with_the_csrf_token_go_through(browser, deployment):
