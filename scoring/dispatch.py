@@ -10,13 +10,15 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from scoring import runs, schedules
-from scoring.models import Batch, Deployment, ScoringRun
+from scoring.models import Batch, Deployment, PackageVersion, ScoringRun
 
 log = logging.getLogger(__name__)
+BULK_ROWS = 1000  # rows per INSERT or UPDATE when many models are due at once
 
 
 def tick(now: datetime | None = None) -> Batch | None:
@@ -27,24 +29,71 @@ def tick(now: datetime | None = None) -> Batch | None:
 
 
 def due_schedules(now: datetime) -> list[int]:
-    created = []
-    for deployment in Deployment.objects.filter(status=Deployment.ACTIVE, next_run_at__lte=now):
-        due_at = deployment.next_run_at
-        following = schedules.next_runs(deployment.schedule, deployment.timezone, now)[0]
-        # Claim this fire time: only the tick that moves next_run_at on creates the run.
-        if not Deployment.objects.filter(id=deployment.id, next_run_at=due_at).update(
-            next_run_at=following
-        ):
-            continue
-        version = runs.current_version(deployment)
-        if version is None:
-            log.info("%s is due but has no valid version; skipped", deployment)
-            continue
-        day = due_at.astimezone(ZoneInfo(deployment.timezone)).date()
-        run = runs.create_run(deployment, version, day, ScoringRun.SCHEDULE)
-        if run is not None:
-            created.append(run.id)
-    return created
+    """A run for each active deployment whose fire time has come, in a fixed number of
+    queries however many are due: a thousand models on a daily schedule fire together."""
+    current = (
+        PackageVersion.objects.filter(deployment=OuterRef("pk"), state=PackageVersion.VALID)
+        .order_by("-number")
+        .values("id")[:1]
+    )
+    with transaction.atomic():
+        # Claim the fire times: rows another tick has locked are its own (skip, never wait),
+        # and once next_run_at moves on no later tick sees them due.
+        due = list(
+            Deployment.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=Deployment.ACTIVE, next_run_at__lte=now)
+            .annotate(current_version_id=Subquery(current))
+        )
+        due_at = {deployment.id: deployment.next_run_at for deployment in due}
+        for deployment in due:
+            deployment.next_run_at = schedules.next_runs(
+                deployment.schedule, deployment.timezone, now
+            )[0]
+        Deployment.objects.bulk_update(due, ["next_run_at"], batch_size=BULK_ROWS)
+        versions = PackageVersion.objects.in_bulk(
+            [d.current_version_id for d in due if d.current_version_id]
+        )
+        wanted = {}
+        for deployment in due:
+            version = versions.get(deployment.current_version_id)
+            if version is None:
+                log.info("%s is due but has no valid version; skipped", deployment)
+                continue
+            day = due_at[deployment.id].astimezone(ZoneInfo(deployment.timezone)).date()
+            wanted[(version.id, day)] = (deployment, version)
+        return create_runs(wanted)
+
+
+def create_runs(wanted: dict[tuple[int, date], tuple[Deployment, PackageVersion]]) -> list[int]:
+    """Scheduled runs for these (version, date)s, skipping those that exist (a score-now of
+    the same date): at most one run per version and date, as the unique constraint says."""
+    if not wanted:
+        return []
+    existing = set(
+        ScoringRun.objects.filter(
+            version_id__in={v for v, _ in wanted}, date__in={day for _, day in wanted}
+        ).values_list("version_id", "date")
+    )
+    new = [
+        ScoringRun(
+            deployment=deployment,
+            version=version,
+            date=day,
+            trigger=ScoringRun.SCHEDULE,
+            max_attempts=runs.max_attempts(version),
+        )
+        for (version_id, day), (deployment, version) in wanted.items()
+        if (version_id, day) not in existing
+    ]
+    try:
+        with transaction.atomic():
+            return [run.id for run in ScoringRun.objects.bulk_create(new, batch_size=BULK_ROWS)]
+    except IntegrityError:  # one was made since (a score-now): one at a time, skipping it
+        made = [
+            runs.create_run(deployment, version, day, ScoringRun.SCHEDULE)
+            for (_, day), (deployment, version) in wanted.items()
+        ]
+        return [run.id for run in made if run is not None]
 
 
 def due_retries(now: datetime) -> list[int]:

@@ -27,6 +27,10 @@ def current_version(deployment: Deployment) -> PackageVersion | None:
     return deployment.versions.filter(state=PackageVersion.VALID).order_by("-number").first()
 
 
+def max_attempts(version: PackageVersion) -> int:
+    return version.package.get("params", {}).get("max_attempts", 3)
+
+
 def create_run(
     deployment: Deployment, version: PackageVersion, day: date, trigger: str
 ) -> ScoringRun | None:
@@ -38,7 +42,7 @@ def create_run(
                 version=version,
                 date=day,
                 trigger=trigger,
-                max_attempts=version.package.get("params", {}).get("max_attempts", 3),
+                max_attempts=max_attempts(version),
             )
     except IntegrityError:
         return None

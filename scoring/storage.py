@@ -124,15 +124,17 @@ def check_quota(user, size: int, new_model: bool) -> None:
 
 def upload(fileobj: BinaryIO, key: str, sha256: str) -> None:
     """Stream a file to the models bucket in constant memory."""
+    extra = {"Metadata": {"sha256": sha256}, "ContentType": "application/octet-stream"}
     fileobj.seek(0)
     try:
-        client().upload_fileobj(
-            fileobj,
-            settings.MODELS_BUCKET,
-            key,
-            ExtraArgs={"Metadata": {"sha256": sha256}, "ContentType": "application/octet-stream"},
-            Config=TRANSFER,
-        )
+        if hasattr(fileobj, "temporary_file_path"):
+            # From a path boto3 reads each part from disk as it goes out; from a file
+            # object it copies up to ten parts (80 MB) into memory per upload.
+            client().upload_file(
+                fileobj.temporary_file_path(), settings.MODELS_BUCKET, key, extra, Config=TRANSFER
+            )
+        else:
+            client().upload_fileobj(fileobj, settings.MODELS_BUCKET, key, extra, Config=TRANSFER)
     except (BotoCoreError, ClientError) as exc:
         with contextlib.suppress(StorageError):  # a half multipart upload leaves no object
             delete_objects([key])

@@ -529,6 +529,37 @@ def test_a_lockout_holds_one_username_from_one_address_only(client, owner, outsi
     assert signed_in_as(elsewhere) == str(owner.pk)
 
 
+def test_behind_a_proxy_a_lockout_holds_the_client_the_proxy_saw(client, owner, settings):
+    settings.TRUSTED_PROXIES = 1
+    proxy = "172.18.0.5"
+    for attempt in range(5):
+        # The client's own X-Forwarded-For entry (a made-up address) is not trusted.
+        client.post(
+            "/login/",
+            {"username": "alice", "password": f"guess-{attempt}"},
+            REMOTE_ADDR=proxy,
+            HTTP_X_FORWARDED_FOR=f"10.9.9.{attempt}, 203.0.113.7",
+        )
+
+    attacker = Client()
+    locked = attacker.post(
+        "/login/",
+        {"username": "alice", "password": "alice-password-123"},
+        REMOTE_ADDR=proxy,
+        HTTP_X_FORWARDED_FOR="203.0.113.7",
+    )
+    assert locked.status_code == 429
+    elsewhere = Client()
+    allowed = elsewhere.post(
+        "/login/",
+        {"username": "alice", "password": "alice-password-123"},
+        REMOTE_ADDR=proxy,
+        HTTP_X_FORWARDED_FOR="198.51.100.20",
+    )
+    assert allowed.status_code == 302
+    assert signed_in_as(elsewhere) == str(owner.pk)
+
+
 def test_the_api_token_keeps_working_while_the_login_is_locked(client, owner):
     api = api_client_for(owner)
     for attempt in range(6):

@@ -1,0 +1,153 @@
+"""The dashboard, its JSON, a model page and the status page with 10,000 runs: queries and time.
+
+Makes one user with 100 models and 100 daily runs each (10,000 runs, mostly succeeded
+with quality results, one in 17 failed; tests/runs_data.py builds them), then requests
+each page through the real views (Django's test client: URL routing, middleware, views,
+templates, the database) and prints its SQL query count and its time. It does the same
+with 2 models and 10 runs first: a page whose query count grew with the data asks once
+per model or per run.
+
+    DATABASE_URL=postgresql://... .venv/bin/python bench/dashboard_bench.py
+    .venv/bin/python bench/dashboard_bench.py --models 200 --runs 100   # 20,000 runs
+
+The data lives in a throwaway database made beside DATABASE_URL's and dropped at the end.
+The status page's checks that leave the process (Redis, S3, the workers ping, which
+always waits its 1 s timeout) answer at once here: this measures the database and the
+rendering, and the status page takes that 1 s more in production.
+
+Bound: each page makes at most the queries tests/test_dashboard.py allows it (the same
+with 2 models as with 100) and answers within TIME_BOUND seconds (the median of
+REPEATS requests).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+
+TIME_BOUND = 0.5  # seconds, the median of REPEATS requests of a page
+REPEATS = 5
+# (who asks, page): the owner's dashboard, its JSON and a model page; staff see every
+# user's models and runs on the status page.
+PAGES = [
+    ("owner", "/"),
+    ("owner", "/models/status/"),
+    ("owner", "/models/{id}/"),
+    ("staff", "/status/"),
+    ("staff", "/status.json"),
+]
+
+
+def answer_remote_checks_at_once() -> None:
+    from django.utils import timezone
+
+    from portal import health, status_views
+
+    for name in status_views.REMOTE_CHECKS:
+        status_views.REMOTE_CHECKS[name] = lambda name=name: f"{name} (not asked in the bench)"
+    health.last_tick = lambda client=None: timezone.now() - timedelta(seconds=30)
+
+
+def measure(clients: dict, model_id: int) -> dict:
+    """Per page: its query count and the median and worst time of REPEATS requests."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    results = {}
+    for who, path in PAGES:
+        url = path.format(id=model_id)
+        client = clients[who]
+        response = client.get(url)  # templates load once, not in the figures
+        assert response.status_code == 200, (url, response.status_code)
+        seconds = []
+        for _ in range(REPEATS):
+            with CaptureQueriesContext(connection) as queries:
+                started = time.perf_counter()
+                response = client.get(url)
+                seconds.append(time.perf_counter() - started)
+            assert response.status_code == 200, (url, response.status_code)
+        results[path] = {
+            "queries": len(queries),
+            "median": statistics.median(seconds),
+            "worst": max(seconds),
+            "kb": len(response.content) // 1024,
+        }
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=100, help="runs per model")
+    args = parser.parse_args()
+
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+
+    from scoring.models import ScoringRun
+    from tests.runs_data import make_models, make_runs
+    from tests.test_dashboard import QUERY_BOUNDS
+
+    setup_test_environment()  # the test client's host is allowed, mail stays in memory
+    answer_remote_checks_at_once()
+    real_name = connection.settings_dict["NAME"]
+    if connection.vendor == "postgresql":
+        connection.settings_dict["TEST"]["NAME"] = f"bench_dashboard_{os.getpid()}"
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    try:
+        owner = User.objects.create(username="bench-owner", email="owner@example.com")
+        staff = User.objects.create(username="bench-staff", is_staff=True)
+        clients = {"owner": Client(), "staff": Client()}
+        clients["owner"].force_login(owner)
+        clients["staff"].force_login(staff)
+
+        first = make_models(owner, 2, prefix="first")
+        make_runs(first, 10)
+        small = measure(clients, first[0].id)
+        small_runs = ScoringRun.objects.count()
+
+        make_runs(first, args.runs - 10, days_back=10)
+        make_runs(make_models(owner, args.models - 2, prefix="more"), args.runs)
+        large = measure(clients, first[0].id)
+        runs = ScoringRun.objects.count()
+    finally:
+        connection.creation.destroy_test_db(real_name, verbosity=0)
+
+    print(
+        f"\npages with {args.models} models and {runs:,} runs ({connection.vendor}), "
+        f"median of {REPEATS}; queries with 2 models and {small_runs} runs in brackets"
+    )
+    broken = []
+    for who, path in PAGES:
+        few, many = small[path], large[path]
+        bound = QUERY_BOUNDS[path]
+        print(
+            f"  {path:<16} as {who:<5} {many['queries']:>2} queries ({few['queries']}), "
+            f"bound {bound}; {1000 * many['median']:>4.0f} ms "
+            f"(worst {1000 * many['worst']:.0f} ms), {many['kb']} KB"
+        )
+        if many["queries"] > bound or many["queries"] != few["queries"]:
+            broken.append(f"{path}: {many['queries']} queries ({few['queries']} with less data)")
+        if many["median"] > TIME_BOUND:
+            broken.append(f"{path}: {1000 * many['median']:.0f} ms")
+    print(f"  bound: {1000 * TIME_BOUND:.0f} ms a page; queries as above, whatever the data")
+    for problem in broken:
+        print(f"  BOUND BROKEN: {problem}")
+    print("  within bounds" if not broken else "")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
