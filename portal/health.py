@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import connection
 
 from scoring import storage
-from scoring.tasks import LAST_TICK_KEY
+from scoring.dispatch import LAST_TICK_KEY
 
 
 def timed(check) -> dict:
@@ -57,6 +57,18 @@ def workers() -> str:
     if not replies:
         raise RuntimeError("no worker answered")
     return f"{len(replies)} live: {', '.join(sorted(replies))}"
+
+
+def sandbox_protections() -> dict[str, dict]:
+    """What each live worker's sandboxes get, as its probe found: {worker: report}, each
+    report {"protections": {name: {"active", "detail"}}, "error", "probed_at"}.
+
+    Asked of the workers, not found here: the web server may run on another host, or
+    with other rights, than the workers that run the packages (scoring.protections)."""
+    from portal.celery import app
+
+    replies = app.control.broadcast("sandbox_protections", reply=True, timeout=1.0) or []
+    return {worker: report for reply in replies for worker, report in reply.items()}
 
 
 def check_all() -> dict:

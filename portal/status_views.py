@@ -1,10 +1,13 @@
-"""The status page: are the services up, is beat ticking, what runs and fails, how is quality.
+"""The status page: are the services up, is beat ticking, what runs and fails, how is quality,
+and which protections the workers' sandboxes get.
 
 Staff see every user's models and runs here; others see their own. The page renders the
 same report that /status.json gives, and refreshes its figures by polling that view.
 """
 
+import json
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -24,6 +27,17 @@ SERVICE_NAMES = {
     "storage": "S3 storage",
     "workers": "Workers",
 }
+# What each sandbox protection is called on the page, in the page's order.
+PROTECTION_NAMES = {
+    "environment": "Secrets hidden from its environment",
+    "files": "Files read-only outside its folder",
+    "other_processes": "Other processes hidden",
+    "network": "Network cut",
+    "memory": "Memory limit",
+    "time": "Time limit",
+    "process_limit": "Process limit",
+    "user": "Unprivileged user",
+}
 
 
 def tick_report(now) -> dict:
@@ -40,6 +54,47 @@ def tick_report(now) -> dict:
         "age_seconds": max(0, round((now - at).total_seconds())),
         "ok": ok,
         "detail": detail,
+    }
+
+
+def protection_order(key: str) -> int:
+    """The page's order; a protection this portal has no name for goes last."""
+    order = list(PROTECTION_NAMES)
+    return order.index(key) if key in order else len(order)
+
+
+def sandbox_report() -> dict:
+    """The workers' reports of their sandboxes' protections; workers that report the same
+    (most often: all of them, on one host or alike hosts) share one entry."""
+    try:
+        reports = health.sandbox_protections()
+    except Exception as exc:  # Redis is down: the broker check says so too
+        return {"ok": False, "detail": f"unknown: {type(exc).__name__}: {exc}", "hosts": []}
+    hosts: dict[str, dict] = {}
+    for worker, report in sorted(reports.items()):
+        host = host_entry(report)
+        same = json.dumps([host["protections"], host["error"]], sort_keys=True)
+        hosts.setdefault(same, host)["workers"].append(worker)
+    return {
+        "ok": bool(hosts) and not any(host["error"] for host in hosts.values()),
+        "detail": "" if hosts else "no worker answered",
+        "hosts": list(hosts.values()),
+    }
+
+
+def host_entry(report: dict) -> dict:
+    """One worker's report as the page shows it: the protections named, in the page's order."""
+    if "protections" not in report:  # a worker of an older release: no such command
+        return {"workers": [], "probed_at": None, "error": str(report), "protections": []}
+    found = report["protections"]
+    return {
+        "workers": [],
+        "probed_at": datetime.fromisoformat(report["probed_at"]),
+        "error": report["error"],
+        "protections": [
+            {"key": key, "name": PROTECTION_NAMES.get(key, key), **found[key]}
+            for key in sorted(found, key=protection_order)
+        ],
     }
 
 
@@ -69,9 +124,10 @@ def status_report(request: HttpRequest) -> dict:
     user = request.user
     # The remote checks run side by side, and beside the database work: the report waits
     # for the slowest (the workers ping's 1 s), not for their sum.
-    with ThreadPoolExecutor(max_workers=len(REMOTE_CHECKS) + 1) as pool:
+    with ThreadPoolExecutor(max_workers=len(REMOTE_CHECKS) + 2) as pool:
         remote = {name: pool.submit(health.timed, check) for name, check in REMOTE_CHECKS.items()}
         tick = pool.submit(tick_report, now)
+        sandbox = pool.submit(sandbox_report)
         services = {"database": health.timed(health.database)}
         runs = runs_for(user)
         counts = dashboard.run_counts(runs, now)
@@ -81,6 +137,8 @@ def status_report(request: HttpRequest) -> dict:
             model["url"] = reverse("model", args=[model["id"]])
         services.update({name: future.result() for name, future in remote.items()})
         tick = tick.result()
+        # The workers report them: beside the workers' check, not a service of its own.
+        services["workers"]["sandbox"] = sandbox.result()
     for name, check in services.items():
         check["name"] = SERVICE_NAMES[name]
     return {

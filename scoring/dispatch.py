@@ -18,6 +18,9 @@ from scoring import runs, schedules
 from scoring.models import Batch, Deployment, PackageVersion, ScoringRun
 
 log = logging.getLogger(__name__)
+# Where tick notes its time in Redis, for the status page (here, not in tasks, so the
+# web process reads it without importing the engine).
+LAST_TICK_KEY = "dropscore:last_tick"
 BULK_ROWS = 1000  # rows per INSERT or UPDATE when many models are due at once
 
 

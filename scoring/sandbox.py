@@ -7,36 +7,50 @@ whatever its author put in. Only the process boundary protects us, so the child
   a bare environment (no S3, database or mail secrets), and runs in its own empty
   working directory and its own session (a timeout kills its whole group);
 - sets its own limits before it reads the package: CPU time, open files, file
-  size, no core dumps, and cuts its network with a new network namespace where
-  the kernel lets it;
+  size, no core dumps, processes; and confines itself (scoring.confinement): a user
+  of its own, files out of reach but for its folder and its libraries, no network;
 - is watched by the parent for the memory it holds of its own (RLIMIT_AS would
   break numpy and CatBoost, which reserve large virtual areas) and for wall-clock
   time.
 
-The parent talks to the child with one JSON line per request and reply on a
-pipe of its own; the model's own prints go to the child's stderr, which is
-kept for error messages. Data travels as Arrow IPC files the child memory-maps.
+The parent sends each request as one JSON message on a Unix socket, with the files
+it names already open (the package, a chunk to score, the file for its scores): the
+sandbox reaches no path outside its folder, so the parent hands it what it needs.
+Replies come back as JSON lines on a pipe; the model's own prints go to the child's
+stderr, which is kept for error messages. Data travels as Arrow IPC files the child
+memory-maps.
 """
 
+import errno
 import json
 import os
 import select
 import signal
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import psutil
 
+from scoring import confinement
 from scoring.zygote import Child, fork_sandbox
 
-CLONE_NEWNET = 0x40000000
-# A package's reference_scores, written by the sandbox into its working folder at load.
+# A package's reference_scores, which the sandbox writes at load into this file of its
+# working folder, opened for it by the parent (Sandbox.load).
 REFERENCE_SCORES_FILE = "reference-scores.arrow"
 POLL_SECONDS = 0.05
 NICE = 10
 MEMORY_CHECK_SECONDS = 0.2
+# The request keys that name files, and how the parent opens them for the sandbox.
+FILE_KEYS = {
+    "path": os.O_RDONLY,
+    "input": os.O_RDONLY,
+    "output": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "reference": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+}
+MAX_REQUEST_BYTES = 1 << 16
 
 
 class SandboxError(Exception):
@@ -50,6 +64,8 @@ class Limits:
     cpu_seconds: int = 600
     open_files: int = 256
     file_bytes: int = 1024**3
+    # Processes and threads together: numpy, Arrow and CatBoost each start one thread a core.
+    processes: int = field(default_factory=lambda: 64 + 4 * (os.cpu_count() or 1))
 
 
 class Sandbox:
@@ -60,8 +76,9 @@ class Sandbox:
         self.limits = limits
         self.process: Child | None = None
         self.stderr_path = self.workdir / "sandbox-stderr.log"
+        self.stderr: Any = None
         self.greeted = True
-        self._protections: dict[str, str] = {}
+        self._protections: dict[str, dict] = {}
 
     def __enter__(self) -> "Sandbox":
         self.start()
@@ -72,13 +89,16 @@ class Sandbox:
 
     def start(self) -> None:
         reply_read, reply_write = os.pipe()
+        # Read back through this handle, never by name: whatever a package could reach, a
+        # name might by then lead to another file.
+        self.stderr = open(self.stderr_path, "w+b")
         try:
-            with open(self.stderr_path, "wb") as stderr:
-                self.process = fork_sandbox(
-                    self.workdir, self.limits.__dict__, reply_write, stderr.fileno()
-                )
+            self.process = fork_sandbox(
+                self.workdir, self.limits.__dict__, reply_write, self.stderr.fileno()
+            )
         except OSError as exc:
             os.close(reply_read)
+            self.stderr.close()
             raise SandboxError(f"the sandbox could not start: {exc}") from exc
         finally:
             os.close(reply_write)
@@ -88,7 +108,8 @@ class Sandbox:
         self.greeted = False
 
     @property
-    def protections(self) -> dict[str, str]:
+    def protections(self) -> dict[str, dict]:
+        """{name: {"active": bool, "detail": str}}, as the sandbox found them."""
         self.greet()
         return self._protections
 
@@ -98,8 +119,12 @@ class Sandbox:
             self._protections = self.receive_reply("starting")["protections"]
 
     def load(self, package_path: Path) -> dict[str, Any]:
-        """Load the package and check its contract; returns the package description."""
-        return self.request({"cmd": "load", "path": str(package_path)}, "loading")["package"]
+        """Load the package and check its contract; returns the package description.
+
+        Its reference_scores, if any, land in REFERENCE_SCORES_FILE in the working folder."""
+        reference = str(self.workdir / REFERENCE_SCORES_FILE)
+        message = {"cmd": "load", "path": str(package_path), "reference": reference}
+        return self.request(message, "loading")["package"]
 
     def score(self, input_path: Path, output_path: Path) -> int:
         """Score an Arrow IPC file of features; the scores are written to output_path."""
@@ -111,13 +136,23 @@ class Sandbox:
         return self.receive(stage)
 
     def send(self, message: dict[str, Any], stage: str) -> None:
-        """Send a request without waiting: several sandboxes can work at once."""
-        assert self.process is not None and self.process.stdin is not None
+        """Send a request without waiting: several sandboxes can work at once.
+
+        The files it names go along open, in FILE_KEYS order."""
+        assert self.process is not None
+        fds = []
         try:
-            self.process.stdin.write(json.dumps(message).encode() + b"\n")
-            self.process.stdin.flush()
-        except BrokenPipeError:
+            for key, flags in FILE_KEYS.items():
+                if key in message:
+                    fds.append(os.open(message[key], flags | os.O_CLOEXEC, 0o600))
+            socket.send_fds(self.process.requests, [json.dumps(message).encode()], fds)
+        except (BrokenPipeError, ConnectionResetError):
             raise SandboxError(self.died_message(stage)) from None
+        except OSError as exc:
+            raise SandboxError(f"{exc} while {stage}") from exc
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def receive(self, stage: str) -> dict[str, Any]:
         self.greet()
@@ -188,9 +223,11 @@ class Sandbox:
 
     def stderr_tail(self, limit: int = 800) -> str:
         try:
-            text = self.stderr_path.read_bytes()[-limit:].decode("utf-8", "replace").strip()
-        except OSError:
+            size = os.fstat(self.stderr.fileno()).st_size
+            text = os.pread(self.stderr.fileno(), limit, max(0, size - limit))
+        except (OSError, AttributeError):
             return ""
+        text = text.decode("utf-8", "replace").strip()
         return text.splitlines()[-1] if text else ""
 
     def kill(self) -> None:
@@ -206,31 +243,44 @@ class Sandbox:
         if self.process is None:
             return
         self.kill()
-        self.process.stdin.close()
+        self.process.requests.close()
         os.close(self.replies)
+        self.stderr.close()
 
 
 # --- the child --------------------------------------------------------------
 
 
-def serve(requests: BinaryIO, replies: TextIO, limits: Limits) -> None:
-    """The sandbox process (forked by scoring.zygote): set limits, then serve requests."""
-    protections = apply_limits(limits)
+def serve(
+    requests: socket.socket,
+    replies: TextIO,
+    limits: Limits,
+    workdir: Path,
+    parent_variables: list[str],
+) -> None:
+    """The sandbox process (forked by scoring.zygote): confine itself, then serve requests."""
+    protections = apply_limits(limits, workdir, parent_variables)
     state: dict[str, Any] = {}
-    for line in requests:
-        request = json.loads(line)
+    while True:
+        message, fds, _, _ = socket.recv_fds(requests, MAX_REQUEST_BYTES, len(FILE_KEYS))
+        if not message:  # the parent closed its end
+            return
+        request = json.loads(message)
+        files = dict(zip([key for key in FILE_KEYS if key in request], fds, strict=True))
         try:
-            reply = handle(request, state)
+            reply = handle(request, files, state)
             reply["ok"] = True
         except BaseException as exc:  # the package may raise anything, even SystemExit
-            reply = {"ok": False, "error": describe_error(exc, request["cmd"])}
+            reply = {"ok": False, "error": describe_error(exc, request["cmd"], limits)}
+        finally:
+            for fd in files.values():  # those the request did not take
+                os.close(fd)
         if request["cmd"] == "hello":
             reply["protections"] = protections
         replies.write(json.dumps(reply, default=str) + "\n")
 
 
-def apply_limits(limits: Limits) -> dict[str, str]:
-    import ctypes
+def apply_limits(limits: Limits, workdir: Path, parent_variables: list[str]) -> dict[str, dict]:
     import resource
 
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
@@ -240,22 +290,27 @@ def apply_limits(limits: Limits) -> dict[str, str]:
     # Below the worker that feeds it: the worker's share of the CPU (reading, handing
     # off, writing scores) is what keeps every sandbox busy.
     os.nice(NICE)
-    protections = {
-        "environment": "bare (no secrets)",
-        "cpu": f"{limits.cpu_seconds} s",
-        "memory": f"{limits.memory_bytes // 1024**2} MB resident (watched by the parent)",
-        "wall clock": f"{limits.timeout_seconds:g} s per request",
-        "priority": f"nice {os.nice(0)}",
-    }
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) == 0:
-        protections["network"] = "cut (own network namespace)"
-    else:
-        protections["network"] = f"not cut: {os.strerror(ctypes.get_errno())}"
+    protections = confinement.confine(workdir, limits.processes, parent_variables)
+    memory = f"{limits.memory_bytes // 1024**2} MB of memory of its own, watched by the worker"
+    protections["memory"] = confinement.entry(True, memory)
+    time_limits = f"{limits.timeout_seconds:g} s per request, {limits.cpu_seconds} s of CPU"
+    protections["time"] = confinement.entry(True, time_limits)
     return protections
 
 
-def handle(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+def probe() -> None:
+    """Confine this process as a sandbox confines itself, and print what it found.
+
+    Run as `python -I -c "from scoring.sandbox import probe; probe()"` in a bare
+    environment and an empty folder, with {"limits": ..., "variables": the names of the
+    caller's variables} on stdin (scoring.protections does, for the status page)."""
+    import sys
+
+    given = json.loads(sys.stdin.read())
+    print(json.dumps(apply_limits(Limits(**given["limits"]), Path.cwd(), given["variables"])))
+
+
+def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]) -> dict:
     from scoring import contract
 
     command = request["cmd"]
@@ -264,26 +319,39 @@ def handle(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     if command == "load":
         import dill
 
-        with open(request["path"], "rb") as file:
+        with os.fdopen(files.pop("path"), "rb") as file:
             obj = dill.load(file)
         package = contract.parse_package(obj)
         state.update(model=obj["model"], package=package)
-        if package.reference_scores_count:
-            write_scores(obj["reference_scores"], REFERENCE_SCORES_FILE)
+        if package.reference_scores_count and "reference" in files:
+            with os.fdopen(files.pop("reference"), "wb") as sink:
+                write_scores(obj["reference_scores"], sink)
         return {"package": package.to_json()}
     if command == "score":
-        return {"rows": score_file(state, request["input"], request["output"])}
+        return {"rows": score_file(state, files.pop("input"), files.pop("output"))}
     raise ValueError(f"unknown request {command!r}")
 
 
-def score_file(state: dict[str, Any], input_path: str, output_path: str) -> int:
+def score_file(state: dict[str, Any], input_fd: int, output_fd: int) -> int:
+    with os.fdopen(output_fd, "wb") as sink:
+        return score_into(state, input_fd, sink)
+
+
+def score_into(state: dict[str, Any], input_fd: int, sink: BinaryIO) -> int:
+    import mmap
+
     import pyarrow as pa
 
     from scoring import contract
 
     package = state["package"]
-    with pa.memory_map(input_path, "r") as source:
-        table = pa.ipc.open_file(source).read_all()
+    # Mapped, not read: the columns stay in the page cache the worker wrote them to. The
+    # mapping lives as long as the frame's buffers do.
+    try:
+        mapped = mmap.mmap(input_fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(input_fd)
+    table = pa.ipc.open_file(pa.py_buffer(mapped)).read_all()
     # Arrow dictionaries become pandas categories: CatBoost scores them ~2x faster than strings.
     # split_blocks: each column stays its own block, mostly straight from the mapped file,
     # instead of being copied into one 2-D block (10-15% of a CatBoost model's CPU per chunk).
@@ -292,24 +360,30 @@ def score_file(state: dict[str, Any], input_path: str, output_path: str) -> int:
         state["model"], package.method, frame, package.params.get("positive_class")
     )
     contract.check_scores(scores, len(frame), package.method)
-    write_scores(scores, output_path)
+    write_scores(scores, sink)
     return len(frame)
 
 
-def write_scores(scores, path: str) -> None:
+def write_scores(scores, sink: BinaryIO) -> None:
     import numpy as np
     import pyarrow as pa
 
     result = pa.table({"score": pa.array(np.asarray(scores, dtype=np.float64))})
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, result.schema) as writer:
+    with pa.ipc.new_file(sink, result.schema) as writer:
         writer.write_table(result)
 
 
-def describe_error(exc: BaseException, command: str) -> str:
+def describe_error(exc: BaseException, command: str, limits: Limits) -> str:
     from scoring.contract import ContractError
 
     if isinstance(exc, ContractError):
         return str(exc)
     stage = {"load": "loading", "score": "predicting"}.get(command, command)
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # A fork or a thread refused for want of resources: the process limit's doing.
+    if (isinstance(exc, OSError) and exc.errno == errno.EAGAIN) or "new thread" in str(exc):
+        return (
+            f"{text} while {stage}: the package reached the sandbox's limit of "
+            f"{limits.processes} processes and threads"
+        )
     return f"{text} while {stage}"

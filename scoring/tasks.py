@@ -16,7 +16,6 @@ from scoring.storage import StorageError
 log = logging.getLogger(__name__)
 # A validation still pending after this long lost its message (Redis restart, dead worker).
 REQUEUE_AFTER = timedelta(minutes=5)
-LAST_TICK_KEY = "dropscore:last_tick"
 
 
 @worker_process_init.connect
@@ -44,7 +43,7 @@ def score_part(self, part_id: int) -> None:
 def tick() -> None:
     """Runs every minute (Celery beat): the database, not the broker, says what is due."""
     now = timezone.now()
-    redis.Redis.from_url(settings.REDIS_URL).set(LAST_TICK_KEY, now.isoformat())
+    redis.Redis.from_url(settings.REDIS_URL).set(dispatch.LAST_TICK_KEY, now.isoformat())
     for version in stale_validations(now - REQUEUE_AFTER):
         version.validation_queued_at = now
         version.save(update_fields=["validation_queued_at"])

@@ -8,10 +8,12 @@ forks knows no more than a fresh sandbox would. Each child first drops what the
 zygote held (its control socket, the other children's pipes), then serves one package
 (`scoring.sandbox.serve`), which sets its limits before it reads a byte of it.
 
-The parent hands each child its pipes over a Unix socket (SCM_RIGHTS) and gets its
-pid back. The child belongs to the zygote, so only the zygote can wait for it: it
-writes each child's exit status to a pipe the parent reads. When the parent goes
-away (the socket closes), the zygote kills its children and exits.
+The parent hands each child its request socket and pipes over a Unix socket
+(SCM_RIGHTS) and gets its pid back. The child belongs to the zygote, so only the zygote
+can wait for it: it writes each child's exit status to a pipe the parent reads, and as
+root it then kills whatever still runs as the child's user (a process that left its
+group). When the parent goes away (the socket closes), the zygote kills its children
+and exits.
 """
 
 import ctypes
@@ -34,11 +36,12 @@ PR_SET_PDEATHSIG = 1
 
 
 class Child:
-    """A forked sandbox: the part of subprocess.Popen's interface that Sandbox uses."""
+    """A forked sandbox: the part of subprocess.Popen's interface that Sandbox uses, and
+    the socket its requests go on."""
 
-    def __init__(self, pid: int, stdin_fd: int, status_fd: int):
+    def __init__(self, pid: int, requests: socket.socket, status_fd: int):
         self.pid = pid
-        self.stdin = os.fdopen(stdin_fd, "wb")
+        self.requests = requests
         self.status_fd = status_fd
         self.returncode: int | None = None
 
@@ -67,14 +70,7 @@ class Zygote:
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.home = tempfile.mkdtemp(prefix="dropscore-zygote-")
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": self.home,
-            "TMPDIR": self.home,
-            "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "DROPSCORE_CONTROL_FD": str(theirs.fileno()),
-        }
+        env = {**bare_environment(self.home), "DROPSCORE_CONTROL_FD": str(theirs.fileno())}
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-c", "from scoring.zygote import main; main()"],
             stdin=subprocess.DEVNULL,
@@ -91,17 +87,21 @@ class Zygote:
         return self.process.poll() is None
 
     def spawn(
-        self, workdir: Path, limits: dict, stdin_fd: int, reply_fd: int, stderr_fd: int
+        self, workdir: Path, limits: dict, requests_fd: int, reply_fd: int, stderr_fd: int
     ) -> tuple[int, int]:
-        """Fork a sandbox serving on these pipes: its pid and the pipe its exit status comes on.
+        """Fork a sandbox serving requests from this socket and replying on these pipes: its
+        pid and the pipe its exit status comes on.
 
         Raises OSError when the zygote is gone."""
-        request = json.dumps({"workdir": str(workdir), "limits": limits}).encode()
+        # The names (not the values) of this process's variables: the sandbox checks it
+        # holds none of them.
+        request = {"workdir": str(workdir), "limits": limits, "variables": sorted(os.environ)}
+        request = json.dumps(request).encode()
         status_read, status_write = os.pipe()
         try:
             with self.lock:
                 socket.send_fds(
-                    self.control, [request], [stdin_fd, reply_fd, stderr_fd, status_write]
+                    self.control, [request], [requests_fd, reply_fd, stderr_fd, status_write]
                 )
                 reply = self.control.recv(4096)
         except OSError:
@@ -123,6 +123,17 @@ class Zygote:
             self.process.wait()
 
 
+def bare_environment(home: str) -> dict[str, str]:
+    """All a sandbox inherits: no credential of the worker's."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": home,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
 _zygote: Zygote | None = None
 _zygote_pid: int | None = None
 _zygote_lock = threading.Lock()
@@ -139,19 +150,19 @@ def zygote() -> Zygote:
 
 
 def fork_sandbox(workdir: Path, limits: dict, reply_fd: int, stderr_fd: int) -> Child:
-    """A new sandbox process; its stdin is the returned Child's, its replies go to reply_fd."""
-    stdin_read, stdin_write = os.pipe()
+    """A new sandbox process; requests go on the returned Child's socket, replies to reply_fd."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         try:
-            pid, status_fd = zygote().spawn(workdir, limits, stdin_read, reply_fd, stderr_fd)
+            pid, status_fd = zygote().spawn(workdir, limits, theirs.fileno(), reply_fd, stderr_fd)
         except OSError:  # the zygote died since we looked: one fresh start
-            pid, status_fd = zygote().spawn(workdir, limits, stdin_read, reply_fd, stderr_fd)
+            pid, status_fd = zygote().spawn(workdir, limits, theirs.fileno(), reply_fd, stderr_fd)
     except BaseException:
-        os.close(stdin_write)
+        ours.close()
         raise
     finally:
-        os.close(stdin_read)
-    return Child(pid, stdin_write, status_fd)
+        theirs.close()
+    return Child(pid, ours, status_fd)
 
 
 # --- the zygote process --------------------------------------------------------
@@ -159,12 +170,17 @@ def fork_sandbox(workdir: Path, limits: dict, reply_fd: int, stderr_fd: int) -> 
 
 def main() -> None:
     control = socket.socket(fileno=int(os.environ.pop("DROPSCORE_CONTROL_FD")))
+    bare = set(os.environ)
     for name in PRELOAD:
         try:
             importlib.import_module(name)
         except ImportError:
             continue
     import scoring.sandbox  # noqa: F401  (and through it scoring.contract)
+
+    # Some libraries set variables as they load (Arrow's allocator, OpenMP): the worker
+    # has them too, from its own imports, but these are the zygote's own.
+    library_variables = set(os.environ) - bare
 
     # SIGCHLD wakes the loop at once, so a killed sandbox's status reaches the parent
     # without polling.
@@ -187,15 +203,18 @@ def main() -> None:
         if not message:  # the parent is gone: its sandboxes go with it
             for pid in statuses:
                 kill_group(pid)
+                sweep(pid)
             return
-        stdin_fd, reply_fd, stderr_fd, status_fd = fds
+        requests_fd, reply_fd, stderr_fd, status_fd = fds
         sys.stdout.flush()
         sys.stderr.flush()
         zygote_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
-            become_sandbox(json.loads(message), stdin_fd, reply_fd, stderr_fd, zygote_pid)
-        for fd in (stdin_fd, reply_fd, stderr_fd):
+            request = json.loads(message)
+            request["variables"] = sorted(set(request["variables"]) - library_variables)
+            become_sandbox(request, requests_fd, reply_fd, stderr_fd, zygote_pid)
+        for fd in (requests_fd, reply_fd, stderr_fd):
             os.close(fd)
         statuses[pid] = status_fd
         control.send(json.dumps({"pid": pid}).encode())
@@ -211,8 +230,30 @@ def reap(statuses: dict[int, int]) -> None:
             return
         status_fd = statuses.pop(pid, None)
         if status_fd is not None:
+            sweep(pid)
             os.write(status_fd, str(os.waitstatus_to_exitcode(status)).encode())
             os.close(status_fd)
+
+
+def sweep(pid: int) -> None:
+    """Kill what still runs as a finished sandbox's user: processes that left its group
+    (setsid) escape the parent's kill. Only a process of that user may kill them all at
+    once (kill(-1) as root would kill everything), so a short-lived one does, and is
+    waited for before the next sandbox could be given a reused pid's user."""
+    if os.geteuid() != 0:
+        return  # sandboxes share the worker's user: nothing is theirs alone
+    from scoring.confinement import BASE_UID
+
+    killer = os.fork()
+    if killer == 0:
+        try:
+            os.setresuid(BASE_UID + pid, BASE_UID + pid, BASE_UID + pid)
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass  # nothing runs as that user
+        finally:
+            os._exit(0)
+    os.waitpid(killer, 0)
 
 
 def kill_group(pid: int) -> None:
@@ -223,7 +264,7 @@ def kill_group(pid: int) -> None:
 
 
 def become_sandbox(
-    request: dict, stdin_fd: int, reply_fd: int, stderr_fd: int, zygote_pid: int
+    request: dict, requests_fd: int, reply_fd: int, stderr_fd: int, zygote_pid: int
 ) -> None:
     """In the forked child: keep only its own pipes, then serve the package. Never returns."""
     code = 1
@@ -235,7 +276,7 @@ def become_sandbox(
             return
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.dup2(stdin_fd, 0)
+        os.dup2(requests_fd, 0)
         os.dup2(stderr_fd, 1)
         os.dup2(stderr_fd, 2)
         os.dup2(reply_fd, REPLY_FD)
@@ -248,9 +289,11 @@ def become_sandbox(
         from scoring import sandbox
 
         sandbox.serve(
-            os.fdopen(0, "rb"),
+            socket.socket(fileno=0),
             os.fdopen(REPLY_FD, "w", buffering=1),
             sandbox.Limits(**request["limits"]),
+            Path(workdir),
+            request["variables"],
         )
         code = 0
     except BaseException:

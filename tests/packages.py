@@ -1,7 +1,9 @@
 """Test data: a feature table, and model packages good and bad, as a notebook would make them."""
 
 import os
+import sys
 import time
+import types
 from datetime import date
 from pathlib import Path
 
@@ -175,6 +177,56 @@ NoPredict, Proba = NOTEBOOK["NoPredict"], NOTEBOOK["Proba"]
 allocate, spin, connect = NOTEBOOK["allocate"], NOTEBOOK["spin"], NOTEBOOK["connect"]
 
 
+def missing_module_bytes(module_name: str = "lightgbm_private") -> bytes:
+    """A model whose class lives in a module the portal does not have.
+
+    dill pickles a class of an importable module by reference, as pickle does: loading
+    it imports the module, which is installed where the notebook ran, not in the sandbox.
+    """
+    module = types.ModuleType(module_name)
+    exec(
+        "class Booster:\n    def predict(self, frame):\n        return [0.5] * len(frame)\n",
+        vars(module),
+    )
+    sys.modules[module_name] = module
+    try:
+        return dumps({"model": module.Booster(), "features": ["age"]})
+    finally:
+        del sys.modules[module_name]
+
+
+# Run by a sandbox only under a low memory limit (see tests/test_bad_input.py): a loop that
+# holds 8 MB more each turn, touching every page so the memory is resident.
+GROW = """
+def grow(frame=None):
+    chunks = []
+    while True:
+        chunk = bytearray(8 * 1024**2)
+        chunk[::4096] = b"x" * (len(chunk) // 4096)
+        chunks.append(chunk)
+"""
+# Never run without a process limit on the sandbox: it would take the machine down.
+FORK_BOMB = """
+import os
+
+def fork_forever():
+    while True:
+        os.fork()
+"""
+
+
+def grows_at_load() -> dict:
+    return {"model": RunsAtLoad(notebook_function(GROW, "grow")), "features": ["age"]}
+
+
+def grows_at_predict() -> dict:
+    return {"model": notebook_function(GROW, "grow"), "features": ["age"]}
+
+
+def forks_at_load() -> dict:
+    return {"model": RunsAtLoad(notebook_function(FORK_BOMB, "fork_forever")), "features": ["age"]}
+
+
 def bad_packages(marker_dir: Path) -> dict[str, tuple[bytes, str]]:
     """name -> (file bytes, a part of the message the user must see)."""
     good = dumps(function_package())
@@ -275,6 +327,43 @@ def bad_packages(marker_dir: Path) -> dict[str, tuple[bytes, str]]:
             dumps({"model": Proba(0.5), "features": ["age", "income", "zip"]}),
             "2 features are missing from the feature source",
         ),
+        "mistyped features key": (
+            dumps({"model": Proba(0.5), "feature": features}),
+            "'features' is missing: list the column names the model consumes "
+            "(the package has 'feature': a typo?)",
+        ),
+        "schedule not text": (
+            dumps({"model": Proba(0.5), "features": features, "schedule": 5}),
+            "'schedule' must be text",
+        ),
+        "params not a dict": (
+            dumps({"model": Proba(0.5), "features": features, "params": ["predict"]}),
+            "'params' must be a dict, got list",
+        ),
+        "model is a class": (
+            dumps({"model": Proba, "features": features}),
+            "not a fitted model: put the fitted instance under 'model'",
+        ),
+        "text output": (
+            dumps(function_returning("np.where(frame['age'] > 40, 'churn', 'stay')")),
+            "the model function returned values that are not numbers (<U5)",
+        ),
+        "module not installed": (
+            missing_module_bytes(),
+            "ModuleNotFoundError: No module named 'lightgbm_private' while loading",
+        ),
+        "unknown time zone": (
+            dumps({"model": Proba(0.5), "features": features, "timezone": "Mars/Olympus_Mons"}),
+            "'timezone': unknown time zone 'Mars/Olympus_Mons'",
+        ),
+        "cron every minute": (
+            dumps({"model": Proba(0.5), "features": features, "schedule": "* * * * *"}),
+            "runs every minute; this site allows at most one run every",
+        ),
+        "NaN reference scores": (
+            dumps({"model": Proba(0.5), "features": features, "reference_scores": [0.2, np.nan]}),
+            "'reference_scores' has 1 NaN or infinite values",
+        ),
     }
 
 
@@ -297,16 +386,15 @@ def model(frame):
     return np.full(len(frame), 0.5)
 """
 
+# Fails while the test keeps the file `down` (a sandbox cannot read or write outside its
+# folder, but it can see whether a path exists).
 FLAKY = """
 import os
 import numpy as np
 
 def model(frame):
-    if len(frame) > 250:
-        with open({path!r}, "a") as attempts:
-            attempts.write("x")
-        if os.path.getsize({path!r}) <= {failures}:
-            raise RuntimeError("the source system is down")
+    if len(frame) > 250 and os.path.exists({down!r}):
+        raise RuntimeError("the source system is down")
     return np.full(len(frame), 0.25)
 """
 
@@ -315,8 +403,8 @@ def slow_package(seconds: float) -> dict:
     return {"model": notebook_function(SLOW.format(seconds=seconds), "model"), "features": ["age"]}
 
 
-def flaky_package(path: Path, failures: int, max_attempts: int = 3) -> dict:
-    model = notebook_function(FLAKY.format(path=str(path), failures=failures), "model")
+def flaky_package(down: Path, max_attempts: int = 3) -> dict:
+    model = notebook_function(FLAKY.format(down=str(down)), "model")
     return {
         "model": model,
         "features": ["age"],

@@ -1,17 +1,93 @@
-"""The sandbox process: limits that stop a package, and what it cannot reach."""
+"""The sandbox process: limits that stop a package, and what it cannot reach.
 
+Here the test process plays the worker: its environment holds DATABASE_URL and the
+rest, as a worker's does. Each attempt a package makes is also made by the test process
+itself, unconfined, so a refusal in the sandbox is the sandbox's doing.
+"""
+
+import json
+import os
+import re
 import socket
+import tempfile
 import time
+import uuid
+from pathlib import Path
 
+import psutil
 import pytest
+from django.conf import settings
 
+from scoring.confinement import BASE_UID
 from scoring.sandbox import Limits, Sandbox, SandboxError
 from tests.packages import RunsAtLoad, allocate, connect, dumps, spin
 
 FAST = Limits(timeout_seconds=5, memory_bytes=400 * 1024**2, cpu_seconds=3)
+PROTECTIONS = {
+    "environment",
+    "files",
+    "other_processes",
+    "network",
+    "memory",
+    "time",
+    "process_limit",
+    "user",
+}
+
+# What a package tries, as a notebook cell defines it: in __main__, so dill carries it by
+# value. try_all raises with what happened to each attempt, so the sandbox's error
+# message brings it back.
+ATTEMPTS_CELL = """
+import errno
+import json
+import os
+import socket
+import time
+
+def read(path):
+    with open(path, "rb") as file:
+        file.read(1)
+
+def write(path):
+    with open(path, "w") as file:
+        file.write("written by a package")
+
+def signal(pid):
+    os.kill(int(pid), 0)
+
+def connect_unix(path):
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(path)
+
+ACTIONS = {"read": read, "list": os.listdir, "write": write, "signal": signal,
+           "connect": connect_unix}
+
+def try_all(attempts):
+    outcomes = {}
+    for action, target in attempts:
+        try:
+            ACTIONS[action](target)
+            outcomes[f"{action} {target}"] = "done"
+        except OSError as exc:
+            outcomes[f"{action} {target}"] = errno.errorcode[exc.errno]
+    raise RuntimeError("outcomes " + json.dumps(outcomes))
+
+def fork_bomb():
+    while True:
+        os.fork()
+
+def leave_group():
+    if os.fork() == 0:
+        os.setsid()
+        time.sleep(3600)
+    return "left"
+"""
+CELL: dict = {"__name__": "__main__"}
+exec(ATTEMPTS_CELL, CELL)
 
 
 def load(tmp_path, obj, limits: Limits = FAST) -> dict:
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "package.dill"
     path.write_bytes(dumps(obj))
     with Sandbox(tmp_path, limits) as sandbox:
@@ -38,27 +114,224 @@ def test_it_stops_a_package_that_burns_cpu_at_the_cpu_limit(tmp_path):
         load(tmp_path, {"model": RunsAtLoad(spin), "features": ["a"]}, limits)
 
 
-def test_it_reports_its_protections(tmp_path):
+def protections(tmp_path) -> dict:
+    tmp_path.mkdir(exist_ok=True)
     with Sandbox(tmp_path, FAST) as sandbox:
-        protections = sandbox.protections
-    assert protections["environment"] == "bare (no secrets)"
-    assert protections["network"].startswith(("cut", "not cut: "))
+        return sandbox.protections
+
+
+def require(tmp_path, name: str) -> None:
+    """Skip, saying why, where this host does not give the protection under test."""
+    found = protections(tmp_path / "probe")[name]
+    if not found["active"]:
+        pytest.skip(f"{name} on this host: {found['detail']}")
+
+
+def test_it_reports_each_protection_as_active_or_not_available_and_why(tmp_path):
+    found = protections(tmp_path)
+
+    assert set(found) == PROTECTIONS
+    for name, protection in found.items():
+        assert isinstance(protection["active"], bool), name
+        assert protection["detail"], name
+        assert protection["active"] != protection["detail"].startswith("not available: "), name
+    # Whatever the kernel allows, these hold everywhere: they are the zygote's and the
+    # worker's doing.
+    assert found["environment"]["active"], found["environment"]
+    assert found["memory"]["detail"] == "400 MB of memory of its own, watched by the worker"
+    assert found["time"]["detail"] == "5 s per request, 3 s of CPU"
+
+
+def test_as_root_it_runs_as_a_user_of_its_own_with_a_process_limit(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the tests do not run as root: sandboxes keep the worker's user")
+    found = protections(tmp_path)
+
+    assert found["user"]["active"], found["user"]
+    assert re.match(
+        r"uid \d+, a user of its own: no groups, no capabilities", found["user"]["detail"]
+    )
+    assert found["process_limit"]["detail"] == f"at most {FAST.processes} processes and threads"
+
+
+def outcomes(tmp_path, attempts: list) -> dict:
+    """What happened to each attempt when a package made it at load."""
+    with pytest.raises(SandboxError) as raised:
+        load(tmp_path, {"model": RunsAtLoad(CELL["try_all"], attempts), "features": ["a"]})
+    found = re.search(r"outcomes (\{.*\}) while loading", str(raised.value))
+    assert found, str(raised.value)
+    return json.loads(found.group(1))
+
+
+def unconfined(attempts: list) -> dict:
+    """The same attempts made by the test process itself."""
+    with pytest.raises(RuntimeError) as raised:
+        CELL["try_all"](attempts)
+    return json.loads(str(raised.value).removeprefix("outcomes "))
+
+
+@pytest.fixture
+def state_dir():
+    """A portal's state folder as an admin might leave it: open to every user, a .env and
+    a database in it. Outside pytest's own folder, which other users cannot enter."""
+    folder = Path(tempfile.mkdtemp(prefix="dropscore-state-", dir="/tmp"))
+    folder.chmod(0o777)
+    (folder / ".env").write_text("SECRET_KEY=the-portals-secret\n")
+    (folder / "db.sqlite3").write_bytes(b"SQLite format 3\x00")
+    for path in folder.iterdir():
+        path.chmod(0o666)
+    yield folder
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+
+
+def test_a_package_cannot_read_the_workers_secrets_from_files(tmp_path, state_dir):
+    require(tmp_path, "files")
+    worker = os.getpid()
+    attempts = [
+        ["read", f"/proc/{worker}/environ"],  # DATABASE_URL, as in a worker's environment
+        ["read", f"/proc/{worker}/cmdline"],
+        ["list", "/proc"],
+        ["read", str(settings.BASE_DIR / "portal" / "settings.py")],
+        ["read", str(state_dir / ".env")],
+        ["read", str(state_dir / "db.sqlite3")],
+        ["list", str(state_dir)],
+    ]
+    assert b"DATABASE_URL" in Path(f"/proc/{worker}/environ").read_bytes()
+    assert set(unconfined(attempts).values()) == {"done"}
+
+    found = outcomes(tmp_path / "run", attempts)
+
+    assert found == {f"{a} {t}": "EACCES" for a, t in attempts}
+
+
+def test_a_package_writes_in_its_own_folder_and_nowhere_else(tmp_path, state_dir):
+    require(tmp_path, "files")
+    name = f"dropscore-escape-{uuid.uuid4().hex}"
+    elsewhere = [
+        ["write", f"/tmp/{name}"],
+        ["write", f"/dev/shm/{name}"],
+        ["write", str(state_dir / "db.sqlite3")],
+        ["write", str(Path.home() / name)],  # the worker's user's home
+    ]
+    workdir = tmp_path / "run"
+    try:
+        assert set(unconfined(elsewhere).values()) == {"done"}
+    finally:
+        for path in (Path(f"/tmp/{name}"), Path(f"/dev/shm/{name}"), Path.home() / name):
+            path.unlink(missing_ok=True)
+    (state_dir / "db.sqlite3").write_bytes(b"SQLite format 3\x00")
+
+    found = outcomes(
+        workdir,
+        [
+            ["write", "own.txt"],
+            *elsewhere,
+            ["write", str(workdir / "package.dill")],  # the worker's files in its folder
+            ["write", str(settings.BASE_DIR / name)],  # the project
+        ],
+    )
+
+    assert found.pop("write own.txt") == "done"
+    # Refused, or a read-only view (the home is hidden behind an empty read-only folder).
+    assert set(found.values()) <= {"EACCES", "EROFS"}, found
+    assert (workdir / "sandbox" / "own.txt").read_text() == "written by a package"
+    assert (state_dir / "db.sqlite3").read_bytes() == b"SQLite format 3\x00"
+    assert not any(Path(p).exists() for p in (f"/tmp/{name}", f"/dev/shm/{name}"))
+    assert not (settings.BASE_DIR / name).exists() and not (Path.home() / name).exists()
+
+
+def test_a_package_cannot_signal_the_worker(tmp_path):
+    require(tmp_path, "other_processes")
+    attempts = [["signal", str(os.getpid())]]
+    assert unconfined(attempts) == {f"signal {os.getpid()}": "done"}
+
+    assert outcomes(tmp_path, attempts) == {f"signal {os.getpid()}": "EPERM"}
 
 
 def test_a_package_cannot_reach_the_network_where_the_kernel_lets_us_cut_it(tmp_path):
-    with Sandbox(tmp_path, FAST) as sandbox:
-        if not sandbox.protections["network"].startswith("cut"):
-            pytest.skip(
-                f"this kernel does not allow a network namespace: {sandbox.protections['network']}"
-            )
+    require(tmp_path, "network")
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
+        # Cut twice over: Landlock refuses the connection (Errno 13) before the empty
+        # network namespace would find no route (Errno 101).
         with pytest.raises(
-            SandboxError, match=r"OSError: \[Errno 101\] Network is unreachable while loading"
+            SandboxError,
+            match=r"(PermissionError: \[Errno 13\] Permission denied|"
+            r"OSError: \[Errno 101\] Network is unreachable) while loading",
         ):
             load(tmp_path, {"model": RunsAtLoad(connect, port), "features": ["a"]})
+
+
+def test_a_package_cannot_reach_a_unix_socket_open_to_everyone(tmp_path):
+    """A database's socket file is out of a network namespace's reach."""
+    require(tmp_path, "network")
+    path = f"/tmp/dropscore-{uuid.uuid4().hex}.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        os.chmod(path, 0o777)
+        server.listen()
+        try:
+            assert unconfined([["connect", path]]) == {f"connect {path}": "done"}
+            found = outcomes(tmp_path, [["connect", path]])
+        finally:
+            os.unlink(path)
+
+    assert found == {f"connect {path}": "EACCES"}
+
+
+def processes_of(uid: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["uids"]):
+        if process.info["uids"] and process.info["uids"].real == uid:
+            found.append(process)
+    return found
+
+
+def wait_until_none(uid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while left := [p for p in processes_of(uid) if p.status() != psutil.STATUS_ZOMBIE]:
+        assert time.monotonic() < deadline, f"still running as uid {uid}: {left}"
+        time.sleep(0.1)
+
+
+def test_a_fork_bomb_is_stopped_at_the_process_limit(tmp_path):
+    require(tmp_path, "process_limit")
+    limits = Limits(timeout_seconds=60, memory_bytes=2 * 1024**3, cpu_seconds=30, processes=32)
+    path = tmp_path / "package.dill"
+    path.write_bytes(dumps({"model": RunsAtLoad(CELL["fork_bomb"]), "features": ["a"]}))
+    started = time.monotonic()
+
+    with Sandbox(tmp_path, limits) as sandbox:
+        with pytest.raises(
+            SandboxError,
+            match=r"BlockingIOError: \[Errno 11\] Resource temporarily unavailable while "
+            r"loading: the package reached the sandbox's limit of 32 processes and threads",
+        ):
+            sandbox.load(path)
+        uid = BASE_UID + sandbox.process.pid
+        assert 1 < len(processes_of(uid)) <= 32  # it did fork, up to the limit
+
+    wait_until_none(uid)
+    assert time.monotonic() - started < 30
+
+
+def test_a_process_that_leaves_the_sandboxs_group_goes_with_the_sandbox(tmp_path):
+    require(tmp_path, "user")
+    path = tmp_path / "package.dill"
+    path.write_bytes(dumps({"model": RunsAtLoad(CELL["leave_group"]), "features": ["a"]}))
+
+    with Sandbox(tmp_path, FAST) as sandbox:
+        with pytest.raises(SandboxError, match=r"it is a builtins.str"):
+            sandbox.load(path)
+        uid = BASE_UID + sandbox.process.pid
+        [left] = [p for p in processes_of(uid) if p.pid != sandbox.process.pid]
+        assert os.getsid(left.pid) != os.getsid(sandbox.process.pid)  # out of the group's kill
+
+    wait_until_none(uid)
 
 
 def test_without_the_cut_the_same_package_would_connect(tmp_path):
@@ -74,22 +347,20 @@ def test_sandboxes_die_with_their_zygote_when(ending, tmp_path):
     """A worker killed mid-batch must not leave packages running: the zygote sees its
     control socket close, kills the sandboxes it forked and exits; a zygote killed
     outright takes them along too."""
-    import os
     import signal
-
-    import psutil
 
     from scoring.zygote import Zygote
 
     zygote = Zygote()
-    requests_read, requests_write = os.pipe()  # kept open: the sandbox waits for requests
+    # Our end kept open: the sandbox waits for requests.
+    requests, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     replies_read, replies_write = os.pipe()
     with open(tmp_path / "stderr.log", "wb") as stderr:
         pid, status_fd = zygote.spawn(
-            tmp_path, FAST.__dict__, requests_read, replies_write, stderr.fileno()
+            tmp_path, FAST.__dict__, theirs.fileno(), replies_write, stderr.fileno()
         )
-    for fd in (requests_read, replies_write):
-        os.close(fd)
+    theirs.close()
+    os.close(replies_write)
     time.sleep(0.5)
     assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
 
@@ -102,5 +373,6 @@ def test_sandboxes_die_with_their_zygote_when(ending, tmp_path):
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the sandbox outlived its zygote"
         time.sleep(0.05)
-    for fd in (requests_write, replies_read, status_fd):
+    requests.close()
+    for fd in (replies_read, status_fd):
         os.close(fd)
