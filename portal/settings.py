@@ -250,6 +250,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A Redis blip must not cancel running batches (Celery 6 will by default): their runs are
+# claimed in the database, so the batch finishes and a redelivery finds nothing to redo.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Longer than any batch: Redis redelivers an unacknowledged task after this (runs are
 # claimed in the database, so a redelivery never doubles one).

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from scoring import checks, features, reports, runs, samples, scores, storage
@@ -254,6 +254,7 @@ def score_part(part_id: int, worker: str) -> None:
         scorers = score_range(
             features.source_from_settings(), part.slice_date, scorers, stack, clock, part.row_groups
         )
+        reconnect_if_dropped()
         with clock("stage"):
             files = keep_files(scorers, part.index, part.slice_date)
     BatchPart.objects.filter(id=part_id).update(
@@ -527,8 +528,17 @@ def keep_files(scorers: list[Scorer], part_index: int, slice_date: date) -> dict
     return files
 
 
+def reconnect_if_dropped() -> None:
+    """Scoring goes minutes without a query: a database connection dropped meanwhile (a
+    restart, a failover) is replaced before the runs' bookkeeping. Django notices a dead
+    connection only when a query fails, and then fails every query after it."""
+    if connection.connection is not None and not connection.is_usable():
+        connection.close()
+
+
 def commit(scorers: list[Scorer], slice_date: date) -> list[ScoringRun]:
     """All runs of the slice in one Delta transaction; returns the runs that committed."""
+    reconnect_if_dropped()
     files = keep_files(scorers, 0, slice_date)
     alive = []
     for scorer in scorers:
@@ -579,7 +589,14 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopped.wait(settings.HEARTBEAT_SECONDS):
-                runs.heartbeat(self.held)
+                try:
+                    runs.heartbeat(self.held)
+                except DatabaseError as exc:
+                    # A dropped connection (a restart, a failover) must not end the heartbeat:
+                    # tick would take the runs back while they still score. Closed, the
+                    # connection is made again at the next beat.
+                    log.warning("heartbeat of runs %s failed: %s", [r.id for r in self.held], exc)
+                    close_old_connections()
         finally:
             close_old_connections()
 

@@ -4,7 +4,6 @@ import io
 import shutil
 import tempfile
 import threading
-import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -170,38 +169,7 @@ def test_a_tick_while_a_batch_runs_sends_no_second_batch(owner, settle, worker, 
     assert (run.status, run.attempts) == ("succeeded", 1)
 
 
-def test_a_killed_worker_delays_the_run_but_never_loses_or_doubles_it(
-    owner, settle, worker, worker_env, bucket, state_dir, settings, celery_app_configured
-):
-    app, queue = celery_app_configured
-    deployment = deploy(owner, packages.slow_package(seconds=6), "slow", settle)
-    own_queue = f"{queue}-kill"
-    settings.RUN_LEASE_SECONDS = 3
-    app.conf.task_default_queue = own_queue
-    try:
-        doomed = start_worker(worker_env, own_queue, state_dir / "doomed-worker.log")
-        make_due(deployment)
-        dispatch.tick()
-        wait_for_runs([deployment.id], statuses=("running",))
-        import os
-        import signal
-
-        os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its pool, mid-batch
-        doomed.wait()
-        time.sleep(settings.RUN_LEASE_SECONDS + 1)
-        survivor = start_worker(worker_env, own_queue, state_dir / "survivor-worker.log")
-        try:
-            assert dispatch.tick() is not None  # the stale lease is taken back
-            [run] = wait_for_runs([deployment.id])
-        finally:
-            stop_worker(survivor)
-    finally:
-        app.conf.task_default_queue = queue
-
-    assert (run.status, run.attempts, run.rows) == ("succeeded", 2, 500)
-    committed = table_rows(deployment.id, run.date)
-    assert committed.height == 500
-    assert committed["entity_id"].n_unique() == 500
+# A worker killed mid-batch: tests/test_faults.py, with the other faults.
 
 
 @pytest.fixture
