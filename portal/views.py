@@ -2,6 +2,7 @@
 
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
@@ -199,7 +200,10 @@ def run_scores(request: HttpRequest, run_id: int, kind: str) -> HttpResponse:
 def schedule_preview(request: HttpRequest) -> JsonResponse:
     """The next fire times of a schedule, for the live preview under the form."""
     try:
-        schedule = schedules.check_schedule(request.GET.get("schedule", ""))
+        schedule = schedules.check_interval(
+            schedules.check_schedule(request.GET.get("schedule", "")),
+            settings.MIN_SCHEDULE_INTERVAL_MINUTES,
+        )
         zone = schedules.check_timezone(request.GET.get("timezone") or "UTC")
     except schedules.ScheduleError as exc:
         return JsonResponse({"error": str(exc)}, status=400)

@@ -11,6 +11,7 @@ In a notebook:
                  meta={"author": "ana", "gini_oot": 0.61})
 """
 
+import difflib
 import math
 import re
 import unicodedata
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from scoring.schedules import ScheduleError, check_schedule
+from scoring.schedules import ScheduleError, check_schedule, check_timezone
 
 FORMAT = 1
 KNOWN_KEYS = (
@@ -28,6 +29,7 @@ KNOWN_KEYS = (
     "name",
     "email",
     "schedule",
+    "timezone",
     "params",
     "meta",
     "reference_scores",
@@ -71,6 +73,7 @@ class Package:
     name: str | None = None
     email: str | None = None
     schedule: str | None = None
+    timezone: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     classes: list[Any] | None = None
@@ -223,9 +226,13 @@ def parse_package(obj: object) -> Package:
     if "model" not in obj:
         raise ContractError(
             "'model' is missing: put the fitted model, pipeline or function under 'model'"
+            + misspelled_as("model", obj)
         )
     if "features" not in obj:
-        raise ContractError("'features' is missing: list the column names the model consumes")
+        raise ContractError(
+            "'features' is missing: list the column names the model consumes"
+            + misspelled_as("features", obj)
+        )
     features = check_features(obj["features"])
 
     version = obj.get("format", FORMAT)
@@ -254,10 +261,26 @@ def parse_package(obj: object) -> Package:
     if not isinstance(meta, dict):
         raise ContractError(f"'meta' must be a dict, got {type(meta).__name__}")
 
+    schedule, timezone = obj.get("schedule"), obj.get("timezone")
+    if schedule is not None and not isinstance(schedule, str):
+        raise ContractError(
+            "'schedule' must be text: 'daily', 'weekly', 'monthly' or a 5-field cron expression, "
+            f"got {type(schedule).__name__} {short_repr(schedule, 40)}"
+        )
     try:
-        schedule = check_schedule(obj["schedule"]) if obj.get("schedule") is not None else None
+        schedule = check_schedule(schedule) if schedule is not None else None
     except ScheduleError as exc:
         raise ContractError(f"'schedule': {exc}") from None
+    try:
+        timezone = check_timezone(timezone) if timezone is not None else None
+    except ScheduleError as exc:
+        raise ContractError(f"'timezone': {exc}") from None
+    extra_keys = [k for k in obj if k not in KNOWN_KEYS]
+    warnings += [
+        f"'{key}' is not a key of the package format and is ignored: did you mean '{known}'?"
+        for key in extra_keys
+        if (known := closest_key(key))
+    ]
 
     return Package(
         features=features,
@@ -266,14 +289,27 @@ def parse_package(obj: object) -> Package:
         name=check_name(obj["name"]) if obj.get("name") is not None else None,
         email=check_email(obj["email"]) if obj.get("email") is not None else None,
         schedule=schedule,
+        timezone=timezone,
         params=params,
         meta=jsonable(meta),
         classes=jsonable(classes),
         reference_scores_count=check_reference_scores(obj.get("reference_scores")),
         format=version,
-        extra_keys={k: short_repr(v) for k, v in obj.items() if k not in KNOWN_KEYS},
+        extra_keys={k: short_repr(obj[k]) for k in extra_keys},
         warnings=warnings,
     )
+
+
+def closest_key(key: str) -> str | None:
+    """The known key a mistyped one most likely meant ('feature', 'Features', 'shedule')."""
+    matches = difflib.get_close_matches(key.lower(), KNOWN_KEYS, n=1, cutoff=0.75)
+    return matches[0] if matches and matches[0] != key else None
+
+
+def misspelled_as(required: str, obj: dict) -> str:
+    """' (the package has 'feature': a typo?)' when a key of the package is close to `required`."""
+    typos = [k for k in obj if k not in KNOWN_KEYS and closest_key(k) == required]
+    return f" (the package has {typos[0]!r}: a typo?)" if typos else ""
 
 
 def check_reference_scores(scores: object) -> int | None:
@@ -309,13 +345,16 @@ def score(model: object, method: str, frame: Any, positive_class: Any = None) ->
         out = out[:, column]
     elif out.ndim == 2 and out.shape[1] == 1:
         out = out[:, 0]
+    called = "the model function" if method == CALL else method
     if out.ndim != 1:
-        raise ContractError(f"{method} returned shape {out.shape}; expected one value per row")
+        raise ContractError(f"{called} returned shape {out.shape}; expected one value per row")
+    if out.dtype.kind in "USa":  # text, even "0.7": labels or strings are not scores
+        raise ContractError(f"{called} returned values that are not numbers ({out.dtype})")
     try:
         return out.astype("float64", copy=False)
     except (TypeError, ValueError):
         raise ContractError(
-            f"{method} returned values that are not numbers ({out.dtype})"
+            f"{called} returned values that are not numbers ({out.dtype})"
         ) from None
 
 

@@ -8,12 +8,13 @@ import logging
 from pathlib import PurePath
 from typing import BinaryIO
 
+from django.conf import settings
 from django.db import transaction
 
 from scoring import storage
 from scoring.contract import ContractError, check_email, check_name
 from scoring.models import Deployment, PackageVersion, Quota
-from scoring.schedules import ScheduleError, check_schedule, check_timezone
+from scoring.schedules import ScheduleError, check_interval, check_schedule, check_timezone
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ def clean_settings(email: str | None, schedule: str | None, timezone: str | None
         if email:
             cleaned["email"] = check_email(email)
         if schedule:
-            cleaned["schedule"] = check_schedule(schedule)
+            cleaned["schedule"] = check_interval(
+                check_schedule(schedule), settings.MIN_SCHEDULE_INTERVAL_MINUTES
+            )
         if timezone:
             cleaned["timezone"] = check_timezone(timezone)
     except (ContractError, ScheduleError) as exc:
@@ -137,9 +140,16 @@ def update(
             fields["status"] = status
         for field, value in fields.items():
             setattr(deployment, field, value)
-        deployment.schedule_next_run()
+        schedule_next_run(deployment)
         deployment.save()
     return deployment
+
+
+def schedule_next_run(deployment: Deployment) -> None:
+    """The next fire time, or none while no version can score (all of them are invalid)."""
+    deployment.schedule_next_run()
+    if not deployment.versions.exclude(state=PackageVersion.INVALID).exists():
+        deployment.next_run_at = None
 
 
 def delete(deployment: Deployment) -> None:

@@ -3,6 +3,7 @@
 Pure functions with no Django import, so the sandbox and the contract can use them.
 """
 
+import itertools
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -43,6 +44,31 @@ def check_schedule(schedule: object) -> str:
         raise ScheduleError(
             f"schedule {schedule!r} is not a valid cron expression: {exc}"
         ) from None
+    return schedule
+
+
+def shortest_interval_minutes(schedule: str) -> int:
+    """The fewest minutes between two runs of a valid schedule.
+
+    From the cron's minute and hour fields: the gaps between the times of a day and the
+    gap from a day's last time to the next day's first. The day fields only thin out the
+    days, so a cron firing on isolated days may run less often than this says, never more.
+    """
+    cron = CronSim(to_cron(schedule), datetime(2000, 1, 1))
+    times = sorted(hour * 60 + minute for hour in cron.hours for minute in cron.minutes)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    return min([*gaps, times[0] + 24 * 60 - times[-1]])
+
+
+def check_interval(schedule: str, minimum_minutes: int) -> str:
+    """Refuse a schedule that fires more often than the site allows (0: no minimum)."""
+    interval = shortest_interval_minutes(schedule)
+    if interval < minimum_minutes:
+        every = "every minute" if interval == 1 else f"every {interval} minutes"
+        raise ScheduleError(
+            f"schedule {schedule!r} runs {every}; this site allows at most one run every "
+            f"{minimum_minutes} minutes"
+        )
     return schedule
 
 

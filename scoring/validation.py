@@ -16,6 +16,7 @@ from django.utils import timezone
 from scoring import features, samples, storage
 from scoring.models import Deployment, PackageVersion
 from scoring.sandbox import REFERENCE_SCORES_FILE, Limits, Sandbox, SandboxError
+from scoring.schedules import ScheduleError, check_interval
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
         storage.download(version.key, version.sha256, file)
     with Sandbox(workdir, sandbox_limits()) as sandbox:
         package = sandbox.load(package_path)
+        check_site_rules(package)
         if package.get("reference_scores_count"):
             keep_reference_scores(version, workdir / REFERENCE_SCORES_FILE)
         source = features.source_from_settings()
@@ -78,6 +80,15 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
     return package, f"smoke test: scored {rows} rows of slice {slice_date}"
 
 
+def check_site_rules(package: dict) -> None:
+    """What this site allows beyond the package format (the sandbox knows no settings)."""
+    if package.get("schedule"):
+        try:
+            check_interval(package["schedule"], settings.MIN_SCHEDULE_INTERVAL_MINUTES)
+        except ScheduleError as exc:
+            raise SandboxError(f"'schedule': {exc}") from None
+
+
 def keep_reference_scores(version: PackageVersion, path: Path) -> None:
     """The baseline of the model's first run's quality checks (scoring.checks)."""
     with pa.memory_map(str(path)) as source:
@@ -90,26 +101,44 @@ def finish(version: PackageVersion, state: str, message: str, package: dict) -> 
         updated = PackageVersion.objects.filter(id=version.id, state=PackageVersion.PENDING).update(
             state=state, message=message, package=package, validated_at=timezone.now()
         )
-        if updated and state == PackageVersion.VALID:
-            apply_package_defaults(version, package)
+        if not updated:
+            return
+        deployment = Deployment.objects.select_for_update().get(id=version.deployment_id)
+        if state == PackageVersion.VALID:
+            apply_package_defaults(version, deployment, package)
+        keep_schedule(deployment)
 
 
-def apply_package_defaults(version: PackageVersion, package: dict) -> None:
-    """A new deployment takes the package's email and schedule where the upload form gave none.
+def apply_package_defaults(version: PackageVersion, deployment: Deployment, package: dict) -> None:
+    """A new deployment takes the package's settings where the upload form gave none.
 
-    Only the first version does: later the deployment's settings are the user's, made on
-    the model page or through the API, and a new version never overrides them.
+    The package's time zone goes with its schedule (a cron is read in it). Only the first
+    version does this: later the deployment's settings are the user's, made on the model
+    page or through the API, and a new version never overrides them.
     """
     if version.number != 1:
         return
-    deployment = Deployment.objects.select_for_update().get(id=version.deployment_id)
     changed = []
     if package.get("email") and not version.form_email:
         deployment.email = package["email"]
         changed.append("email")
-    if package.get("schedule") and not version.form_schedule:
-        deployment.schedule = package["schedule"]
+    if not version.form_schedule and (package.get("schedule") or package.get("timezone")):
+        deployment.schedule = package.get("schedule") or deployment.schedule
+        deployment.timezone = package.get("timezone") or deployment.timezone
         deployment.schedule_next_run()
-        changed += ["schedule", "next_run_at"]
+        changed += ["schedule", "timezone", "next_run_at"]
     if changed:
         deployment.save(update_fields=changed)
+
+
+def keep_schedule(deployment: Deployment) -> None:
+    """Scheduled only while a version can score: an invalid package leaves nothing to run,
+    and the model page and the API then show no next run instead of one that would not come."""
+    scoreable = deployment.versions.exclude(state=PackageVersion.INVALID).exists()
+    if not scoreable and deployment.next_run_at is not None:
+        deployment.next_run_at = None
+    elif scoreable and deployment.status == Deployment.ACTIVE and deployment.next_run_at is None:
+        deployment.schedule_next_run()
+    else:
+        return
+    deployment.save(update_fields=["next_run_at"])

@@ -31,6 +31,9 @@ class VersionSerializer(serializers.ModelSerializer):
 class DeploymentSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     latest_version = serializers.SerializerMethodField()
+    current_version = serializers.SerializerMethodField(
+        help_text="The number of the version that scores: the latest valid one (null: none yet)."
+    )
 
     class Meta:
         model = Deployment
@@ -45,11 +48,16 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "next_run_at",
             "created_at",
             "latest_version",
+            "current_version",
         ]
 
     def get_latest_version(self, deployment: Deployment) -> dict | None:
         version = deployment.latest_version
         return VersionSerializer(version).data if version else None
+
+    def get_current_version(self, deployment: Deployment) -> int | None:
+        valid = [v.number for v in deployment.versions.all() if v.state == PackageVersion.VALID]
+        return max(valid, default=None)
 
 
 class DeploymentDetailSerializer(DeploymentSerializer):
