@@ -43,6 +43,8 @@ from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import throwaway_database, verdict  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 PER_UPLOAD_MB = 32  # what one upload in flight may add to a server process
@@ -320,59 +322,53 @@ def main() -> int:
         if not services.redis_reachable(settings.REDIS_URL):
             print(f"no Redis at {settings.REDIS_URL}: start one or set REDIS_URL", file=sys.stderr)
             return 2
-        real_name = connection.settings_dict["NAME"]
-        if connection.vendor == "postgresql":
-            connection.settings_dict["TEST"]["NAME"] = f"bench_upload_{os.getpid()}"
-        test_name = connection.creation.create_test_db(
-            verbosity=0, autoclobber=True, serialize=False
-        )
-        try:
-            storage.ensure_buckets()
-            users = [User(username=f"load-{i:02d}") for i in range(args.clients)]
-            users = User.objects.bulk_create(users)
-            tokens = [Token.objects.create(user=user).key for user in users]
-            connection.close()  # the server's processes are the ones that write now
+        with throwaway_database("bench_upload") as test_name:
+            try:
+                storage.ensure_buckets()
+                users = [User(username=f"load-{i:02d}") for i in range(args.clients)]
+                users = User.objects.bulk_create(users)
+                tokens = [Token.objects.create(user=user).key for user in users]
+                connection.close()  # the server's processes are the ones that write now
 
-            port = services.free_port()
-            url = os.environ.get("DATABASE_URL", "")
-            database_url = (
-                urlunparse(urlparse(url)._replace(path=f"/{test_name}"))
-                if connection.vendor == "postgresql"
-                else f"sqlite:///{test_name}"
-            )
-            server = start_server(
-                port,
-                args.processes,
-                args.threads,
-                {
-                    "DATABASE_URL": database_url,
-                    "DEBUG": "false",
-                    "SECRET_KEY": secrets.token_urlsafe(32),
-                    "ALLOWED_HOSTS": "127.0.0.1",
-                    "SECURE_SSL_REDIRECT": "false",  # plain http on loopback
-                    "TMPDIR": str(args.temp_dir),  # where Django writes upload temp files
-                },
-                state / "gunicorn.log",
-            )
-            base = f"http://127.0.0.1:{port}"
-            small = args.work / "packages" / "warm-up.dill"
-            small.write_bytes(dill.dumps(sklearn_package(), recurse=True))
-            warm_up(base, tokens, small, args.processes * args.threads)
-            time.sleep(1)
-            results = [
-                run_size(
-                    size, args, users, tokens, base, lambda: Sampler(server.pid, args.temp_dir)
+                port = services.free_port()
+                url = os.environ.get("DATABASE_URL", "")
+                database_url = (
+                    urlunparse(urlparse(url)._replace(path=f"/{test_name}"))
+                    if connection.vendor == "postgresql"
+                    else f"sqlite:///{test_name}"
                 )
-                for size in sizes
-            ]
-        finally:
-            if server is not None:
-                server.terminate()
-                server.wait(timeout=30)
-            connection.creation.destroy_test_db(real_name, verbosity=0)
-            import redis
+                server = start_server(
+                    port,
+                    args.processes,
+                    args.threads,
+                    {
+                        "DATABASE_URL": database_url,
+                        "DEBUG": "false",
+                        "SECRET_KEY": secrets.token_urlsafe(32),
+                        "ALLOWED_HOSTS": "127.0.0.1",
+                        "SECURE_SSL_REDIRECT": "false",  # plain http on loopback
+                        "TMPDIR": str(args.temp_dir),  # where Django writes upload temp files
+                    },
+                    state / "gunicorn.log",
+                )
+                base = f"http://127.0.0.1:{port}"
+                small = args.work / "packages" / "warm-up.dill"
+                small.write_bytes(dill.dumps(sklearn_package(), recurse=True))
+                warm_up(base, tokens, small, args.processes * args.threads)
+                time.sleep(1)
+                results = [
+                    run_size(
+                        size, args, users, tokens, base, lambda: Sampler(server.pid, args.temp_dir)
+                    )
+                    for size in sizes
+                ]
+            finally:
+                if server is not None:
+                    server.terminate()
+                    server.wait(timeout=30)
+                import redis
 
-            redis.Redis.from_url(settings.REDIS_URL).delete(queue)
+                redis.Redis.from_url(settings.REDIS_URL).delete(queue)
     finally:
         for service in reversed(started):
             service.stop()
@@ -419,10 +415,7 @@ def report(results: list[dict], args) -> int:
         f"  bound: at rest + {PER_UPLOAD_MB} MB per upload served at once, whatever the "
         "package size"
     )
-    for problem in broken:
-        print(f"  BOUND BROKEN: {problem}")
-    print("  within bounds" if not broken else "")
-    return 1 if broken else 0
+    return verdict(broken)
 
 
 if __name__ == "__main__":
