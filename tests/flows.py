@@ -13,6 +13,7 @@ from email.header import decode_header, make_header
 from pathlib import Path
 
 import boto3
+import kombu.pools
 import polars as pl
 import psutil
 import redis
@@ -152,10 +153,12 @@ class Gate:
 def publish_to(app, url: str, queue: str) -> None:
     """Make this process's Celery app publish to another broker and queue.
 
-    The app caches its connection and producer pools on first use: drop them, or tasks
-    would still go to the old broker."""
+    The app caches its connection and producer pools on first use, and kombu keeps the
+    producer pools in a registry of its own keyed by broker: reset all of them, or tasks
+    would still go to the old broker, or back at it to a pool closed here."""
     if app._pool is not None:
         app._pool.force_close_all()
+    kombu.pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
     app.conf.broker_url = url
