@@ -148,8 +148,13 @@ def update(
 def schedule_next_run(deployment: Deployment) -> None:
     """The next fire time, or none while no version can score (all of them are invalid)."""
     deployment.schedule_next_run()
-    if not deployment.versions.exclude(state=PackageVersion.INVALID).exists():
+    if not can_score(deployment):
         deployment.next_run_at = None
+
+
+def can_score(deployment: Deployment) -> bool:
+    """Whether a version is valid or may still become so."""
+    return deployment.versions.exclude(state=PackageVersion.INVALID).exists()
 
 
 def delete(deployment: Deployment) -> None:

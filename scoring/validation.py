@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from scoring import features, samples, storage
+from scoring import deployments, features, samples, storage
 from scoring.models import Deployment, PackageVersion
 from scoring.sandbox import REFERENCE_SCORES_FILE, Limits, Sandbox, SandboxError
 from scoring.schedules import ScheduleError, check_interval
@@ -133,12 +133,8 @@ def apply_package_defaults(version: PackageVersion, deployment: Deployment, pack
 
 def keep_schedule(deployment: Deployment) -> None:
     """Scheduled only while a version can score: an invalid package leaves nothing to run,
-    and the model page and the API then show no next run instead of one that would not come."""
-    scoreable = deployment.versions.exclude(state=PackageVersion.INVALID).exists()
-    if not scoreable and deployment.next_run_at is not None:
-        deployment.next_run_at = None
-    elif scoreable and deployment.status == Deployment.ACTIVE and deployment.next_run_at is None:
-        deployment.schedule_next_run()
-    else:
-        return
-    deployment.save(update_fields=["next_run_at"])
+    and the model page and the API then show no next run instead of one that would not come.
+    A validation that changes which is the case brings the next run back in step."""
+    if (deployment.next_run_at is None) == deployments.can_score(deployment):
+        deployments.schedule_next_run(deployment)
+        deployment.save(update_fields=["next_run_at"])

@@ -231,6 +231,11 @@ def bad_packages(marker_dir: Path) -> dict[str, tuple[bytes, str]]:
     """name -> (file bytes, a part of the message the user must see)."""
     good = dumps(function_package())
     features = ["age"]
+
+    def constant_with(**keys) -> bytes:
+        """A valid package but for `keys`."""
+        return dumps({"model": Proba(0.5), "features": features, **keys})
+
     shell = f"env > {marker_dir}/sandbox-env.txt"
     return {
         "truncated": (good[: len(good) // 2], "while loading"),
@@ -280,35 +285,23 @@ def bad_packages(marker_dir: Path) -> dict[str, tuple[bytes, str]]:
             "NameError: name 'np' is not defined while predicting",
         ),
         "path traversal name": (
-            dumps({"model": Proba(0.5), "features": features, "name": "../../etc/passwd"}),
+            constant_with(name="../../etc/passwd"),
             "must not contain '/', '\\' or '..'",
         ),
         "bad cron": (
-            dumps({"model": Proba(0.5), "features": features, "schedule": "61 * * * *"}),
+            constant_with(schedule="61 * * * *"),
             "is not a valid cron expression",
         ),
         "header injection email": (
-            dumps(
-                {
-                    "model": Proba(0.5),
-                    "features": features,
-                    "email": "a@bank.example\nBcc: all@evil.example",
-                }
-            ),
+            constant_with(email="a@bank.example\nBcc: all@evil.example"),
             "is not a single valid address",
         ),
         "missing method": (
-            dumps(
-                {
-                    "model": Proba(0.5),
-                    "features": features,
-                    "params": {"method": "decision_function"},
-                }
-            ),
+            constant_with(params={"method": "decision_function"}),
             "params.method is 'decision_function' but the model has no decision_function",
         ),
         "bad format": (
-            dumps({"model": Proba(0.5), "features": features, "format": "two"}),
+            constant_with(format="two"),
             "'format' must be a whole number",
         ),
         "NaN output": (
@@ -333,11 +326,11 @@ def bad_packages(marker_dir: Path) -> dict[str, tuple[bytes, str]]:
             "(the package has 'feature': a typo?)",
         ),
         "schedule not text": (
-            dumps({"model": Proba(0.5), "features": features, "schedule": 5}),
+            constant_with(schedule=5),
             "'schedule' must be text",
         ),
         "params not a dict": (
-            dumps({"model": Proba(0.5), "features": features, "params": ["predict"]}),
+            constant_with(params=["predict"]),
             "'params' must be a dict, got list",
         ),
         "model is a class": (
@@ -353,15 +346,15 @@ def bad_packages(marker_dir: Path) -> dict[str, tuple[bytes, str]]:
             "ModuleNotFoundError: No module named 'lightgbm_private' while loading",
         ),
         "unknown time zone": (
-            dumps({"model": Proba(0.5), "features": features, "timezone": "Mars/Olympus_Mons"}),
+            constant_with(timezone="Mars/Olympus_Mons"),
             "'timezone': unknown time zone 'Mars/Olympus_Mons'",
         ),
         "cron every minute": (
-            dumps({"model": Proba(0.5), "features": features, "schedule": "* * * * *"}),
+            constant_with(schedule="* * * * *"),
             "runs every minute; this site allows at most one run every",
         ),
         "NaN reference scores": (
-            dumps({"model": Proba(0.5), "features": features, "reference_scores": [0.2, np.nan]}),
+            constant_with(reference_scores=[0.2, np.nan]),
             "'reference_scores' has 1 NaN or infinite values",
         ),
     }
