@@ -234,6 +234,14 @@ def phases(logs: list[Path], batch_id: int) -> str:
     return "slice " + whole[-1].split(" runs in ", 1)[1] if whole else "(not logged)"
 
 
+def check_seconds(logs: list[Path]) -> float:
+    """Wall time of the batch's quality checks, from the workers' logs (runs are checked
+    side by side, so not the sum of each run's "seconds")."""
+    lines = [line for log in logs if log.exists() for line in log.read_text().splitlines()]
+    checked = [line for line in lines if "] checked " in line and " runs in " in line]
+    return float(checked[-1].rsplit(" runs in ", 1)[1].split()[0]) if checked else 0.0
+
+
 def part_rows_for(slice_path: Path, workers: int, asked: int | None) -> int:
     """PART_ROWS for a round: none for one worker (the slice is scored whole, as the engine
     does by default), else whole row groups in at least `workers` parts."""
@@ -361,6 +369,7 @@ def score_round(count: int, label: str, day: date, versions, state: Path, slice_
         "runs": done,
         "usage": usage,
         "phases": phases([worker.log for worker in workers], batch.id),
+        "quality_seconds": check_seconds([worker.log for worker in workers]),
     }
 
 
@@ -481,7 +490,7 @@ def main() -> int:
         engine_cpu = usage.cpu_seconds()
         limit = read + predict
         naive_seconds = naive(slice_path, feature_sets, models)
-        quality_seconds = sum(r.quality["seconds"] for r in done if r.quality)
+        quality_seconds = first["quality_seconds"]
         quality_share = 100 * quality_seconds / batch_seconds
         cpu_text = ", ".join(
             f"{kind} {seconds:.1f}" for kind, seconds in sorted(engine_cpu.items())
@@ -502,6 +511,10 @@ peak RSS sandbox (max)   {usage.sandbox_peak / 1024**2:,.0f} MB ({sandbox_own:,.
 """,
             flush=True,
         )
+        unchecked = [run.id for run in done if not run.quality]
+        if unchecked:
+            print(f"BOUND BROKEN: runs {unchecked} have no quality checks; see the worker's log")
+            return 1
         return scale_out(rounds, rows)
     finally:
         for service in reversed(started):

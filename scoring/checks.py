@@ -9,6 +9,7 @@ themselves are plain functions in scoring.quality.
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from django.conf import settings
@@ -17,34 +18,68 @@ from scoring import quality, samples, scores
 from scoring.models import ScoringRun
 
 log = logging.getLogger(__name__)
+# Reading both sides from S3 and the metrics (numpy, the adversarial model) release the
+# GIL: runs checked side by side keep the cores and the S3 server busy.
+CHECK_THREADS = 4
 
 
 def check_runs(committed: list[ScoringRun]) -> None:
-    """Compute and store each run's quality; a failed check never fails the run."""
+    """Compute and store each run's quality; a failed check never fails the run.
+
+    The database is queried from this thread only: the checking threads read S3 and compute.
+    """
     if not committed:
         return
-    table = scores.open_table()
-    for run in committed:
-        try:
-            check_run(run, table)
-        except Exception:
-            log.exception("the quality checks of run %s failed", run.id)
-
-
-def check_run(run: ScoringRun, table=None) -> dict:
     started = time.perf_counter()
-    table = table or scores.open_table()
-    previous = (
+    table = scores.open_table()
+    with ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="checks") as pool:
+        checking = []
+        for run in committed:
+            try:
+                baseline = previous_run(run)
+                checking.append((run, pool.submit(measure, run, baseline, thresholds(run), table)))
+            except Exception:
+                log.exception("the quality checks of run %s failed", run.id)
+        for run, measured in checking:
+            try:
+                result = measured.result()
+            except Exception:
+                log.exception("the quality checks of run %s failed", run.id)
+                continue
+            ScoringRun.objects.filter(id=run.id).update(
+                quality=result, quality_status=result["status"]
+            )
+    log.info("checked %d runs in %.2f s", len(committed), time.perf_counter() - started)
+
+
+def previous_run(run: ScoringRun) -> ScoringRun | None:
+    """The baseline run: the model's latest succeeded run of an earlier date."""
+    return (
         ScoringRun.objects.filter(
             deployment_id=run.deployment_id, status=ScoringRun.SUCCEEDED, date__lt=run.date
         )
+        .select_related("version")  # its features, read by a checking thread
         .order_by("-date", "-id")
         .first()
     )
+
+
+def thresholds(run: ScoringRun) -> dict:
+    """The package's own thresholds, else the settings'."""
+    params = run.version.package.get("params", {})
+    return {
+        name: params.get(name, getattr(settings, name.upper()))
+        for name in ("psi_warn", "psi_alert", "adversarial_warn", "adversarial_alert")
+    }
+
+
+def measure(run: ScoringRun, previous: ScoringRun | None, limits: dict, table) -> dict:
+    """The quality dict of `run` against `previous`, else its version's reference scores."""
+    started = time.perf_counter()
     baseline_scores = baseline_sample = baseline = None
     if previous is not None:
         baseline_scores = score_values(table, previous)
-        baseline_sample = samples.load(previous.id, settings.QUALITY_SAMPLE_ROWS)
+        baseline_sample = samples.load(previous, settings.QUALITY_SAMPLE_ROWS)
         baseline = {
             "kind": "run",
             "run_id": previous.id,
@@ -55,22 +90,19 @@ def check_run(run: ScoringRun, table=None) -> dict:
         baseline_scores = samples.load_reference(run.version_id)
         if baseline_scores is not None:
             baseline = {"kind": "reference_scores", "rows": len(baseline_scores)}
-    params = run.version.package.get("params", {})
-    thresholds = {
-        name: params.get(name, getattr(settings, name.upper()))
-        for name in ("psi_warn", "psi_alert", "adversarial_warn", "adversarial_alert")
-    }
-    result = quality.compare(
+    # Rows are compared only with a run's rows: without them, the run's are not read.
+    current_sample = (
+        None if baseline_sample is None else samples.load(run, settings.QUALITY_SAMPLE_ROWS)
+    )
+    return quality.compare(
         score_values(table, run),
         baseline_scores,
-        samples.load(run.id, settings.QUALITY_SAMPLE_ROWS),
+        current_sample,
         baseline_sample,
-        thresholds,
+        limits,
         baseline,
         started,
     )
-    ScoringRun.objects.filter(id=run.id).update(quality=result, quality_status=result["status"])
-    return result
 
 
 def score_values(table, run: ScoringRun) -> np.ndarray:

@@ -501,30 +501,50 @@ def drop(scorer: Scorer, error: SandboxError, index: int, slice_date: date) -> N
     scorer.sandbox.kill()
 
 
-def finish_files(scorer: Scorer, part_index: int) -> list[dict]:
-    """Close the run's scores file and keep its sample: what the commit needs of this part."""
+def finish_file(scorer: Scorer) -> list[dict]:
+    """Close the run's scores file: its add action, or none for a slice without rows."""
     if scorer.writer.rows == 0:
         scorer.writer.abort()
         return []
-    samples.save(scorer.run.id, part_index, scorer.sample, scorer.features)
     return [scorer.writer.close()]
 
 
 def keep_files(scorers: list[Scorer], part_index: int, slice_date: date) -> dict[int, list[dict]]:
-    """Finish each run's scores file and save its sample: what its commit needs of this part.
+    """Finish each run's scores file and save the slice's sample: what the commit needs.
 
     Finishing is mostly waiting for S3 to complete the uploads, so side by side; a run
-    whose files cannot be kept (S3 down) fails alone and is retried."""
-    files = {}
+    whose file cannot be kept (S3 down) fails alone, and every run fails (is retried)
+    when the sample their checks need cannot be kept."""
+    if not scorers:
+        return {}
+    run = scorers[0].run
     with ThreadPoolExecutor(max_workers=8) as pool:
-        finishing = [(scorer, pool.submit(finish_files, scorer, part_index)) for scorer in scorers]
+        sampled = pool.submit(
+            samples.save,
+            run.batch_id,
+            run.date,
+            part_index,
+            scorers[0].sample,
+            [scorer.run.id for scorer in scorers],
+        )
+        finishing = [(scorer, pool.submit(finish_file, scorer)) for scorer in scorers]
+    unsampled = sampled.exception()
+    if unsampled is not None:
+        log.error("the sample of batch %s could not be kept: %s", run.batch_id, unsampled)
+    files = {}
     for scorer, finished in finishing:
         try:
-            files[scorer.run.id] = finished.result()
+            written = finished.result()
         except Exception as exc:
             log.exception("the scores of run %s could not be kept", scorer.run.id)
             scorer.writer.abort()
             runs.fail(scorer.run, f"keeping the scores failed: {exc}", slice_date)
+            continue
+        if unsampled is not None:
+            scores.remove_files(written)
+            runs.fail(scorer.run, f"keeping the sample failed: {unsampled}", slice_date)
+            continue
+        files[scorer.run.id] = written
     return files
 
 

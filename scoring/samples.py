@@ -5,9 +5,13 @@
   parts of a split slice merge into one uniform sample of the whole slice.
 - The package's `reference_scores`, saved once at validation: the baseline of the first run.
 
-Both live in the scores bucket, beside the table: `_samples/run-<id>/part-<n>.parquet`
-and `_reference/version-<id>.parquet`.
+Both live in the scores bucket, beside the table: one sample per slice of a batch,
+`_samples/batch-<id>/date-<date>/part-<n>.parquet`, holding the features of all its runs
+and a column `score:<run id>` each (written once: ten runs do not upload ten copies of
+the rows), and `_reference/version-<id>.parquet`.
 """
+
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -56,12 +60,12 @@ class RowSample:
         merged = rows if self.table is None else pa.concat_tables([self.table, rows])
         self.table = bottom(merged, self.size)
 
-    def of_run(self, run_id: int, features: list[str]) -> pa.Table | None:
-        if self.table is None:
-            return None
-        return self.table.select([*features, f"score:{run_id}", KEY]).rename_columns(
-            [*features, "score", KEY]
-        )
+
+def of_run(table: pa.Table, run_id: int, features: list[str]) -> pa.Table:
+    """A run's part of a slice's sample: its features, its score as `score`, the keys."""
+    return table.select([*features, f"score:{run_id}", KEY]).rename_columns(
+        [*features, "score", KEY]
+    )
 
 
 def bottom(table: pa.Table, size: int) -> pa.Table:
@@ -72,29 +76,45 @@ def bottom(table: pa.Table, size: int) -> pa.Table:
     return table.take(np.argpartition(keys, size)[:size])
 
 
-def sample_key(run_id: int, part: int) -> str:
-    return f"{settings.SCORES_BUCKET}/_samples/run-{run_id}/part-{part:05d}.parquet"
+def sample_folder(batch_id: int, day: date) -> str:
+    return f"{settings.SCORES_BUCKET}/_samples/batch-{batch_id}/date-{day.isoformat()}"
 
 
-def save(run_id: int, part: int, sample: RowSample, features: list[str]) -> None:
-    table = sample.of_run(run_id, features)
-    if table is not None:
-        pq.write_table(table, sample_key(run_id, part), filesystem=storage.arrow_filesystem())
+def save(batch_id: int, day: date, part: int, sample: RowSample, run_ids: list[int]) -> None:
+    """The slice's sample (or its part's), with the scores of the runs in `run_ids`."""
+    if sample.table is None:
+        return
+    keep = {f"score:{run_id}" for run_id in run_ids}
+    table = sample.table.select(
+        [
+            name
+            for name in sample.table.column_names
+            if not name.startswith("score:") or name in keep
+        ]
+    )
+    pq.write_table(
+        table,
+        f"{sample_folder(batch_id, day)}/part-{part:05d}.parquet",
+        filesystem=storage.arrow_filesystem(),
+    )
 
 
-def load(run_id: int, size: int) -> pd.DataFrame | None:
-    """The run's sample (parts merged), or None when it kept none."""
+def load(run, size: int) -> pd.DataFrame | None:
+    """The sample of a run (its batch's, parts merged, its columns only), or None."""
     from pyarrow import fs
 
     filesystem = storage.arrow_filesystem()
-    folder = f"{settings.SCORES_BUCKET}/_samples/run-{run_id}"
+    folder = sample_folder(run.batch_id, run.date)
     found = filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
+    features = run.version.package["features"]
+    columns = [*features, f"score:{run.id}", KEY]
     parts = [
-        pq.read_table(f.path, filesystem=filesystem) for f in sorted(found, key=lambda f: f.path)
+        of_run(pq.read_table(f.path, columns=columns, filesystem=filesystem), run.id, features)
+        for f in sorted(found, key=lambda f: f.path)
     ]
     if not parts:
         return None
-    merged = bottom(pa.concat_tables(parts, promote_options="default"), size)
+    merged = bottom(pa.concat_tables(parts), size)
     return merged.drop_columns([KEY]).to_pandas()
 
 

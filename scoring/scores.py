@@ -85,8 +85,7 @@ class RunWriter:
             f"dt={self.partition['dt']}/model_id={self.partition['model_id']}/"
             f"run-{run.id}-attempt-{run.attempts}-part-{part_index}-{uuid.uuid4().hex[:8]}.parquet"
         )
-        self.filesystem = storage.arrow_filesystem()
-        self.sink = None
+        self.sink: storage.PartUpload | None = None
         self.writer = None
         self.rows = 0
         self.low: dict = {}
@@ -99,7 +98,7 @@ class RunWriter:
     def write(self, entity_ids: pa.Array, scores: pa.Array, scored_at: datetime) -> None:
         part = file_batch(entity_ids, scores, self.run, scored_at)
         if self.writer is None:
-            self.sink = self.filesystem.open_output_stream(self.key)
+            self.sink = storage.PartUpload(self.key)
             self.writer = parquet_writer(self.sink, part.schema)
         self.writer.write_batch(part)
         self.rows += part.num_rows
@@ -114,7 +113,7 @@ class RunWriter:
         """Finish the file; returns its add action for the commit (JSON-able)."""
         self.writer.close()
         size = self.sink.tell()
-        self.sink.close()
+        self.sink.close()  # the file appears on S3, still outside the table
         # Full statistics: readers (and delta-rs itself) prune files on them, and a
         # column without them would be taken as all-null.
         constants = {"model_version": self.run.version.number, "run_id": self.run.id}
@@ -138,12 +137,9 @@ class RunWriter:
         }
 
     def abort(self) -> None:
-        """The run failed: its file never reaches the log; remove it (best effort)."""
-        with contextlib.suppress(Exception):
-            if self.writer is not None:
-                self.writer.close()
-                self.sink.close()
-            self.filesystem.delete_file(self.key)
+        """The run failed: its file never reaches S3, nor the log (best effort)."""
+        if self.sink is not None:
+            self.sink.abort()
 
 
 def parquet_writer(sink, file_schema: pa.Schema) -> pq.ParquetWriter:

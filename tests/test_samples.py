@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 
-from scoring.samples import KEY, RowSample, bottom
+from scoring.samples import KEY, RowSample, bottom, of_run
 
 CHUNKS, ROWS, SIZE = 10, 1000, 500
 
@@ -33,7 +33,7 @@ def test_the_sample_keeps_size_rows_drawn_evenly_from_every_chunk():
 def test_each_run_gets_its_features_and_its_own_score_of_the_same_rows():
     sample = RowSample(SIZE)
     offer_all(sample)
-    first, second = sample.of_run(1, ["x"]), sample.of_run(2, ["entity_id"])
+    first, second = of_run(sample.table, 1, ["x"]), of_run(sample.table, 2, ["entity_id"])
     assert first.column_names == ["x", "score", KEY]
     ids = sample.table.column("entity_id").to_numpy()
     np.testing.assert_array_equal(first.column("score").to_numpy(), ids * 2.0)
@@ -48,7 +48,7 @@ def test_a_run_that_failed_midway_has_nulls_where_it_did_not_score():
         ids = pa.array(batch.column(0).to_numpy() * 1.0)
         sample.offer(batch, {1: ids, 2: ids} if index < 5 else {1: ids})
     ids = sample.table.column("entity_id").to_numpy()
-    second = sample.of_run(2, []).column("score")
+    second = of_run(sample.table, 2, []).column("score")
     assert second.null_count == int((ids >= 5 * ROWS).sum()) > 0
 
 

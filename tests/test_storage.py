@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 
 import pytest
 from django.conf import settings
@@ -174,3 +175,29 @@ def test_deleting_a_deployment_removes_its_objects_and_rows(owner, outsider, buc
 
     assert bucket() == ["mallory/churn/v1.dill"]
     assert not PackageVersion.objects.filter(deployment__owner=owner).exists()
+
+
+def test_a_part_upload_sends_parts_while_written_and_appears_whole_at_close(bucket):
+    data = os.urandom(storage.PART_BYTES * 2 + 12345)
+    key = f"{settings.MODELS_BUCKET}/streamed/scores.parquet"
+    upload = storage.PartUpload(key)
+    for start in range(0, len(data), 1 << 20):
+        upload.write(data[start : start + (1 << 20)])
+    # Two full parts went up while writing; the object is not there until the close.
+    assert len(upload.sent) == 2 and len(upload.buffer) < storage.PART_BYTES
+    assert bucket("streamed/") == []
+    upload.close()
+    assert upload.tell() == len(data)
+    body = storage.client().get_object(Bucket=settings.MODELS_BUCKET, Key="streamed/scores.parquet")
+    assert body["Body"].read() == data
+
+
+def test_an_aborted_part_upload_leaves_no_object_and_no_pending_upload(bucket):
+    upload = storage.PartUpload(f"{settings.MODELS_BUCKET}/streamed/failed.parquet")
+    upload.write(os.urandom(storage.PART_BYTES + 1))
+    upload.abort()
+    assert bucket("streamed/") == []
+    pending = storage.client().list_multipart_uploads(
+        Bucket=settings.MODELS_BUCKET, Prefix="streamed/"
+    )
+    assert pending.get("Uploads", []) == []
