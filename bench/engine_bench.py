@@ -14,6 +14,12 @@ the same run:
   reads its own columns with pandas.read_parquet and scores alone;
 - the peak resident memory of the worker and of the largest sandbox.
 
+It scores `--repeat` batches (default 3), each for the next day, so from the second on
+the checks compare each run with the day before, as in daily use; after each batch it
+measures the limit and the naive way again, and prints every batch and the medians. The
+machine's speed drifts on a shared VM: a ratio of two measurements taken minutes apart
+would measure the drift.
+
 With `--workers 1,2,4` it scores the batch once per worker count, each time with that
 many Celery worker processes (one pool process each, as on that many machines) and the
 slice split into at least that many parts of whole row groups (PART_ROWS), so the parts
@@ -30,6 +36,7 @@ import argparse
 import io
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import threading
@@ -117,9 +124,17 @@ def train_packages(folder: Path, slice_path: Path, feature_sets: list[list[str]]
     return paths
 
 
-def physical_limit(slice_path: Path, feature_sets, models) -> tuple[float, float]:
-    """One projected read of the union columns, then each model's raw predict_proba."""
+def physical_limit(slice_path: Path, feature_sets, models) -> tuple[float, float, float]:
+    """One projected read of the union columns, then each model's raw predict_proba:
+    (read seconds, predict seconds, CPU seconds of both)."""
+    import resource
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     union = list(dict.fromkeys(c for s in feature_sets for c in s))
+    cpu_before = cpu()
     started = time.perf_counter()
     strings = [c for c in union if c in CATEGORICAL]
     frame = pq.read_table(slice_path, columns=union, read_dictionary=strings).to_pandas()
@@ -127,7 +142,7 @@ def physical_limit(slice_path: Path, feature_sets, models) -> tuple[float, float
     started = time.perf_counter()
     for model, features in zip(models, feature_sets, strict=True):
         model.predict_proba(frame[features])
-    return read, time.perf_counter() - started
+    return read, time.perf_counter() - started, cpu() - cpu_before
 
 
 def naive(slice_path: Path, feature_sets, models) -> float:
@@ -326,13 +341,14 @@ def worker_counts(text: str) -> list[int]:
     return counts
 
 
-def score_round(count: int, label: str, day: date, versions, state: Path, slice_path, args):
-    """Start `count` workers, score the models as one batch for `day`, stop the workers."""
-    from scoring import dispatch, runs
-    from scoring.models import Batch, BatchPart, ScoringRun
-
+def score_round(
+    count: int, label: str, days: list[date], versions, state: Path, slice_path, args, after_batch
+):
+    """Start `count` workers, score the models as one batch for each of `days` (after each,
+    `after_batch()` measures what the batch is compared with), stop the workers."""
     part_rows = part_rows_for(slice_path, count, args.part_rows)
     workers = start_workers(count, label, state, part_rows)
+    batches = []
     try:
         while any(v.state == "pending" for v in versions):  # the first round validates
             time.sleep(0.5)
@@ -340,36 +356,48 @@ def score_round(count: int, label: str, day: date, versions, state: Path, slice_
                 v.refresh_from_db()
         assert all(v.state == "valid" for v in versions), [v.message for v in versions]
         settle(workers)
-        run_ids = [runs.request_run(v.deployment, day).id for v in versions]
-        usage = Usage([worker.process.pid for worker in workers], args.s3_pid)
-        usage.start()
-        batch = dispatch.send_batch(run_ids)
-        while not Batch.objects.filter(id=batch.id, finished_at__isnull=False).exists():
-            time.sleep(0.2)
-        usage.stop_event.set()
+        for day in days:
+            batches.append(score_batch(day, versions, workers, slice_path, args))
+            batches[-1].update(after_batch())
     finally:
         for worker in workers:
             worker.stop()
+    return {"workers": count, "part_rows": part_rows, "batches": batches}
+
+
+def score_batch(day: date, versions, workers, slice_path, args) -> dict:
+    """Score the models as one batch for `day`, on idle workers."""
+    from scoring import dispatch, runs
+    from scoring.models import Batch, BatchPart, ScoringRun
+
+    run_ids = [runs.request_run(v.deployment, day).id for v in versions]
+    usage = Usage([worker.process.pid for worker in workers], args.s3_pid)
+    usage.start()
+    batch = dispatch.send_batch(run_ids)
+    while not Batch.objects.filter(id=batch.id, finished_at__isnull=False).exists():
+        time.sleep(0.2)
+    usage.stop_event.set()
     batch = Batch.objects.get(id=batch.id)
     done = list(ScoringRun.objects.filter(id__in=run_ids))
     assert all(r.status == "succeeded" for r in done), [(r.status, r.error) for r in done]
+    settle(workers)  # the checks' last writes, before the next measurement
     parts = list(BatchPart.objects.filter(batch=batch))
     metadata = pq.ParquetFile(slice_path).metadata
     part_sizes = [
         sum(metadata.row_group(g).num_rows for _, groups in part.row_groups for g in groups)
         for part in parts
     ]
+    logs = [worker.log for worker in workers]
     return {
-        "workers": count,
-        "part_rows": part_rows,
         "parts": len(parts),
         "largest_part": max(part_sizes, default=metadata.num_rows),
         "part_workers": len({part.worker for part in parts}),
         "seconds": (batch.finished_at - batch.started_at).total_seconds(),
         "runs": done,
         "usage": usage,
-        "phases": phases([worker.log for worker in workers], batch.id),
-        "quality_seconds": check_seconds([worker.log for worker in workers]),
+        "phases": phases(logs, batch.id),
+        "quality_seconds": check_seconds(logs),
+        "baseline": (done[0].quality or {}).get("baseline") or {},
     }
 
 
@@ -385,6 +413,13 @@ def main() -> int:
         default=[1],
         help="worker processes; a list such as 1,2,4 scores the batch once per count and "
         "prints the speedup over the first (default 1)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="batches per worker count, each followed by a measurement of the limit and the "
+        "naive way; the medians are printed (default 3)",
     )
     parser.add_argument(
         "--part-rows",
@@ -462,56 +497,30 @@ def main() -> int:
             versions.append(
                 deployments.deploy(user, io.BytesIO(data), path.name, len(data), name=path.stem)
             )
-        # One batch per worker count, each for a later date: its runs are new, and they all
-        # read the same slice (the latest on or before their date).
-        rounds = []
+
+        # Each batch is for a later date: its runs are new, they all read the same slice
+        # (the latest on or before their date), and from the second on each run's checks
+        # compare it with the day before, as in daily use. After each batch of the first
+        # round, the limit and the naive way are measured: on a shared machine, whose speed
+        # drifts, each ratio then compares measurements taken moments apart.
+        def measure_limit() -> dict:
+            return {
+                "limit": physical_limit(slice_path, feature_sets, models),
+                "naive": naive(slice_path, feature_sets, models),
+            }
+
+        rounds, next_day = [], day
         for index, count in enumerate(args.workers):
+            days = [next_day + timedelta(days=k) for k in range(args.repeat)]
+            next_day = days[-1] + timedelta(days=1)
+            after = measure_limit if index == 0 else dict
             rounds.append(
-                score_round(
-                    count,
-                    f"r{index}",
-                    day + timedelta(days=index),
-                    versions,
-                    state,
-                    slice_path,
-                    args,
-                )
+                score_round(count, f"r{index}", days, versions, state, slice_path, args, after)
             )
-            print(f"{count} worker(s): batch {rounds[-1]['seconds']:.2f} s", flush=True)
-        first = rounds[0]
-        batch_seconds, usage, done = first["seconds"], first["usage"], first["runs"]
-
-        import resource
-
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        read, predict = physical_limit(slice_path, feature_sets, models)
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        limit_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        engine_cpu = usage.cpu_seconds()
-        limit = read + predict
-        naive_seconds = naive(slice_path, feature_sets, models)
-        quality_seconds = first["quality_seconds"]
-        quality_share = 100 * quality_seconds / batch_seconds
-        cpu_text = ", ".join(
-            f"{kind} {seconds:.1f}" for kind, seconds in sorted(engine_cpu.items())
-        )
-        sandbox_own = usage.sandbox_unique_peak / 1024**2
-        print(
-            f"""
-{first["workers"]} worker(s), {first["parts"] or "no"} parts
-rows x models / s        {rows * MODELS / batch_seconds:,.0f}
-batch (engine)           {batch_seconds:.2f} s   ({first["phases"]})
-physical limit           {limit:.2f} s  (read {read:.2f} s + predict {predict:.2f} s)
-batch / limit            {batch_seconds / limit:.2f}x   (target <= 1.25x)
-naive / batch            {naive_seconds / batch_seconds:.2f}x   (naive {naive_seconds:.2f} s; target >= 1.8x)
-quality checks           {quality_seconds:.2f} s = {quality_share:.0f}% of the batch (target <= 15%)
-CPU seconds, engine      {sum(engine_cpu.values()):.1f} ({cpu_text}); limit {limit_cpu:.1f}
-peak RSS worker          {usage.worker_peak / 1024**2:,.0f} MB
-peak RSS sandbox (max)   {usage.sandbox_peak / 1024**2:,.0f} MB ({sandbox_own:,.0f} MB its own, the rest shared)
-""",
-            flush=True,
-        )
-        unchecked = [run.id for run in done if not run.quality]
+            times = ", ".join(f"{b['seconds']:.2f}" for b in rounds[-1]["batches"])
+            print(f"{count} worker(s): batches {times} s", flush=True)
+        report(rounds[0], rows)
+        unchecked = [r.id for b in rounds[0]["batches"] for r in b["runs"] if not r.quality]
         if unchecked:
             print(f"BOUND BROKEN: runs {unchecked} have no quality checks; see the worker's log")
             return 1
@@ -521,35 +530,105 @@ peak RSS sandbox (max)   {usage.sandbox_peak / 1024**2:,.0f} MB ({sandbox_own:,.
             service.stop()
 
 
+def report(first: dict, rows: int) -> None:
+    """One column per batch of the first round, and the median of each line."""
+    batches = first["batches"]
+
+    def line(label: str, values: list[float], fmt: str, note: str = "") -> str:
+        cells = "".join(f"{fmt.format(v):>12}" for v in values)
+        median = f"{fmt.format(statistics.median(values)):>12}" if len(values) > 1 else ""
+        return f"{label:<26}{cells}{median}  {note}".rstrip()
+
+    seconds = [b["seconds"] for b in batches]
+    limits = [b["limit"][0] + b["limit"][1] for b in batches]
+    engine_cpu = [b["usage"].cpu_seconds() for b in batches]
+    baselines = [b["baseline"].get("kind", "none") for b in batches]
+    header = "".join(f"{'batch ' + str(k + 1):>12}" for k in range(len(batches)))
+    print(f"\n{first['workers']} worker(s), {batches[0]['parts'] or 'no'} parts")
+    print(f"{'':<26}{header}{'median' if len(batches) > 1 else '':>12}")
+    for text in (
+        line("checks against", [], "", " / ".join(baselines)),
+        line("rows x models / s", [rows * MODELS / t for t in seconds], "{:,.0f}"),
+        line("batch (engine)", seconds, "{:.2f} s"),
+        line("physical limit", limits, "{:.2f} s", "(one read of the union + raw predict)"),
+        line("  read", [b["limit"][0] for b in batches], "{:.2f} s"),
+        line("  predict", [b["limit"][1] for b in batches], "{:.2f} s"),
+        line(
+            "batch / limit",
+            [b["seconds"] / (b["limit"][0] + b["limit"][1]) for b in batches],
+            "{:.2f}x",
+            "(target <= 1.25x)",
+        ),
+        line("naive", [b["naive"] for b in batches], "{:.2f} s"),
+        line(
+            "naive / batch",
+            [b["naive"] / b["seconds"] for b in batches],
+            "{:.2f}x",
+            "(target >= 1.8x)",
+        ),
+        line("quality checks", [b["quality_seconds"] for b in batches], "{:.2f} s"),
+        line(
+            "  share of the batch",
+            [100 * b["quality_seconds"] / b["seconds"] for b in batches],
+            "{:.0f}%",
+            "(target <= 15%)",
+        ),
+        line("CPU s, engine", [sum(c.values()) for c in engine_cpu], "{:.1f}"),
+        *(
+            line(f"  {kind}", [c.get(kind, 0.0) for c in engine_cpu], "{:.1f}")
+            for kind in sorted({kind for c in engine_cpu for kind in c})
+        ),
+        line("CPU s, limit", [b["limit"][2] for b in batches], "{:.1f}"),
+        line("peak RSS worker", [b["usage"].worker_peak / 1024**2 for b in batches], "{:,.0f} MB"),
+        line(
+            "peak RSS sandbox", [b["usage"].sandbox_peak / 1024**2 for b in batches], "{:,.0f} MB"
+        ),
+        line(
+            "  its own (USS)",
+            [b["usage"].sandbox_unique_peak / 1024**2 for b in batches],
+            "{:,.0f} MB",
+        ),
+    ):
+        print(text)
+    for k, b in enumerate(batches, start=1):
+        print(f"batch {k}: {b['phases']}")
+    print(flush=True)
+
+
 def scale_out(rounds: list[dict], rows: int) -> int:
-    """The speedup of each worker count over the first, against what its split allows;
-    non-zero when a split batch's parts were not spread over the workers."""
+    """The speedup of each worker count over the first (median batches), against what
+    its split allows; non-zero when a split batch's parts were not spread over the workers."""
     if len(rounds) < 2 and rounds[0]["workers"] == 1:
         return 0
+    for result in rounds:
+        result["seconds"] = statistics.median(b["seconds"] for b in result["batches"])
     base = rounds[0]
     print(
         f"scale-out on {os.cpu_count()} cores, speedup over {base['workers']} worker(s) "
-        f"({base['seconds']:.2f} s)"
+        f"(median batch {base['seconds']:.2f} s)"
     )
     print("workers  parts  largest part   batch    speedup  per worker  split allows  peak RSS")
     broken = []
     for result in rounds:
+        batch = result["batches"][0]
         speedup = base["seconds"] / result["seconds"]
         per_worker = speedup / (result["workers"] / base["workers"])
         # Parts are whole row groups: the largest one bounds the speedup of this split.
-        allows = min(result["workers"], rows / result["largest_part"]) / base["workers"]
+        allows = min(result["workers"], rows / batch["largest_part"]) / base["workers"]
+        peak = max(b["usage"].worker_peak for b in result["batches"]) / 1024**2
         print(
-            f"{result['workers']:>7}  {result['parts']:>5}  {result['largest_part']:>12,}  "
+            f"{result['workers']:>7}  {batch['parts']:>5}  {batch['largest_part']:>12,}  "
             f"{result['seconds']:>6.2f} s  {speedup:>6.2f}x  {per_worker:>9.2f}x"
-            f"  {allows:>11.2f}x  {result['usage'].worker_peak / 1024**2:>10,.0f} MB"
+            f"  {allows:>11.2f}x  {peak:>10,.0f} MB"
         )
-        print(f"         {result['phases']}")
-        spread = min(result["workers"], result["parts"])
-        if result["parts"] and result["part_workers"] < spread:
-            broken.append(
-                f"{result['workers']} workers: {result['parts']} parts were scored by only "
-                f"{result['part_workers']} of them"
-            )
+        for b in result["batches"]:
+            print(f"         {b['phases']}")
+            spread = min(result["workers"], b["parts"])
+            if b["parts"] and b["part_workers"] < spread:
+                broken.append(
+                    f"{result['workers']} workers: {b['parts']} parts were scored by only "
+                    f"{b['part_workers']} of them"
+                )
     for problem in broken:
         print(f"BOUND BROKEN: {problem}")
     return 1 if broken else 0

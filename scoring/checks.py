@@ -19,8 +19,9 @@ from scoring.models import ScoringRun
 
 log = logging.getLogger(__name__)
 # Reading both sides from S3 and the metrics (numpy, the adversarial model) release the
-# GIL: runs checked side by side keep the cores and the S3 server busy.
-CHECK_THREADS = 4
+# GIL: runs checked side by side keep the cores busy. Each thread holds two runs' scores
+# (16 MB a million rows), so no more threads than cores.
+CHECK_THREADS = 2
 
 
 def check_runs(committed: list[ScoringRun]) -> None:
