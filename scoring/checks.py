@@ -91,7 +91,7 @@ def measure(run: ScoringRun, previous: ScoringRun | None, limits: dict, table) -
         baseline_scores = samples.load_reference(run.version_id)
         if baseline_scores is not None:
             baseline = {"kind": "reference_scores", "rows": len(baseline_scores)}
-    # Rows are compared only with a run's rows: without them, the run's are not read.
+    # Features are compared only with a baseline run's sample: without one, none is read.
     current_sample = (
         None if baseline_sample is None else samples.load(run, settings.QUALITY_SAMPLE_ROWS)
     )
@@ -107,7 +107,13 @@ def measure(run: ScoringRun, previous: ScoringRun | None, limits: dict, table) -
 
 
 def score_values(table, run: ScoringRun) -> np.ndarray:
-    batches = list(scores.run_scores(run, columns=("score",), table=table))
-    if not batches:
-        return np.empty(0)
-    return np.concatenate([batch.column(0).to_numpy() for batch in batches])
+    """All the run's scores, filled batch by batch into one array of its recorded rows:
+    batches kept and then concatenated would hold them twice."""
+    values = np.empty(run.rows or 0)
+    filled = 0
+    for batch in scores.run_scores(run, columns=("score",), table=table):
+        if filled + batch.num_rows > values.size:
+            raise ValueError(f"the scores table holds more rows of run {run.id} than it recorded")
+        values[filled : filled + batch.num_rows] = batch.column(0).to_numpy()
+        filled += batch.num_rows
+    return values[:filled]  # fewer: its partition holds a newer run's

@@ -75,6 +75,7 @@ def heartbeat(runs: list[ScoringRun]) -> None:
 
 def succeed(run: ScoringRun, rows: int, slice_date: date) -> None:
     now = timezone.now()
+    run.rows = rows  # for the checks, which follow
     held(run).update(
         status=ScoringRun.SUCCEEDED,
         rows=rows,
