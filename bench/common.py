@@ -19,6 +19,21 @@ def throwaway_database(prefix: str):
         connection.creation.destroy_test_db(real_name, verbosity=0)
 
 
+def process_trees(pids: list[int]) -> list:
+    """These processes and everything they started (a worker's pool, zygote and sandboxes;
+    a web server's workers), as psutil processes; those gone meanwhile are left out."""
+    import psutil
+
+    found = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            found += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+    return found
+
+
 def verdict(broken: list[str]) -> int:
     """Print each broken bound; the exit status of the bench."""
     for problem in broken:

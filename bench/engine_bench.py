@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import process_trees  # noqa: E402
 
 NUMERIC = [f"n{i:03d}" for i in range(180)]
 CATEGORICAL = [f"c{i:02d}" for i in range(20)]
@@ -153,20 +154,6 @@ def naive(slice_path: Path, feature_sets, models) -> float:
         frame = pd.read_parquet(slice_path, columns=features)
         model.predict_proba(frame)
     return time.perf_counter() - started
-
-
-def process_trees(pids: list[int]) -> list:
-    """The workers and everything they started: pool processes, zygotes, sandboxes."""
-    import psutil
-
-    found = []
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            found += [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-    return found
 
 
 class Usage(threading.Thread):

@@ -43,7 +43,7 @@ from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import throwaway_database, verdict  # noqa: E402
+from bench.common import process_trees, throwaway_database, verdict  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -92,17 +92,11 @@ class Sampler(threading.Thread):
         self.peak_total = self.peak_temp = 0
         self.peak_by_pid: dict[int, int] = {}
 
-    def processes(self) -> list:
-        import psutil
-
-        root = psutil.Process(self.server_pid)
-        return [root, *root.children(recursive=True)]
-
     def rss(self) -> dict[int, int]:
         import psutil
 
         found = {}
-        for process in self.processes():
+        for process in process_trees([self.server_pid]):
             try:
                 found[process.pid] = process.memory_info().rss
             except psutil.Error:

@@ -2,7 +2,6 @@
 
 from datetime import datetime
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
@@ -16,7 +15,7 @@ from rest_framework.authtoken.models import Token
 from portal import dashboard
 from portal.downloads import stream_scores
 from portal.quotas import quota_usage
-from scoring import deployments, dispatch, runs, schedules
+from scoring import deployments, dispatch, schedules
 from scoring.deployments import DeployError
 from scoring.models import Deployment, PackageVersion, Report, ScoringRun
 from scoring.runs import RunError
@@ -124,7 +123,7 @@ def upload(request: HttpRequest) -> JsonResponse:
 @login_required
 def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = get_deployment_for_user(request, deployment_id)
-    current_version = runs.current_version(deployment)
+    current_version = deployment.current_version
     latest_checked = dashboard.latest_checked_run(deployment)
     return render(
         request,
@@ -200,10 +199,7 @@ def run_scores(request: HttpRequest, run_id: int, kind: str) -> HttpResponse:
 def schedule_preview(request: HttpRequest) -> JsonResponse:
     """The next fire times of a schedule, for the live preview under the form."""
     try:
-        schedule = schedules.check_interval(
-            schedules.check_schedule(request.GET.get("schedule", "")),
-            settings.MIN_SCHEDULE_INTERVAL_MINUTES,
-        )
+        schedule = deployments.check_site_schedule(request.GET.get("schedule", ""))
         zone = schedules.check_timezone(request.GET.get("timezone") or "UTC")
     except schedules.ScheduleError as exc:
         return JsonResponse({"error": str(exc)}, status=400)

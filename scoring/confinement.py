@@ -32,8 +32,21 @@ from pathlib import Path
 BASE_UID = 0x70000000  # + the sandbox's pid: above the ranges systems hand out to users
 NOBODY = 65534
 HOME_DIR = "sandbox"  # the sandbox's own folder, inside the one the worker made for it
-# What the zygote hands down: a sandbox holding any other variable of the worker's is a leak.
-ENVIRONMENT = {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE"}
+
+
+def bare_environment(home: str) -> dict[str, str]:
+    """All a sandbox inherits (the zygote starts with it): no credential of the worker's."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": home,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+# A sandbox holding any other variable of the worker's has a leak.
+ENVIRONMENT = set(bare_environment(""))
 # Read-only for the package: Python, its libraries, and what libc asks of /etc and /sys.
 SYSTEM_PATHS = (
     "/usr",

@@ -30,9 +30,7 @@ def clean_settings(email: str | None, schedule: str | None, timezone: str | None
         if email:
             cleaned["email"] = check_email(email)
         if schedule:
-            cleaned["schedule"] = check_interval(
-                check_schedule(schedule), settings.MIN_SCHEDULE_INTERVAL_MINUTES
-            )
+            cleaned["schedule"] = check_site_schedule(schedule)
         if timezone:
             cleaned["timezone"] = check_timezone(timezone)
     except (ContractError, ScheduleError) as exc:
@@ -143,6 +141,11 @@ def update(
         schedule_next_run(deployment)
         deployment.save()
     return deployment
+
+
+def check_site_schedule(schedule: object) -> str:
+    """A valid schedule that fires no more often than this site allows."""
+    return check_interval(check_schedule(schedule), settings.MIN_SCHEDULE_INTERVAL_MINUTES)
 
 
 def schedule_next_run(deployment: Deployment) -> None:

@@ -45,6 +45,12 @@ class Deployment(models.Model):
         versions = list(self.versions.all())  # uses prefetch_related when present
         return max(versions, key=lambda v: v.number) if versions else None
 
+    @property
+    def current_version(self) -> "PackageVersion | None":
+        """The version that scores: the latest valid one."""
+        valid = [v for v in self.versions.all() if v.state == PackageVersion.VALID]
+        return max(valid, key=lambda v: v.number, default=None)
+
     def schedule_next_run(self, after=None) -> None:
         if self.status == self.ACTIVE:
             after = after or now()

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from celery.signals import worker_ready
 from celery.worker.control import inspect_command
 
+from scoring.confinement import bare_environment
 from scoring.sandbox import Limits
-from scoring.zygote import bare_environment
 
 PROBE_SECONDS = 60
 

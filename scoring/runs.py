@@ -22,11 +22,6 @@ class RunError(ValueError):
     """A run cannot be requested; the message says why."""
 
 
-def current_version(deployment: Deployment) -> PackageVersion | None:
-    """The version that scores: the latest valid one."""
-    return deployment.versions.filter(state=PackageVersion.VALID).order_by("-number").first()
-
-
 def max_attempts(version: PackageVersion) -> int:
     return version.package.get("params", {}).get("max_attempts", 3)
 
@@ -148,7 +143,7 @@ def take_back(run: ScoringRun, now: datetime) -> bool:
 
 def request_run(deployment: Deployment, day: date) -> ScoringRun:
     """Score now: the run for that date, queued unless it is running or already scored."""
-    version = current_version(deployment)
+    version = deployment.current_version
     if version is None:
         raise RunError(f"{deployment.name} has no valid version to score")
     run = create_run(deployment, version, day, ScoringRun.MANUAL)

@@ -333,11 +333,6 @@ def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]
 
 
 def score_file(state: dict[str, Any], input_fd: int, output_fd: int) -> int:
-    with os.fdopen(output_fd, "wb") as sink:
-        return score_into(state, input_fd, sink)
-
-
-def score_into(state: dict[str, Any], input_fd: int, sink: BinaryIO) -> int:
     import mmap
 
     import pyarrow as pa
@@ -345,22 +340,24 @@ def score_into(state: dict[str, Any], input_fd: int, sink: BinaryIO) -> int:
     from scoring import contract
 
     package = state["package"]
-    # Mapped, not read: the columns stay in the page cache the worker wrote them to. The
-    # mapping lives as long as the frame's buffers do.
-    try:
-        mapped = mmap.mmap(input_fd, 0, access=mmap.ACCESS_READ)
-    finally:
-        os.close(input_fd)
-    table = pa.ipc.open_file(pa.py_buffer(mapped)).read_all()
-    # Arrow dictionaries become pandas categories: CatBoost scores them ~2x faster than strings.
-    # split_blocks: each column stays its own block, mostly straight from the mapped file,
-    # instead of being copied into one 2-D block (10-15% of a CatBoost model's CPU per chunk).
-    frame = table.select(package.features).to_pandas(split_blocks=True)
-    scores = contract.score(
-        state["model"], package.method, frame, package.params.get("positive_class")
-    )
-    contract.check_scores(scores, len(frame), package.method)
-    write_scores(scores, sink)
+    with os.fdopen(output_fd, "wb") as sink:
+        # Mapped, not read: the columns stay in the page cache the worker wrote them to.
+        # The mapping lives as long as the frame's buffers do.
+        try:
+            mapped = mmap.mmap(input_fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(input_fd)
+        table = pa.ipc.open_file(pa.py_buffer(mapped)).read_all()
+        # Arrow dictionaries become pandas categories: CatBoost scores them ~2x faster than
+        # strings. split_blocks: each column stays its own block, mostly straight from the
+        # mapped file, instead of being copied into one 2-D block (10-15% of a CatBoost
+        # model's CPU per chunk).
+        frame = table.select(package.features).to_pandas(split_blocks=True)
+        scores = contract.score(
+            state["model"], package.method, frame, package.params.get("positive_class")
+        )
+        contract.check_scores(scores, len(frame), package.method)
+        write_scores(scores, sink)
     return len(frame)
 
 

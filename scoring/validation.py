@@ -16,7 +16,7 @@ from django.utils import timezone
 from scoring import deployments, features, samples, storage
 from scoring.models import Deployment, PackageVersion
 from scoring.sandbox import REFERENCE_SCORES_FILE, Limits, Sandbox, SandboxError
-from scoring.schedules import ScheduleError, check_interval
+from scoring.schedules import ScheduleError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def check_site_rules(package: dict) -> None:
     """What this site allows beyond the package format (the sandbox knows no settings)."""
     if package.get("schedule"):
         try:
-            check_interval(package["schedule"], settings.MIN_SCHEDULE_INTERVAL_MINUTES)
+            deployments.check_site_schedule(package["schedule"])
         except ScheduleError as exc:
             raise SandboxError(f"'schedule': {exc}") from None
 

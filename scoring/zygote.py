@@ -29,6 +29,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from scoring.confinement import BASE_UID, bare_environment
+
 # What most packages need; imported once in the zygote, shared by every child.
 PRELOAD = ("numpy", "pandas", "pyarrow", "pyarrow.ipc", "dill", "sklearn", "catboost")
 REPLY_FD = 3  # a child's reply pipe, right after stdin, stdout and stderr
@@ -121,17 +123,6 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def bare_environment(home: str) -> dict[str, str]:
-    """All a sandbox inherits: no credential of the worker's."""
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": home,
-        "TMPDIR": home,
-        "LANG": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
 
 
 _zygote: Zygote | None = None
@@ -242,8 +233,6 @@ def sweep(pid: int) -> None:
     waited for before the next sandbox could be given a reused pid's user."""
     if os.geteuid() != 0:
         return  # sandboxes share the worker's user: nothing is theirs alone
-    from scoring.confinement import BASE_UID
-
     killer = os.fork()
     if killer == 0:
         try:

@@ -42,7 +42,7 @@ from django.utils.html import escape
 from rest_framework.authtoken.models import Token
 
 from portal.quotas import quota_usage
-from scoring import deployments, dispatch, runs
+from scoring import deployments, dispatch
 from scoring.models import Deployment, PackageVersion, Quota, ScoringRun
 from scoring.schedules import PRESETS
 from tests import packages
@@ -759,7 +759,7 @@ def test_a_bad_new_version_leaves_the_valid_one_scoring(
     assert_reads(second.message, expected(case, channel))
     deployment.refresh_from_db()
     assert (deployment.status, deployment.schedule, deployment.next_run_at) == settings_before
-    assert runs.current_version(deployment) == first
+    assert deployment.current_version == first
     shown = api_client_for(owner).get(f"/api/v1/models/{deployment.id}/").json()
     assert (shown["current_version"], shown["latest_version"]["number"]) == (1, 2)
     page = drop_zone_client(owner).get(f"/models/{deployment.id}/").content.decode()

@@ -56,8 +56,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
         return VersionSerializer(version).data if version else None
 
     def get_current_version(self, deployment: Deployment) -> int | None:
-        valid = [v.number for v in deployment.versions.all() if v.state == PackageVersion.VALID]
-        return max(valid, default=None)
+        version = deployment.current_version
+        return version.number if version else None
 
 
 class DeploymentDetailSerializer(DeploymentSerializer):
