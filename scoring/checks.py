@@ -3,15 +3,20 @@
 The baseline is the model's previous committed partition (its latest succeeded run of an
 earlier date), else the package's `reference_scores`. Scores come from the scores table
 (both partitions, the score column only); features come from the row samples the runs
-kept while they scored (scoring.samples), so the slice is never read twice. The metrics
-themselves are plain functions in scoring.quality.
+kept while they scored (scoring.samples), so the slice is never read twice; a slice's
+sample is read once for all its runs. The metrics themselves are plain functions in
+scoring.quality.
 """
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import date
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 from django.conf import settings
 
 from scoring import quality, samples, scores
@@ -28,19 +33,29 @@ def check_runs(committed: list[ScoringRun]) -> None:
     """Compute and store each run's quality; a failed check never fails the run.
 
     The database is queried from this thread only: the checking threads read S3 and compute.
+    Each slice's sample is read once, and each feature's drift between two samples
+    computed once, for all the runs that share them.
     """
     if not committed:
         return
     started = time.perf_counter()
     table = scores.open_table()
     with ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="checks") as pool:
-        checking = []
+        baselines = {}
         for run in committed:
             try:
-                baseline = previous_run(run)
-                checking.append((run, pool.submit(measure, run, baseline, thresholds(run), table)))
+                baselines[run.id] = previous_run(run)
             except Exception:
                 log.exception("the quality checks of run %s failed", run.id)
+        slices = load_samples(pool, [r for r in committed if baselines.get(r.id)], baselines)
+        # (baseline slice, current slice) → PSI per feature; threads racing on a column
+        # only compute it twice.
+        drift = defaultdict(dict)
+        checking = []
+        for run in committed:
+            if run.id in baselines:
+                arguments = (run, baselines[run.id], thresholds(run), table, slices, drift)
+                checking.append((run, pool.submit(measure, *arguments)))
         for run, measured in checking:
             try:
                 result = measured.result()
@@ -51,6 +66,24 @@ def check_runs(committed: list[ScoringRun]) -> None:
                 quality=result, quality_status=result["status"]
             )
     log.info("checked %d runs in %.2f s", len(committed), time.perf_counter() - started)
+
+
+def slice_of(run: ScoringRun) -> tuple[int, date]:
+    """Which sample holds the run's rows: its batch's, of its date."""
+    return run.batch_id, run.date
+
+
+def load_samples(pool, compared: list[ScoringRun], baselines: dict) -> dict[tuple, Future]:
+    """Start reading the samples that the runs with a baseline run compare, each once,
+    with the columns of all its runs."""
+    columns = defaultdict(dict)  # ordered sets
+    for run in [*compared, *(baselines[r.id] for r in compared)]:
+        for name in [*run.version.package["features"], f"score:{run.id}"]:
+            columns[slice_of(run)][name] = None
+    return {
+        key: pool.submit(samples.load, *key, list(names), settings.QUALITY_SAMPLE_ROWS)
+        for key, names in columns.items()
+    }
 
 
 def previous_run(run: ScoringRun) -> ScoringRun | None:
@@ -74,27 +107,29 @@ def thresholds(run: ScoringRun) -> dict:
     }
 
 
-def measure(run: ScoringRun, previous: ScoringRun | None, limits: dict, table) -> dict:
+def measure(
+    run: ScoringRun, previous: ScoringRun | None, limits: dict, table, slices: dict, drift: dict
+) -> dict:
     """The quality dict of `run` against `previous`, else its version's reference scores."""
     started = time.perf_counter()
-    baseline_scores = baseline_sample = baseline = None
+    baseline_scores = baseline_sample = current_sample = baseline = known_drift = None
     if previous is not None:
         baseline_scores = score_values(table, previous)
-        baseline_sample = samples.load(previous, settings.QUALITY_SAMPLE_ROWS)
         baseline = {
             "kind": "run",
             "run_id": previous.id,
             "date": previous.date.isoformat(),
             "rows": len(baseline_scores),
         }
+        # Features are compared only with a baseline run's sample.
+        baseline_sample = sample_of(slices[slice_of(previous)].result(), previous)
+        if baseline_sample is not None:
+            current_sample = sample_of(slices[slice_of(run)].result(), run)
+            known_drift = drift[slice_of(previous), slice_of(run)]
     else:
         baseline_scores = samples.load_reference(run.version_id)
         if baseline_scores is not None:
             baseline = {"kind": "reference_scores", "rows": len(baseline_scores)}
-    # Features are compared only with a baseline run's sample: without one, none is read.
-    current_sample = (
-        None if baseline_sample is None else samples.load(run, settings.QUALITY_SAMPLE_ROWS)
-    )
     return quality.compare(
         score_values(table, run),
         baseline_scores,
@@ -103,7 +138,16 @@ def measure(run: ScoringRun, previous: ScoringRun | None, limits: dict, table) -
         limits,
         baseline,
         started,
+        known_drift=known_drift,
     )
+
+
+def sample_of(sample: pa.Table | None, run: ScoringRun) -> pd.DataFrame | None:
+    """The run's rows of its slice's sample: its features and its score as `score`."""
+    if sample is None:
+        return None
+    features = run.version.package["features"]
+    return samples.of_run(sample, run.id, features).drop_columns([samples.KEY]).to_pandas()
 
 
 def score_values(table, run: ScoringRun) -> np.ndarray:

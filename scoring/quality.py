@@ -97,19 +97,25 @@ def categorical_psi(baseline, current, epsilon: float = 1e-4) -> float:
     return _psi_of_shares(shares[:, 0], shares[:, 1], epsilon)
 
 
-def feature_psi(baseline: pd.DataFrame, current: pd.DataFrame, top: int = 5) -> list[dict]:
+def feature_psi(
+    baseline: pd.DataFrame, current: pd.DataFrame, top: int = 5, known: dict | None = None
+) -> list[dict]:
     """The `top` most drifting columns of both frames as {"name", "psi"}, most first.
 
     Numeric and datetime columns by `psi` (missing values as a bin), others by
-    `categorical_psi`.
+    `categorical_psi`. `known` holds PSIs already computed for columns of these same two
+    frames and gets the new ones: the runs of a slice share their samples' columns.
     """
+    known = {} if known is None else known
     drift = []
     for name in _common_columns(baseline, current):
-        b, c = baseline[name], current[name]
-        if _is_numeric(b) and _is_numeric(c):
-            value = psi(_numeric(b), _numeric(c), missing=True)
-        else:
-            value = categorical_psi(b, c)
+        if name not in known:
+            b, c = baseline[name], current[name]
+            if _is_numeric(b) and _is_numeric(c):
+                known[name] = psi(_numeric(b), _numeric(c), missing=True)
+            else:
+                known[name] = categorical_psi(b, c)
+        value = known[name]
         if not math.isnan(value):
             drift.append({"name": str(name), "psi": value})
     drift.sort(key=lambda item: item["psi"], reverse=True)
@@ -216,6 +222,7 @@ def compare(
     thresholds: dict,
     baseline: dict | None,
     seconds_start: float | None = None,
+    known_drift: dict | None = None,
 ) -> dict:
     """The quality dict of a run (shape in the module docstring).
 
@@ -223,7 +230,7 @@ def compare(
     reference scores); the samples are feature rows with a `score` column. Rows are
     compared only when the baseline is a run: reference scores are a sample of any size.
     `seconds_start` is a time.perf_counter() value, for a caller that wants "seconds" to
-    include loading the inputs.
+    include loading the inputs; `known_drift` is `feature_psi`'s `known`.
     """
     start = time.perf_counter() if seconds_start is None else seconds_start
     scores = _floats(current_scores)
@@ -254,6 +261,7 @@ def compare(
             for item in feature_psi(
                 baseline_sample.drop(columns="score", errors="ignore"),
                 current_sample.drop(columns="score", errors="ignore"),
+                known=known_drift,
             )
         ]
     adversarial_status = level(auc, thresholds["adversarial_warn"], thresholds["adversarial_alert"])

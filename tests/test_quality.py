@@ -125,6 +125,20 @@ def test_feature_psi_ranks_the_shifted_column_first():
     assert all(isinstance(item["psi"], float) for item in drift)
 
 
+def test_feature_psi_of_models_sharing_a_slice_is_computed_once_per_column():
+    rng = np.random.default_rng(0)
+    baseline = sample(rng, 3000).drop(columns="score")
+    current = sample(rng, 3000, shift=1.0).drop(columns="score")
+    known = {}
+    small = quality.feature_psi(baseline[["x1", "x2"]], current[["x1", "x2"]], known=known)
+    assert set(known) == {"x1", "x2"}
+    assert quality.feature_psi(baseline, current, known=known) == quality.feature_psi(
+        baseline, current
+    )
+    assert set(known) == {"x0", "x1", "x2", "x3", "x4", "x5", "city"}
+    assert small == quality.feature_psi(baseline[["x1", "x2"]], current[["x1", "x2"]])
+
+
 def test_feature_psi_measures_category_columns():
     baseline = pd.DataFrame({"city": pd.Categorical(["lyon"] * 50 + ["nice"] * 50)})
     current = pd.DataFrame({"city": ["lyon"] * 90 + ["nice"] * 10})
