@@ -125,14 +125,14 @@ def train_packages(folder: Path, slice_path: Path, feature_sets: list[list[str]]
     return paths
 
 
-def physical_limit(slice_path: Path, feature_sets, models) -> tuple[float, float, float]:
+def physical_limit(slice_path: Path, feature_sets, models) -> tuple[float, float, float, float]:
     """One projected read of the union columns, then each model's raw predict_proba:
-    (read seconds, predict seconds, CPU seconds of both)."""
+    (read seconds, predict seconds, CPU seconds of both, of which in the kernel)."""
     import resource
 
-    def cpu() -> float:
+    def cpu() -> np.ndarray:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
+        return np.array([usage.ru_utime + usage.ru_stime, usage.ru_stime])
 
     union = list(dict.fromkeys(c for s in feature_sets for c in s))
     cpu_before = cpu()
@@ -143,7 +143,7 @@ def physical_limit(slice_path: Path, feature_sets, models) -> tuple[float, float
     started = time.perf_counter()
     for model, features in zip(models, feature_sets, strict=True):
         model.predict_proba(frame[features])
-    return read, time.perf_counter() - started, cpu() - cpu_before
+    return read, time.perf_counter() - started, *(cpu() - cpu_before)
 
 
 def naive(slice_path: Path, feature_sets, models) -> float:
@@ -162,25 +162,46 @@ class Usage(threading.Thread):
     Sandboxes are forked from the zygote, so much of their resident memory is the
     zygote's libraries, shared: their own share is the unique set size (USS). CPU is
     counted per process as last seen, so sandboxes that exit still count.
+
+    Sampling takes CPU from the cores the batch runs on, so its costly parts (walking the
+    process tree, each sandbox's USS) run every SLOW_SECONDS only; every TICK_SECONDS
+    only the CPU times and resident size of the processes already found are read. A
+    process found late still counts its CPU since it started. Its own CPU is printed.
     """
+
+    TICK_SECONDS, SLOW_SECONDS = 0.05, 0.5
 
     def __init__(self, worker_pids: list[int], s3_pid: int):
         super().__init__(daemon=True)
         self.worker_pids, self.s3_pid, self.stop_event = worker_pids, s3_pid, threading.Event()
         self.worker_peak = self.sandbox_peak = self.sandbox_unique_peak = 0
-        self.cpu: dict[int, tuple[str, float]] = {}
+        self.known: dict[int, tuple[str, object]] = {}  # pid: (kind, psutil process)
+        self.cpu: dict[int, tuple[str, float, float]] = {}
+        self.own_cpu = 0.0
+        self.find_processes()
         self.cpu_at_start = self.cpu_now()
 
-    def cpu_now(self) -> dict[int, tuple[str, float]]:
+    def find_processes(self) -> None:
+        import psutil
+
+        for process in [*process_trees(self.worker_pids), psutil.Process(self.s3_pid)]:
+            if process.pid not in self.known:
+                try:
+                    self.known[process.pid] = (self.kind(process), process)
+                except psutil.Error:
+                    continue
+
+    def cpu_now(self) -> dict[int, tuple[str, float, float]]:
+        """(kind, CPU seconds, of which in the kernel) per process."""
         import psutil
 
         seen = {}
-        for process in [*self.processes(), psutil.Process(self.s3_pid)]:
+        for pid, (kind, process) in self.known.items():
             try:
                 times = process.cpu_times()
-                seen[process.pid] = (self.kind(process), times.user + times.system)
             except psutil.Error:
                 continue
+            seen[pid] = (kind, times.user + times.system, times.system)
         return seen
 
     @staticmethod
@@ -193,31 +214,37 @@ class Usage(threading.Thread):
             return "sandboxes"
         return "zygote"
 
-    def processes(self) -> list:
-        return process_trees(self.worker_pids)
-
     def run(self) -> None:
         import psutil
 
-        while not self.stop_event.wait(0.05):
+        started, ticks = time.thread_time(), 0
+        slow_every = round(self.SLOW_SECONDS / self.TICK_SECONDS)
+        while not self.stop_event.wait(self.TICK_SECONDS):
+            slow = ticks % slow_every == 0
+            ticks += 1
+            if slow:
+                self.find_processes()
             self.cpu.update(self.cpu_now())
-            for process in self.processes():
+            for kind, process in self.known.values():
                 try:
-                    kind = self.kind(process)
                     if kind == "worker":
                         self.worker_peak = max(self.worker_peak, process.memory_info().rss)
                     elif kind == "sandboxes":
-                        memory = process.memory_full_info()
-                        self.sandbox_peak = max(self.sandbox_peak, memory.rss)
-                        self.sandbox_unique_peak = max(self.sandbox_unique_peak, memory.uss)
+                        self.sandbox_peak = max(self.sandbox_peak, process.memory_info().rss)
+                        if slow:
+                            unique = process.memory_full_info().uss
+                            self.sandbox_unique_peak = max(self.sandbox_unique_peak, unique)
                 except psutil.Error:
                     continue
+        self.own_cpu = time.thread_time() - started
 
-    def cpu_seconds(self) -> dict[str, float]:
+    def cpu_seconds(self, kernel: bool = False) -> dict[str, float]:
+        """CPU seconds per kind of process during the batch (only in the kernel: `kernel`)."""
+        which = 2 if kernel else 1
         spent: dict[str, float] = {}
-        for pid, (kind, seconds) in self.cpu.items():
-            before = self.cpu_at_start.get(pid, (kind, 0.0))[1]
-            spent[kind] = spent.get(kind, 0.0) + seconds - before
+        for pid, seen in self.cpu.items():
+            before = self.cpu_at_start.get(pid, (seen[0], 0.0, 0.0))[which]
+            spent[seen[0]] = spent.get(seen[0], 0.0) + seen[which] - before
         return spent
 
 
@@ -364,6 +391,7 @@ def score_batch(day: date, versions, workers, slice_path, args) -> dict:
     while not Batch.objects.filter(id=batch.id, finished_at__isnull=False).exists():
         time.sleep(0.2)
     usage.stop_event.set()
+    usage.join()
     batch = Batch.objects.get(id=batch.id)
     done = list(ScoringRun.objects.filter(id__in=run_ids))
     assert all(r.status == "succeeded" for r in done), [(r.status, r.error) for r in done]
@@ -529,6 +557,7 @@ def report(first: dict, rows: int) -> None:
     seconds = [b["seconds"] for b in batches]
     limits = [b["limit"][0] + b["limit"][1] for b in batches]
     engine_cpu = [b["usage"].cpu_seconds() for b in batches]
+    kernel_cpu = [b["usage"].cpu_seconds(kernel=True) for b in batches]
     baselines = [b["baseline"].get("kind", "none") for b in batches]
     header = "".join(f"{'batch ' + str(k + 1):>12}" for k in range(len(batches)))
     print(f"\n{first['workers']} worker(s), {batches[0]['parts'] or 'no'} parts")
@@ -565,7 +594,14 @@ def report(first: dict, rows: int) -> None:
             line(f"  {kind}", [c.get(kind, 0.0) for c in engine_cpu], "{:.1f}")
             for kind in sorted({kind for c in engine_cpu for kind in c})
         ),
+        line("  of which in the kernel", [sum(c.values()) for c in kernel_cpu], "{:.1f}"),
+        *(
+            line(f"    {kind}", [c.get(kind, 0.0) for c in kernel_cpu], "{:.1f}")
+            for kind in sorted({kind for c in kernel_cpu for kind in c})
+        ),
+        line("CPU s, sampling them", [b["usage"].own_cpu for b in batches], "{:.1f}"),
         line("CPU s, limit", [b["limit"][2] for b in batches], "{:.1f}"),
+        line("  of which in the kernel", [b["limit"][3] for b in batches], "{:.1f}"),
         line("peak RSS worker", [b["usage"].worker_peak / 1024**2 for b in batches], "{:,.0f} MB"),
         line(
             "peak RSS sandbox", [b["usage"].sandbox_peak / 1024**2 for b in batches], "{:,.0f} MB"
