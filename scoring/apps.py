@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 from django.apps import AppConfig
@@ -10,9 +11,11 @@ class ScoringConfig(AppConfig):
     def ready(self) -> None:
         import pyarrow as pa
 
-        # Arrow's default allocator (mimalloc) gave every chunk of a batch fresh pages,
-        # which the kernel must zero: half of the worker's CPU went to the kernel in
-        # bench/engine_bench.py. The C library's allocator reuses the memory of one
-        # chunk for the next. An operator's ARROW_DEFAULT_MEMORY_POOL still decides.
+        # Arrow's default allocator (mimalloc) gave each chunk of a batch fresh pages,
+        # which the kernel must zero: up to half of the worker's CPU. jemalloc reuses
+        # them, and kept the worker's peak lowest of the three allocators at 4M rows
+        # (bench/engine_bench.py). A build without jemalloc keeps the default; an
+        # operator's ARROW_DEFAULT_MEMORY_POOL decides.
         if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-            pa.set_memory_pool(pa.system_memory_pool())
+            with contextlib.suppress(NotImplementedError):
+                pa.set_memory_pool(pa.jemalloc_memory_pool())
