@@ -318,9 +318,14 @@ def owner_emails(mailbox, address: str, day: date, reports: int) -> tuple[list, 
 
 
 def assert_settled() -> None:
-    """Nothing left half-done: no run queued or running, no part unfinished, every report sent."""
+    """Nothing left half-done: no run queued or running, no part unfinished, every report sent.
+
+    A report's email reaches the mailbox a moment before the worker marks the report sent,
+    so that mark is waited for, briefly; a report whose sending failed shows its error."""
     assert not ScoringRun.objects.filter(status__in=["queued", "running"]).exists()
     assert not BatchPart.objects.filter(status__in=["queued", "running"]).exists()
+    in_flight = Report.objects.filter(sent_at__isnull=True, send_error="")
+    wait_until(lambda: not in_flight.exists(), "the sent report is marked sent", timeout=10)
     assert list(Report.objects.filter(sent_at__isnull=True).values_list("send_error")) == []
 
 
