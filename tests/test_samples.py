@@ -1,8 +1,12 @@
 """The row sample a slice keeps while it scores: uniform, bounded, each run's score beside its row."""
 
+import uuid
+from datetime import date
+
 import numpy as np
 import pyarrow as pa
 
+from scoring import samples
 from scoring.samples import KEY, RowSample, bottom, of_run
 
 CHUNKS, ROWS, SIZE = 10, 1000, 500
@@ -62,3 +66,19 @@ def test_the_samples_of_parts_merge_into_one_of_the_same_size():
     assert merged.num_rows == SIZE
     keys = np.sort(np.concatenate([t.column(KEY).to_numpy() for t in parts]))
     np.testing.assert_array_equal(np.sort(merged.column(KEY).to_numpy()), keys[:SIZE])
+
+
+def test_a_slice_sample_kept_in_parts_is_read_once_for_all_its_runs(bucket):
+    """On the real S3 server: the parts merge into one sample, each run's score column
+    comes along, and a column no part kept is left out instead of failing the read."""
+    batch_id, day = uuid.uuid4().int % 10**9, date(2026, 11, 23)
+    for part, run_ids in enumerate([[1, 2], [1]]):  # run 2 failed in the second part
+        sample = RowSample(SIZE)
+        offer_all(sample)
+        samples.save(batch_id, day, part, sample, run_ids)
+    table = samples.load(batch_id, day, ["x", "score:1", "score:2", "score:3"], SIZE)
+    assert table.num_rows == SIZE
+    assert table.column_names == ["x", "score:1", "score:2", KEY]
+    ids = table.column("score:1").to_numpy() / 2
+    np.testing.assert_array_equal(table.column("x").to_numpy(), ids % 7)
+    assert 0 < table.column("score:2").null_count < SIZE
