@@ -98,7 +98,7 @@ def model_features() -> list[list[str]]:
 def train_packages(folder: Path, slice_path: Path, feature_sets: list[list[str]]) -> list[Path]:
     from catboost import CatBoostClassifier
 
-    from scoring.contract import save_package
+    from scoring.packages.contract import save_package
 
     sample = pq.read_table(slice_path).slice(0, 30_000).to_pandas()
     target = (
@@ -158,7 +158,7 @@ def naive(slice_path: Path, feature_sets, models) -> float:
 
 
 class Usage(threading.Thread):
-    """Samples the worker's and the sandboxes' memory and CPU while the batch runs.
+    """Samples the worker's and the sandboxes' memory and CPU while the batch lifecycle.
 
     Sandboxes are forked from the zygote, so much of their resident memory is the
     zygote's libraries, shared: their own share is the unique set size (USS). CPU is
@@ -214,9 +214,9 @@ class Usage(threading.Thread):
     def kind(process) -> str:
         if process.name() == "weed":
             return "S3 server"
-        if "scoring.zygote" not in " ".join(process.cmdline()):
+        if "scoring.sandbox.zygote" not in " ".join(process.cmdline()):
             return "worker"
-        if "scoring.zygote" in " ".join(process.parent().cmdline()):
+        if "scoring.sandbox.zygote" in " ".join(process.parent().cmdline()):
             return "sandboxes"
         return "zygote"
 
@@ -396,10 +396,10 @@ def score_round(
 
 def score_batch(day: date, versions, workers, slice_path, args) -> dict:
     """Score the models as one batch for `day`, on idle workers."""
-    from scoring import dispatch, runs
     from scoring.models import Batch, BatchPart, ScoringRun
+    from scoring.runs import dispatch, lifecycle
 
-    run_ids = [runs.request_run(v.deployment, day).id for v in versions]
+    run_ids = [lifecycle.request_run(v.deployment, day).id for v in versions]
     usage = Usage([worker.process.pid for worker in workers], args.s3_pid)
     usage.start()
     batch = dispatch.send_batch(run_ids)
@@ -511,7 +511,7 @@ def main() -> int:
         call_command("migrate", verbosity=0)
         from django.contrib.auth.models import User
 
-        from scoring import deployments, storage
+        from scoring.packages import deployments, storage
 
         storage.ensure_buckets()
         packages_dir = work / "packages"

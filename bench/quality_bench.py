@@ -1,4 +1,4 @@
-"""Timings of scoring/quality.py at the sizes the engine gives it.
+"""Timings of scoring/metrics.py at the sizes the engine gives it.
 
 Prints the best of a few repeats for: psi on 1M vs 1M scores; adversarial_auc on
 20,000 rows x (50 numeric features + 1 categorical + score) per side, and 10 such
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scoring import quality  # noqa: E402
+from scoring.quality import metrics  # noqa: E402
 
 THRESHOLDS = {
     "psi_warn": 0.1,
@@ -48,24 +48,29 @@ def main() -> None:
     current_scores = rng.beta(2, 5, 1_000_000)
     baseline_sample, current_sample = sample(rng, 20_000), sample(rng, 20_000, shift=0.3)
 
-    seconds = best(lambda: quality.psi(baseline_scores, current_scores))
+    seconds = best(lambda: metrics.psi(baseline_scores, current_scores))
     print(f"psi, 1M vs 1M:                          {seconds * 1000:7.1f} ms")
-    seconds = best(lambda: quality.adversarial_auc(baseline_sample, current_sample))
-    auc, stderr = quality.adversarial_auc(baseline_sample, current_sample)
+    seconds = best(lambda: metrics.adversarial_auc(baseline_sample, current_sample))
+    auc, stderr = metrics.adversarial_auc(baseline_sample, current_sample)
     print(
         f"adversarial_auc, 20k x 52 per side:     {seconds * 1000:7.1f} ms  (AUC {auc:.3f} ± {stderr:.4f})"
     )
     seconds = best(
         lambda: [
-            quality.adversarial_auc(baseline_sample, current_sample, seed=i) for i in range(10)
+            metrics.adversarial_auc(baseline_sample, current_sample, seed=i) for i in range(10)
         ],
         repeats=3,
     )
     print(f"adversarial_auc x 10 models:            {seconds * 1000:7.1f} ms")
     baseline = {"kind": "run", "run_id": 1, "date": "2026-11-22", "rows": 1_000_000}
     seconds = best(
-        lambda: quality.compare(
-            current_scores, baseline_scores, current_sample, baseline_sample, THRESHOLDS, baseline
+        lambda: metrics.compare(
+            current_scores=current_scores,
+            baseline_scores=baseline_scores,
+            current_sample=current_sample,
+            baseline_sample=baseline_sample,
+            thresholds=THRESHOLDS,
+            baseline=baseline,
         )
     )
     print(f"compare, 1M scores, 20k samples:        {seconds * 1000:7.1f} ms")

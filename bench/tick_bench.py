@@ -94,7 +94,7 @@ def measure(owner, count: int, queue: str) -> dict:
     ids = [m.id for m in models]
     messages_before = queued_messages(queue)
     seconds, queries = timed_tick()
-    runs = ScoringRun.objects.filter(deployment_id__in=ids, status=ScoringRun.QUEUED)
+    runs = ScoringRun.objects.filter(deployment_id__in=ids, status=ScoringRun.Status.QUEUED)
     per_model = set(runs.values_list("deployment_id", flat=True))
     batches = set(runs.values_list("batch_id", flat=True))
     moved_on = Deployment.objects.filter(id__in=ids, next_run_at__gt=timezone.now()).count()
@@ -111,7 +111,7 @@ def measure(owner, count: int, queue: str) -> dict:
         "moved_on": moved_on,
         "messages": messages,
         "runs_after_second_tick": ScoringRun.objects.filter(
-            deployment_id__in=ids, status=ScoringRun.QUEUED
+            deployment_id__in=ids, status=ScoringRun.Status.QUEUED
         ).count(),
         "again_seconds": again_seconds,
         "again_queries": again_queries,
@@ -124,8 +124,8 @@ def write_statements(count: int) -> int:
     the database allows."""
     from django.db import connection
 
-    from scoring.dispatch import BULK_ROWS
     from scoring.models import ScoringRun
+    from scoring.runs.dispatch import BULK_ROWS
 
     rows = [None] * count
     fields = [f for f in ScoringRun._meta.concrete_fields if not f.primary_key]

@@ -188,8 +188,8 @@ def warm_up(base: str, tokens: list[str], package: Path, count: int) -> None:
 
 def check_stored(users: list, packages: list[tuple[Path, str]], name: str) -> list[str]:
     """Every user's version of `name` has the file's sha256, and its object reads back with it."""
-    from scoring import storage
     from scoring.models import PackageVersion
+    from scoring.packages import storage
 
     class Discard:
         def write(self, block: bytes) -> None:
@@ -310,7 +310,7 @@ def main() -> int:
         from django.db import connection
         from rest_framework.authtoken.models import Token
 
-        from scoring import storage
+        from scoring.packages import storage
         from tests.packages import sklearn_package
 
         if not services.redis_reachable(settings.REDIS_URL):

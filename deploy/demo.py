@@ -110,7 +110,7 @@ def make_demo_package(
     """Train a CatBoost churn model on a demo slice and save it as a package file."""
     from catboost import CatBoostClassifier
 
-    from scoring.contract import save_package
+    from scoring.packages.contract import save_package
 
     train = daily_slice(customers_base(customers, seed=99), date.today() - timedelta(days=60))
     labels = churn_labels(train)

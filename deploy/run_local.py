@@ -85,7 +85,7 @@ def main() -> int:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        from scoring import storage
+        from scoring.packages import storage
 
         storage.ensure_buckets()
         password = demo_user()
@@ -169,8 +169,9 @@ def deploy_demo_model(path: Path) -> None:
     """The demo user's churn model: deployed, validated and scored on the last days."""
     from django.contrib.auth.models import User
 
-    from scoring import deployments, dispatch, runs
     from scoring.models import Deployment, ScoringRun
+    from scoring.packages import deployments
+    from scoring.runs import dispatch, lifecycle
 
     user = User.objects.get(username=DEMO_USER)
     deployment = Deployment.objects.filter(owner=user, slug="churn-demo").first()
@@ -184,13 +185,13 @@ def deploy_demo_model(path: Path) -> None:
     if not wait(lambda: deployment.versions.filter(state="valid").exists(), 120):
         say("churn-demo did not validate; see worker.log")
         return
-    if deployment.runs.filter(status=ScoringRun.SUCCEEDED).exists():
+    if deployment.runs.filter(status=ScoringRun.Status.SUCCEEDED).exists():
         return
     # A week of history, a day at a time (each run is checked against the day before),
     # so the model page has charts and the last day shows the promotion's drift.
     say(f"scoring churn-demo on the last {BACKFILL_DAYS} days (100,000 customers each) ...")
     for offset in range(BACKFILL_DAYS - 1, -1, -1):
-        run = runs.request_run(deployment, date.today() - timedelta(days=offset))
+        run = lifecycle.request_run(deployment, date.today() - timedelta(days=offset))
         dispatch.send_batch([run.id])
         finished = wait(
             lambda run=run: (
@@ -199,7 +200,7 @@ def deploy_demo_model(path: Path) -> None:
             300,
         )
         run.refresh_from_db()
-        if not finished or run.status != ScoringRun.SUCCEEDED:
+        if not finished or run.status != ScoringRun.Status.SUCCEEDED:
             say(f"churn-demo run {run.id} for {run.date}: {run.status} {run.error}")
             return
     wait(lambda: ScoringRun.objects.get(id=run.id).quality is not None, 60)

@@ -6,7 +6,6 @@ there are: a page that lists 200 models must not ask the database 200 times.
 
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db.models import (
     Count,
     F,
@@ -22,8 +21,9 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, NullIf
 
 from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.quality import levels
 
-LIGHTS = ("alert", "warning", "ok")  # worst first
+LIGHTS = (levels.ALERT, levels.WARNING, levels.OK)  # worst first
 CHART_RUNS = 365  # points on the PSI and AUC charts: a year of daily runs
 TOP_FEATURES = 10
 FAILURES_SHOWN = 50
@@ -50,7 +50,7 @@ def with_last_runs(deployments: QuerySet) -> list[Deployment]:
     """
     finished = ScoringRun.objects.filter(deployment=OuterRef("pk"), finished_at__isnull=False)
     active = ScoringRun.objects.filter(
-        deployment=OuterRef("pk"), status__in=[ScoringRun.QUEUED, ScoringRun.RUNNING]
+        deployment=OuterRef("pk"), status__in=[ScoringRun.Status.QUEUED, ScoringRun.Status.RUNNING]
     )
     rows = list(
         deployments.annotate(
@@ -111,20 +111,8 @@ def light_counts(models: list[dict]) -> dict:
 
 def thresholds(quality: dict | None, version: PackageVersion | None) -> dict:
     """The warning and alert lines: those the latest check used, else the package's, else the site's."""
-    lines = {
-        "psi_warn": settings.PSI_WARN,
-        "psi_alert": settings.PSI_ALERT,
-        "adversarial_warn": settings.ADVERSARIAL_WARN,
-        "adversarial_alert": settings.ADVERSARIAL_ALERT,
-    }
     params = ((version.package or {}).get("params") or {}) if version else {}
-    used = (quality or {}).get("thresholds") or {}
-    for key in lines:
-        for source in (used, params):
-            if isinstance(source.get(key), int | float):
-                lines[key] = source[key]
-                break
-    return lines
+    return levels.thresholds((quality or {}).get("thresholds"), params)
 
 
 def latest_checked_run(deployment: Deployment) -> ScoringRun | None:
@@ -177,19 +165,8 @@ def chart_data(
         "thresholds": thresholds(quality, version),
         "histogram": histogram if histogram and histogram.get("edges") else None,
         "latest": {"run": latest.id, "date": latest.date.isoformat()} if latest else None,
-        "baseline": baseline_text((quality or {}).get("baseline")),
+        "baseline": levels.baseline_text((quality or {}).get("baseline")),
     }
-
-
-def baseline_text(baseline: dict | None) -> str:
-    if not baseline:
-        return "no baseline"
-    rows = f"{baseline['rows']:,} rows" if baseline.get("rows") is not None else ""
-    if baseline.get("kind") == "run":
-        return f"run {baseline.get('run_id')} of {baseline.get('date')}" + (
-            f" ({rows})" if rows else ""
-        )
-    return "the package's reference scores" + (f" ({rows})" if rows else "")
 
 
 def run_counts(runs: QuerySet, now: datetime) -> dict:
@@ -199,14 +176,22 @@ def run_counts(runs: QuerySet, now: datetime) -> dict:
     """
     since = now - timedelta(hours=24)
     return runs.filter(
-        status__in=[ScoringRun.QUEUED, ScoringRun.RUNNING, ScoringRun.RETRYING, ScoringRun.FAILED]
+        status__in=[
+            ScoringRun.Status.QUEUED,
+            ScoringRun.Status.RUNNING,
+            ScoringRun.Status.RETRYING,
+            ScoringRun.Status.FAILED,
+        ]
     ).aggregate(
-        queued=Count("id", filter=Q(status=ScoringRun.QUEUED)),
-        running=Count("id", filter=Q(status=ScoringRun.RUNNING)),
-        retrying=Count("id", filter=Q(status=ScoringRun.RETRYING)),
+        queued=Count("id", filter=Q(status=ScoringRun.Status.QUEUED)),
+        running=Count("id", filter=Q(status=ScoringRun.Status.RUNNING)),
+        retrying=Count("id", filter=Q(status=ScoringRun.Status.RETRYING)),
         failed_24h=Count(
             "id",
-            filter=Q(status__in=[ScoringRun.FAILED, ScoringRun.RETRYING], finished_at__gte=since),
+            filter=Q(
+                status__in=[ScoringRun.Status.FAILED, ScoringRun.Status.RETRYING],
+                finished_at__gte=since,
+            ),
         ),
     )
 
@@ -217,7 +202,7 @@ def recent_failures(runs: QuerySet, now: datetime, limit: int = FAILURES_SHOWN) 
         runs.select_related(None)
         .select_related("deployment__owner")
         .filter(
-            status__in=[ScoringRun.FAILED, ScoringRun.RETRYING],
+            status__in=[ScoringRun.Status.FAILED, ScoringRun.Status.RETRYING],
             finished_at__gte=now - timedelta(hours=24),
         )
         .defer("quality", "deployment__email")

@@ -7,8 +7,8 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from scoring import storage
-from scoring.dispatch import LAST_TICK_KEY
+from scoring.packages import storage
+from scoring.runs.dispatch import LAST_TICK_KEY
 
 
 def timed(check) -> dict:

@@ -5,8 +5,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
-from scoring import reports
 from scoring.models import Report
+from scoring.reports import chart, content
 
 
 def reports_for(user):
@@ -24,7 +24,7 @@ def get_report_for_user(request: HttpRequest, report_id: int) -> Report:
 @require_GET
 def report_page(request: HttpRequest, report_id: int) -> HttpResponse:
     report = get_report_for_user(request, report_id)
-    return render(request, "portal/report.html", reports.report_context(report))
+    return render(request, "portal/report.html", content.report_context(report))
 
 
 @login_required
@@ -32,9 +32,9 @@ def report_page(request: HttpRequest, report_id: int) -> HttpResponse:
 def report_chart(request: HttpRequest, report_id: int, run_id: int) -> HttpResponse:
     report = get_report_for_user(request, report_id)
     run = get_object_or_404(report.runs.all(), id=run_id)
-    if not reports.has_histogram(run.quality):
+    if not content.has_histogram(run.quality):
         raise Http404("this run has no score distribution")
-    response = HttpResponse(reports.score_chart_png(run.quality), content_type="image/png")
+    response = HttpResponse(chart.score_chart_png(run.quality), content_type="image/png")
     # A run's quality is computed once, after it commits: the chart does not change.
     response["Cache-Control"] = "private, max-age=86400"
     return response

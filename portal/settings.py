@@ -244,7 +244,7 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # Beside the tasks, workers load the command the status page asks for their sandboxes' protections.
-CELERY_IMPORTS = ["scoring.protections"]
+CELERY_IMPORTS = ["scoring.engine.worker_probe"]
 CELERY_TASK_IGNORE_RESULT = True
 # A task is acknowledged when done, so a killed worker's task is delivered again.
 CELERY_TASK_ACKS_LATE = True
@@ -294,8 +294,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     # Two "status" fields with different choices: each enum gets a name of its own.
     "ENUM_NAME_OVERRIDES": {
-        "DeploymentStatusEnum": "scoring.models.Deployment.STATUSES",
-        "RunStatusEnum": "scoring.models.ScoringRun.STATUSES",
+        "DeploymentStatusEnum": "scoring.models.Deployment.Status",
+        "RunStatusEnum": "scoring.models.ScoringRun.Status",
     },
 }
 

@@ -14,7 +14,7 @@ import hashlib
 from django.conf import settings
 from django.core.files.uploadhandler import StopUpload, TemporaryFileUploadHandler
 
-from scoring.storage import NotAPickle, check_pickle_header, human_bytes
+from scoring.packages.storage import NotAPickle, check_pickle_header, human_bytes
 
 # Room for the form fields and multipart boundaries around the file in a request body.
 FORM_ALLOWANCE_BYTES = 1024**2

@@ -14,12 +14,12 @@ from rest_framework.authtoken.models import Token
 
 from portal import dashboard
 from portal.downloads import stream_scores
-from portal.quotas import quota_usage
-from scoring import deployments, dispatch, schedules
-from scoring.deployments import DeployError
 from scoring.models import Deployment, PackageVersion, Report, ScoringRun
-from scoring.runs import RunError
-from scoring.storage import StorageError
+from scoring.packages import deployments, params, quotas, schedules
+from scoring.packages.deployments import DeployError
+from scoring.packages.storage import StorageError
+from scoring.runs import dispatch
+from scoring.runs.lifecycle import RunError
 
 
 def deployments_for(user):
@@ -44,9 +44,9 @@ def models_context(request: HttpRequest) -> dict:
     own = dashboard.with_last_runs(deployments_for(request.user).filter(owner=request.user))
     return {
         "deployments": own,
-        "quota": quota_usage(request.user),
+        "quota": quotas.usage(request.user),
         "pending": any(
-            d.latest_version and d.latest_version.state == PackageVersion.PENDING for d in own
+            d.latest_version and d.latest_version.state == PackageVersion.State.PENDING for d in own
         ),
     }
 
@@ -140,12 +140,17 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
             "latest_checked": latest_checked,
             "top_features": dashboard.top_features(latest_checked and latest_checked.quality),
             "charts": dashboard.chart_data(deployment, latest_checked, current_version),
+            "parameters": params.effective(
+                (current_version or deployment.latest_version or PackageVersion()).package.get(
+                    "params"
+                )
+            ),
         },
     )
 
 
 def next_runs_or_none(deployment: Deployment) -> list[datetime]:
-    if deployment.status != Deployment.ACTIVE:
+    if deployment.status != Deployment.Status.ACTIVE:
         return []
     return schedules.next_runs(deployment.schedule, deployment.timezone, timezone.now(), 5)
 
@@ -156,12 +161,12 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
     deployment = get_deployment_for_user(request, deployment_id)
     try:
         if action == "pause":
-            deployments.update(deployment, status=Deployment.PAUSED)
+            deployments.update(deployment, status=Deployment.Status.PAUSED)
             messages.success(
                 request, f"{deployment.name} is paused: it will not be scored until resumed."
             )
         elif action == "resume":
-            deployments.update(deployment, status=Deployment.ACTIVE)
+            deployments.update(deployment, status=Deployment.Status.ACTIVE)
             messages.success(request, f"{deployment.name} is active again.")
         elif action == "score":
             run = dispatch.score_now(deployment)
@@ -188,7 +193,7 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
 @login_required
 @require_GET
 def run_scores(request: HttpRequest, run_id: int, kind: str) -> HttpResponse:
-    run = get_object_or_404(runs_for(request.user), id=run_id, status=ScoringRun.SUCCEEDED)
+    run = get_object_or_404(runs_for(request.user), id=run_id, status=ScoringRun.Status.SUCCEEDED)
     if kind not in ("csv", "parquet"):
         return HttpResponse(status=404)
     return stream_scores(run, kind)

@@ -1,18 +1,15 @@
 from django.conf import settings
 from django.db import models
-from django.db.models import Sum
 from django.utils.text import slugify
 from django.utils.timezone import now
-
-from scoring import schedules
 
 
 class Deployment(models.Model):
     """A model a user put on scheduled scoring; its packages are its versions."""
 
-    ACTIVE = "active"
-    PAUSED = "paused"
-    STATUSES = [(ACTIVE, "active"), (PAUSED, "paused")]
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        PAUSED = "paused"
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deployments"
@@ -22,7 +19,7 @@ class Deployment(models.Model):
     email = models.EmailField(blank=True, help_text="Where reports and error emails go.")
     schedule = models.CharField(max_length=100, default="daily")
     timezone = models.CharField(max_length=64, default="UTC")
-    status = models.CharField(max_length=10, choices=STATUSES, default=ACTIVE)
+    status = models.CharField(max_length=10, choices=Status, default=Status.ACTIVE)
     next_run_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now)
 
@@ -48,24 +45,17 @@ class Deployment(models.Model):
     @property
     def current_version(self) -> "PackageVersion | None":
         """The version that scores: the latest valid one."""
-        valid = [v for v in self.versions.all() if v.state == PackageVersion.VALID]
+        valid = [v for v in self.versions.all() if v.state == PackageVersion.State.VALID]
         return max(valid, key=lambda v: v.number, default=None)
-
-    def schedule_next_run(self, after=None) -> None:
-        if self.status == self.ACTIVE:
-            after = after or now()
-            self.next_run_at = schedules.next_runs(self.schedule, self.timezone, after)[0]
-        else:
-            self.next_run_at = None
 
 
 class PackageVersion(models.Model):
     """One uploaded package file of a deployment, stored at `key` in the models bucket."""
 
-    PENDING = "pending"
-    VALID = "valid"
-    INVALID = "invalid"
-    STATES = [(PENDING, "pending"), (VALID, "valid"), (INVALID, "invalid")]
+    class State(models.TextChoices):
+        PENDING = "pending"
+        VALID = "valid"
+        INVALID = "invalid"
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField()
@@ -74,7 +64,7 @@ class PackageVersion(models.Model):
     size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
     uploaded_at = models.DateTimeField(default=now)
-    state = models.CharField(max_length=10, choices=STATES, default=PENDING)
+    state = models.CharField(max_length=10, choices=State, default=State.PENDING)
     message = models.TextField(blank=True)
     package = models.JSONField(
         default=dict, blank=True, help_text="What validation read from the package."
@@ -113,16 +103,18 @@ class BatchPart(models.Model):
     finishes the last part commits every run of that slice.
     """
 
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"  # its files are written, waiting for the other parts
+        COMMITTED = "committed"  # part 0 only: its worker won the commit of the slice
 
     batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="parts")
     date = models.DateField()
     slice_date = models.DateField()
     index = models.PositiveIntegerField()
     row_groups = models.JSONField(help_text="[[path, [row group, ...]], ...]")
-    status = models.CharField(max_length=10, default=QUEUED)
+    status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
     worker = models.CharField(max_length=200, blank=True)
     files = models.JSONField(
         default=dict, blank=True, help_text="run id -> the scores files this part wrote"
@@ -144,14 +136,29 @@ class ScoringRun(models.Model):
     At most one per (version, date): two ticks, two beats or a retry can never double it.
     """
 
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    RETRYING = "retrying"
-    STATUSES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, RETRYING)]
-    SCHEDULE = "schedule"
-    MANUAL = "manual"
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        RETRYING = "retrying"
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule"
+        MANUAL = "manual"
+
+    # Every change of status a run may make, in one place (scoring.runs.lifecycle moves
+    # runs only along these): a worker claims a queued run; a running one succeeds, fails
+    # for good, waits to retry, or is taken back when its worker goes silent; a retry
+    # comes due, and a failed run is asked for again.
+    TRANSITIONS = {
+        Status.QUEUED: {Status.RUNNING},
+        Status.RUNNING: {Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.QUEUED},
+        Status.RETRYING: {Status.QUEUED, Status.FAILED},
+        Status.FAILED: {Status.QUEUED},
+        Status.SUCCEEDED: set(),
+    }
+    UNFINISHED = (Status.QUEUED, Status.RUNNING, Status.RETRYING)
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="runs")
     version = models.ForeignKey(PackageVersion, on_delete=models.CASCADE, related_name="runs")
@@ -162,8 +169,8 @@ class ScoringRun(models.Model):
         help_text="The run scores the latest feature slice on or before this date."
     )
     slice_date = models.DateField(null=True, blank=True, help_text="The slice it read.")
-    trigger = models.CharField(max_length=10, default=SCHEDULE)
-    status = models.CharField(max_length=10, choices=STATUSES, default=QUEUED)
+    trigger = models.CharField(max_length=10, choices=Trigger, default=Trigger.SCHEDULE)
+    status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)
     rows = models.BigIntegerField(null=True, blank=True)
@@ -175,7 +182,7 @@ class ScoringRun(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # Data quality against the previous run (or the package's reference scores), computed
-    # after the run commits; the shape is documented in scoring/quality.py.
+    # after the run commits; the shape is documented in scoring/quality/metrics.py.
     quality = models.JSONField(null=True, blank=True)
     quality_status = models.CharField(max_length=10, blank=True, help_text="ok, warning or alert")
 
@@ -250,19 +257,8 @@ class Quota(models.Model):
         return settings.QUOTA_BYTES if self.bytes is None else self.bytes
 
 
-def active_model_count(user) -> int:
-    return Deployment.objects.filter(owner=user, status=Deployment.ACTIVE).count()
-
-
-def stored_bytes(user) -> int:
-    return (
-        PackageVersion.objects.filter(deployment__owner=user).aggregate(total=Sum("size"))["total"]
-        or 0
-    )
-
-
 def stale_validations(older_than):
     """Versions still pending whose validation message may have been lost."""
     return PackageVersion.objects.filter(
-        state=PackageVersion.PENDING, validation_queued_at__lt=older_than
+        state=PackageVersion.State.PENDING, validation_queued_at__lt=older_than
     )

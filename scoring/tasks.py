@@ -1,4 +1,8 @@
-"""Thin Celery tasks: they take ids and call the engine's modules."""
+"""Thin Celery tasks: they take ids and call the domain's modules.
+
+Their names are in beat's schedule and in queued messages, so they never change; code
+that sends one names it (scoring.enqueue) instead of importing this module.
+"""
 
 import logging
 from datetime import timedelta
@@ -9,9 +13,13 @@ from celery.signals import worker_process_init
 from django.conf import settings
 from django.utils import timezone
 
-from scoring import dispatch, engine, reports, validation, zygote
+from scoring import enqueue
+from scoring.engine import batch, parts, validation
 from scoring.models import stale_validations
-from scoring.storage import StorageError
+from scoring.packages.storage import StorageError
+from scoring.reports import mail
+from scoring.runs import dispatch
+from scoring.sandbox import spawn
 
 log = logging.getLogger(__name__)
 # A validation still pending after this long lost its message (Redis restart, dead worker).
@@ -21,7 +29,7 @@ REQUEUE_AFTER = timedelta(minutes=5)
 @worker_process_init.connect
 def start_sandbox_zygote(**_) -> None:
     """Import the packages' libraries once per worker process, before the first batch."""
-    zygote.zygote()
+    spawn.zygote()
 
 
 @shared_task(autoretry_for=(StorageError,), retry_backoff=5, max_retries=10)
@@ -31,12 +39,12 @@ def validate_version(version_id: int) -> None:
 
 @shared_task
 def run_batch(batch_id: int) -> None:
-    engine.run_batch(batch_id)
+    batch.run_batch(batch_id)
 
 
 @shared_task(bind=True)
 def score_part(self, part_id: int) -> None:
-    engine.score_part(part_id, self.request.hostname or "")
+    parts.score_part(part_id, self.request.hostname or "")
 
 
 @shared_task
@@ -47,6 +55,6 @@ def tick() -> None:
     for version in stale_validations(now - REQUEUE_AFTER):
         version.validation_queued_at = now
         version.save(update_fields=["validation_queued_at"])
-        validate_version.delay(version.id)
+        enqueue.validate_version(version.id)
     dispatch.tick(now)
-    reports.send_due_reports(now)
+    mail.send_due_reports(now)

@@ -68,7 +68,7 @@ def s3_server(state_dir):
     settings.S3_ENDPOINT_URL = service.url
     settings.MODELS_BUCKET = "test-models"
     settings.SCORES_BUCKET = "test-scores"
-    from scoring import storage
+    from scoring.packages import storage
 
     storage.client.cache_clear()
     storage.ensure_buckets()
@@ -82,7 +82,7 @@ def bucket(s3_server, celery_app_configured):
 
     Validation messages go to this session's queue, which only the `worker` fixture reads.
     """
-    from scoring import storage
+    from scoring.packages import storage
 
     def keys(prefix: str = "") -> list[str]:
         listing = storage.client().list_objects_v2(Bucket=settings.MODELS_BUCKET, Prefix=prefix)

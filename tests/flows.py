@@ -21,8 +21,10 @@ from celery.beat import PersistentScheduler
 from django.db import connection, transaction
 
 from deploy import services
-from scoring import deployments, dispatch, scores
+from scoring.engine import scores
 from scoring.models import BatchPart, Report, ScoringRun
+from scoring.packages import deployments
+from scoring.runs import dispatch
 from tests import packages
 
 

@@ -10,6 +10,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.quality.levels import level, worst
 
 FEATURES = ["age", "tenure_months", "monthly_spend", "region", "plan", "calls", "complaints"]
 THRESHOLDS = {
@@ -18,17 +19,6 @@ THRESHOLDS = {
     "adversarial_warn": 0.6,
     "adversarial_alert": 0.65,
 }
-
-
-def light(value: float | None, warn: float, alert: float) -> str | None:
-    if value is None:
-        return None
-    return "alert" if value >= alert else "warning" if value >= warn else "ok"
-
-
-def worst(*statuses: str | None) -> str:
-    order = ["ok", "warning", "alert"]
-    return max((s for s in statuses if s), key=order.index, default="ok")
 
 
 def histogram(shift: float) -> dict:
@@ -48,16 +38,16 @@ def histogram(shift: float) -> dict:
 def quality(
     psi: float, auc: float, rows: int = 100_000, baseline_run: ScoringRun | None = None, **extra
 ) -> dict:
-    """A quality dict of the shape scoring/quality.py stores."""
-    psi_status = light(psi, THRESHOLDS["psi_warn"], THRESHOLDS["psi_alert"])
-    auc_status = light(auc, THRESHOLDS["adversarial_warn"], THRESHOLDS["adversarial_alert"])
+    """A quality dict of the shape scoring.quality.metrics stores."""
+    psi_status = level(psi, THRESHOLDS["psi_warn"], THRESHOLDS["psi_alert"])
+    auc_status = level(auc, THRESHOLDS["adversarial_warn"], THRESHOLDS["adversarial_alert"])
     features = [
         {"name": name, "psi": round(psi * (1.6 - 0.2 * i), 4)} for i, name in enumerate(FEATURES)
     ]
     for feature in features:
-        feature["status"] = light(feature["psi"], THRESHOLDS["psi_warn"], THRESHOLDS["psi_alert"])
+        feature["status"] = level(feature["psi"], THRESHOLDS["psi_warn"], THRESHOLDS["psi_alert"])
     result = {
-        "status": worst(psi_status, auc_status),
+        "status": worst([psi_status, auc_status]),
         "baseline": (
             {
                 "kind": "run",
@@ -112,7 +102,7 @@ def make_models(owner, count: int, prefix: str = "model", **fields) -> list[Depl
             filename=f"{d.slug}.dill",
             size=20_000,
             sha256="0" * 64,
-            state=PackageVersion.VALID,
+            state=PackageVersion.State.VALID,
             message="smoke test: scored 200 rows",
             package={"features": FEATURES, "method": "predict_proba", "params": dict(THRESHOLDS)},
         )
@@ -138,14 +128,14 @@ def make_runs(deployments: list[Deployment], per_model: int, days_back: int = 0)
                 deployment=deployment,
                 version=versions[deployment.id],
                 date=end - timedelta(days=age),
-                status=ScoringRun.SUCCEEDED,
+                status=ScoringRun.Status.SUCCEEDED,
                 attempts=1,
                 queued_at=finished - timedelta(minutes=3),
                 started_at=finished - timedelta(minutes=2),
                 finished_at=finished,
             )
             if (day + m) % 17 == 16:
-                run.status = ScoringRun.FAILED
+                run.status = ScoringRun.Status.FAILED
                 run.attempts = 3
                 run.error = "feature source: missing columns complaints"
             else:

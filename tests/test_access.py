@@ -28,8 +28,9 @@ from django.urls import URLResolver, get_resolver, resolve
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from scoring import dispatch, runs, storage
 from scoring.models import Batch, Deployment, PackageVersion, Report, ScoringRun
+from scoring.packages import storage
+from scoring.runs import dispatch, lifecycle
 from tests import packages
 from tests.conftest import api_client_for
 from tests.flows import deploy, wait_for_runs
@@ -252,7 +253,7 @@ def world(worker, bucket, owner, outsider, settle):
     alice_model = deploy(owner, packages.function_package(), "alice-churn-q3", settle)
     mallory_model = deploy(outsider, packages.function_package(), "mallory-spend", settle)
     dispatch.send_batch(
-        [runs.request_run(d, date.today()).id for d in (alice_model, mallory_model)]
+        [lifecycle.request_run(d, date.today()).id for d in (alice_model, mallory_model)]
     )
     finished = wait_for_runs([alice_model.id, mallory_model.id])
     assert [run.status for run in finished] == ["succeeded", "succeeded"], finished
@@ -316,7 +317,7 @@ def test_every_url_of_alices_objects_is_a_404_to_mallory_for_every_method(world,
                     text = b"".join(response.streaming_content).decode()
                     rows = list(csv.reader(text.splitlines()))
                     assert (rows[0], len(rows)) == (["entity_id", "score"], 1 + 500)
-    assert Deployment.objects.get(id=world.alice.deployment).status == Deployment.PAUSED
+    assert Deployment.objects.get(id=world.alice.deployment).status == Deployment.Status.PAUSED
 
 
 def test_a_chart_of_my_report_with_another_users_run_is_a_404(world, outsider):

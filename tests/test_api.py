@@ -185,7 +185,7 @@ def test_the_web_process_never_unpickles_an_upload(api, tmp_path):
     assert response.status_code == 201
     assert resolved == []
     assert not (tmp_path / "sandbox-env.txt").exists()
-    assert PackageVersion.objects.get().state == PackageVersion.PENDING
+    assert PackageVersion.objects.get().state == PackageVersion.State.PENDING
 
 
 def test_the_openapi_schema_describes_the_endpoints(api):

@@ -41,10 +41,10 @@ from django.utils import timezone
 from django.utils.html import escape
 from rest_framework.authtoken.models import Token
 
-from portal.quotas import quota_usage
-from scoring import deployments, dispatch
 from scoring.models import Deployment, PackageVersion, Quota, ScoringRun
-from scoring.schedules import PRESETS
+from scoring.packages import deployments, quotas
+from scoring.packages.schedules import PRESETS
+from scoring.runs import dispatch
 from tests import packages
 from tests.conftest import WORKER_SANDBOX_TIMEOUT, api_client_for, start_worker, stop_worker
 
@@ -634,7 +634,7 @@ def everything(user, bucket) -> dict:
             PackageVersion.objects.values_list("deployment__name", "number", "key", "sha256")
         ),
         "objects": bucket(),
-        "quota": quota_usage(user)["text"],
+        "quota": quotas.usage(user)["text"],
         "runs": ScoringRun.objects.count(),
     }
 
@@ -681,7 +681,7 @@ def test_a_bad_package_ends_invalid_with_its_message_and_is_never_scheduled(
     deployment_id, _ = accepted(channel, response)
     version = settle(PackageVersion.objects.get(deployment_id=deployment_id), timeout=120)
 
-    assert version.state == PackageVersion.INVALID, version.message
+    assert version.state == PackageVersion.State.INVALID, version.message
     assert_reads(version.message, expected(case, channel))
     api = api_client_for(owner)
     shown = api.get(f"/api/v1/models/{deployment_id}/").json()
@@ -746,7 +746,7 @@ def test_a_bad_new_version_leaves_the_valid_one_scoring(
     case, channel, owner, bucket, settle, validating_worker
 ):
     first = settle(deploy_directly(owner, good(), "churn"))
-    assert first.state == PackageVersion.VALID, first.message
+    assert first.state == PackageVersion.State.VALID, first.message
     deployment = first.deployment
     deployment.refresh_from_db()
     settings_before = (deployment.status, deployment.schedule, deployment.next_run_at)
@@ -755,7 +755,7 @@ def test_a_bad_new_version_leaves_the_valid_one_scoring(
 
     assert accepted(channel, response)[0] == deployment.id
     second = settle(PackageVersion.objects.get(deployment=deployment, number=2), timeout=120)
-    assert second.state == PackageVersion.INVALID
+    assert second.state == PackageVersion.State.INVALID
     assert_reads(second.message, expected(case, channel))
     deployment.refresh_from_db()
     assert (deployment.status, deployment.schedule, deployment.next_run_at) == settings_before
@@ -778,7 +778,7 @@ def test_a_package_just_inside_the_rules_is_valid_and_its_settings_apply(
     response = post(API, owner, packages.dumps(package), "spend.dill", {})
     version = settle(PackageVersion.objects.get(deployment_id=accepted(API, response)[0]))
 
-    assert version.state == PackageVersion.VALID, version.message
+    assert version.state == PackageVersion.State.VALID, version.message
     deployment = Deployment.objects.get(id=version.deployment_id)
     assert (deployment.schedule, deployment.timezone) == (package["schedule"], "Europe/London")
     assert deployment.next_run_at is not None

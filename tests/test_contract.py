@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from scoring.contract import (
+from scoring.packages.contract import (
     CALL,
-    PARAM_DEFAULTS,
     ContractError,
     build_package,
     check_email,
@@ -77,7 +76,7 @@ def refusal(check, *args, **keys) -> str:
 # --- the package as a whole -------------------------------------------------
 
 
-def test_it_accepts_a_minimal_package_and_fills_the_defaults():
+def test_it_accepts_a_minimal_package_and_leaves_the_defaults_to_the_site():
     parsed = parse_package(package())
 
     assert parsed.features == FEATURES
@@ -88,7 +87,8 @@ def test_it_accepts_a_minimal_package_and_fills_the_defaults():
     assert parsed.warnings == []
     assert parsed.name is parsed.email is parsed.schedule is None
     assert parsed.reference_scores_count is None
-    assert parsed.params == {**PARAM_DEFAULTS, "method": "predict_proba"}
+    # Only the method it resolved: every other parameter follows the site's settings.
+    assert parsed.params == {"method": "predict_proba"}
 
 
 def test_its_result_is_plain_json():
@@ -206,11 +206,9 @@ def test_it_accepts_a_newer_format_with_a_warning():
 # --- params -------------------------------------------------------------------
 
 
-def test_it_fills_default_params():
-    params, warnings = check_params(None)
-
-    assert params == PARAM_DEFAULTS
-    assert warnings == []
+def test_it_writes_no_default_into_the_params():
+    assert check_params(None) == ({}, [])
+    assert check_params({"psi_warn": 0.2}) == ({"psi_warn": 0.2}, [])
 
 
 def test_it_refuses_params_that_are_not_a_dict():
@@ -278,7 +276,7 @@ def test_it_accepts_a_retry_delay_in_range_as_a_float(value):
 
 
 def test_it_refuses_psi_warn_above_psi_alert():
-    assert refusal(check_params, {"psi_warn": 0.3}) == (
+    assert refusal(check_params, {"psi_warn": 0.3, "psi_alert": 0.25}) == (
         "params.psi_warn (0.3) must not exceed params.psi_alert"
     )
 

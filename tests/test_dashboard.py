@@ -105,13 +105,13 @@ def test_the_dashboard_shows_each_models_last_run_quality_and_next_run(client, o
     last.rows = 123_456
     last.save()
     ScoringRun.objects.filter(deployment=spend).order_by("-date").update(
-        status=ScoringRun.FAILED, quality=None, quality_status="", rows=None, error="boom"
+        status=ScoringRun.Status.FAILED, quality=None, quality_status="", rows=None, error="boom"
     )
     ScoringRun.objects.create(
         deployment=spend,
         version=spend.versions.get(),
         date=timezone.localdate() + timedelta(days=1),
-        status=ScoringRun.RUNNING,
+        status=ScoringRun.Status.RUNNING,
         started_at=timezone.now(),
     )
 
@@ -188,7 +188,7 @@ def test_the_model_page_carries_the_chart_data_and_the_top_drifting_features(cli
     assert len(data["histogram"]["edges"]) == 21
     assert len(data["histogram"]["current"]) == len(data["histogram"]["baseline"]) == 20
     assert data["latest"] == {"run": latest.id, "date": latest.date.isoformat()}
-    assert data["baseline"] == "the package's reference scores (5,000 rows)"
+    assert data["baseline"] == "the package's reference scores (5,000 scores)"
     for canvas in ("psi-chart", "auc-chart", "distribution-chart"):
         assert f'<canvas id="{canvas}"' in page
     assert "vendor/chartjs/chart.umd.min.js" in page
@@ -264,7 +264,7 @@ def two_users_runs(owner, outsider):
     make_runs(alice + mallory, 3)
     for deployment in (alice[0], mallory[0]):
         ScoringRun.objects.filter(id=deployment.runs.first().id).update(
-            status=ScoringRun.FAILED,
+            status=ScoringRun.Status.FAILED,
             error=f"{deployment.name} broke",
             finished_at=timezone.now(),
             quality=None,

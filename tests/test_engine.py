@@ -14,8 +14,9 @@ import pytest
 from django.db import close_old_connections
 from django.utils import timezone
 
-from scoring import dispatch, runs, scores
+from scoring.engine import scores
 from scoring.models import Deployment, ScoringRun
+from scoring.runs import dispatch, lifecycle
 from tests import packages
 from tests.conftest import start_worker, stop_worker
 from tests.flows import deploy, failure_emails, report_emails, subject, wait_for_runs
@@ -315,7 +316,7 @@ def test_a_large_slice_is_split_over_several_workers_and_committed_once(
         for i in range(2)
     ]
     try:
-        run_ids = [runs.request_run(d, day).id for d in deployed]
+        run_ids = [lifecycle.request_run(d, day).id for d in deployed]
         dispatch.send_batch(run_ids)
         finished = wait_for_runs([d.id for d in deployed])
     finally:
@@ -344,7 +345,7 @@ def test_a_large_slice_is_split_over_several_workers_and_committed_once(
 def scores_staged() -> list[str]:
     from django.conf import settings
 
-    from scoring import storage
+    from scoring.packages import storage
 
     listing = storage.client().list_objects_v2(Bucket=settings.SCORES_BUCKET, Prefix="_staging/")
     return [item["Key"] for item in listing.get("Contents", [])]

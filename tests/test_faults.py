@@ -23,8 +23,10 @@ from django.db import connection
 from django.utils import timezone
 
 from deploy import services
-from scoring import dispatch, reports, storage
 from scoring.models import Batch, Deployment, PackageVersion, Report, ScoringRun
+from scoring.packages import storage
+from scoring.reports import mail
+from scoring.runs import dispatch
 from tests import packages
 from tests.conftest import start_worker
 from tests.flows import (
@@ -397,8 +399,8 @@ def test_smtp_down_when_a_report_is_due_the_run_succeeds_and_tick_sends_it_later
 
     # Tick, once the back-off has passed, with the mail server back (Django's outbox).
     later = timezone.now() + timedelta(minutes=3)
-    assert reports.send_due_reports(later) == 1
-    assert reports.send_due_reports(later + timedelta(hours=3)) == 0
+    assert mail.send_due_reports(later) == 1
+    assert mail.send_due_reports(later + timedelta(hours=3)) == 0
     assert [(m.to, m.subject.split(" — ")[0]) for m in mailoutbox] == [
         ([owner.email], "[Dropscore] OK")
     ]

@@ -10,7 +10,12 @@ import pytest
 from django.conf import settings
 
 from deploy.services import free_port
-from scoring.features import FeatureSourceError, ParquetSource, PostgresSource, source_from_settings
+from scoring.engine.features import (
+    FeatureSourceError,
+    ParquetSource,
+    PostgresSource,
+    source_from_settings,
+)
 from tests import packages
 from tests.conftest import database_url
 

@@ -15,9 +15,10 @@ import pytest
 from django.conf import settings
 
 from portal import health
-from scoring import deployments
 from scoring.models import PackageVersion
-from scoring.sandbox import Limits, Sandbox
+from scoring.packages import deployments
+from scoring.sandbox.client import Sandbox
+from scoring.sandbox.limits import Limits
 from tests import packages
 from tests.test_sandbox import CELL
 
@@ -56,7 +57,7 @@ def test_a_package_sees_none_of_the_workers_secrets_in_its_environment(worker, o
 
     version = validated(owner, package, "environment", settle)
 
-    assert version.state == PackageVersion.INVALID
+    assert version.state == PackageVersion.State.INVALID
     assert re.search(r"environment .*HOME=\S+", version.message), version.message
     for secret in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "S3_", WORKER_SECRET):
         assert secret not in version.message

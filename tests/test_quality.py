@@ -1,4 +1,4 @@
-"""scoring/quality.py: PSI worked by hand, adversarial validation, statuses, compare()."""
+"""scoring/metrics.py: PSI worked by hand, adversarial validation, statuses, compare()."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scoring import quality
+from scoring.quality import metrics
 
 THRESHOLDS = {
     "psi_warn": 0.1,
@@ -40,7 +40,7 @@ BASELINE = np.arange(1, 9, dtype=float)
 
 
 def test_it_is_zero_for_identical_values():
-    assert quality.psi(BASELINE, BASELINE.copy(), bins=4) == 0.0
+    assert metrics.psi(BASELINE, BASELINE.copy(), bins=4) == 0.0
 
 
 def test_it_matches_a_shift_worked_by_hand():
@@ -49,7 +49,7 @@ def test_it_matches_a_shift_worked_by_hand():
     # (.1-.25)ln(.1/.25) + 2 (.2-.25)ln(.2/.25) + (.5-.25)ln(.5/.25) = 0.333045
     current = np.array([1, 3, 4, 5, 6, 7, 8, 9, 10, 11], dtype=float)
     expected = term(0.1, 0.25) + 2 * term(0.2, 0.25) + term(0.5, 0.25)
-    assert quality.psi(BASELINE, current, bins=4) == pytest.approx(expected)
+    assert metrics.psi(BASELINE, current, bins=4) == pytest.approx(expected)
     assert expected == pytest.approx(0.333045, abs=1e-6)
 
 
@@ -58,7 +58,7 @@ def test_it_gives_empty_bins_epsilon_share():
     # 2 (.5-.25)ln(.5/.25) + 2 (1e-4-.25)ln(1e-4/.25) = 4.257031
     current = np.array([1, 2, 7, 8], dtype=float)
     expected = 2 * term(0.5, 0.25) + 2 * term(1e-4, 0.25)
-    value = quality.psi(BASELINE, current, bins=4)
+    value = metrics.psi(BASELINE, current, bins=4)
     assert math.isfinite(value)
     assert value == pytest.approx(expected)
     assert expected == pytest.approx(4.257031, abs=1e-6)
@@ -73,14 +73,14 @@ def test_it_merges_equal_edges_when_the_baseline_has_ties():
     baseline = np.array([0, 0, 0, 0, 0, 1, 2, 3, 4, 5], dtype=float)
     current = np.array([0, 0, 0, 1, 1, 1, 2, 3, 4, 5], dtype=float)
     expected = term(0.3, 0.5) + term(0.3, 0.1)
-    assert quality.psi(baseline, current, bins=5) == pytest.approx(expected)
+    assert metrics.psi(baseline, current, bins=5) == pytest.approx(expected)
     assert expected == pytest.approx(0.321888, abs=1e-6)
 
 
 def test_it_ignores_non_finite_values():
     current = np.array([1, 3, 4, 5, 6, 7, 8, 9, 10, 11, np.nan, np.inf, -np.inf])
     baseline = np.append(BASELINE, np.nan)
-    assert quality.psi(baseline, current, bins=4) == pytest.approx(0.333045, abs=1e-6)
+    assert metrics.psi(baseline, current, bins=4) == pytest.approx(0.333045, abs=1e-6)
 
 
 def test_it_counts_missing_values_as_a_bin_when_asked():
@@ -88,12 +88,12 @@ def test_it_counts_missing_values_as_a_bin_when_asked():
     # (1e-4-.25)ln(1e-4/.25) + (.25-1e-4)ln(.25/1e-4)
     current = np.array([1, 2, 3, 4, 5, 6, np.nan, np.nan])
     expected = term(1e-4, 0.25) + term(0.25, 1e-4)
-    assert quality.psi(BASELINE, current, bins=4, missing=True) == pytest.approx(expected)
+    assert metrics.psi(BASELINE, current, bins=4, missing=True) == pytest.approx(expected)
 
 
 def test_it_is_nan_without_finite_values():
-    assert math.isnan(quality.psi(np.array([np.nan]), BASELINE))
-    assert math.isnan(quality.psi(BASELINE, np.array([])))
+    assert math.isnan(metrics.psi(np.array([np.nan]), BASELINE))
+    assert math.isnan(metrics.psi(BASELINE, np.array([])))
 
 
 # --- categorical_psi and feature_psi -------------------------------------------------
@@ -104,13 +104,13 @@ def test_categorical_psi_matches_a_hand_value():
     # Current a b b c None: a .2, b .4, c .2, missing .2:
     # (.2-.5)ln(.2/.5) + (.4-.5)ln(.4/.5) + 2 (.2-1e-4)ln(.2/1e-4)
     expected = term(0.2, 0.5) + term(0.4, 0.5) + 2 * term(0.2, 1e-4)
-    value = quality.categorical_psi(["a", "a", "b", "b"], ["a", "b", "b", "c", None])
+    value = metrics.categorical_psi(["a", "a", "b", "b"], ["a", "b", "b", "c", None])
     assert value == pytest.approx(expected)
 
 
 def test_categorical_psi_is_zero_for_the_same_shares():
     baseline = pd.Categorical(["x", "y", None, "x"])
-    assert quality.categorical_psi(baseline, ["y", "x", "x", np.nan]) == pytest.approx(0.0)
+    assert metrics.categorical_psi(baseline, ["y", "x", "x", np.nan]) == pytest.approx(0.0)
 
 
 def test_feature_psi_ranks_the_shifted_column_first():
@@ -118,7 +118,7 @@ def test_feature_psi_ranks_the_shifted_column_first():
     baseline = sample(rng, 3000).drop(columns="score")
     current = sample(rng, 3000, shift=1.0).drop(columns="score")
     current["only_here"] = 1.0
-    drift = quality.feature_psi(baseline, current, top=3)
+    drift = metrics.feature_psi(baseline, current, top=3)
     assert [item["name"] for item in drift[:2]] == ["x0", "x1"]
     assert len(drift) == 3
     assert drift[0]["psi"] > 0.25
@@ -130,20 +130,20 @@ def test_feature_psi_of_models_sharing_a_slice_is_computed_once_per_column():
     baseline = sample(rng, 3000).drop(columns="score")
     current = sample(rng, 3000, shift=1.0).drop(columns="score")
     known = {}
-    small = quality.feature_psi(baseline[["x1", "x2"]], current[["x1", "x2"]], known=known)
+    small = metrics.feature_psi(baseline[["x1", "x2"]], current[["x1", "x2"]], known=known)
     assert set(known) == {"x1", "x2"}
-    assert quality.feature_psi(baseline, current, known=known) == quality.feature_psi(
+    assert metrics.feature_psi(baseline, current, known=known) == metrics.feature_psi(
         baseline, current
     )
     assert set(known) == {"x0", "x1", "x2", "x3", "x4", "x5", "city"}
-    assert small == quality.feature_psi(baseline[["x1", "x2"]], current[["x1", "x2"]])
+    assert small == metrics.feature_psi(baseline[["x1", "x2"]], current[["x1", "x2"]])
 
 
 def test_feature_psi_measures_category_columns():
     baseline = pd.DataFrame({"city": pd.Categorical(["lyon"] * 50 + ["nice"] * 50)})
     current = pd.DataFrame({"city": ["lyon"] * 90 + ["nice"] * 10})
     expected = term(0.9, 0.5) + term(0.1, 0.5)
-    assert quality.feature_psi(baseline, current) == [
+    assert metrics.feature_psi(baseline, current) == [
         {"name": "city", "psi": pytest.approx(expected)}
     ]
 
@@ -153,14 +153,14 @@ def test_feature_psi_measures_category_columns():
 
 def test_adversarial_auc_is_near_half_for_one_distribution():
     rng = np.random.default_rng(1)
-    auc, stderr = quality.adversarial_auc(sample(rng, 6000), sample(rng, 6000))
+    auc, stderr = metrics.adversarial_auc(sample(rng, 6000), sample(rng, 6000))
     assert 0.004 < stderr < 0.008  # Hanley-McNeil at 5,000 + 5,000 rows: 0.0058
     assert abs(auc - 0.5) < 3 * stderr
 
 
 def test_adversarial_auc_is_high_for_a_shifted_distribution():
     rng = np.random.default_rng(2)
-    auc, stderr = quality.adversarial_auc(sample(rng, 6000), sample(rng, 6000, shift=2.0))
+    auc, stderr = metrics.adversarial_auc(sample(rng, 6000), sample(rng, 6000, shift=2.0))
     assert auc > 0.9
     assert 0 < stderr < 0.01
 
@@ -170,7 +170,7 @@ def test_adversarial_auc_sees_drift_in_a_category_column():
     baseline, current = sample(rng, 2000), sample(rng, 2000)
     current["city"] = pd.Categorical(rng.choice(["lyon", "rome"], 2000))  # object on one side
     current["city"] = current["city"].astype(object)
-    auc, _ = quality.adversarial_auc(baseline, current)
+    auc, _ = metrics.adversarial_auc(baseline, current)
     assert auc > 0.9
 
 
@@ -180,48 +180,28 @@ def test_adversarial_auc_takes_missing_and_infinite_values():
     current.loc[::3, "x3"] = np.nan
     current.loc[1::3, "x4"] = np.inf
     current.loc[::2, "city"] = None
-    auc, stderr = quality.adversarial_auc(baseline, current)
+    auc, stderr = metrics.adversarial_auc(baseline, current)
     assert auc > 0.9
     assert math.isfinite(stderr)
 
 
 def test_adversarial_auc_is_nan_for_small_samples():
     rng = np.random.default_rng(5)
-    auc, stderr = quality.adversarial_auc(sample(rng, 1000), sample(rng, 40))
+    auc, stderr = metrics.adversarial_auc(sample(rng, 1000), sample(rng, 40))
     assert math.isnan(auc) and math.isnan(stderr)
 
 
 def test_adversarial_auc_is_repeatable():
     rng = np.random.default_rng(6)
     baseline, current = sample(rng, 800), sample(rng, 800, shift=0.5)
-    assert quality.adversarial_auc(baseline, current) == quality.adversarial_auc(baseline, current)
-
-
-# --- level and worst -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "value, status",
-    [(0.0, "ok"), (0.0999, "ok"), (0.1, "warning"), (0.2499, "warning"), (0.25, "alert"),
-     (3.0, "alert"), (None, None), (math.nan, None)],
-)  # fmt: skip
-def test_level_boundaries(value, status):
-    assert quality.level(value, 0.1, 0.25) == status
-
-
-def test_worst_orders_alert_over_warning_over_ok():
-    assert quality.worst("ok", "alert", "warning") == "alert"
-    assert quality.worst("ok", None, "warning") == "warning"
-    assert quality.worst("ok", None) == "ok"
-    assert quality.worst(None, None) == "ok"
-    assert quality.worst() == "ok"
+    assert metrics.adversarial_auc(baseline, current) == metrics.adversarial_auc(baseline, current)
 
 
 # --- display_histogram -------------------------------------------------------------------
 
 
 def test_display_histogram_uses_zero_to_one_for_probabilities():
-    histogram = quality.display_histogram(np.array([0.1, 0.2]), np.array([0.3, 0.9, np.nan]), 4)
+    histogram = metrics.display_histogram(np.array([0.1, 0.2]), np.array([0.3, 0.9, np.nan]), 4)
     assert histogram == {
         "edges": [0.0, 0.25, 0.5, 0.75, 1.0],
         "current": [0.0, 0.5, 0.0, 0.5],
@@ -230,9 +210,9 @@ def test_display_histogram_uses_zero_to_one_for_probabilities():
 
 
 def test_display_histogram_spans_both_sides_otherwise():
-    histogram = quality.display_histogram(None, np.array([-1.0, 3.0]), 2)
+    histogram = metrics.display_histogram(None, np.array([-1.0, 3.0]), 2)
     assert histogram == {"edges": [-1.0, 1.0, 3.0], "current": [0.5, 0.5], "baseline": None}
-    constant = quality.display_histogram(np.array([5.0]), np.array([5.0, 5.0]), 2)
+    constant = metrics.display_histogram(np.array([5.0]), np.array([5.0, 5.0]), 2)
     assert constant["edges"] == [4.5, 5.0, 5.5]
 
 
@@ -243,7 +223,7 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame | None, **kwargs) -> d
     descriptor = kwargs.pop("descriptor", None)
     if baseline is not None and descriptor is None:
         descriptor = {"kind": "run", "run_id": 12, "date": "2026-11-22", "rows": len(baseline)}
-    return quality.compare(
+    return metrics.compare(
         current_scores=kwargs.pop("current_scores", current["score"].to_numpy()),
         baseline_scores=None if baseline is None else baseline["score"].to_numpy(),
         current_sample=current,

@@ -5,8 +5,8 @@ from datetime import date, timedelta
 
 import pytest
 
-from scoring import dispatch, runs
 from scoring.models import Report, ScoringRun
+from scoring.runs import dispatch, lifecycle
 from tests import packages
 from tests.flows import deploy, report_emails, subject, wait_for_runs
 
@@ -26,7 +26,7 @@ def write_day(feature_table, day: date, seed: int, drifted: bool = False) -> Non
 
 def score_day(day: date, deployments_) -> dict[str, ScoringRun]:
     """One batch with every model for `day`, as tick would send it; the finished runs by name."""
-    dispatch.send_batch([runs.request_run(d, day).id for d in deployments_])
+    dispatch.send_batch([lifecycle.request_run(d, day).id for d in deployments_])
     finished = wait_for_runs([d.id for d in deployments_])
     by_name = {run.deployment.name: run for run in finished if run.date == day}
     assert {run.status for run in by_name.values()} == {"succeeded"}, by_name

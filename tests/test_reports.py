@@ -13,8 +13,9 @@ from django.core import mail
 from django.test import Client
 from PIL import Image
 
-from scoring import reports
 from scoring.models import Batch, Deployment, PackageVersion, Report, ScoringRun
+from scoring.reports import chart, content
+from scoring.reports import mail as report_mail
 
 pytestmark = pytest.mark.django_db
 
@@ -97,7 +98,7 @@ def deployment(user, name: str, email: str | None = None) -> Deployment:
         filename=f"{made.slug}.dill",
         size=2048,
         sha256="0" * 64,
-        state=PackageVersion.VALID,
+        state=PackageVersion.State.VALID,
     )
     return made
 
@@ -111,7 +112,7 @@ def run(batch: Batch, deployment_: Deployment, status: str = "ok", **fields) -> 
         "batch": batch,
         "date": DAY,
         "slice_date": SLICE,
-        "status": ScoringRun.SUCCEEDED,
+        "status": ScoringRun.Status.SUCCEEDED,
         "attempts": 1,
         "rows": 100000,
         "started_at": started,
@@ -184,7 +185,7 @@ def sent_to(user, outbox) -> mail.EmailMultiAlternatives:
 def test_it_builds_one_report_per_owner_with_the_worst_status(
     owner, outsider, batch, alice_models, mallory_model
 ):
-    built = reports.build_reports(batch)
+    built = content.build_reports(batch)
 
     assert {report.owner for report in built} == {owner, outsider}
     assert report_of(owner).status == "alert"
@@ -194,9 +195,9 @@ def test_it_builds_one_report_per_owner_with_the_worst_status(
 
 
 def test_building_twice_does_not_double_and_updates_the_status(owner, batch, alice_models):
-    reports.build_reports(batch)
+    content.build_reports(batch)
     late = run(batch, deployment(owner, "limits-v2"), "retrying")
-    again = reports.build_reports(batch)
+    again = content.build_reports(batch)
 
     assert Report.objects.count() == 1
     assert [report.id for report in again] == [report_of(owner).id]
@@ -205,25 +206,12 @@ def test_building_twice_does_not_double_and_updates_the_status(owner, batch, ali
     assert late in report_of(owner).runs.all()
 
 
-@pytest.mark.parametrize(
-    ("statuses", "expected"),
-    [
-        ([], "ok"),
-        (["ok", "warning"], "warning"),
-        (["warning", "alert", "ok"], "alert"),
-        (["alert", "failed"], "failed"),
-    ],
-)
-def test_worst_orders_failed_then_alert_then_warning_then_ok(statuses, expected):
-    assert reports.worst(statuses) == expected
-
-
 def test_a_run_without_quality_counts_as_ok_and_a_retrying_one_as_failed(owner, batch):
     fine = run(batch, deployment(owner, "fine"), quality=None, quality_status="")
     retrying = run(batch, deployment(owner, "flaky"), "retrying")
 
-    assert reports.run_status(fine) == "ok"
-    assert reports.run_status(retrying) == "failed"
+    assert content.run_status(fine) == "ok"
+    assert content.run_status(retrying) == "failed"
 
 
 # --- the email ---------------------------------------------------------------------
@@ -232,10 +220,10 @@ def test_a_run_without_quality_counts_as_ok_and_a_retrying_one_as_failed(owner, 
 def test_it_sends_one_email_per_user_per_batch(
     owner, outsider, batch, alice_models, mallory_model, mailoutbox
 ):
-    for report in reports.build_reports(batch):
-        assert reports.send_report(report, NOW) is True
-    for report in reports.build_reports(batch):  # a second finish of the batch
-        assert reports.send_report(report, NOW) is False
+    for report in content.build_reports(batch):
+        assert report_mail.send_report(report, NOW) is True
+    for report in content.build_reports(batch):  # a second finish of the batch
+        assert report_mail.send_report(report, NOW) is False
 
     assert len(mailoutbox) == 2
     alice = next(message for message in mailoutbox if "alice@bank.example" in message.to)
@@ -247,8 +235,8 @@ def test_it_sends_one_email_per_user_per_batch(
 def test_the_subject_names_the_worst_status(
     owner, outsider, batch, alice_models, mallory_model, mailoutbox
 ):
-    for report in reports.build_reports(batch):
-        reports.send_report(report, NOW)
+    for report in content.build_reports(batch):
+        report_mail.send_report(report, NOW)
 
     assert sent_to(owner, mailoutbox).subject == (
         "[Dropscore] ALERT — churn drifted (3 models, 2026-11-23)"
@@ -258,8 +246,8 @@ def test_the_subject_names_the_worst_status(
 
 def test_a_failed_run_makes_the_subject_say_failed(owner, batch, alice_models, mailoutbox):
     run(batch, deployment(owner, "R&D score"), "failed", attempts=3)
-    [report] = reports.build_reports(batch)
-    reports.send_report(report, NOW)
+    [report] = content.build_reports(batch)
+    report_mail.send_report(report, NOW)
 
     assert mailoutbox[0].subject == "[Dropscore] FAILED — R&D score failed (4 models, 2026-11-23)"
     assert "ValueError: column 'income' is missing" in mailoutbox[0].body
@@ -269,8 +257,8 @@ def test_a_failed_run_makes_the_subject_say_failed(owner, batch, alice_models, m
 def test_the_subject_says_when_several_models_are_fine(owner, batch, mailoutbox):
     run(batch, deployment(owner, "churn"), "ok")
     run(batch, deployment(owner, "spend"), "ok")
-    [report] = reports.build_reports(batch)
-    reports.send_report(report, NOW)
+    [report] = content.build_reports(batch)
+    report_mail.send_report(report, NOW)
 
     assert mailoutbox[0].subject == "[Dropscore] OK — 2 models scored (2026-11-23)"
 
@@ -281,16 +269,16 @@ def test_the_subject_says_what_went_wrong_when_it_is_not_drift(owner, batch, mai
         "status": "alert",
     }
     run(batch, deployment(owner, "churn"), quality=shrunk, quality_status="alert", rows=40000)
-    [report] = reports.build_reports(batch)
-    reports.send_report(report, NOW)
+    [report] = content.build_reports(batch)
+    report_mail.send_report(report, NOW)
 
     assert mailoutbox[0].subject == "[Dropscore] ALERT — churn changed in size (2026-11-23)"
     assert "[ALERT] Rows: 40,000 (-59.0% vs 98,000 in the baseline)" in mailoutbox[0].body
 
 
 def test_the_text_and_html_show_each_model_with_its_quality(owner, batch, alice_models, mailoutbox):
-    [report] = reports.build_reports(batch)
-    reports.send_report(report, NOW)
+    [report] = content.build_reports(batch)
+    report_mail.send_report(report, NOW)
 
     message = mailoutbox[0]
     html, mimetype = message.alternatives[0]
@@ -319,8 +307,8 @@ def test_the_text_and_html_show_each_model_with_its_quality(owner, batch, alice_
 
 
 def test_the_chart_is_an_inline_image_the_html_refers_to(owner, batch, alice_models, mailoutbox):
-    [report] = reports.build_reports(batch)
-    reports.send_report(report, NOW)
+    [report] = content.build_reports(batch)
+    report_mail.send_report(report, NOW)
 
     message = mailoutbox[0]
     html = message.alternatives[0][0]
@@ -338,24 +326,24 @@ def test_the_chart_is_an_inline_image_the_html_refers_to(owner, batch, alice_mod
 
 def test_a_run_without_a_histogram_gets_no_chart(owner, batch, mailoutbox):
     run(batch, deployment(owner, "churn"), "ok", quality=quality("ok", histogram=None))
-    [report] = reports.build_reports(batch)
-    reports.send_report(report, NOW)
+    [report] = content.build_reports(batch)
+    report_mail.send_report(report, NOW)
 
     assert "cid:" not in mailoutbox[0].alternatives[0][0]
     assert not mailoutbox[0].attachments
 
 
 def test_the_chart_draws_without_a_baseline(owner):
-    png = reports.score_chart_png(quality("ok", baseline=None, histogram=histogram(baseline=False)))
+    png = chart.score_chart_png(quality("ok", baseline=None, histogram=histogram(baseline=False)))
 
     assert Image.open(io.BytesIO(png)).size == (600, 260)
 
 
 def test_reports_go_to_the_account_email_when_no_model_has_one(owner, batch, mailoutbox):
     run(batch, deployment(owner, "churn", email=""), "ok")
-    [report] = reports.build_reports(batch)
+    [report] = content.build_reports(batch)
 
-    assert reports.send_report(report, NOW) is True
+    assert report_mail.send_report(report, NOW) is True
     assert mailoutbox[0].to == ["alice@bank.example"]
 
 
@@ -363,13 +351,13 @@ def test_a_report_with_no_address_at_all_is_marked_sent(owner, batch, mailoutbox
     owner.email = ""
     owner.save()
     run(batch, deployment(owner, "churn", email=""), "ok")
-    [report] = reports.build_reports(batch)
+    [report] = content.build_reports(batch)
 
-    assert reports.send_report(report, NOW) is True
+    assert report_mail.send_report(report, NOW) is True
     assert mailoutbox == []
     report.refresh_from_db()
     assert report.sent_at == NOW
-    assert reports.send_due_reports(NOW + timedelta(hours=2)) == 0
+    assert report_mail.send_due_reports(NOW + timedelta(hours=2)) == 0
 
 
 # --- a mail server that is down --------------------------------------------------
@@ -378,19 +366,19 @@ def test_a_report_with_no_address_at_all_is_marked_sent(owner, batch, mailoutbox
 def test_a_mail_server_that_is_down_leaves_the_report_for_tick(
     owner, batch, alice_models, smtp_down, mailoutbox
 ):
-    [report] = reports.build_reports(batch)
+    [report] = content.build_reports(batch)
 
-    assert reports.send_report(report, NOW) is False
+    assert report_mail.send_report(report, NOW) is False
     report.refresh_from_db()
     assert report.sent_at is None
     assert report.send_attempts == 1
     assert "Connection" in report.send_error or "refused" in report.send_error.lower()
     # Tick backs off: not again within two minutes.
-    assert reports.send_due_reports(NOW + timedelta(minutes=1)) == 0
+    assert report_mail.send_due_reports(NOW + timedelta(minutes=1)) == 0
 
     smtp_down.EMAIL_BACKEND = LOCMEM
-    assert reports.send_due_reports(NOW + timedelta(minutes=3)) == 1
-    assert reports.send_due_reports(NOW + timedelta(hours=3)) == 0
+    assert report_mail.send_due_reports(NOW + timedelta(minutes=3)) == 1
+    assert report_mail.send_due_reports(NOW + timedelta(hours=3)) == 0
 
     assert len(mailoutbox) == 1
     assert mailoutbox[0].subject.startswith("[Dropscore] ALERT")
@@ -401,23 +389,23 @@ def test_a_mail_server_that_is_down_leaves_the_report_for_tick(
 
 def test_tick_gives_up_after_ten_attempts_and_keeps_the_error(owner, batch, smtp_down):
     run(batch, deployment(owner, "churn"), "ok")
-    [report] = reports.build_reports(batch)
+    [report] = content.build_reports(batch)
 
     moment = NOW
     for _ in range(12):
-        reports.send_due_reports(moment)
+        report_mail.send_due_reports(moment)
         moment += timedelta(minutes=61)
 
     report.refresh_from_db()
-    assert report.send_attempts == reports.MAX_SEND_ATTEMPTS
+    assert report.send_attempts == report_mail.MAX_SEND_ATTEMPTS
     assert report.sent_at is None
     assert report.send_error
     smtp_down.EMAIL_BACKEND = LOCMEM
-    assert reports.send_due_reports(moment) == 0
+    assert report_mail.send_due_reports(moment) == 0
 
 
 def test_the_backoff_doubles_up_to_an_hour():
-    assert [reports.retry_delay(n).total_seconds() / 60 for n in (1, 2, 3, 5, 6, 9)] == [
+    assert [report_mail.retry_delay(n).total_seconds() / 60 for n in (1, 2, 3, 5, 6, 9)] == [
         2,
         4,
         8,
@@ -429,10 +417,10 @@ def test_the_backoff_doubles_up_to_an_hour():
 
 def test_a_report_being_sent_is_not_taken_by_tick(owner, batch, mailoutbox):
     run(batch, deployment(owner, "churn"), "ok")
-    [report] = reports.build_reports(batch)
-    assert reports.claim(report, NOW)  # the engine is sending it right now
+    [report] = content.build_reports(batch)
+    assert report_mail.claim(report, NOW)  # the engine is sending it right now
 
-    assert reports.send_due_reports(NOW + timedelta(seconds=30)) == 0
+    assert report_mail.send_due_reports(NOW + timedelta(seconds=30)) == 0
     assert mailoutbox == []
 
 
@@ -441,7 +429,7 @@ def test_a_report_being_sent_is_not_taken_by_tick(owner, batch, mailoutbox):
 
 @pytest.fixture
 def alice_report(batch, alice_models, mallory_model) -> Report:
-    reports.build_reports(batch)
+    content.build_reports(batch)
     return Report.objects.get(runs=alice_models["churn"])
 
 

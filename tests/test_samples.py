@@ -6,8 +6,8 @@ from datetime import date
 import numpy as np
 import pyarrow as pa
 
-from scoring import samples
-from scoring.samples import KEY, RowSample, bottom, of_run
+from scoring.quality import samples
+from scoring.quality.samples import KEY, RowSample, bottom, of_run
 
 CHUNKS, ROWS, SIZE = 10, 1000, 500
 

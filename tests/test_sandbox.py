@@ -18,8 +18,9 @@ import psutil
 import pytest
 from django.conf import settings
 
-from scoring.confinement import BASE_UID
-from scoring.sandbox import Limits, Sandbox, SandboxError
+from scoring.sandbox.client import Sandbox
+from scoring.sandbox.confinement import BASE_UID
+from scoring.sandbox.limits import Limits, SandboxError
 from tests.packages import RunsAtLoad, allocate, connect, dumps, spin
 
 FAST = Limits(timeout_seconds=5, memory_bytes=400 * 1024**2, cpu_seconds=3)
@@ -349,7 +350,7 @@ def test_sandboxes_die_with_their_zygote_when(ending, tmp_path):
     outright takes them along too."""
     import signal
 
-    from scoring.zygote import Zygote
+    from scoring.sandbox.spawn import Zygote
 
     zygote = Zygote()
     # Our end kept open: the sandbox waits for requests.

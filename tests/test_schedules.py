@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from scoring.schedules import (
+from scoring.packages.schedules import (
     PRESETS,
     ScheduleError,
     check_schedule,

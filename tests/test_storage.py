@@ -8,9 +8,9 @@ import pytest
 from django.conf import settings
 
 from deploy.services import free_port
-from scoring import deployments, storage
-from scoring.deployments import DeployError
 from scoring.models import Deployment, PackageVersion, Quota
+from scoring.packages import deployments, storage
+from scoring.packages.deployments import DeployError
 from tests import packages
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("bucket")]
@@ -122,10 +122,10 @@ def test_the_active_model_quota_is_checked_before_storing(owner, bucket):
     # A new version of an existing model is not a new model.
     deploy(owner, package_bytes(4), name="a")
     # Pausing frees a slot.
-    deployments.update(Deployment.objects.get(name="b"), status=Deployment.PAUSED)
+    deployments.update(Deployment.objects.get(name="b"), status=Deployment.Status.PAUSED)
     deploy(owner, package_bytes(5), name="c")
     with pytest.raises(DeployError, match="you have 2 of 2 active models"):
-        deployments.update(Deployment.objects.get(name="b"), status=Deployment.ACTIVE)
+        deployments.update(Deployment.objects.get(name="b"), status=Deployment.Status.ACTIVE)
 
 
 def test_the_byte_quota_and_the_package_size_limit_are_checked_before_storing(

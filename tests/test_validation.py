@@ -4,8 +4,8 @@ import io
 
 import pytest
 
-from scoring import deployments
 from scoring.models import Deployment, PackageVersion, Quota
+from scoring.packages import deployments
 from tests import packages
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +27,7 @@ def test_a_good_package_becomes_valid_with_what_it_declares(worker, owner, settl
     package = make()
     version = settle(deploy_bytes(owner, packages.dumps(package), make.__name__))
 
-    assert version.state == PackageVersion.VALID, version.message
+    assert version.state == PackageVersion.State.VALID, version.message
     assert version.package["features"] == package["features"]
     assert version.package["method"] == method
     assert version.message.startswith("smoke test: scored 200 rows of slice")
@@ -41,7 +41,7 @@ def test_package_email_and_schedule_apply_where_the_form_gave_none(worker, owner
     )
 
     version.deployment.refresh_from_db()
-    assert version.state == PackageVersion.VALID
+    assert version.state == PackageVersion.State.VALID
     assert version.deployment.schedule == "weekly"
     assert version.deployment.email == "team@bank.example"
 
@@ -55,7 +55,7 @@ def test_a_new_version_never_overrides_the_settings_the_user_chose(worker, owner
     version = settle(deploy_bytes(owner, packages.dumps(package), "spend"))
 
     deployment.refresh_from_db()
-    assert (version.number, version.state) == (2, PackageVersion.VALID)
+    assert (version.number, version.state) == (2, PackageVersion.State.VALID)
     assert (deployment.schedule, deployment.email) == ("30 5 * * 1-5", "risk@bank.example")
 
 
@@ -63,7 +63,7 @@ def test_unknown_keys_are_kept_and_shown(worker, owner, settle):
     package = packages.function_package(owner_team="risk", format=2)
     version = settle(deploy_bytes(owner, packages.dumps(package), "future"))
 
-    assert version.state == PackageVersion.VALID
+    assert version.state == PackageVersion.State.VALID
     assert version.package["extra_keys"] == {"owner_team": "'risk'"}
     assert "format 2 is newer" in version.package["warnings"][0]
 
@@ -79,7 +79,7 @@ def test_every_bad_package_ends_invalid_with_a_clear_message(worker, owner, sett
     for name, version in versions.items():
         settle(version, timeout=120)
         expected = bad[name][1]
-        assert version.state == PackageVersion.INVALID, f"{name}: {version.message}"
+        assert version.state == PackageVersion.State.INVALID, f"{name}: {version.message}"
         assert expected in version.message, f"{name}: {version.message!r} lacks {expected!r}"
 
 
@@ -89,8 +89,8 @@ def test_tick_sends_again_a_validation_whose_message_was_lost(worker, owner, set
 
     from django.utils import timezone
 
-    from scoring import storage
     from scoring.models import Deployment
+    from scoring.packages import storage
     from scoring.tasks import tick
 
     data = packages.dumps(packages.function_package())
@@ -111,4 +111,4 @@ def test_tick_sends_again_a_validation_whose_message_was_lost(worker, owner, set
 
     tick()
 
-    assert settle(version).state == PackageVersion.VALID
+    assert settle(version).state == PackageVersion.State.VALID

@@ -11,9 +11,9 @@ from django.utils import timezone
 from django.utils.dateformat import format as format_date
 from rest_framework.test import APIClient
 
-from scoring import schedules
 from scoring.models import Deployment, PackageVersion
-from scoring.storage import human_bytes
+from scoring.packages import schedules
+from scoring.packages.storage import human_bytes
 from tests import packages
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("bucket")]
@@ -147,7 +147,7 @@ def test_it_shows_the_drop_zone_and_an_empty_quota_on_my_models(alice):
     assert 'id="dropzone"' in page
     assert 'action="/models/upload/"' in page
     assert "Drop a model package here" in page
-    assert '<span id="quota-text">0 of 10 models, 0 B of 1 GB</span>' in page
+    assert '<span id="quota-text">0 of 10 active models, 0 B of 1 GB</span>' in page
     assert "No models yet" in page
 
 
@@ -158,7 +158,7 @@ def test_it_shows_the_uploaded_model_row_and_the_quota_it_uses(alice):
     page = alice.get("/").content.decode()
     assert 'data-model="spend"' in page
     assert '<span class="badge pending">pending</span>' in page
-    assert f"1 of 10 models, {human_bytes(len(data))} of 1 GB" in page
+    assert f"1 of 10 active models, {human_bytes(len(data))} of 1 GB" in page
     assert "No models yet" not in page
 
 
@@ -316,14 +316,14 @@ def test_the_status_json_shows_a_pending_row_and_the_quota(alice):
     assert set(body) == {"rows", "quota", "pending"}
     assert 'data-model="spend"' in body["rows"]
     assert '<span class="badge pending">pending</span>' in body["rows"]
-    assert body["quota"] == f"1 of 10 models, {human_bytes(len(data))} of 1 GB"
+    assert body["quota"] == f"1 of 10 active models, {human_bytes(len(data))} of 1 GB"
     assert body["pending"] is True
 
 
 def test_the_status_json_shows_valid_and_stops_pending_after_validation(alice, worker, settle):
     upload(alice, name="spend")
     version = settle(PackageVersion.objects.get())
-    assert version.state == PackageVersion.VALID, version.message
+    assert version.state == PackageVersion.State.VALID, version.message
 
     body = alice.get("/models/status/").json()
 
@@ -342,7 +342,7 @@ def test_the_model_page_shows_what_validation_read_from_a_catboost_package(
     response = upload(alice, catboost_bytes, filename="churn-catboost.dill", name="churn")
     assert response.json()["version"] == 2
     version = settle(PackageVersion.objects.get(number=2))
-    assert version.state == PackageVersion.VALID, version.message
+    assert version.state == PackageVersion.State.VALID, version.message
     deployment = version.deployment
     deployment.refresh_from_db()
 
@@ -384,7 +384,7 @@ def test_it_pauses_and_resumes_a_model(alice, deployment):
     paused = alice.post(f"{url}pause/", follow=True)
     deployment.refresh_from_db()
     assert paused.redirect_chain == [(url, 302)]
-    assert (deployment.status, deployment.next_run_at) == (Deployment.PAUSED, None)
+    assert (deployment.status, deployment.next_run_at) == (Deployment.Status.PAUSED, None)
     page = paused.content.decode()
     assert f"{SECRET_NAME} is paused: it will not be scored until resumed." in page
     assert "Paused: no runs until resumed." in page
@@ -392,7 +392,7 @@ def test_it_pauses_and_resumes_a_model(alice, deployment):
 
     resumed = alice.post(f"{url}resume/", follow=True)
     deployment.refresh_from_db()
-    assert deployment.status == Deployment.ACTIVE
+    assert deployment.status == Deployment.Status.ACTIVE
     assert deployment.next_run_at is not None
     assert f"{SECRET_NAME} is active again." in resumed.content.decode()
     assert "Next runs: " in resumed.content.decode()
@@ -406,7 +406,7 @@ def test_it_refuses_to_resume_a_model_over_the_quota(alice, deployment, settings
     response = alice.post(f"/models/{deployment.id}/resume/", follow=True)
 
     deployment.refresh_from_db()
-    assert deployment.status == Deployment.PAUSED
+    assert deployment.status == Deployment.Status.PAUSED
     assert "you have 1 of 1 active models" in response.content.decode()
 
 
@@ -593,11 +593,11 @@ def test_an_outsider_does_not_see_the_owners_model_in_lists(deployment, outsider
 
     page = mallory.get("/").content.decode()
     assert SECRET_NAME not in page
-    assert "0 of 10 models, 0 B of 1 GB" in page
+    assert "0 of 10 active models, 0 B of 1 GB" in page
     status = mallory.get("/models/status/").json()
     assert SECRET_NAME not in status["rows"]
     assert status["pending"] is False
-    assert status["quota"] == "0 of 10 models, 0 B of 1 GB"
+    assert status["quota"] == "0 of 10 active models, 0 B of 1 GB"
 
 
 def test_the_same_name_makes_the_outsider_a_model_of_their_own(deployment, outsider, bucket):
@@ -638,7 +638,7 @@ def test_posts_with_the_csrf_token_go_through(browser, deployment):
     paused = browser.post(f"/models/{deployment.id}/pause/", {"csrfmiddlewaretoken": token})
     assert paused.status_code == 302
     deployment.refresh_from_db()
-    assert deployment.status == Deployment.PAUSED
+    assert deployment.status == Deployment.Status.PAUSED
 
 
 # --- help ----------------------------------------------------------------------

@@ -5,9 +5,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from scoring.deployments import DeployError
-from scoring.runs import RunError
-from scoring.storage import StorageError
+from scoring.packages.deployments import DeployError
+from scoring.packages.storage import StorageError
+from scoring.runs.lifecycle import RunError
 
 
 def exception_handler(exc, context):

@@ -4,7 +4,7 @@ from scoring.models import Deployment, PackageVersion, ScoringRun
 
 
 class ValidationSerializer(serializers.Serializer):
-    state = serializers.ChoiceField(choices=[s for s, _ in PackageVersion.STATES])
+    state = serializers.ChoiceField(choices=PackageVersion.State.values)
     message = serializers.CharField()
 
 
@@ -81,7 +81,7 @@ class DeploymentUpdateSerializer(serializers.Serializer):
     email = serializers.CharField(required=False, allow_blank=True)
     schedule = serializers.CharField(required=False)
     timezone = serializers.CharField(required=False)
-    status = serializers.ChoiceField(choices=[s for s, _ in Deployment.STATUSES], required=False)
+    status = serializers.ChoiceField(choices=Deployment.Status.values, required=False)
 
 
 class RunSerializer(serializers.ModelSerializer):

@@ -18,9 +18,10 @@ from portal.api.serializers import (
 )
 from portal.downloads import stream_scores
 from portal.views import deployments_for, runs_for
-from scoring import deployments, dispatch
-from scoring.deployments import DeployError
 from scoring.models import Deployment, ScoringRun
+from scoring.packages import deployments
+from scoring.packages.deployments import DeployError
+from scoring.runs import dispatch
 
 
 class DeploymentViewSet(viewsets.GenericViewSet):
@@ -117,7 +118,7 @@ class RunViewSet(viewsets.GenericViewSet):
         kind = request.query_params.get("format", "csv")
         if kind not in ("csv", "parquet"):
             raise DeployError("format must be csv or parquet")
-        if run.status != run.SUCCEEDED:
+        if run.status != run.Status.SUCCEEDED:
             raise NotFound(f"run {run.id} has no committed scores (it is {run.status})")
         return stream_scores(run, kind)
 

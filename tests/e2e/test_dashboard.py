@@ -54,11 +54,11 @@ def fleet(owner):
         deployment=models[1],
         version=models[1].versions.get(),
         date=timezone.localdate() + timedelta(days=1),
-        status=ScoringRun.RUNNING,
+        status=ScoringRun.Status.RUNNING,
         started_at=timezone.now(),
     )
     ScoringRun.objects.filter(id=models[2].runs.first().id).update(
-        status=ScoringRun.FAILED,
+        status=ScoringRun.Status.FAILED,
         error="feature source: missing columns complaints, plan",
         rows=None,
         quality=None,
@@ -140,7 +140,7 @@ def test_the_status_page_refreshes_its_figures_without_reloading(
     page.click("nav >> text=Status")
     page.wait_for_selector("#status")
     failed = ScoringRun.objects.filter(
-        status=ScoringRun.FAILED, finished_at__gte=timezone.now() - timedelta(hours=24)
+        status=ScoringRun.Status.FAILED, finished_at__gte=timezone.now() - timedelta(hours=24)
     ).count()
     assert page.inner_text('[data-count="failed_24h"]') == str(failed)
     assert "churn-002" in page.inner_text("#failures")
@@ -148,7 +148,7 @@ def test_the_status_page_refreshes_its_figures_without_reloading(
     page.evaluate("window.notReloaded = true")
 
     ScoringRun.objects.filter(id=fleet[3].runs.first().id).update(
-        status=ScoringRun.FAILED, error="sandbox: out of memory", finished_at=timezone.now()
+        status=ScoringRun.Status.FAILED, error="sandbox: out of memory", finished_at=timezone.now()
     )
     page.wait_for_function(
         f"document.querySelector('[data-count=\"failed_24h\"]').textContent === '{failed + 1}'",
@@ -166,11 +166,11 @@ def test_the_model_page_still_reloads_when_a_running_run_ends(
     log_in(page, live_server)
     page.click('tr[data-model="churn-001"] a.name')
     page.wait_for_function("window.modelCharts && window.modelCharts.psi")
-    running = fleet[1].runs.get(status=ScoringRun.RUNNING)
+    running = fleet[1].runs.get(status=ScoringRun.Status.RUNNING)
     assert page.inner_text(f'[data-run-status="{running.id}"]') == "running"
 
     ScoringRun.objects.filter(id=running.id).update(
-        status=ScoringRun.SUCCEEDED,
+        status=ScoringRun.Status.SUCCEEDED,
         rows=99_999,
         finished_at=timezone.now(),
         quality=quality(0.05, 0.52, rows=99_999),

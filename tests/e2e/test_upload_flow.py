@@ -50,7 +50,7 @@ def test_a_dropped_package_shows_progress_then_its_validation(
     assert row.inner_text() == "valid"
     assert "7 features · predict_proba" in page.inner_text('tr[data-model="churn"]')
     assert "weekly" in page.inner_text('tr[data-model="churn"]')
-    assert page.inner_text("#quota-text").startswith("1 of 10 models")
+    assert page.inner_text("#quota-text").startswith("1 of 10 active models")
     page.screenshot(path=f"{artifacts}/models-validated.png", full_page=True)
 
     version = PackageVersion.objects.get()

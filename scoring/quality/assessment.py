@@ -3,14 +3,15 @@
 The baseline is the model's previous committed partition (its latest succeeded run of an
 earlier date), else the package's `reference_scores`. Scores come from the scores table
 (both partitions, the score column only); features come from the row samples the runs
-kept while they scored (scoring.samples), so the slice is never read twice; a slice's
+kept while they scored (scoring.quality.samples), so the slice is never read twice; a slice's
 sample is read once for all its runs. The metrics themselves are plain functions in
-scoring.quality.
+scoring.quality.metrics.
 """
 
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 
@@ -19,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 from django.conf import settings
 
-from scoring import quality, samples, scores
 from scoring.models import ScoringRun
+from scoring.quality import levels, metrics, samples
 
 log = logging.getLogger(__name__)
 # Reading both sides from S3 and the metrics (numpy, the adversarial model) release the
@@ -29,7 +30,12 @@ log = logging.getLogger(__name__)
 CHECK_THREADS = 2
 
 
-def check_runs(committed: list[ScoringRun]) -> None:
+# A run's score column from the scores table, batch by batch. The table is the engine's: it
+# hands the checks its reader (scoring.engine.scores.score_reader).
+ScoreReader = Callable[[ScoringRun], Iterator[pa.RecordBatch]]
+
+
+def check_runs(committed: list[ScoringRun], read_scores: ScoreReader) -> None:
     """Compute and store each run's quality; a failed check never fails the run.
 
     The database is queried from this thread only: the checking threads read S3 and compute.
@@ -39,7 +45,6 @@ def check_runs(committed: list[ScoringRun]) -> None:
     if not committed:
         return
     started = time.perf_counter()
-    table = scores.open_table()
     with ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="checks") as pool:
         baselines = {}
         for run in committed:
@@ -54,7 +59,7 @@ def check_runs(committed: list[ScoringRun]) -> None:
         checking = []
         for run in committed:
             if run.id in baselines:
-                arguments = (run, baselines[run.id], thresholds(run), table, slices, drift)
+                arguments = (run, baselines[run.id], thresholds(run), read_scores, slices, drift)
                 checking.append((run, pool.submit(measure, *arguments)))
         for run, measured in checking:
             try:
@@ -90,7 +95,7 @@ def previous_run(run: ScoringRun) -> ScoringRun | None:
     """The baseline run: the model's latest succeeded run of an earlier date."""
     return (
         ScoringRun.objects.filter(
-            deployment_id=run.deployment_id, status=ScoringRun.SUCCEEDED, date__lt=run.date
+            deployment_id=run.deployment_id, status=ScoringRun.Status.SUCCEEDED, date__lt=run.date
         )
         .select_related("version")  # its features, read by a checking thread
         .order_by("-date", "-id")
@@ -99,22 +104,23 @@ def previous_run(run: ScoringRun) -> ScoringRun | None:
 
 
 def thresholds(run: ScoringRun) -> dict:
-    """The package's own thresholds, else the settings'."""
-    params = run.version.package.get("params", {})
-    return {
-        name: params.get(name, getattr(settings, name.upper()))
-        for name in ("psi_warn", "psi_alert", "adversarial_warn", "adversarial_alert")
-    }
+    """The package's own thresholds, else the site's."""
+    return levels.thresholds(run.version.package.get("params"))
 
 
 def measure(
-    run: ScoringRun, previous: ScoringRun | None, limits: dict, table, slices: dict, drift: dict
+    run: ScoringRun,
+    previous: ScoringRun | None,
+    limits: dict,
+    read_scores: ScoreReader,
+    slices: dict,
+    drift: dict,
 ) -> dict:
     """The quality dict of `run` against `previous`, else its version's reference scores."""
     started = time.perf_counter()
     baseline_scores = baseline_sample = current_sample = baseline = known_drift = None
     if previous is not None:
-        baseline_scores = score_values(table, previous)
+        baseline_scores = score_values(read_scores, previous)
         baseline = {
             "kind": "run",
             "run_id": previous.id,
@@ -130,14 +136,14 @@ def measure(
         baseline_scores = samples.load_reference(run.version_id)
         if baseline_scores is not None:
             baseline = {"kind": "reference_scores", "rows": len(baseline_scores)}
-    return quality.compare(
-        score_values(table, run),
-        baseline_scores,
-        current_sample,
-        baseline_sample,
-        limits,
-        baseline,
-        started,
+    return metrics.compare(
+        current_scores=score_values(read_scores, run),
+        baseline_scores=baseline_scores,
+        current_sample=current_sample,
+        baseline_sample=baseline_sample,
+        thresholds=limits,
+        baseline=baseline,
+        seconds_start=started,
         known_drift=known_drift,
     )
 
@@ -150,12 +156,12 @@ def sample_of(sample: pa.Table | None, run: ScoringRun) -> pd.DataFrame | None:
     return samples.of_run(sample, run.id, features).drop_columns([samples.KEY]).to_pandas()
 
 
-def score_values(table, run: ScoringRun) -> np.ndarray:
+def score_values(read_scores: ScoreReader, run: ScoringRun) -> np.ndarray:
     """All the run's scores, filled batch by batch into one array of its recorded rows:
     batches kept and then concatenated would hold them twice."""
     values = np.empty(run.rows or 0)
     filled = 0
-    for batch in scores.run_scores(run, columns=("score",), table=table):
+    for batch in read_scores(run):
         if filled + batch.num_rows > values.size:
             raise ValueError(f"the scores table holds more rows of run {run.id} than it recorded")
         values[filled : filled + batch.num_rows] = batch.column(0).to_numpy()

@@ -3,7 +3,7 @@
 A worker answers the `sandbox_protections` remote-control command (Celery's inspect,
 as `ping` is) with what one probe found: a process started the way the zygote starts
 (a bare environment, an empty folder) that confines itself exactly as every sandbox
-does (scoring.sandbox.apply_limits) and reports. It runs once per worker, in the
+does (scoring.sandbox.child.apply_limits) and reports. It runs once per worker, in the
 background when the worker is ready, so the page never waits for it.
 
 The worker imports this module through the CELERY_IMPORTS setting.
@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from celery.signals import worker_ready
 from celery.worker.control import inspect_command
 
-from scoring.confinement import bare_environment
-from scoring.sandbox import Limits
+from scoring.engine.limits import sandbox_limits
+from scoring.sandbox.confinement import bare_environment
+from scoring.sandbox.limits import Limits
 
 PROBE_SECONDS = 60
 
@@ -34,7 +35,7 @@ def probe(limits: Limits) -> dict:
     given = {"limits": limits.__dict__, "variables": sorted(os.environ)}
     with tempfile.TemporaryDirectory(prefix="dropscore-probe-") as workdir:
         done = subprocess.run(
-            [sys.executable, "-I", "-c", "from scoring.sandbox import probe; probe()"],
+            [sys.executable, "-I", "-c", "from scoring.sandbox.child import probe; probe()"],
             input=json.dumps(given),
             capture_output=True,
             text=True,
@@ -53,8 +54,6 @@ def host_report() -> dict:
     global _report
     with _lock:
         if _report is None:
-            from scoring.validation import sandbox_limits  # the worker's settings
-
             try:
                 _report = {"protections": probe(sandbox_limits()), "error": ""}
             except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:

@@ -1,19 +1,20 @@
 """The life of a scoring run: created, queued, claimed, then succeeded or failed and retried.
 
-Every change of state is a conditional update on the row, so two workers or two
-ticks can never both take a run, and a worker that lost its lease cannot write
-over the run's new owner.
+Every change of state is a conditional update on the row (`move`), along the
+transitions `ScoringRun.TRANSITIONS` allows, so two workers or two ticks can never both
+take a run, and a worker that lost its lease cannot write over the run's new owner.
 """
 
 import logging
 from datetime import date, datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from scoring import reports
 from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.packages import params
+from scoring.reports import mail
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,14 @@ class RunError(ValueError):
     """A run cannot be requested; the message says why."""
 
 
+def move(rows: QuerySet, to: str, **changes) -> int:
+    """Move the runs of `rows` to status `to`, those whose status may go there; how many moved."""
+    sources = [status for status, targets in ScoringRun.TRANSITIONS.items() if to in targets]
+    return rows.filter(status__in=sources).update(status=to, **changes)
+
+
 def max_attempts(version: PackageVersion) -> int:
-    return version.package.get("params", {}).get("max_attempts", 3)
+    return params.value(version.package.get("params"), "max_attempts")
 
 
 def create_run(
@@ -46,8 +53,9 @@ def create_run(
 def claim(run: ScoringRun, batch_id: int) -> bool:
     """Take a queued run of this batch; False when another worker or batch has it."""
     now = timezone.now()
-    won = ScoringRun.objects.filter(id=run.id, batch_id=batch_id, status=ScoringRun.QUEUED).update(
-        status=ScoringRun.RUNNING,
+    won = move(
+        ScoringRun.objects.filter(id=run.id, batch_id=batch_id, status=ScoringRun.Status.QUEUED),
+        ScoringRun.Status.RUNNING,
         attempts=F("attempts") + 1,
         started_at=now,
         heartbeat_at=now,
@@ -60,7 +68,9 @@ def claim(run: ScoringRun, batch_id: int) -> bool:
 
 def held(run: ScoringRun):
     """The run's row as long as this worker still holds it (same attempt, still running)."""
-    return ScoringRun.objects.filter(id=run.id, status=ScoringRun.RUNNING, attempts=run.attempts)
+    return ScoringRun.objects.filter(
+        id=run.id, status=ScoringRun.Status.RUNNING, attempts=run.attempts
+    )
 
 
 def heartbeat(runs: list[ScoringRun]) -> None:
@@ -71,8 +81,9 @@ def heartbeat(runs: list[ScoringRun]) -> None:
 def succeed(run: ScoringRun, rows: int, slice_date: date) -> None:
     now = timezone.now()
     run.rows = rows  # for the checks, which follow
-    held(run).update(
-        status=ScoringRun.SUCCEEDED,
+    move(
+        held(run),
+        ScoringRun.Status.SUCCEEDED,
         rows=rows,
         slice_date=slice_date,
         error="",
@@ -85,9 +96,12 @@ def fail(run: ScoringRun, error: str, slice_date: date | None = None) -> None:
     """Record a failed attempt: retry after the package's delay, or give up; tell the owner."""
     now = timezone.now()
     gave_up = run.attempts >= run.max_attempts
-    delay = timedelta(minutes=run.version.package.get("params", {}).get("retry_delay_minutes", 30))
-    updated = held(run).update(
-        status=ScoringRun.FAILED if gave_up else ScoringRun.RETRYING,
+    delay = timedelta(
+        minutes=params.value(run.version.package.get("params"), "retry_delay_minutes")
+    )
+    updated = move(
+        held(run),
+        ScoringRun.Status.FAILED if gave_up else ScoringRun.Status.RETRYING,
         error=error[:4000],
         slice_date=slice_date,
         finished_at=now,
@@ -100,7 +114,7 @@ def fail(run: ScoringRun, error: str, slice_date: date | None = None) -> None:
 
 def notify_failure(run: ScoringRun) -> None:
     try:
-        reports.send_run_failed(run)
+        mail.send_run_failed(run)
     except Exception:  # a mail server that is down must not fail the run's bookkeeping
         log.exception("could not send the failure email of run %s", run.id)
 
@@ -111,7 +125,7 @@ def newer_run(run: ScoringRun) -> ScoringRun | None:
         ScoringRun.objects.filter(
             deployment_id=run.deployment_id, date=run.date, version__number__gt=run.version.number
         )
-        .exclude(status=ScoringRun.FAILED)
+        .exclude(status=ScoringRun.Status.FAILED)
         .order_by("-version__number")
         .first()
     )
@@ -119,8 +133,9 @@ def newer_run(run: ScoringRun) -> ScoringRun | None:
 
 def supersede(run: ScoringRun, newer: ScoringRun) -> None:
     """The partition belongs to a newer version's run: this one stops, without retries."""
-    held(run).update(
-        status=ScoringRun.FAILED,
+    move(
+        held(run),
+        ScoringRun.Status.FAILED,
         error=f"superseded by run {newer.id} of version {newer.version.number} for the same date",
         finished_at=timezone.now(),
         next_attempt_at=None,
@@ -130,15 +145,15 @@ def supersede(run: ScoringRun, newer: ScoringRun) -> None:
 def take_back(run: ScoringRun, now: datetime) -> bool:
     """A running run whose worker stopped answering: queue it again, or give up."""
     stale = ScoringRun.objects.filter(
-        id=run.id, status=ScoringRun.RUNNING, heartbeat_at=run.heartbeat_at
+        id=run.id, status=ScoringRun.Status.RUNNING, heartbeat_at=run.heartbeat_at
     )
     message = f"the worker stopped answering during attempt {run.attempts}"
     if run.attempts >= run.max_attempts:
-        if stale.update(status=ScoringRun.FAILED, error=message, finished_at=now):
+        if move(stale, ScoringRun.Status.FAILED, error=message, finished_at=now):
             run.refresh_from_db()
             notify_failure(run)
         return False
-    return bool(stale.update(status=ScoringRun.QUEUED, error=message, queued_at=now))
+    return bool(move(stale, ScoringRun.Status.QUEUED, error=message, queued_at=now))
 
 
 def request_run(deployment: Deployment, day: date) -> ScoringRun:
@@ -146,20 +161,27 @@ def request_run(deployment: Deployment, day: date) -> ScoringRun:
     version = deployment.current_version
     if version is None:
         raise RunError(f"{deployment.name} has no valid version to score")
-    run = create_run(deployment, version, day, ScoringRun.MANUAL)
+    run = create_run(deployment, version, day, ScoringRun.Trigger.MANUAL)
     if run is not None:
         return run
     run = ScoringRun.objects.get(version=version, date=day)
-    if run.status == ScoringRun.SUCCEEDED:
+    if run.status == ScoringRun.Status.SUCCEEDED:
         raise RunError(
             f"version {version.number} already scored {day} (run {run.id}): its scores are committed"
         )
     # Queued or running: nothing to do. Retrying: now instead of later. Failed: a fresh set of attempts.
-    ScoringRun.objects.filter(id=run.id, status=ScoringRun.RETRYING).update(
-        status=ScoringRun.QUEUED, queued_at=timezone.now()
+    this = ScoringRun.objects.filter(id=run.id)
+    move(
+        this.filter(status=ScoringRun.Status.RETRYING),
+        ScoringRun.Status.QUEUED,
+        queued_at=timezone.now(),
     )
-    ScoringRun.objects.filter(id=run.id, status=ScoringRun.FAILED).update(
-        status=ScoringRun.QUEUED, attempts=0, queued_at=timezone.now(), trigger=ScoringRun.MANUAL
+    move(
+        this.filter(status=ScoringRun.Status.FAILED),
+        ScoringRun.Status.QUEUED,
+        attempts=0,
+        queued_at=timezone.now(),
+        trigger=ScoringRun.Trigger.MANUAL,
     )
     run.refresh_from_db()
     return run

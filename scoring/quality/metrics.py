@@ -36,8 +36,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-OK, WARNING, ALERT = "ok", "warning", "alert"
-_SEVERITY = {OK: 0, WARNING: 1, ALERT: 2}
+from scoring.quality.levels import ALERT, OK, above, level, worst
 
 # Adversarial validation sizes, measured on this 2-core machine (bench/quality_bench.py):
 # samples of 20,000 rows x (50 features + a category + score) per side, cut to 5,000,
@@ -172,20 +171,6 @@ def adversarial_auc(
     return auc, _hanley_mcneil(auc, n, n)
 
 
-def level(value: float | None, warn: float, alert: float) -> str | None:
-    """ok below `warn`, warning below `alert`, alert at or above; None for no value."""
-    if value is None or math.isnan(value):
-        return None
-    if value < warn:
-        return OK
-    return WARNING if value < alert else ALERT
-
-
-def worst(*statuses: str | None) -> str:
-    """The most severe of the statuses (alert > warning > ok), None ignored; ok if none."""
-    return max((s for s in statuses if s is not None), key=_SEVERITY.__getitem__, default=OK)
-
-
 def display_histogram(baseline: np.ndarray | None, current: np.ndarray, bins: int = 20) -> dict:
     """Shares of finite values in `bins` equal bins over a range common to both sides.
 
@@ -215,6 +200,7 @@ def display_histogram(baseline: np.ndarray | None, current: np.ndarray, bins: in
 
 
 def compare(
+    *,
     current_scores: np.ndarray,
     baseline_scores: np.ndarray | None,
     current_sample: pd.DataFrame | None,
@@ -270,14 +256,14 @@ def compare(
     constant = bool(finite.size > 1 and finite.min() == finite.max())
 
     statuses = {
-        "rows_status": _above(None if rows_change is None else abs(rows_change), 0.2, 0.5),
+        "rows_status": above(None if rows_change is None else abs(rows_change), 0.2, 0.5),
         "psi_status": psi_status,
         "adversarial_status": adversarial_status,
-        "missing_status": _above(missing_share, 0.0, 0.01),
+        "missing_status": above(missing_share, 0.0, 0.01),
         "constant_status": ALERT if constant else OK,
     }
     return {
-        "status": worst(*statuses.values(), *(item["status"] for item in features)),
+        "status": worst([*statuses.values(), *(item["status"] for item in features)]),
         "baseline": baseline,
         "rows": rows,
         "baseline_rows": baseline_rows,
@@ -387,13 +373,6 @@ def _hanley_mcneil(auc: float, positives: int, negatives: int) -> float:
         auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)
     ) / (positives * negatives)
     return math.sqrt(max(variance, 0.0))
-
-
-def _above(value: float | None, warn: float, alert: float) -> str | None:
-    """warning above `warn`, alert above `alert` (strictly: 0 missing is ok)."""
-    if value is None:
-        return None
-    return ALERT if value > alert else WARNING if value > warn else OK
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

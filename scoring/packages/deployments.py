@@ -5,16 +5,19 @@ the whole change or none of it: no object without its row, no row without its ob
 """
 
 import logging
+from datetime import datetime
 from pathlib import PurePath
 from typing import BinaryIO
 
 from django.conf import settings
 from django.db import transaction
+from django.utils.timezone import now
 
-from scoring import storage
-from scoring.contract import ContractError, check_email, check_name
+from scoring import enqueue
 from scoring.models import Deployment, PackageVersion, Quota
-from scoring.schedules import ScheduleError, check_interval, check_schedule, check_timezone
+from scoring.packages import quotas, schedules, storage
+from scoring.packages.contract import ContractError, check_email, check_name
+from scoring.packages.schedules import ScheduleError, check_interval, check_schedule, check_timezone
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +73,26 @@ def deploy(
             deployment = (
                 Deployment.objects.select_for_update().filter(owner=user, slug=slug).first()
             )
+            if deployment is not None and deployment.name != name:
+                raise DeployError(
+                    f"the name {name!r} is too close to your model {deployment.name!r}: both "
+                    f"are stored as {slug!r}. Use {deployment.name!r} to add a version to it, "
+                    "or a name that differs in its letters or digits"
+                )
             latest = deployment.versions.order_by("-number").first() if deployment else None
             if latest and latest.sha256 == sha256:
                 raise DeployError(
                     f"this file is the same as the current version v{latest.number} of {deployment.name}"
                 )
-            storage.check_quota(user, size, new_model=deployment is None)
+            adds_a_model = deployment is None or (
+                deployment.status == Deployment.Status.ACTIVE and not can_score(deployment)
+            )
+            quotas.check(user, size, adds_a_model)
             if deployment is None:
                 deployment = Deployment(owner=user, name=name, slug=slug, email=user.email or "")
             for field, value in fields.items():
                 setattr(deployment, field, value)
-            deployment.schedule_next_run()
+            deployment.next_run_at = next_fire_time(deployment)
             deployment.save()
             number = (latest.number if latest else 0) + 1
             key = storage.package_key(user.username, slug, number)
@@ -96,7 +108,7 @@ def deploy(
                 form_schedule=fields.get("schedule", ""),
             )
             transaction.on_commit(lambda: enqueue_validation(version.id))
-    except storage.QuotaError as exc:
+    except quotas.QuotaError as exc:
         raise DeployError(str(exc)) from None
     except BaseException:
         if key is not None:
@@ -106,10 +118,8 @@ def deploy(
 
 
 def enqueue_validation(version_id: int) -> None:
-    from scoring.tasks import validate_version
-
     try:
-        validate_version.delay(version_id)
+        enqueue.validate_version(version_id)
     except Exception:  # broker down: the row stays pending and tick sends it again
         log.exception("could not enqueue validation of version %s; tick will retry", version_id)
 
@@ -128,12 +138,12 @@ def update(
     with transaction.atomic():
         deployment = Deployment.objects.select_for_update().get(id=deployment.id)
         if status is not None and status != deployment.status:
-            if status not in (Deployment.ACTIVE, Deployment.PAUSED):
+            if status not in (Deployment.Status.ACTIVE, Deployment.Status.PAUSED):
                 raise DeployError(f"status must be 'active' or 'paused', got {status!r}")
-            if status == Deployment.ACTIVE:
+            if status == Deployment.Status.ACTIVE:
                 try:
-                    storage.check_quota(deployment.owner, 0, new_model=True)
-                except storage.QuotaError as exc:
+                    quotas.check(deployment.owner, 0, adds_a_model=can_score(deployment))
+                except quotas.QuotaError as exc:
                     raise DeployError(str(exc)) from None
             fields["status"] = status
         for field, value in fields.items():
@@ -148,16 +158,22 @@ def check_site_schedule(schedule: object) -> str:
     return check_interval(check_schedule(schedule), settings.MIN_SCHEDULE_INTERVAL_MINUTES)
 
 
+def next_fire_time(deployment: Deployment) -> datetime | None:
+    """The schedule's next fire time from now, read in the deployment's time zone (stored
+    in UTC); none while it is paused."""
+    if deployment.status != Deployment.Status.ACTIVE:
+        return None
+    return schedules.next_runs(deployment.schedule, deployment.timezone, now())[0]
+
+
 def schedule_next_run(deployment: Deployment) -> None:
     """The next fire time, or none while no version can score (all of them are invalid)."""
-    deployment.schedule_next_run()
-    if not can_score(deployment):
-        deployment.next_run_at = None
+    deployment.next_run_at = next_fire_time(deployment) if can_score(deployment) else None
 
 
 def can_score(deployment: Deployment) -> bool:
     """Whether a version is valid or may still become so."""
-    return deployment.versions.exclude(state=PackageVersion.INVALID).exists()
+    return deployment.versions.exclude(state=PackageVersion.State.INVALID).exists()
 
 
 def delete(deployment: Deployment) -> None:

@@ -13,33 +13,31 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from scoring import deployments, features, samples, storage
+from scoring.engine import features
+from scoring.engine.limits import sandbox_limits
 from scoring.models import Deployment, PackageVersion
-from scoring.sandbox import REFERENCE_SCORES_FILE, Limits, Sandbox, SandboxError
-from scoring.schedules import ScheduleError
+from scoring.packages import deployments, storage
+from scoring.packages.schedules import ScheduleError
+from scoring.quality import samples
+from scoring.sandbox.client import Sandbox
+from scoring.sandbox.limits import REFERENCE_SCORES_FILE, SandboxError
 
 log = logging.getLogger(__name__)
 
 
-def sandbox_limits() -> Limits:
-    return Limits(
-        timeout_seconds=settings.SANDBOX_TIMEOUT_SECONDS,
-        memory_bytes=settings.SANDBOX_MEMORY_BYTES,
-        cpu_seconds=settings.SANDBOX_CPU_SECONDS,
-    )
-
-
 def validate_version(version_id: int) -> None:
-    version = PackageVersion.objects.filter(id=version_id, state=PackageVersion.PENDING).first()
+    version = PackageVersion.objects.filter(
+        id=version_id, state=PackageVersion.State.PENDING
+    ).first()
     if version is None:
         return  # already validated, or deleted meanwhile: nothing to do
     with tempfile.TemporaryDirectory(prefix="dropscore-validate-") as workdir:
         try:
             package, note = check_in_sandbox(version, Path(workdir))
         except SandboxError as exc:
-            finish(version, PackageVersion.INVALID, str(exc), {})
+            finish(version, PackageVersion.State.INVALID, str(exc), {})
         else:
-            finish(version, PackageVersion.VALID, note, package)
+            finish(version, PackageVersion.State.VALID, note, package)
 
 
 def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]:
@@ -90,7 +88,7 @@ def check_site_rules(package: dict) -> None:
 
 
 def keep_reference_scores(version: PackageVersion, path: Path) -> None:
-    """The baseline of the model's first run's quality checks (scoring.checks)."""
+    """The baseline of the model's first run's quality checks (scoring.quality.assessment)."""
     with pa.memory_map(str(path)) as source:
         values = pa.ipc.open_file(source).read_all().column("score").to_numpy()
     samples.save_reference(version.id, values)
@@ -98,13 +96,13 @@ def keep_reference_scores(version: PackageVersion, path: Path) -> None:
 
 def finish(version: PackageVersion, state: str, message: str, package: dict) -> None:
     with transaction.atomic():
-        updated = PackageVersion.objects.filter(id=version.id, state=PackageVersion.PENDING).update(
-            state=state, message=message, package=package, validated_at=timezone.now()
-        )
+        updated = PackageVersion.objects.filter(
+            id=version.id, state=PackageVersion.State.PENDING
+        ).update(state=state, message=message, package=package, validated_at=timezone.now())
         if not updated:
             return
         deployment = Deployment.objects.select_for_update().get(id=version.deployment_id)
-        if state == PackageVersion.VALID:
+        if state == PackageVersion.State.VALID:
             apply_package_defaults(version, deployment, package)
         keep_schedule(deployment)
 
@@ -125,7 +123,7 @@ def apply_package_defaults(version: PackageVersion, deployment: Deployment, pack
     if not version.form_schedule and (package.get("schedule") or package.get("timezone")):
         deployment.schedule = package.get("schedule") or deployment.schedule
         deployment.timezone = package.get("timezone") or deployment.timezone
-        deployment.schedule_next_run()
+        deployment.next_run_at = deployments.next_fire_time(deployment)
         changed += ["schedule", "timezone", "next_run_at"]
     if changed:
         deployment.save(update_fields=changed)

@@ -1,37 +1,19 @@
-"""Emails to model owners: one function per kind, three templates per kind.
+"""What a report says: one report per user per batch, each of their models with its
+status, rows and data quality, worst first.
 
-`templates/email/<kind>_subject.txt`, `<kind>.txt` and `<kind>.html`.
-
-The report of a batch is one email per user: each of their models with its status, rows and
-data quality, and a chart of the score distribution. `report_context` feeds both the email and
-the report's page in the portal, so the two always say the same thing.
+`report_context` feeds both the email (scoring.reports.mail) and the report's page in
+the portal, so the two always say the same thing.
 """
 
-import io
-import logging
-import math
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from email.mime.image import MIMEImage
 
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
-from django.db.models import F, Q
-from django.template.loader import render_to_string
-from django.utils import timezone
 
 from scoring.models import Batch, Report, ScoringRun
-
-log = logging.getLogger(__name__)
-
-OK = "ok"
-WARNING = "warning"
-ALERT = "alert"
-FAILED = "failed"
-BADNESS = [OK, WARNING, ALERT, FAILED]  # worst last
+from scoring.quality import levels
+from scoring.quality.levels import ALERT, FAILED, OK, SEVERITY, WARNING, worst
 
 # Traffic lights: (text colour, background), the same in the email and on the page.
 LIGHTS = {
@@ -50,48 +32,12 @@ CHECK_VERBS = {
     "constant": {WARNING: "returned constant scores", ALERT: "returned constant scores"},
 }
 
-MAX_SEND_ATTEMPTS = 10
-DUE_REPORTS_PER_TICK = 100
-
-
-def make_message(kind: str, to: str | list[str], context: dict) -> EmailMultiAlternatives:
-    context = {**context, "site_url": settings.SITE_URL.rstrip("/")}
-    subject = " ".join(render_to_string(f"email/{kind}_subject.txt", context).split())
-    message = EmailMultiAlternatives(
-        subject,
-        render_to_string(f"email/{kind}.txt", context),
-        to=[to] if isinstance(to, str) else list(to),
-    )
-    message.attach_alternative(render_to_string(f"email/{kind}.html", context), "text/html")
-    return message
-
-
-def send_run_failed(run) -> None:
-    """Tell the owner at once: which model, which slice, what went wrong, what happens next."""
-    deployment = run.deployment
-    if not deployment.email:
-        log.warning("run %s failed but %s has no report email", run.id, deployment)
-        return
-    context = {
-        "run": run,
-        "deployment": deployment,
-        "gave_up": run.status == run.FAILED,
-    }
-    make_message("run_failed", deployment.email, context).send()
-
-
-# --- statuses ----------------------------------------------------------------------
-
 
 def run_status(run: ScoringRun) -> str:
     """ok, warning, alert or failed: a run still retrying counts as failed until it succeeds."""
-    if run.status in (ScoringRun.FAILED, ScoringRun.RETRYING):
+    if run.status in (ScoringRun.Status.FAILED, ScoringRun.Status.RETRYING):
         return FAILED
-    return run.quality_status if run.quality_status in BADNESS else OK
-
-
-def worst(statuses: Iterable[str]) -> str:
-    return max(statuses, key=BADNESS.index, default=OK)
+    return run.quality_status if run.quality_status in SEVERITY else OK
 
 
 def build_reports(batch: Batch) -> list[Report]:
@@ -210,23 +156,11 @@ def human_duration(seconds: float) -> str:
     return f"{hours} h {minutes} min"
 
 
-def baseline_text(quality: dict) -> str:
-    baseline = quality.get("baseline")
-    if not baseline:
-        return "none: this is the first run and the package has no reference scores"
-    rows = f"{baseline['rows']:,}" if baseline.get("rows") is not None else "?"
-    if baseline.get("kind") == "run":
-        return f"the previous run, of {baseline.get('date', '?')} ({rows} rows)"
-    return f"the reference scores in the package ({rows} scores)"
-
-
 def quality_checks(quality: dict) -> list[Check]:
     """The quality table: only the checks that were computed for this run."""
-    thresholds = quality.get("thresholds") or {}
-    psi_warn = thresholds.get("psi_warn", settings.PSI_WARN)
-    psi_alert = thresholds.get("psi_alert", settings.PSI_ALERT)
-    auc_warn = thresholds.get("adversarial_warn", settings.ADVERSARIAL_WARN)
-    auc_alert = thresholds.get("adversarial_alert", settings.ADVERSARIAL_ALERT)
+    lines = levels.thresholds(quality.get("thresholds"))
+    psi_warn, psi_alert = lines["psi_warn"], lines["psi_alert"]
+    auc_warn, auc_alert = lines["adversarial_warn"], lines["adversarial_alert"]
     checks = []
     if quality.get("rows") is not None:
         detail = ""
@@ -298,7 +232,7 @@ def section_for(report: Report, run: ScoringRun) -> Section:
     if run.quality:
         section.checks = quality_checks(run.quality)
         section.features = drifting_features(run.quality)
-        section.baseline = baseline_text(run.quality)
+        section.baseline = levels.baseline_text(run.quality.get("baseline"))
         section.has_chart = has_histogram(run.quality)
         section.content_id = f"report-{report.id}-run-{run.id}@dropscore"
     return section
@@ -337,12 +271,12 @@ def report_context(report: Report) -> dict:
     runs = list(report.runs.select_related("deployment", "version"))
     sections = sorted(
         (section_for(report, run) for run in runs),
-        key=lambda s: (-BADNESS.index(s.status), s.deployment.name.lower(), s.run.date),
+        key=lambda s: (-SEVERITY.index(s.status), s.deployment.name.lower(), s.run.date),
     )
     status = worst(section.status for section in sections)
     counts = [
         f"{count} {name}"
-        for name in reversed(BADNESS)
+        for name in reversed(SEVERITY)
         if (count := sum(section.status == name for section in sections))
     ]
     fg, bg = LIGHTS[status]
@@ -359,165 +293,3 @@ def report_context(report: Report) -> dict:
         "sections": sections,
         "url": report_url(report),
     }
-
-
-# --- the chart ---------------------------------------------------------------------
-
-
-def baseline_label(quality: dict) -> str:
-    baseline = quality.get("baseline") or {}
-    if baseline.get("kind") == "run":
-        return f"previous run ({baseline.get('date', '?')})"
-    return "reference scores"
-
-
-def score_chart_png(quality: dict) -> bytes:
-    """This run's score distribution against the baseline's, as a 600×260 PNG."""
-    # Figure and the Agg canvas directly, not pyplot: no global state, safe in threads.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import PercentFormatter
-
-    histogram = quality["histogram"]
-    edges = [float(edge) for edge in histogram["edges"]]
-    if not all(math.isfinite(edge) for edge in edges):
-        raise ValueError("the histogram's edges must be finite")
-    figure = Figure(figsize=(6, 2.6), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.stairs(
-        histogram["current"],
-        edges,
-        fill=True,
-        facecolor="#3358d44d",
-        edgecolor="#3358d4",
-        linewidth=1.6,
-        label="this run",
-    )
-    if histogram.get("baseline"):
-        axes.stairs(
-            histogram["baseline"],
-            edges,
-            color="#1d2330",
-            linewidth=1.4,
-            linestyle="--",
-            label=baseline_label(quality),
-        )
-    axes.set_xlabel("score", fontsize=9)
-    axes.set_ylabel("share of rows", fontsize=9)
-    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
-    axes.tick_params(labelsize=8)
-    axes.set_ylim(bottom=0)
-    axes.spines[["top", "right"]].set_visible(False)
-    axes.legend(loc="best", fontsize=8, frameon=False)
-    figure.tight_layout(pad=0.6)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-# --- sending -----------------------------------------------------------------------
-
-
-def recipients(report: Report) -> list[str]:
-    """The report emails of the report's models; the owner's account email when none has one."""
-    emails = {run.deployment.email for run in report.runs.select_related("deployment")}
-    emails.discard("")
-    if not emails and report.owner.email:
-        emails = {report.owner.email}
-    return sorted(emails)
-
-
-def report_message(report: Report, to: list[str]) -> EmailMultiAlternatives:
-    context = report_context(report)
-    charts = []
-    for section in context["sections"]:
-        if section.has_chart:
-            try:
-                charts.append((section.content_id, score_chart_png(section.run.quality)))
-            except Exception:
-                # A bad histogram costs the chart, not the email.
-                log.exception("no chart for run %s in report %s", section.run.id, report.id)
-                section.has_chart = False
-    message = make_message("report", to, context)
-    if charts:
-        # multipart/related: the HTML shows the images by Content-ID instead of listing them.
-        message.mixed_subtype = "related"
-    for content_id, png in charts:
-        image = MIMEImage(png, "png")
-        image.add_header("Content-ID", f"<{content_id}>")
-        image.add_header(
-            "Content-Disposition", "inline", filename=content_id.split("@")[0] + ".png"
-        )
-        message.attach(image)
-    return message
-
-
-def retry_delay(attempts: int) -> timedelta:
-    return timedelta(minutes=min(2**attempts, 60))
-
-
-def due(now: datetime) -> Q:
-    return Q(sent_at__isnull=True, send_attempts__lt=MAX_SEND_ATTEMPTS) & (
-        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
-    )
-
-
-def claim(report: Report, now: datetime) -> bool:
-    """Take the report for one attempt, so the engine and tick never both send it.
-
-    The conditional update moves `next_attempt_at` past `now`: the retry time if this attempt
-    fails, and a lease if this process dies while sending.
-    """
-    report.refresh_from_db(fields=["sent_at", "send_attempts", "next_attempt_at"])
-    next_attempt_at = now + retry_delay(report.send_attempts + 1)
-    claimed = Report.objects.filter(
-        due(now), id=report.id, send_attempts=report.send_attempts
-    ).update(next_attempt_at=next_attempt_at)
-    if claimed:
-        report.next_attempt_at = next_attempt_at
-    return bool(claimed)
-
-
-def send_report(report: Report, now: datetime | None = None) -> bool:
-    """Email the report: True when it went out, or there was no address to send it to.
-
-    Never raises: a mail server that is down must not fail the run. The report then stays
-    unsent with the error, and tick tries again later (`send_due_reports`). False too when
-    the report was sent already, is being sent by another process, or is not due yet.
-    """
-    now = now or timezone.now()
-    if not claim(report, now):
-        return False
-    try:
-        to = recipients(report)
-        if to:
-            report_message(report, to).send()
-        else:
-            log.warning(
-                "report %s: %s has no email address, nothing to send", report.id, report.owner
-            )
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        Report.objects.filter(id=report.id).update(
-            send_attempts=F("send_attempts") + 1, send_error=error
-        )
-        report.refresh_from_db(fields=["send_attempts", "send_error"])
-        if report.send_attempts >= MAX_SEND_ATTEMPTS:
-            log.error(
-                "report %s: gave up after %s attempts: %s", report.id, report.send_attempts, error
-            )
-        else:
-            log.warning(
-                "report %s not sent (attempt %s): %s", report.id, report.send_attempts, error
-            )
-        return False
-    Report.objects.filter(id=report.id).update(sent_at=now, send_error="")
-    report.sent_at, report.send_error = now, ""
-    return True
-
-
-def send_due_reports(now: datetime) -> int:
-    """For tick: send the reports a mail server did not take, backing off; returns how many went."""
-    reports = Report.objects.filter(due(now)).select_related("owner").order_by("created_at")
-    return sum(send_report(report, now) for report in reports[:DUE_REPORTS_PER_TICK])

@@ -14,8 +14,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from scoring import runs, schedules
+from scoring import enqueue
 from scoring.models import Batch, Deployment, PackageVersion, ScoringRun
+from scoring.packages import schedules
+from scoring.runs import lifecycle
 
 log = logging.getLogger(__name__)
 # Where tick notes its time in Redis, for the status page (here, not in tasks, so the
@@ -35,7 +37,7 @@ def due_schedules(now: datetime) -> list[int]:
     """A run for each active deployment whose fire time has come, in a fixed number of
     queries however many are due: a thousand models on a daily schedule fire together."""
     current = (
-        PackageVersion.objects.filter(deployment=OuterRef("pk"), state=PackageVersion.VALID)
+        PackageVersion.objects.filter(deployment=OuterRef("pk"), state=PackageVersion.State.VALID)
         .order_by("-number")
         .values("id")[:1]
     )
@@ -44,7 +46,7 @@ def due_schedules(now: datetime) -> list[int]:
         # and once next_run_at moves on no later tick sees them due.
         due = list(
             Deployment.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=Deployment.ACTIVE, next_run_at__lte=now)
+            .filter(status=Deployment.Status.ACTIVE, next_run_at__lte=now)
             .annotate(current_version_id=Subquery(current))
         )
         due_at = {deployment.id: deployment.next_run_at for deployment in due}
@@ -82,8 +84,8 @@ def create_runs(wanted: dict[tuple[int, date], tuple[Deployment, PackageVersion]
             deployment=deployment,
             version=version,
             date=day,
-            trigger=ScoringRun.SCHEDULE,
-            max_attempts=runs.max_attempts(version),
+            trigger=ScoringRun.Trigger.SCHEDULE,
+            max_attempts=lifecycle.max_attempts(version),
         )
         for (version_id, day), (deployment, version) in wanted.items()
         if (version_id, day) not in existing
@@ -93,30 +95,34 @@ def create_runs(wanted: dict[tuple[int, date], tuple[Deployment, PackageVersion]
             return [run.id for run in ScoringRun.objects.bulk_create(new, batch_size=BULK_ROWS)]
     except IntegrityError:  # one was made since (a score-now): one at a time, skipping it
         made = [
-            runs.create_run(deployment, version, day, ScoringRun.SCHEDULE)
+            lifecycle.create_run(deployment, version, day, ScoringRun.Trigger.SCHEDULE)
             for (_, day), (deployment, version) in wanted.items()
         ]
         return [run.id for run in made if run is not None]
 
 
 def due_retries(now: datetime) -> list[int]:
-    due = ScoringRun.objects.filter(status=ScoringRun.RETRYING, next_attempt_at__lte=now)
-    return claim_each(due, status=ScoringRun.QUEUED, queued_at=now)
+    due = ScoringRun.objects.filter(status=ScoringRun.Status.RETRYING, next_attempt_at__lte=now)
+    ids = list(due.values_list("id", flat=True))
+    return [
+        i for i in ids if lifecycle.move(due.filter(id=i), ScoringRun.Status.QUEUED, queued_at=now)
+    ]
 
 
 def taken_back(now: datetime) -> list[int]:
     stale_before = now - timedelta(seconds=settings.RUN_LEASE_SECONDS)
     stale = ScoringRun.objects.filter(
-        status=ScoringRun.RUNNING, heartbeat_at__lt=stale_before
+        status=ScoringRun.Status.RUNNING, heartbeat_at__lt=stale_before
     ).select_related("deployment", "version")
-    return [run.id for run in stale if runs.take_back(run, now)]
+    return [run.id for run in stale if lifecycle.take_back(run, now)]
 
 
 def lost(now: datetime) -> list[int]:
     """Queued runs no worker took in time: their message was lost (or the queue is long)."""
     before = now - timedelta(seconds=settings.REQUEUE_AFTER_SECONDS)
     return claim_each(
-        ScoringRun.objects.filter(status=ScoringRun.QUEUED, queued_at__lt=before), queued_at=now
+        ScoringRun.objects.filter(status=ScoringRun.Status.QUEUED, queued_at__lt=before),
+        queued_at=now,
     )
 
 
@@ -129,27 +135,25 @@ def claim_each(candidates, **changes) -> list[int]:
 def score_now(deployment: Deployment, day: date | None = None) -> ScoringRun:
     """Queue the run of `day` (default: today in the deployment's time zone) and send it at once."""
     day = day or timezone.now().astimezone(ZoneInfo(deployment.timezone)).date()
-    run = runs.request_run(deployment, day)
-    if run.status == ScoringRun.QUEUED:
+    run = lifecycle.request_run(deployment, day)
+    if run.status == ScoringRun.Status.QUEUED:
         send_batch([run.id])
     return run
 
 
 def send_batch(run_ids: list[int], now: datetime | None = None) -> Batch:
     """Group runs in a new batch and enqueue it once the rows are committed."""
-    from scoring.tasks import run_batch
-
     with transaction.atomic():
         batch = Batch.objects.create()
         ScoringRun.objects.filter(id__in=run_ids).update(
             batch=batch, queued_at=now or timezone.now()
         )
 
-        def enqueue():
+        def send():
             try:
-                run_batch.delay(batch.id)
+                enqueue.run_batch(batch.id)
             except Exception:  # broker down: the runs stay queued and a later tick sends them
                 log.exception("could not enqueue batch %s; a later tick will", batch.id)
 
-        transaction.on_commit(enqueue)
+        transaction.on_commit(send)
     return batch

@@ -28,7 +28,7 @@ from deltalake.transaction import AddAction
 from django.conf import settings
 from django.db import connection, transaction
 
-from scoring import storage
+from scoring.packages import storage
 
 TABLE = "scores"
 PARTITIONS = ["dt", "model_id"]
@@ -245,3 +245,9 @@ def run_scores(run, columns=("entity_id", "score"), table=None) -> Iterator[pa.R
         file_pruning_predicate=partition_predicate(run.date, [run.deployment_id])
     )
     yield from dataset.to_batches(columns=list(columns), filter=ds.field("run_id") == run.id)
+
+
+def score_reader():
+    """A reader of runs' score columns from one view of the table, for the quality checks."""
+    table = open_table()
+    return lambda run: run_scores(run, columns=("score",), table=table)

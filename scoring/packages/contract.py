@@ -6,7 +6,7 @@ no Django import, so the sandbox child can use it.
 
 In a notebook:
 
-    from scoring.contract import save_package
+    from scoring.packages.contract import save_package
     save_package("churn.dill", model, features=X.columns, schedule="daily",
                  meta={"author": "ana", "gini_oot": 0.61})
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from scoring.schedules import ScheduleError, check_schedule, check_timezone
+from scoring.packages.schedules import ScheduleError, check_schedule, check_timezone
 
 FORMAT = 1
 KNOWN_KEYS = (
@@ -38,6 +38,8 @@ KNOWN_KEYS = (
 METHODS = ("predict_proba", "predict", "decision_function")
 CALL = "__call__"  # the method name recorded for a plain callable
 
+# The format's defaults: what a run uses where neither the package nor the site's settings
+# say otherwise (scoring.packages.params). They are never written into a package.
 PARAM_DEFAULTS: dict[str, Any] = {
     "method": None,  # None: predict_proba if the model has it, else predict, else call it
     "positive_class": None,  # None: the last of model.classes_
@@ -49,6 +51,8 @@ PARAM_DEFAULTS: dict[str, Any] = {
     "adversarial_warn": 0.6,
     "adversarial_alert": 0.65,
 }
+THRESHOLD_PAIRS = (("psi_warn", "psi_alert"), ("adversarial_warn", "adversarial_alert"))
+THRESHOLD_PAIRS_FLAT = tuple(key for pair in THRESHOLD_PAIRS for key in pair)
 MAX_NAME_LENGTH = 100
 MAX_FEATURES = 10_000
 # One address, no display name: anything with a line break or a comma is refused,
@@ -132,26 +136,32 @@ def check_features(features: object) -> list[str]:
 
 
 def check_params(params: object) -> tuple[dict[str, Any], list[str]]:
-    """Params merged over the defaults; unknown keys are kept and reported."""
+    """The params the package sets, checked; unknown keys are kept and reported.
+
+    Defaults are not merged in: where a package sets nothing, a run takes the site's
+    setting (scoring.packages.params), so changing the site changes every such package.
+    """
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise ContractError(f"'params' must be a dict, got {type(params).__name__}")
-    merged = {**PARAM_DEFAULTS, **params}
-    method = merged["method"]
+    checked = dict(params)
+    method = checked.get("method")
     if method is not None and method not in METHODS:
         raise ContractError(f"params.method must be one of {', '.join(METHODS)}, got {method!r}")
-    _check_int(merged, "chunk_rows", 1_000, 10_000_000)
-    _check_int(merged, "max_attempts", 1, 20)
-    _check_number(merged, "retry_delay_minutes", 0, 7 * 24 * 60)
-    for warn, alert in (("psi_warn", "psi_alert"), ("adversarial_warn", "adversarial_alert")):
-        _check_number(merged, warn, 0, 10)
-        _check_number(merged, alert, 0, 10)
-        if merged[warn] > merged[alert]:
-            raise ContractError(f"params.{warn} ({merged[warn]}) must not exceed params.{alert}")
+    for key, low, high in (("chunk_rows", 1_000, 10_000_000), ("max_attempts", 1, 20)):
+        if key in checked:
+            _check_int(checked, key, low, high)
+    numbers = ("retry_delay_minutes", 7 * 24 * 60), *((key, 10) for key in THRESHOLD_PAIRS_FLAT)
+    for key, high in numbers:
+        if key in checked:
+            _check_number(checked, key, 0, high)
+    for warn, alert in THRESHOLD_PAIRS:
+        if warn in checked and alert in checked and checked[warn] > checked[alert]:
+            raise ContractError(f"params.{warn} ({checked[warn]}) must not exceed params.{alert}")
     unknown = sorted(set(params) - set(PARAM_DEFAULTS))
     warnings = [f"params.{key} is not a known parameter and is ignored" for key in unknown]
-    return merged, warnings
+    return checked, warnings
 
 
 def _check_int(params: dict, key: str, low: int, high: int) -> None:
@@ -247,10 +257,14 @@ def parse_package(obj: object) -> Package:
         )
 
     model = obj["model"]
-    method = resolve_method(model, params["method"])
-    params["method"] = method
+    method = resolve_method(model, params.get("method"))
+    params["method"] = method  # what the sandbox will call, resolved once
     classes = model_classes(model)
-    if method == "predict_proba" and params["positive_class"] is not None and classes is not None:
+    if (
+        method == "predict_proba"
+        and params.get("positive_class") is not None
+        and classes is not None
+    ):
         if params["positive_class"] not in classes:
             raise ContractError(
                 f"params.positive_class {params['positive_class']!r} is not one of the model's "

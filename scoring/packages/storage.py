@@ -16,8 +16,6 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
-from scoring.models import Quota, active_model_count, stored_bytes
-
 PICKLE_PROTOCOLS = range(2, 6)
 READ_BLOCK = 1024 * 1024
 # Multipart parts of 8 MB, two in flight: the upload holds ~16 MB whatever the file size.
@@ -32,10 +30,6 @@ PART_BYTES = 5 * 1024**2
 
 class StorageError(Exception):
     """S3 failed or refused; nothing was changed."""
-
-
-class QuotaError(Exception):
-    """An upload would pass a user's quota; nothing was stored."""
 
 
 class NotAPickle(ValueError):
@@ -104,27 +98,6 @@ def sha256_of(fileobj: BinaryIO) -> str:
         digest.update(block)
     fileobj.seek(0)
     return digest.hexdigest()
-
-
-def check_quota(user, size: int, new_model: bool) -> None:
-    quota, _ = Quota.objects.get_or_create(user=user)
-    if size > settings.MAX_PACKAGE_BYTES:
-        raise QuotaError(
-            f"this package is {human_bytes(size)}; the largest allowed is "
-            f"{human_bytes(settings.MAX_PACKAGE_BYTES)}"
-        )
-    if new_model and active_model_count(user) >= quota.max_active_models:
-        raise QuotaError(
-            f"you have {quota.max_active_models} of {quota.max_active_models} active models: "
-            "pause or delete one before deploying another"
-        )
-    used = stored_bytes(user)
-    if used + size > quota.max_bytes:
-        raise QuotaError(
-            f"this package ({human_bytes(size)}) would bring your storage to "
-            f"{human_bytes(used + size)} of {human_bytes(quota.max_bytes)}: delete old versions "
-            "or models first"
-        )
 
 
 def upload(fileobj: BinaryIO, key: str, sha256: str) -> None:

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from django.conf import settings
 
-from scoring import storage
+from scoring.packages import storage
 
 KEY = "_key"
 

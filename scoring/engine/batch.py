@@ -1,0 +1,100 @@
+"""A batch: the runs due at one moment. Per date, they read the latest slice once, only
+the union of their models' columns; each model scores each chunk in its own sandbox; the
+runs of a slice commit their partitions of the scores table in one transaction; then
+their quality is checked and each owner gets one report. A large slice is split into
+parts that several workers score (scoring.engine.parts).
+
+A model fails alone (missing columns, a crash in predict, bad output, a timeout): the
+other runs of the batch still commit. Anything else that goes wrong leaves the runs
+running without a heartbeat: tick takes them back and they are retried.
+"""
+
+import contextlib
+import logging
+from collections import defaultdict
+from datetime import date
+
+from django.utils import timezone
+
+from scoring.engine import commit, features, parts, scores
+from scoring.engine.lease import Heartbeat
+from scoring.engine.pipeline import SlicePipeline
+from scoring.engine.timing import Stopwatch
+from scoring.models import Batch, ScoringRun
+from scoring.quality import assessment
+from scoring.runs import lifecycle
+
+log = logging.getLogger(__name__)
+
+
+def run_batch(batch_id: int) -> None:
+    batch = Batch.objects.get(id=batch_id)
+    queued = ScoringRun.objects.filter(batch=batch, status=ScoringRun.Status.QUEUED).select_related(
+        "deployment", "version"
+    )
+    claimed = [run for run in queued if lifecycle.claim(run, batch_id)]
+    if not claimed:
+        return  # a redelivered message, or another worker has them
+    started = timezone.now()
+    Batch.objects.filter(id=batch_id).update(started_at=started)
+    by_date = defaultdict(list)
+    for run in claimed:
+        by_date[run.date].append(run)
+    with Heartbeat(claimed):
+        for day, group in sorted(by_date.items()):
+            score_date(day, group)
+    if batch.parts.exists():
+        return  # split over workers: the part that finishes last commits and closes the batch
+    commit.finish_batch(batch_id)
+    log.info("batch %s done in %.2f s", batch_id, (timezone.now() - started).total_seconds())
+
+
+def score_date(day: date, group: list[ScoringRun]) -> None:
+    """The runs of one date: the slice they read, less the runs that cannot score it."""
+    source = features.source_from_settings()
+    if source is None:
+        for run in group:
+            lifecycle.fail(run, "no feature source is configured (FEATURES_URI)")
+        return
+    try:
+        slice_date = source.latest_slice(day)
+        available = set(source.columns(slice_date))
+    except features.FeatureSourceError as exc:
+        for run in group:
+            lifecycle.fail(run, str(exc))
+        return
+    ready = []
+    for run in group:
+        newer = lifecycle.newer_run(run)
+        if newer is not None:
+            lifecycle.supersede(run, newer)
+            continue
+        missing = [name for name in run.version.package["features"] if name not in available]
+        if missing:
+            lifecycle.fail(
+                run,
+                f"{len(missing)} features are missing from slice {slice_date}: {', '.join(missing[:30])}",
+                slice_date,
+            )
+        else:
+            ready.append(run)
+    if ready:
+        score_slice(source, slice_date, ready)
+
+
+def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
+    plan = parts.plan_parts(source, slice_date)
+    if plan:
+        parts.fan_out(ready, slice_date, plan)
+        return
+    clock = Stopwatch()
+    with contextlib.ExitStack() as stack:
+        pipeline = SlicePipeline(source, slice_date, stack, clock)
+        with clock("load"):
+            scorers = pipeline.start(ready)
+        scorers = pipeline.score(scorers)
+        with clock("commit"):
+            committed = commit.commit(scorers, slice_date)
+    with clock("quality"):
+        assessment.check_runs(committed, scores.score_reader())
+    log.info("slice %s, %d runs in %s", slice_date, len(ready), clock)

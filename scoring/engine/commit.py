@@ -1,0 +1,122 @@
+"""The end of a slice: each run's scores file kept, every run committed in one Delta
+transaction (each partition whole, or none), the batch closed and reported.
+
+A run whose file cannot be kept, or whose commit fails, is retried; its files are removed
+and never reach the log.
+"""
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+
+from django.db import connection
+from django.utils import timezone
+
+from scoring.engine import scores
+from scoring.engine.pipeline import Scorer
+from scoring.models import Batch, ScoringRun
+from scoring.quality import samples
+from scoring.reports import content, mail
+from scoring.runs import lifecycle
+
+log = logging.getLogger(__name__)
+
+
+def finish_file(scorer: Scorer) -> list[dict]:
+    """Close the run's scores file: its add action, or none for a slice without rows."""
+    if scorer.writer.rows == 0:
+        scorer.writer.abort()
+        return []
+    return [scorer.writer.close()]
+
+
+def keep_files(scorers: list[Scorer], part_index: int, slice_date: date) -> dict[int, list[dict]]:
+    """Finish each run's scores file and save the slice's sample: what the commit needs.
+
+    Finishing is mostly waiting for S3 to complete the uploads, so side by side; a run
+    whose file cannot be kept (S3 down) fails alone, and every run fails (is retried)
+    when the sample their checks need cannot be kept."""
+    if not scorers:
+        return {}
+    run = scorers[0].run
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sampled = pool.submit(
+            samples.save,
+            run.batch_id,
+            run.date,
+            part_index,
+            scorers[0].sample,
+            [scorer.run.id for scorer in scorers],
+        )
+        finishing = [(scorer, pool.submit(finish_file, scorer)) for scorer in scorers]
+    unsampled = sampled.exception()
+    if unsampled is not None:
+        log.error("the sample of batch %s could not be kept: %s", run.batch_id, unsampled)
+    files = {}
+    for scorer, finished in finishing:
+        try:
+            written = finished.result()
+        except Exception as exc:
+            log.exception("the scores of run %s could not be kept", scorer.run.id)
+            scorer.writer.abort()
+            lifecycle.fail(scorer.run, f"keeping the scores failed: {exc}", slice_date)
+            continue
+        if unsampled is not None:
+            scores.remove_files(written)
+            lifecycle.fail(scorer.run, f"keeping the sample failed: {unsampled}", slice_date)
+            continue
+        files[scorer.run.id] = written
+    return files
+
+
+def reconnect_if_dropped() -> None:
+    """Scoring goes minutes without a query: a database connection dropped meanwhile (a
+    restart, a failover) is replaced before the runs' bookkeeping. Django notices a dead
+    connection only when a query fails, and then fails every query after it."""
+    if connection.connection is not None and not connection.is_usable():
+        connection.close()
+
+
+def commit(scorers: list[Scorer], slice_date: date) -> list[ScoringRun]:
+    """All runs of the slice in one Delta transaction; returns the runs that committed."""
+    reconnect_if_dropped()
+    files = keep_files(scorers, 0, slice_date)
+    alive = []
+    for scorer in scorers:
+        if files.get(scorer.run.id):
+            alive.append(scorer.run)
+        elif scorer.run.id in files:
+            lifecycle.fail(scorer.run, f"slice {slice_date} has no rows", slice_date)
+    if not alive:
+        return []
+    return commit_files(alive, files, alive[0].date, slice_date)
+
+
+def commit_files(
+    held: list[ScoringRun], files: dict[int, list[dict]], day: date, slice_date: date
+) -> list[ScoringRun]:
+    """Add the runs' written files to the table at once: each partition whole, or none."""
+    if not held:
+        return []
+    try:
+        scores.commit(
+            day, [run.deployment_id for run in held], [f for r in held for f in files[r.id]]
+        )
+    except Exception as exc:  # S3 down or a conflicting commit: the runs are retried
+        log.exception("commit of runs %s failed", [run.id for run in held])
+        for run in held:
+            scores.remove_files(files[run.id])
+            lifecycle.fail(run, f"committing the scores failed: {exc}", slice_date)
+        return []
+    for run in held:
+        rows = sum(json.loads(f["stats"])["numRecords"] for f in files[run.id])
+        lifecycle.succeed(run, rows, slice_date)
+    return held
+
+
+def finish_batch(batch_id: int) -> None:
+    """The batch is over: mark it, and send each owner the report of their runs in it."""
+    Batch.objects.filter(id=batch_id).update(finished_at=timezone.now())
+    for report in content.build_reports(Batch.objects.get(id=batch_id)):
+        mail.send_report(report)  # a mail server that is down: tick sends it later

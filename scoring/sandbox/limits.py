@@ -1,0 +1,35 @@
+"""What a sandbox may use, and the shape of the parent's requests to it.
+
+Shared by the parent side (scoring.sandbox.client) and the child side
+(scoring.sandbox.child).
+"""
+
+import os
+from dataclasses import dataclass, field
+
+# A package's reference_scores, which the sandbox writes at load into this file of its
+# working folder, opened for it by the parent (Sandbox.load).
+REFERENCE_SCORES_FILE = "reference-scores.arrow"
+# The request keys that name files, and how the parent opens them for the sandbox.
+FILE_KEYS = {
+    "path": os.O_RDONLY,
+    "input": os.O_RDONLY,
+    "output": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "reference": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+}
+MAX_REQUEST_BYTES = 1 << 16
+
+
+class SandboxError(Exception):
+    """The package failed in the sandbox; the message is for the package's owner."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_seconds: float = 120
+    memory_bytes: int = 4 * 1024**3
+    cpu_seconds: int = 600
+    open_files: int = 256
+    file_bytes: int = 1024**3
+    # Processes and threads together: numpy, Arrow and CatBoost each start one thread a core.
+    processes: int = field(default_factory=lambda: 64 + 4 * (os.cpu_count() or 1))

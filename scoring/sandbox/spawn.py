@@ -1,0 +1,141 @@
+"""The parent's side of the zygote: start it, and fork sandboxes from it.
+
+A fresh interpreter that imports pandas, pyarrow and CatBoost costs about a second of
+CPU; a batch of ten models paid it ten times before a single row was scored. So each
+worker process starts one zygote (scoring.sandbox.zygote) that imports them once, and
+every sandbox is forked from it. The parent hands each child its request socket and pipes
+over a Unix socket (SCM_RIGHTS) and gets its pid back; the child belongs to the zygote,
+which writes its exit status to a pipe the parent reads (`Child`).
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from scoring.sandbox.confinement import bare_environment
+
+
+class Child:
+    """A forked sandbox: the part of subprocess.Popen's interface that Sandbox uses, and
+    the socket its requests go on."""
+
+    def __init__(self, pid: int, requests: socket.socket, status_fd: int):
+        self.pid = pid
+        self.requests = requests
+        self.status_fd = status_fd
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self.status_fd], [], [], 0)[0]:
+            self._read_status()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            if not select.select([self.status_fd], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired("sandbox", timeout)
+            self._read_status()
+        return self.returncode
+
+    def _read_status(self) -> None:
+        status = os.read(self.status_fd, 32)
+        os.close(self.status_fd)
+        # No status: the zygote itself died, and killed its children as it went.
+        self.returncode = int(status) if status else -signal.SIGKILL
+
+
+class Zygote:
+    """The parent's handle on its zygote process."""
+
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.home = tempfile.mkdtemp(prefix="dropscore-zygote-")
+        env = {**bare_environment(self.home), "DROPSCORE_CONTROL_FD": str(theirs.fileno())}
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", "-c", "from scoring.sandbox.zygote import main; main()"],
+            stdin=subprocess.DEVNULL,
+            cwd=self.home,
+            env=env,
+            pass_fds=(theirs.fileno(),),
+            start_new_session=True,
+        )
+        theirs.close()
+        self.control = ours
+        self.lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def spawn(
+        self, workdir: Path, limits: dict, requests_fd: int, reply_fd: int, stderr_fd: int
+    ) -> tuple[int, int]:
+        """Fork a sandbox serving requests from this socket and replying on these pipes: its
+        pid and the pipe its exit status comes on.
+
+        Raises OSError when the zygote is gone."""
+        # The names (not the values) of this process's variables: the sandbox checks it
+        # holds none of them.
+        request = {"workdir": str(workdir), "limits": limits, "variables": sorted(os.environ)}
+        request = json.dumps(request).encode()
+        status_read, status_write = os.pipe()
+        try:
+            with self.lock:
+                socket.send_fds(
+                    self.control, [request], [requests_fd, reply_fd, stderr_fd, status_write]
+                )
+                reply = self.control.recv(4096)
+        except OSError:
+            os.close(status_read)
+            raise
+        finally:
+            os.close(status_write)
+        if not reply:
+            os.close(status_read)
+            raise ConnectionError("the sandbox zygote exited")
+        return json.loads(reply)["pid"], status_read
+
+    def close(self) -> None:
+        self.control.close()  # the zygote kills its children and exits
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+_zygote: Zygote | None = None
+_zygote_pid: int | None = None
+_zygote_lock = threading.Lock()
+
+
+def zygote() -> Zygote:
+    """This process's zygote, started at first use or again if it died."""
+    global _zygote, _zygote_pid
+    with _zygote_lock:
+        # A forked process (a Celery pool process) must not share its parent's zygote.
+        if _zygote is None or _zygote_pid != os.getpid() or not _zygote.alive():
+            _zygote, _zygote_pid = Zygote(), os.getpid()
+        return _zygote
+
+
+def fork_sandbox(workdir: Path, limits: dict, reply_fd: int, stderr_fd: int) -> Child:
+    """A new sandbox process; requests go on the returned Child's socket, replies to reply_fd."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        try:
+            pid, status_fd = zygote().spawn(workdir, limits, theirs.fileno(), reply_fd, stderr_fd)
+        except OSError:  # the zygote died since we looked: one fresh start
+            pid, status_fd = zygote().spawn(workdir, limits, theirs.fileno(), reply_fd, stderr_fd)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return Child(pid, ours, status_fd)
