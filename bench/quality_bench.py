@@ -1,4 +1,4 @@
-"""Timings of scoring/metrics.py at the sizes the engine gives it.
+"""Timings of scoring/quality/metrics.py at the sizes the engine gives it.
 
 Prints the best of a few repeats for: psi on 1M vs 1M scores; adversarial_auc on
 20,000 rows x (50 numeric features + 1 categorical + score) per side, and 10 such

@@ -1,4 +1,4 @@
-"""scoring/metrics.py: PSI worked by hand, adversarial validation, statuses, compare()."""
+"""scoring/quality/metrics.py: PSI worked by hand, adversarial validation, statuses, compare()."""
 
 import json
 import math

@@ -44,7 +44,7 @@ def histogram(shift: float = 0.0, baseline: bool = True) -> dict:
 
 
 def quality(status: str = "ok", **changes) -> dict:
-    """A quality dict as scoring/quality.py writes it, against the previous run."""
+    """A quality dict as scoring.quality.metrics writes it, against the previous run."""
     drift = {"ok": (0.012, 0.51), "warning": (0.14, 0.62), "alert": (0.312, 0.71)}[status]
     features = {
         "ok": [{"name": "age", "psi": 0.004, "status": "ok"}],

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -43,6 +45,8 @@ import errno
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 def read(path):
@@ -187,19 +191,42 @@ def state_dir():
     folder.rmdir()
 
 
-def test_a_package_cannot_read_the_workers_secrets_from_files(tmp_path, state_dir):
+@pytest.fixture
+def worker_with_secrets():
+    """A stand-in for a worker: a process of this user whose environment and command line
+    hold a database password, whatever this test run's own environment holds."""
+    secret = "postgresql://dropscore:planted-secret@db.internal/prod"
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "--password=planted-secret"],
+        env={"PATH": os.environ.get("PATH", ""), "DATABASE_URL": secret},
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while b"planted-secret" not in Path(f"/proc/{process.pid}/environ").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in worker never started"
+            time.sleep(0.05)
+        yield process.pid
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_package_cannot_read_the_workers_secrets_from_files(
+    tmp_path, state_dir, worker_with_secrets
+):
     require(tmp_path, "files")
-    worker = os.getpid()
+    worker = worker_with_secrets
     attempts = [
         ["read", f"/proc/{worker}/environ"],  # DATABASE_URL, as in a worker's environment
         ["read", f"/proc/{worker}/cmdline"],
+        ["read", f"/proc/{os.getpid()}/environ"],  # the process that started the sandbox
         ["list", "/proc"],
         ["read", str(settings.BASE_DIR / "portal" / "settings.py")],
         ["read", str(state_dir / ".env")],
         ["read", str(state_dir / "db.sqlite3")],
         ["list", str(state_dir)],
     ]
-    assert b"DATABASE_URL" in Path(f"/proc/{worker}/environ").read_bytes()
+    assert b"planted-secret" in Path(f"/proc/{worker}/environ").read_bytes()
     assert set(unconfined(attempts).values()) == {"done"}
 
     found = outcomes(tmp_path / "run", attempts)
@@ -330,7 +357,11 @@ def test_a_process_that_leaves_the_sandboxs_group_goes_with_the_sandbox(tmp_path
             sandbox.load(path)
         uid = BASE_UID + sandbox.process.pid
         [left] = [p for p in processes_of(uid) if p.pid != sandbox.process.pid]
-        assert os.getsid(left.pid) != os.getsid(sandbox.process.pid)  # out of the group's kill
+        # Out of the group's kill, once the forked child has called setsid (it may not yet).
+        deadline = time.monotonic() + 10
+        while os.getsid(left.pid) == os.getsid(sandbox.process.pid):
+            assert time.monotonic() < deadline, "the child never left the sandbox's group"
+            time.sleep(0.05)
 
     wait_until_none(uid)
 

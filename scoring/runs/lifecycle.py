@@ -23,10 +23,10 @@ class RunError(ValueError):
     """A run cannot be requested; the message says why."""
 
 
-def move(rows: QuerySet, to: str, **changes) -> int:
-    """Move the runs of `rows` to status `to`, those whose status may go there; how many moved."""
+def move(runs: QuerySet, to: str, /, **changes) -> int:
+    """Move `runs` to status `to`, those whose status may go there; how many moved."""
     sources = [status for status, targets in ScoringRun.TRANSITIONS.items() if to in targets]
-    return rows.filter(status__in=sources).update(status=to, **changes)
+    return runs.filter(status__in=sources).update(status=to, **changes)
 
 
 def max_attempts(version: PackageVersion) -> int:
