@@ -12,8 +12,10 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,9 +24,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 from deploy import demo, services  # noqa: E402
 
+if TYPE_CHECKING:
+    from scoring.models import Deployment
+
 STATE = Path(os.environ.get("DROPSCORE_STATE_DIR", ROOT / ".dropscore"))
 PORT = int(os.environ.get("PORT", "8000"))
 DEMO_USER = "demo"
+DEMO_MODEL = "churn-demo"
+DEMO_CUSTOMERS = 100_000
+DEMO_TRAINING_ROWS = 20_000
 BACKFILL_DAYS = 7
 
 
@@ -88,19 +96,7 @@ def main() -> int:
         from scoring.packages import storage
 
         storage.ensure_buckets()
-        password = demo_user()
-
-        say("writing the demo feature table (30 daily slices of 100,000 customers) ...")
-        demo.make_feature_table(Path(env["FEATURES_URI"]))
-        deployed, package = (
-            STATE / "demo" / "churn-demo.dill",
-            STATE / "demo" / "retention-demo.dill",
-        )
-        package.parent.mkdir(parents=True, exist_ok=True)
-        if not deployed.exists():
-            say("training the demo CatBoost packages ...")
-            demo.make_demo_package(deployed)
-            demo.make_demo_package(package, "retention-demo", demo.RETENTION_FEATURES)
+        setup = set_up_demo(STATE, os.environ.get("FEATURES_URI"))
 
         python = sys.executable
         processes.append(services.celery("worker", env, STATE / "worker.log", "-c", "2"))
@@ -119,15 +115,15 @@ def main() -> int:
             )
         processes.append(web)
         wait_for_web()
-        deploy_demo_model(deployed)
+        score_demo_model(setup.deployment)
         print(
             f"""
   Dropscore is running: http://127.0.0.1:{PORT}/
-  Log in as   {DEMO_USER} / {password}
+  Log in as   {DEMO_USER} / {setup.password}
   churn-demo is deployed on a daily schedule and scored on the last {BACKFILL_DAYS} days.
   Report emails go to {env["EMAIL_FILE_PATH"]}/ (set EMAIL_BACKEND and EMAIL_HOST to send them).
   Drag this second demo package onto "My models":
-              {package}
+              {setup.package}
   Logs in {STATE}/ (web.log, worker.log, beat.log). Ctrl-C stops everything.
 """,
             flush=True,
@@ -151,11 +147,12 @@ def main() -> int:
             service.stop()
 
 
-def demo_user() -> str:
+def demo_user(state: Path) -> str:
     """The demo account; its password is kept in the state folder so it stays the same."""
     from django.contrib.auth.models import User
 
-    password_file = STATE / "demo-password"
+    password_file = state / "demo-password"
+    state.mkdir(parents=True, exist_ok=True)
     if not password_file.exists():
         password_file.write_text(secrets.token_urlsafe(9))
     password = password_file.read_text().strip()
@@ -165,23 +162,68 @@ def demo_user() -> str:
     return password
 
 
-def deploy_demo_model(path: Path) -> None:
-    """The demo user's churn model: deployed, validated and scored on the last days."""
+@dataclass
+class Demo:
+    """What the demo set up: the login, the model to score once the worker runs, the package to
+    drag in."""
+
+    password: str
+    deployment: "Deployment | None" = None
+    package: Path | None = None
+
+
+def set_up_demo(
+    state: Path,
+    user_table: str | None,
+    customers: int = DEMO_CUSTOMERS,
+    training_rows: int = DEMO_TRAINING_ROWS,
+) -> Demo:
+    """The demo login, the demo feature table, its packages and the deployed demo model."""
+    password = demo_user(state)
+    table = Path(user_table or state / "features")
+    say(f"writing the demo feature table (30 daily slices of {customers:,} customers) ...")
+    demo.make_feature_table(table, customers)
+    deployed, package = make_demo_packages(state / "demo", training_rows)
+    return Demo(password, deploy_demo_model(deployed), package)
+
+
+def make_demo_packages(folder: Path, training_rows: int) -> tuple[Path, Path]:
+    """The model the demo deploys and the second one to drag in; trained once, then kept."""
+    deployed, package = folder / "churn-demo.dill", folder / "retention-demo.dill"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not deployed.exists():
+        say("training the demo CatBoost packages ...")
+        demo.make_demo_package(deployed, customers=training_rows)
+        demo.make_demo_package(
+            package, "retention-demo", demo.RETENTION_FEATURES, customers=training_rows
+        )
+    return deployed, package
+
+
+def deploy_demo_model(path: Path) -> "Deployment":
+    """The demo user's churn model, deployed once; the worker validates it when it starts."""
     from django.contrib.auth.models import User
 
-    from scoring.models import Deployment, ScoringRun
+    from scoring.models import Deployment
     from scoring.packages import deployments
-    from scoring.runs import dispatch, lifecycle
 
     user = User.objects.get(username=DEMO_USER)
-    deployment = Deployment.objects.filter(owner=user, slug="churn-demo").first()
+    deployment = Deployment.objects.filter(owner=user, slug=DEMO_MODEL).first()
     if deployment is None:
-        say("deploying churn-demo ...")
+        say(f"deploying {DEMO_MODEL} ...")
         with open(path, "rb") as file:
             version = deployments.deploy(
-                user, file, path.name, path.stat().st_size, name="churn-demo"
+                user, file, path.name, path.stat().st_size, name=DEMO_MODEL
             )
         deployment = version.deployment
+    return deployment
+
+
+def score_demo_model(deployment: "Deployment") -> None:
+    """The demo model validated and scored on the last days, so its page has a history."""
+    from scoring.models import ScoringRun
+    from scoring.runs import dispatch, lifecycle
+
     if not wait(lambda: deployment.versions.filter(state="valid").exists(), 120):
         say("churn-demo did not validate; see worker.log")
         return
