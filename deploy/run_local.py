@@ -4,6 +4,10 @@ Starts SeaweedFS (S3) unless one answers at S3_ENDPOINT_URL, Redis unless one
 answers at REDIS_URL, then the web server, a Celery worker and Celery beat; makes a
 demo user, a demo feature table and a demo package to drag in. Ctrl-C stops all
 that it started.
+
+Everything the demo writes lives in the state folder and the portal's own buckets. A
+FEATURES_URI set by the user names their own table: it is only read, and the demo
+model, whose features are not in it, is not deployed.
 """
 
 import os
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,8 +55,9 @@ def main() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     started: list[services.Service] = []
     processes: list[subprocess.Popen] = []
+    user_table = user_feature_table()
     env = {
-        "FEATURES_URI": os.environ.get("FEATURES_URI", str(STATE / "features")),
+        "FEATURES_URI": user_table or str(demo_table(STATE)),
         # Report and failure emails land as files to read, unless a mail server is set up.
         "EMAIL_BACKEND": os.environ.get(
             "EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend"
@@ -78,7 +83,7 @@ def main() -> int:
 
         redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         if services.redis_reachable(redis_url):
-            say(f"using the Redis server at {redis_url}")
+            say(f"using the Redis server at {printable(redis_url)}")
         else:
             redis = services.start_redis(STATE)
             started.append(redis)
@@ -96,7 +101,7 @@ def main() -> int:
         from scoring.packages import storage
 
         storage.ensure_buckets()
-        setup = set_up_demo(STATE, os.environ.get("FEATURES_URI"))
+        setup = set_up_demo(STATE, user_table)
 
         python = sys.executable
         processes.append(services.celery("worker", env, STATE / "worker.log", "-c", "2"))
@@ -115,19 +120,9 @@ def main() -> int:
             )
         processes.append(web)
         wait_for_web()
-        score_demo_model(setup.deployment)
-        print(
-            f"""
-  Dropscore is running: http://127.0.0.1:{PORT}/
-  Log in as   {DEMO_USER} / {setup.password}
-  churn-demo is deployed on a daily schedule and scored on the last {BACKFILL_DAYS} days.
-  Report emails go to {env["EMAIL_FILE_PATH"]}/ (set EMAIL_BACKEND and EMAIL_HOST to send them).
-  Drag this second demo package onto "My models":
-              {setup.package}
-  Logs in {STATE}/ (web.log, worker.log, beat.log). Ctrl-C stops everything.
-""",
-            flush=True,
-        )
+        if setup.deployment is not None:
+            score_demo_model(setup.deployment)
+        print(banner(setup, env["EMAIL_FILE_PATH"]), flush=True)
         while all(p.poll() is None for p in processes):
             time.sleep(1)
         say("a process stopped; see the logs in .dropscore/")
@@ -145,6 +140,30 @@ def main() -> int:
                 process.kill()
         for service in started:
             service.stop()
+
+
+def user_feature_table() -> str | None:
+    """The feature table the user named, if any: theirs to read, never the demo's to write.
+
+    Read before run_local sets FEATURES_URI for its processes; blank names none, as in the
+    settings.
+    """
+    return os.environ.get("FEATURES_URI", "").strip() or None
+
+
+def demo_table(state: Path) -> Path:
+    """The demo's feature table: in the state folder, beside the rest of the demo, so that
+    `make clean` removes it and no folder of the user's ever receives it."""
+    return state / "demo" / "features"
+
+
+def printable(uri: str) -> str:
+    """The URI with its password masked (postgresql://ana:***@db/...), fit for a terminal."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def demo_user(state: Path) -> str:
@@ -165,9 +184,10 @@ def demo_user(state: Path) -> str:
 @dataclass
 class Demo:
     """What the demo set up: the login, the model to score once the worker runs, the package to
-    drag in."""
+    drag in; with the user's own table, only the login."""
 
     password: str
+    user_table: str | None = None
     deployment: "Deployment | None" = None
     package: Path | None = None
 
@@ -178,13 +198,23 @@ def set_up_demo(
     customers: int = DEMO_CUSTOMERS,
     training_rows: int = DEMO_TRAINING_ROWS,
 ) -> Demo:
-    """The demo login, the demo feature table, its packages and the deployed demo model."""
+    """The demo login and, unless the user named a feature table of their own, the demo's
+    table, packages and deployed model.
+
+    The user's table is only ever read: nothing is written into it. The demo packages'
+    features are not its columns, so the demo model would fail validation and every daily
+    run there: it is not deployed (one left from an earlier demo run is paused), and the
+    second package, which would fail the same way, is not offered.
+    """
     password = demo_user(state)
-    table = Path(user_table or state / "features")
+    if user_table:
+        say(f"using your feature table at {printable(user_table)}; the demo model is not deployed")
+        pause_demo_model()
+        return Demo(password, user_table=user_table)
     say(f"writing the demo feature table (30 daily slices of {customers:,} customers) ...")
-    demo.make_feature_table(table, customers)
+    demo.make_feature_table(demo_table(state), customers)
     deployed, package = make_demo_packages(state / "demo", training_rows)
-    return Demo(password, deploy_demo_model(deployed), package)
+    return Demo(password, deployment=deploy_demo_model(deployed), package=package)
 
 
 def make_demo_packages(folder: Path, training_rows: int) -> tuple[Path, Path]:
@@ -200,23 +230,47 @@ def make_demo_packages(folder: Path, training_rows: int) -> tuple[Path, Path]:
     return deployed, package
 
 
+def demo_deployment() -> "Deployment | None":
+    from scoring.models import Deployment
+
+    return Deployment.objects.filter(owner__username=DEMO_USER, slug=DEMO_MODEL).first()
+
+
 def deploy_demo_model(path: Path) -> "Deployment":
-    """The demo user's churn model, deployed once; the worker validates it when it starts."""
+    """The demo user's churn model, deployed once; the worker validates it when it starts.
+
+    Paused by a run on the user's own table, it is resumed: on the demo table it scores.
+    """
     from django.contrib.auth.models import User
 
-    from scoring.models import Deployment
     from scoring.packages import deployments
 
-    user = User.objects.get(username=DEMO_USER)
-    deployment = Deployment.objects.filter(owner=user, slug=DEMO_MODEL).first()
+    deployment = demo_deployment()
     if deployment is None:
         say(f"deploying {DEMO_MODEL} ...")
+        user = User.objects.get(username=DEMO_USER)
         with open(path, "rb") as file:
             version = deployments.deploy(
                 user, file, path.name, path.stat().st_size, name=DEMO_MODEL
             )
-        deployment = version.deployment
+        return version.deployment
+    if deployment.status == deployment.Status.PAUSED:
+        say(f"resuming {DEMO_MODEL}: it scores the demo table again")
+        deployment = deployments.update(deployment, status=deployment.Status.ACTIVE)
     return deployment
+
+
+def pause_demo_model() -> None:
+    """A demo model left from an earlier demo run would fail every day on the user's table,
+    with an email each time: it waits, paused, for the next run on the demo table."""
+    from scoring.packages import deployments
+
+    deployment = demo_deployment()
+    if deployment is not None and deployment.status == deployment.Status.ACTIVE:
+        deployments.update(deployment, status=deployment.Status.PAUSED)
+        say(
+            f"paused {DEMO_MODEL}, left from an earlier demo run: its features are not in your table"
+        )
 
 
 def score_demo_model(deployment: "Deployment") -> None:
@@ -248,6 +302,26 @@ def score_demo_model(deployment: "Deployment") -> None:
     wait(lambda: ScoringRun.objects.get(id=run.id).quality is not None, 60)
     run.refresh_from_db()
     say(f"churn-demo scored {run.rows:,} rows for {run.date}: quality {run.quality_status}")
+
+
+def banner(setup: Demo, mail_folder: str) -> str:
+    """What a new user reads once all runs: where to log in and what to try first."""
+    if setup.user_table is None:
+        model = f"{DEMO_MODEL} is deployed on a daily schedule and scored on the last {BACKFILL_DAYS} days."
+        try_this = f"""Drag this second demo package onto "My models":
+              {setup.package}"""
+    else:
+        model = f"Features come from your table at {printable(setup.user_table)}; the demo model is not deployed."
+        try_this = f"""Drag a package of your own onto "My models": its features must be columns of
+  your table (how to make one: http://127.0.0.1:{PORT}/help/)."""
+    return f"""
+  Dropscore is running: http://127.0.0.1:{PORT}/
+  Log in as   {DEMO_USER} / {setup.password}
+  {model}
+  Report emails go to {mail_folder}/ (set EMAIL_BACKEND and EMAIL_HOST to send them).
+  {try_this}
+  Logs in {STATE}/ (web.log, worker.log, beat.log). Ctrl-C stops everything.
+"""
 
 
 def wait(condition, seconds: float) -> bool:

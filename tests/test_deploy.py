@@ -1,10 +1,13 @@
-"""The production deployment (deploy/): settings, compose file, image and health checks.
+"""The deployments (deploy/): production's settings, compose file, image and health checks,
+and the demo that the local run (`make run`) sets up.
 
 Production is the environment of deploy/.env.example with its secrets filled in, as an
 operator would. manage.py and gunicorn run in subprocesses with only that environment,
-so nothing of the test runner's leaks in. No S3, Redis or worker is needed.
+so nothing of the test runner's leaks in. No S3, Redis or worker is needed for them.
+The demo's tests call the functions run_local calls, on the test database and S3 server.
 """
 
+import hashlib
 import http.client
 import json
 import os
@@ -13,6 +16,7 @@ import secrets
 import subprocess
 import sys
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -250,3 +254,144 @@ def test_the_beat_health_check_wants_a_recently_written_schedule(tmp_path):
     os.utime(schedule, (an_hour_ago, an_hour_ago))
     stale = healthcheck(env, "beat")
     assert stale.returncode == 1 and "last written" in stale.stderr
+
+
+# --- the local run's demo (`make run`) ------------------------------------------------
+
+# Small enough to set up in seconds; the local run makes 100,000 customers and 20,000 rows.
+SMALL_DEMO = {"customers": 300, "training_rows": 1000}
+YOUR_BUCKET = "your-features"
+
+
+def write_your_table(root: Path) -> None:
+    """A user's own table: two daily slices with their own columns, on days the demo also has."""
+    from tests import packages
+
+    for days_ago in (1, 0):
+        packages.write_feature_slice(root, date.today() - timedelta(days=days_ago), rows=50)
+
+
+def folder_listing(root: Path) -> dict[str, tuple]:
+    """Every folder and file under `root`, files with their size and sha256."""
+    return {
+        str(path.relative_to(root)): (
+            (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+            if path.is_file()
+            else ("folder",)
+        )
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def bucket_listing(bucket: str) -> dict[str, tuple]:
+    """Every object of `bucket` with its size and sha256."""
+    from scoring.packages import storage
+
+    s3 = storage.client()
+    objects = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {
+        item["Key"]: (
+            item["Size"],
+            hashlib.sha256(
+                s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            ).hexdigest(),
+        )
+        for item in objects
+    }
+
+
+@pytest.fixture(params=["folder", "s3"])
+def your_table(request, tmp_path, s3_server):
+    """A user's own feature table, a local folder or an S3 prefix: (FEATURES_URI, a listing)."""
+    write_your_table(tmp_path / "yours")
+    if request.param == "folder":
+        yield str(tmp_path / "yours"), lambda: folder_listing(tmp_path / "yours")
+        return
+    from scoring.packages import storage
+
+    s3 = storage.client()
+    s3.create_bucket(Bucket=YOUR_BUCKET)
+    for path in (tmp_path / "yours").rglob("*.parquet"):
+        s3.upload_file(str(path), YOUR_BUCKET, f"churn/{path.relative_to(tmp_path / 'yours')}")
+    yield f"s3://{YOUR_BUCKET}/churn", lambda: bucket_listing(YOUR_BUCKET)
+    for key in bucket_listing(YOUR_BUCKET):
+        s3.delete_object(Bucket=YOUR_BUCKET, Key=key)
+    s3.delete_bucket(Bucket=YOUR_BUCKET)
+
+
+def demo_models():
+    from scoring.models import Deployment
+
+    return Deployment.objects.filter(owner__username="demo", slug="churn-demo")
+
+
+def test_the_demo_never_writes_into_your_feature_table(your_table, tmp_path, bucket, db, capsys):
+    from django.contrib.auth.models import User
+
+    from deploy import run_local
+
+    uri, listing = your_table
+    before = listing()
+    assert len(before) >= 2
+
+    setup = run_local.set_up_demo(tmp_path / "state", uri, **SMALL_DEMO)
+
+    assert listing() == before
+    assert not demo_models().exists() and bucket() == []
+    assert setup.deployment is None and setup.package is None
+    assert not (tmp_path / "state" / "demo").exists()
+    assert User.objects.filter(username="demo").exists()  # the portal can still be used
+    said = capsys.readouterr().out
+    assert f"using your feature table at {uri}; the demo model is not deployed" in said
+    # No demo package to drag in: its features are not in your table, it would fail validation.
+    banner = run_local.banner(setup, str(tmp_path / "mail"))
+    assert "the demo model is not deployed" in banner and ".dill" not in banner
+
+
+def test_without_a_table_of_yours_the_demo_table_is_in_the_state_folder_and_churn_demo_deployed(
+    tmp_path, bucket, db
+):
+    from deploy import run_local
+
+    state = tmp_path / "state"
+    setup = run_local.set_up_demo(state, None, **SMALL_DEMO)
+
+    table = state / "demo" / "features"
+    assert len(list(table.glob("dt=*/part-0.parquet"))) == 30
+    assert run_local.demo_table(state) == table  # what the worker's FEATURES_URI names
+    deployment = demo_models().get()
+    assert setup.deployment == deployment
+    assert [v.key for v in deployment.versions.all()] == bucket()
+    assert setup.package == state / "demo" / "retention-demo.dill" and setup.package.is_file()
+
+
+def test_a_demo_model_left_from_a_demo_run_is_paused_with_your_table_and_resumed_without(
+    tmp_path, bucket, db
+):
+    from deploy import run_local
+
+    state, yours = tmp_path / "state", tmp_path / "yours"
+    write_your_table(yours)
+    before = folder_listing(yours)
+    run_local.set_up_demo(state, None, **SMALL_DEMO)
+
+    run_local.set_up_demo(state, str(yours), **SMALL_DEMO)
+    assert demo_models().get().status == "paused"  # it would fail every day on your table
+    assert folder_listing(yours) == before
+
+    run_local.set_up_demo(state, None, **SMALL_DEMO)
+    assert demo_models().get().status == "active"
+
+
+def test_the_local_run_prints_a_uri_without_its_password():
+    from deploy import run_local
+
+    assert (
+        run_local.printable("postgresql://ana:s3cr%40t@db.bank:5432/dwh?table=features")
+        == "postgresql://ana:***@db.bank:5432/dwh?table=features"
+    )
+    assert (
+        run_local.printable("redis://:hunter2@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    )
+    assert run_local.printable("s3://your-features/churn") == "s3://your-features/churn"
+    assert run_local.printable("/data/features") == "/data/features"
