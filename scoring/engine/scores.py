@@ -11,6 +11,7 @@ table as it is.
 """
 
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -248,6 +249,9 @@ def run_scores(run, columns=("entity_id", "score"), table=None) -> Iterator[pa.R
 
 
 def score_reader():
-    """A reader of runs' score columns from one view of the table, for the quality checks."""
-    table = open_table()
-    return lambda run: run_scores(run, columns=("score",), table=table)
+    """A reader of runs' score columns from one view of the table, for the quality checks.
+
+    The table is opened at the first read: a slice that committed nothing reads nothing
+    (S3 may be why it committed nothing)."""
+    table = functools.cache(open_table)
+    return lambda run: run_scores(run, columns=("score",), table=table())
