@@ -270,6 +270,9 @@ EMAIL_PORT = env_int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+# Seconds an SMTP connection may wait on the server (Django waits forever by default): a mail
+# server that accepts and never answers must not hold a worker for good.
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10)
 EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(STATE_DIR / "mail"))
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Dropscore <dropscore@localhost>")
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")

@@ -10,6 +10,7 @@ from celery import current_app, group
 VALIDATE_VERSION = "scoring.tasks.validate_version"
 RUN_BATCH = "scoring.tasks.run_batch"
 SCORE_PART = "scoring.tasks.score_part"
+SEND_NOTIFICATIONS = "scoring.tasks.send_notifications"
 
 
 def validate_version(version_id: int) -> None:
@@ -23,3 +24,8 @@ def run_batch(batch_id: int) -> None:
 def score_parts(part_ids: list[int]) -> None:
     """One task per part of a slice (a group): any free worker takes one."""
     group(current_app.signature(SCORE_PART, args=[part_id]) for part_id in part_ids).apply_async()
+
+
+def send_notifications() -> None:
+    """A nudge, not the record: without retries, as tick sends whatever it does not."""
+    current_app.send_task(SEND_NOTIFICATIONS, retry=False)

@@ -206,7 +206,23 @@ class ScoringRun(models.Model):
         return None
 
 
-class Report(models.Model):
+class QueuedEmail(models.Model):
+    """An email in the database send queue (scoring.reports.outbox): sent once, and a mail
+    server that is slow or down only delays it (tick sends it again, backing off)."""
+
+    created_at = models.DateTimeField(default=now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    send_attempts = models.PositiveIntegerField(default=0)
+    send_error = models.TextField(blank=True)
+    # Set when a sender claims the email: it is both the retry backoff and a lease, so two
+    # senders (a worker sending it at once, and tick) never send the same email twice.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class Report(QueuedEmail):
     """One report per user per batch: the email, and the same as a page in the portal."""
 
     batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="reports")
@@ -217,14 +233,6 @@ class Report(models.Model):
     status = models.CharField(
         max_length=10, help_text="the worst of its runs: ok, warning, alert or failed"
     )
-    created_at = models.DateTimeField(default=now)
-    # A mail server that is down delays the email: tick sends unsent reports again.
-    sent_at = models.DateTimeField(null=True, blank=True)
-    send_attempts = models.PositiveIntegerField(default=0)
-    send_error = models.TextField(blank=True)
-    # Set when a sender claims the report: it is both the retry backoff and a lease, so two
-    # senders (the engine and tick) never send the same report twice.
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -234,6 +242,42 @@ class Report(models.Model):
 
     def __str__(self) -> str:
         return f"report of {self.batch} for {self.owner}"
+
+
+class Notification(QueuedEmail):
+    """The email that tells a model's owner one attempt of a run failed, or that it gave up.
+
+    Written in the same transaction as the failure, and sent from the queue: the batch never
+    waits for a mail server. It keeps what the email says about that attempt, since the email
+    may go out after the next attempt has begun.
+    """
+
+    run = models.ForeignKey(ScoringRun, on_delete=models.CASCADE, related_name="notifications")
+    attempt = models.PositiveIntegerField()
+    # With the attempt number, names one attempt: "Score now" on a failed run counts from 1 again.
+    started_at = models.DateTimeField(help_text="When the failed attempt started.")
+    gave_up = models.BooleanField(help_text="The last attempt: no retry follows.")
+    error = models.TextField()
+    slice_date = models.DateField(null=True, blank=True)
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="When the next attempt is.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "attempt", "started_at"], name="one_email_per_failed_attempt"
+            )
+        ]
+        # Tick looks for unsent emails every minute; the sent ones pile up for good.
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(sent_at__isnull=True),
+                name="unsent_notifications",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"failure email of {self.run} (attempt {self.attempt})"
 
 
 class Quota(models.Model):

@@ -18,7 +18,7 @@ from scoring.engine import batch, parts, validation
 from scoring.models import stale_validations
 from scoring.packages.storage import StorageError
 from scoring.reports import mail
-from scoring.runs import dispatch
+from scoring.runs import dispatch, notifications
 from scoring.sandbox import spawn
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,12 @@ def score_part(self, part_id: int) -> None:
 
 
 @shared_task
+def send_notifications() -> None:
+    """Failure emails, sent as soon as their runs' failures are committed."""
+    notifications.send_due(timezone.now())
+
+
+@shared_task
 def tick() -> None:
     """Runs every minute (Celery beat): the database, not the broker, says what is due."""
     now = timezone.now()
@@ -58,3 +64,4 @@ def tick() -> None:
         enqueue.validate_version(version.id)
     dispatch.tick(now)
     mail.send_due_reports(now)
+    notifications.send_due(now)

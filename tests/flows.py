@@ -1,9 +1,11 @@
 """Helpers of the tests that drive whole runs through the real worker."""
 
 import contextlib
+import email
 import io
 import os
 import signal
+import socketserver
 import subprocess
 import threading
 import time
@@ -22,7 +24,7 @@ from django.db import connection, transaction
 
 from deploy import services
 from scoring.engine import scores
-from scoring.models import BatchPart, Report, ScoringRun
+from scoring.models import BatchPart, Notification, Report, ScoringRun
 from scoring.packages import deployments
 from scoring.runs import dispatch
 from tests import packages
@@ -57,6 +59,15 @@ def subject(message) -> str:
 
 def failure_emails(messages) -> list:
     return [m for m in messages if not subject(m).startswith("[Dropscore]")]
+
+
+def notifications_sent(timeout: float = 20) -> None:
+    """Wait for the worker to send the failure emails queued so far: it does so just after a
+    failure is committed, while the batch goes on."""
+    in_flight = Notification.objects.filter(sent_at__isnull=True, send_error="")
+    wait_until(lambda: not in_flight.exists(), "the failure emails are sent", timeout)
+    unsent = Notification.objects.filter(sent_at__isnull=True)
+    assert list(unsent.values_list("send_error", flat=True)) == []
 
 
 def report_emails(mailbox, day: date, count: int, timeout: float = 20) -> list:
@@ -312,6 +323,7 @@ def owner_emails(mailbox, address: str, day: date, reports: int) -> tuple[list, 
     """(report subjects, failure subjects) sent to `address` about `day`, once `reports`
     reports are in; every email the test's workers sent must be one of these."""
     found = report_emails(mailbox, day, reports)
+    notifications_sent()
     messages = mailbox()
     assert {m["To"] for m in messages} == {address}, [m["To"] for m in messages]
     failures = [subject(m) for m in failure_emails(messages)]
@@ -320,7 +332,7 @@ def owner_emails(mailbox, address: str, day: date, reports: int) -> tuple[list, 
 
 
 def assert_settled() -> None:
-    """Nothing left half-done: no run queued or running, no part unfinished, every report sent.
+    """Nothing left half-done: no run queued or running, no part unfinished, every email sent.
 
     A report's email reaches the mailbox a moment before the worker marks the report sent,
     so that mark is waited for, briefly; a report whose sending failed shows its error."""
@@ -329,6 +341,7 @@ def assert_settled() -> None:
     in_flight = Report.objects.filter(sent_at__isnull=True, send_error="")
     wait_until(lambda: not in_flight.exists(), "the sent report is marked sent", timeout=10)
     assert list(Report.objects.filter(sent_at__isnull=True).values_list("send_error")) == []
+    notifications_sent(timeout=10)
 
 
 class S3Server:
@@ -365,3 +378,63 @@ class S3Server:
         except Exception:
             return False
         return True
+
+
+class MailServer:
+    """A tiny SMTP server of the test's own, on loopback, that hangs: it accepts connections
+    and says nothing, not even its greeting, until `answer()`. Then it takes every message,
+    on the connections kept waiting too, and keeps them in `received`."""
+
+    def __init__(self):
+        self.answering, self.stopped = threading.Event(), threading.Event()
+        self.connections: list[float] = []  # when each was accepted
+        self.received: list[email.message.Message] = []
+        mail_server = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                mail_server.connections.append(time.monotonic())
+                while not mail_server.answering.wait(0.1):
+                    if mail_server.stopped.is_set():
+                        return
+                mail_server.converse(self.rfile, self.wfile)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self) -> None:
+        self.answering.set()
+
+    def converse(self, rfile, wfile) -> None:
+        """Enough SMTP for Django's backend: greeting, EHLO, MAIL, RCPT, DATA, QUIT."""
+
+        def reply(line: str) -> None:
+            wfile.write(line.encode() + b"\r\n")
+            wfile.flush()
+
+        reply("220 mail.test ESMTP")
+        while command := rfile.readline():
+            verb = command[:4].upper()
+            if verb == b"DATA":
+                reply("354 end with a dot")
+                self.received.append(email.message_from_bytes(self.read_data(rfile)))
+                reply("250 queued")
+            elif verb == b"QUIT":
+                reply("221 bye")
+                return
+            else:  # EHLO, MAIL FROM, RCPT TO, RSET, NOOP
+                reply("250 mail.test")
+
+    @staticmethod
+    def read_data(rfile) -> bytes:
+        lines = []
+        while (line := rfile.readline()) not in (b".\r\n", b""):
+            lines.append(line[1:] if line.startswith(b"..") else line)
+        return b"".join(lines)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.server.shutdown()
+        self.server.server_close()

@@ -403,3 +403,22 @@ def flaky_package(down: Path, max_attempts: int = 3) -> dict:
         "features": ["age"],
         "params": {"retry_delay_minutes": 0, "max_attempts": max_attempts},
     }
+
+
+# Raises on a whole slice, every time it is scored.
+BROKEN = """
+import numpy as np
+
+def model(frame):
+    if len(frame) > 250:
+        raise RuntimeError("the model is broken")
+    return np.full(len(frame), 0.25)
+"""
+
+
+def broken_package(max_attempts: int = 3) -> dict:
+    return {
+        "model": notebook_function(BROKEN, "model"),
+        "features": ["age"],
+        "params": {"max_attempts": max_attempts},
+    }

@@ -19,7 +19,14 @@ from scoring.models import Deployment, ScoringRun
 from scoring.runs import dispatch, lifecycle
 from tests import packages
 from tests.conftest import start_worker, stop_worker
-from tests.flows import deploy, failure_emails, report_emails, subject, wait_for_runs
+from tests.flows import (
+    deploy,
+    failure_emails,
+    notifications_sent,
+    report_emails,
+    subject,
+    wait_for_runs,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -121,6 +128,7 @@ def test_a_model_missing_a_column_fails_alone_and_its_owner_is_told(
     assert failed.status == "retrying", (failed.date, failed.slice_date, failed.rows, failed.error)
     assert failed.error == f"1 features are missing from slice {day}: late_payments"
     assert table_rows(needs_late.id, day).height == 0
+    notifications_sent()
     [message] = failure_emails(mailbox())
     assert message["To"] == "risk@bank.example"
     assert message["Subject"] == f"late failed for {day} (attempt 1 of 3)"
@@ -200,6 +208,7 @@ def test_a_model_that_fails_twice_then_succeeds_ends_succeeded_after_three_attem
 
     [run] = wait_for_runs([deployment.id])
     assert (run.status, run.attempts) == ("succeeded", 3)
+    notifications_sent()
     # two pool processes: files in any order
     subjects = sorted(m["Subject"] for m in failure_emails(mailbox()))
     assert subjects == [
@@ -223,6 +232,7 @@ def test_a_model_that_always_fails_stops_at_max_attempts_with_a_final_email(
     assert run.attempts == 2
     assert "RuntimeError: the source system is down while predicting" in run.error
     assert dispatch.tick() is None  # nothing more to do
+    notifications_sent()
     # two pool processes: files in any order
     subjects = sorted(m["Subject"] for m in failure_emails(mailbox()))
     assert subjects == [

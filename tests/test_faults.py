@@ -23,15 +23,16 @@ from django.db import connection
 from django.utils import timezone
 
 from deploy import services
-from scoring.models import Batch, Deployment, PackageVersion, Report, ScoringRun
+from scoring.models import Batch, Deployment, Notification, PackageVersion, Report, ScoringRun
 from scoring.packages import storage
 from scoring.reports import mail
-from scoring.runs import dispatch
+from scoring.runs import dispatch, notifications
 from tests import packages
 from tests.conftest import start_worker
 from tests.flows import (
     Broker,
     Gate,
+    MailServer,
     S3Server,
     assert_settled,
     committed_entities,
@@ -42,6 +43,7 @@ from tests.flows import (
     released_together,
     report_emails,
     stop_group,
+    subject,
     tick_until,
     wait_for_runs,
     wait_gone,
@@ -101,6 +103,13 @@ def own_s3(s3_server, settings, tmp_path):
     storage.ensure_buckets()
     yield server
     storage.client.cache_clear()
+    server.stop()
+
+
+@pytest.fixture
+def mail_server():
+    server = MailServer()
+    yield server
     server.stop()
 
 
@@ -405,4 +414,67 @@ def test_smtp_down_when_a_report_is_due_the_run_succeeds_and_tick_sends_it_later
         ([owner.email], "[Dropscore] OK")
     ]
     assert mailbox() == []
+    assert_settled()
+
+
+# Sending failure emails from the chunk loop, each would hold the batch this long.
+EMAIL_TIMEOUT = 90
+
+
+def test_a_mail_server_that_never_answers_stalls_no_batch_and_the_emails_go_out_once_it_does(
+    owner, settle, workers, mail_server, mailoutbox, tmp_path
+):
+    workers(
+        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+        EMAIL_HOST="127.0.0.1",
+        EMAIL_PORT=str(mail_server.port),
+        EMAIL_TIMEOUT=str(EMAIL_TIMEOUT),
+    )
+    retrying = deploy(owner, packages.broken_package(), "retrying", settle)
+    doomed = deploy(owner, packages.broken_package(max_attempts=1), "doomed", settle)
+    fine = deploy(owner, packages.function_package(), "spend", settle)
+    make_due(retrying, doomed, fine)
+    batch = dispatch.tick()
+    finished = Batch.objects.filter(id=batch.id, finished_at__isnull=False)
+    wait_until(finished.exists, "the batch finishes", timeout=EMAIL_TIMEOUT)
+
+    batch = finished.get()
+    seconds = (batch.finished_at - batch.started_at).total_seconds()
+    # Inline, the two failure emails would take two whole timeouts.
+    assert seconds < EMAIL_TIMEOUT / 2, seconds
+    runs = {run.deployment_id: run for run in ScoringRun.objects.all()}
+    assert [runs[d.id].status for d in (retrying, doomed, fine)] == [
+        "retrying",
+        "failed",
+        "succeeded",
+    ]
+    # A worker took the failure emails at once, and waits for the greeting.
+    wait_until(lambda: mail_server.connections, "a worker connects to the mail server")
+    assert mail_server.received == []
+    assert not Notification.objects.filter(sent_at__isnull=False).exists()
+
+    mail_server.answer()
+    wait_until(lambda: len(mail_server.received) >= 3, "the emails go out", timeout=30)
+    day = runs[fine.id].date
+    assert sorted(subject(m) for m in mail_server.received) == [
+        f"Gave up: doomed failed 1 times for {day}",
+        f"[Dropscore] FAILED — doomed and 1 more failed (3 models, {day})",
+        f"retrying failed for {day} (attempt 1 of 3)",
+    ]
+    # Each failure asked for a send, and every sender is done: none sends it again.
+    logs = [tmp_path / "worker.log"]
+    wait_until(
+        lambda: (
+            log_lines(logs, "Task scoring.tasks.send_notifications[", "] succeeded") == 2
+            and log_lines(logs, "Task scoring.tasks.run_batch[", "] succeeded") == 1
+        ),
+        "the worker's senders are done",
+        timeout=30,
+    )
+    assert len(mail_server.received) == 3
+    assert list(Notification.objects.values_list("send_attempts", "send_error")) == [(0, "")] * 2
+    assert not Notification.objects.filter(sent_at__isnull=True).exists()
+    # Tick, hours later, has nothing left to send.
+    assert notifications.send_due(timezone.now() + timedelta(hours=3)) == 0
+    assert mailoutbox == []
     assert_settled()

@@ -14,7 +14,7 @@ from django.test import Client
 from PIL import Image
 
 from scoring.models import Batch, Deployment, PackageVersion, Report, ScoringRun
-from scoring.reports import chart, content
+from scoring.reports import chart, content, outbox
 from scoring.reports import mail as report_mail
 
 pytestmark = pytest.mark.django_db
@@ -173,9 +173,9 @@ def report_of(user) -> Report:
     return Report.objects.get(owner=user)
 
 
-def sent_to(user, outbox) -> mail.EmailMultiAlternatives:
-    found = [message for message in outbox if user.email in message.to]
-    assert len(found) == 1, [message.to for message in outbox]
+def sent_to(user, messages) -> mail.EmailMultiAlternatives:
+    found = [message for message in messages if user.email in message.to]
+    assert len(found) == 1, [message.to for message in messages]
     return found[0]
 
 
@@ -397,7 +397,7 @@ def test_tick_gives_up_after_ten_attempts_and_keeps_the_error(owner, batch, smtp
         moment += timedelta(minutes=61)
 
     report.refresh_from_db()
-    assert report.send_attempts == report_mail.MAX_SEND_ATTEMPTS
+    assert report.send_attempts == outbox.MAX_SEND_ATTEMPTS
     assert report.sent_at is None
     assert report.send_error
     smtp_down.EMAIL_BACKEND = LOCMEM
@@ -405,7 +405,7 @@ def test_tick_gives_up_after_ten_attempts_and_keeps_the_error(owner, batch, smtp
 
 
 def test_the_backoff_doubles_up_to_an_hour():
-    assert [report_mail.retry_delay(n).total_seconds() / 60 for n in (1, 2, 3, 5, 6, 9)] == [
+    assert [outbox.retry_delay(n).total_seconds() / 60 for n in (1, 2, 3, 5, 6, 9)] == [
         2,
         4,
         8,
@@ -418,7 +418,7 @@ def test_the_backoff_doubles_up_to_an_hour():
 def test_a_report_being_sent_is_not_taken_by_tick(owner, batch, mailoutbox):
     run(batch, deployment(owner, "churn"), "ok")
     [report] = content.build_reports(batch)
-    assert report_mail.claim(report, NOW)  # the engine is sending it right now
+    assert outbox.claim(report, NOW)  # the engine is sending it right now
 
     assert report_mail.send_due_reports(NOW + timedelta(seconds=30)) == 0
     assert mailoutbox == []

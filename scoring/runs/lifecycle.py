@@ -5,7 +5,6 @@ transitions `ScoringRun.TRANSITIONS` allows, so two workers or two ticks can nev
 take a run, and a worker that lost its lease cannot write over the run's new owner.
 """
 
-import logging
 from datetime import date, datetime, timedelta
 
 from django.db import IntegrityError, transaction
@@ -14,9 +13,7 @@ from django.utils import timezone
 
 from scoring.models import Deployment, PackageVersion, ScoringRun
 from scoring.packages import params
-from scoring.reports import mail
-
-log = logging.getLogger(__name__)
+from scoring.runs import notifications
 
 
 class RunError(ValueError):
@@ -99,24 +96,18 @@ def fail(run: ScoringRun, error: str, slice_date: date | None = None) -> None:
     delay = timedelta(
         minutes=params.value(run.version.package.get("params"), "retry_delay_minutes")
     )
-    updated = move(
-        held(run),
-        ScoringRun.Status.FAILED if gave_up else ScoringRun.Status.RETRYING,
-        error=error[:4000],
-        slice_date=slice_date,
-        finished_at=now,
-        next_attempt_at=None if gave_up else now + delay,
-    )
-    if updated:
-        run.refresh_from_db()
-        notify_failure(run)
-
-
-def notify_failure(run: ScoringRun) -> None:
-    try:
-        mail.send_run_failed(run)
-    except Exception:  # a mail server that is down must not fail the run's bookkeeping
-        log.exception("could not send the failure email of run %s", run.id)
+    with transaction.atomic():
+        updated = move(
+            held(run),
+            ScoringRun.Status.FAILED if gave_up else ScoringRun.Status.RETRYING,
+            error=error[:4000],
+            slice_date=slice_date,
+            finished_at=now,
+            next_attempt_at=None if gave_up else now + delay,
+        )
+        if updated:
+            run.refresh_from_db()
+            notifications.queue(run)
 
 
 def newer_run(run: ScoringRun) -> ScoringRun | None:
@@ -149,9 +140,10 @@ def take_back(run: ScoringRun, now: datetime) -> bool:
     )
     message = f"the worker stopped answering during attempt {run.attempts}"
     if run.attempts >= run.max_attempts:
-        if move(stale, ScoringRun.Status.FAILED, error=message, finished_at=now):
-            run.refresh_from_db()
-            notify_failure(run)
+        with transaction.atomic():
+            if move(stale, ScoringRun.Status.FAILED, error=message, finished_at=now):
+                run.refresh_from_db()
+                notifications.queue(run)
         return False
     return bool(move(stale, ScoringRun.Status.QUEUED, error=message, queued_at=now))
 

@@ -1,0 +1,250 @@
+"""Failure and give-up emails: queued with the failure, sent from the database send queue.
+
+Runs are written to the database as a worker leaves them: no worker. A mail server that
+never answers, through a real worker and a real batch: tests/test_faults.py.
+"""
+
+import logging
+import socket
+import threading
+from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.db import connection
+
+from portal.celery import app
+from scoring.models import Deployment, Notification, PackageVersion, ScoringRun
+from scoring.reports import outbox
+from scoring.runs import lifecycle, notifications
+from tests.flows import publishing_to, released_together
+
+pytestmark = pytest.mark.django_db
+
+DAY = date(2026, 11, 23)
+SLICE = date(2026, 11, 22)
+NOW = datetime(2026, 11, 23, 6, 30, tzinfo=UTC)
+LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
+
+
+def running_run(user, attempts: int = 1, max_attempts: int = 3) -> ScoringRun:
+    """A run of the model "churn" in its `attempts`-th attempt, as a worker claimed it."""
+    deployment = Deployment.objects.create(
+        owner=user, name="churn", slug="churn", email="risk@bank.example"
+    )
+    version = PackageVersion.objects.create(
+        deployment=deployment,
+        number=1,
+        key=f"{user.username}/churn/v1.dill",
+        filename="churn.dill",
+        size=2048,
+        sha256="0" * 64,
+        state=PackageVersion.State.VALID,
+        package={"features": ["age"], "params": {"retry_delay_minutes": 45}},
+    )
+    return ScoringRun.objects.create(
+        deployment=deployment,
+        version=version,
+        date=DAY,
+        status=ScoringRun.Status.RUNNING,
+        attempts=attempts,
+        max_attempts=max_attempts,
+        started_at=NOW - timedelta(minutes=5),
+        heartbeat_at=NOW - timedelta(minutes=5),
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_down(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = closed_port()
+    settings.EMAIL_TIMEOUT = 2
+    return settings
+
+
+# --- queued with the failure -------------------------------------------------------
+
+
+def test_a_failed_attempt_queues_its_email_and_sends_nothing_itself(
+    owner, mailoutbox, django_capture_on_commit_callbacks
+):
+    run = running_run(owner)
+    with django_capture_on_commit_callbacks() as callbacks:
+        lifecycle.fail(run, "ValueError: column 'income' is missing", SLICE)
+
+    run.refresh_from_db()
+    assert run.status == "retrying"
+    [notification] = Notification.objects.all()
+    assert (notification.run, notification.attempt, notification.gave_up) == (run, 1, False)
+    assert notification.error == "ValueError: column 'income' is missing"
+    assert (notification.slice_date, notification.retry_at) == (SLICE, run.next_attempt_at)
+    assert notification.sent_at is None and notification.send_attempts == 0
+    # Once committed, a worker is asked to send it.
+    assert callbacks == [notifications.send_soon]
+    assert mailoutbox == []
+
+
+def test_one_failed_attempt_makes_one_email(owner):
+    run = running_run(owner)
+    lifecycle.fail(run, "boom")
+    notifications.queue(run)  # told twice of the same failure
+
+    assert Notification.objects.count() == 1
+
+
+def test_score_now_after_giving_up_counts_from_one_again_and_each_attempt_has_its_email(owner):
+    run = running_run(owner, attempts=1, max_attempts=1)
+    lifecycle.fail(run, "boom")
+    lifecycle.request_run(run.deployment, DAY)
+    assert lifecycle.claim(run, batch_id=None)  # the new attempt 1
+    lifecycle.fail(run, "boom again")
+
+    assert list(Notification.objects.order_by("id").values_list("attempt", "error")) == [
+        (1, "boom"),
+        (1, "boom again"),
+    ]
+
+
+def test_a_worker_gone_silent_on_the_last_attempt_queues_the_give_up_email(owner):
+    run = running_run(owner, attempts=3, max_attempts=3)
+
+    assert lifecycle.take_back(run, NOW) is False
+    [notification] = Notification.objects.all()
+    assert (notification.attempt, notification.gave_up) == (3, True)
+    assert notification.error == "the worker stopped answering during attempt 3"
+
+
+def test_a_worker_gone_silent_before_the_last_attempt_queues_no_email(owner):
+    run = running_run(owner, attempts=1)
+
+    assert lifecycle.take_back(run, NOW) is True
+    assert not Notification.objects.exists()
+
+
+def test_a_broker_that_is_down_does_not_fail_the_bookkeeping(
+    owner, caplog, django_capture_on_commit_callbacks
+):
+    run = running_run(owner)
+    nowhere = SimpleNamespace(url=f"redis://127.0.0.1:{closed_port()}/0", queue="nowhere")
+    with publishing_to(app, nowhere), caplog.at_level(logging.ERROR):
+        with django_capture_on_commit_callbacks(execute=True):
+            lifecycle.fail(run, "boom")
+
+    run.refresh_from_db()
+    assert run.status == "retrying"
+    assert Notification.objects.filter(run=run, sent_at__isnull=True).exists()  # for tick
+    assert "could not ask a worker to send the failure emails" in caplog.text
+
+
+# --- the email ---------------------------------------------------------------------
+
+
+def test_the_email_names_the_attempt_the_error_and_the_next_attempt(owner, mailoutbox):
+    run = running_run(owner)
+    lifecycle.fail(run, "ValueError: column 'income' is missing", SLICE)
+    run.refresh_from_db()
+
+    assert notifications.send_due(NOW) == 1
+    [message] = mailoutbox
+    assert message.to == ["risk@bank.example"]
+    assert message.subject == f"churn failed for {DAY} (attempt 1 of 3)"
+    assert "ValueError: column 'income' is missing" in message.body
+    assert f"(feature slice {SLICE})" in message.body
+    retry = f"{run.next_attempt_at:%Y-%m-%d %H:%M} UTC"
+    assert f"This was attempt 1 of 3. The next attempt is at {retry}." in message.body
+    assert f"The next attempt is at <b>{retry}</b>" in message.alternatives[0][0]
+
+
+def test_the_last_attempt_says_it_gave_up(owner, mailoutbox):
+    run = running_run(owner, attempts=3, max_attempts=3)
+    lifecycle.fail(run, "RuntimeError: the source system is down")
+
+    assert notifications.send_due(NOW) == 1
+    [message] = mailoutbox
+    assert message.subject == f"Gave up: churn failed 3 times for {DAY}"
+    assert "This was attempt 3 of 3: Dropscore gave up on this date." in message.body
+    assert "next attempt" not in message.body
+
+
+def test_an_email_sent_late_tells_of_its_own_attempt(owner, mailoutbox):
+    run = running_run(owner)
+    lifecycle.fail(run, "first error", SLICE)
+    retry_at = ScoringRun.objects.get(id=run.id).next_attempt_at
+    # The mail server was down: by the time it is back, the second attempt failed too.
+    ScoringRun.objects.filter(id=run.id).update(status="running", attempts=2, error="")
+    lifecycle.fail(ScoringRun.objects.get(id=run.id), "second error", SLICE)
+
+    assert notifications.send_due(NOW) == 2
+    first = next(m for m in mailoutbox if "(attempt 1 of 3)" in m.subject)
+    assert "first error" in first.body and "second error" not in first.body
+    assert f"The next attempt is at {retry_at:%Y-%m-%d %H:%M} UTC" in first.body
+
+
+def test_a_model_without_an_email_address_has_nothing_to_send(owner, mailoutbox):
+    run = running_run(owner)
+    Deployment.objects.filter(id=run.deployment_id).update(email="")
+    lifecycle.fail(run, "boom")
+
+    assert notifications.send_due(NOW) == 1  # done with: nothing to send
+    assert mailoutbox == []
+    assert Notification.objects.get().sent_at == NOW
+
+
+# --- the send queue ----------------------------------------------------------------
+
+
+def test_a_mail_server_that_is_down_leaves_the_email_for_tick(owner, smtp_down, mailoutbox):
+    lifecycle.fail(running_run(owner), "boom")
+
+    assert notifications.send_due(NOW) == 0
+    notification = Notification.objects.get()
+    assert (notification.sent_at, notification.send_attempts) == (None, 1)
+    assert "refused" in notification.send_error.lower(), notification.send_error
+    # Tick backs off: not again within two minutes.
+    assert notifications.send_due(NOW + timedelta(minutes=1)) == 0
+
+    smtp_down.EMAIL_BACKEND = LOCMEM
+    assert notifications.send_due(NOW + timedelta(minutes=3)) == 1
+    assert notifications.send_due(NOW + timedelta(hours=3)) == 0
+    assert [m.subject for m in mailoutbox] == [f"churn failed for {DAY} (attempt 1 of 3)"]
+    notification.refresh_from_db()
+    assert (notification.sent_at, notification.send_error) == (NOW + timedelta(minutes=3), "")
+
+
+def test_an_email_being_sent_is_not_taken_by_tick(owner, mailoutbox):
+    lifecycle.fail(running_run(owner), "boom")
+    assert outbox.claim(Notification.objects.get(), NOW)  # a worker is sending it right now
+
+    assert notifications.send_due(NOW + timedelta(seconds=30)) == 0
+    assert mailoutbox == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_senders_at_once_send_the_email_once(owner, mailoutbox):
+    run = running_run(owner)
+    # Written as fail() writes it (fail() itself would ask the worker to send it).
+    Notification.objects.create(
+        run=run, attempt=1, started_at=run.started_at, gave_up=False, error="boom"
+    )
+    sent = []
+
+    def sender():
+        sent.append(notifications.send_due(NOW))
+        connection.close()  # this thread's own
+
+    senders = [threading.Thread(target=sender) for _ in range(2)]
+    with released_together(Notification, sessions=2):
+        for thread in senders:
+            thread.start()
+    for thread in senders:
+        thread.join()
+
+    assert sorted(sent) == [0, 1]
+    assert len(mailoutbox) == 1
