@@ -12,23 +12,18 @@ import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.core.management.base import CommandError
 from django.test import TransactionTestCase
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from deploy import services  # noqa: E402
-from tests import packages  # noqa: E402
-
-FEATURES = packages.FEATURES
-WORKER_SANDBOX_TIMEOUT = 8
+from tests.factories import cast, features  # noqa: E402
+from tests.flows import WORKER_SANDBOX_TIMEOUT, database_url, start_worker, stop_worker  # noqa: E402
 
 
 def _flush_again_after_a_deadlock(teardown):
@@ -107,7 +102,7 @@ def feature_table(state_dir) -> Path:
     """A small hive-partitioned Parquet feature source with two daily slices."""
     root = state_dir / "features"
     for days_ago in (1, 0):
-        packages.write_feature_slice(root, date.today() - timedelta(days=days_ago), rows=500)
+        features.write_feature_slice(root, date.today() - timedelta(days=days_ago), rows=500)
     return root
 
 
@@ -144,40 +139,6 @@ def worker_env(django_db_setup, s3_server, celery_app_configured, feature_table,
     }
 
 
-def start_worker(env: dict, queue: str, log: Path) -> services.subprocess.Popen:
-    """A real Celery worker process on `queue`, ready when this returns."""
-    from portal.celery import app
-
-    hostname = f"{queue}-{uuid.uuid4().hex[:4]}@localhost"
-    process = services.celery(
-        "worker",
-        {**env, "CELERY_QUEUE": queue},
-        log,
-        "-Q",
-        queue,
-        "-n",
-        hostname,
-        "-c",
-        "2",
-        "--without-gossip",
-        "--without-mingle",
-    )
-    deadline = time.monotonic() + 60
-    while not (app.control.inspect(destination=[hostname], timeout=1).ping() or {}):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the Celery worker did not start; see {log}:\n{log.read_text()[-3000:]}")
-    return process
-
-
-def stop_worker(process) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except services.subprocess.TimeoutExpired:
-        process.kill()
-
-
 @pytest.fixture(scope="session")
 def worker(worker_env, celery_app_configured, state_dir):
     """The session's Celery worker, on the queue every test publishes to."""
@@ -208,47 +169,37 @@ def mailbox(state_dir):
     return messages
 
 
-def database_url(db: dict) -> str:
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = quote(db.get("USER") or "")
-    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    return f"postgresql://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-
-
 # --- people and clients ------------------------------------------------------
 
 
 @pytest.fixture
 def owner(db):
-    return User.objects.create_user("alice", "alice@bank.example", "alice-password-123")
+    return cast.make("owner")
 
 
 @pytest.fixture
 def outsider(db):
-    return User.objects.create_user("mallory", "mallory@telco.example", "mallory-password-123")
+    return cast.make("outsider")
 
 
 @pytest.fixture
 def staff(db):
-    return User.objects.create_user("sam", "sam@bank.example", "sam-password-123", is_staff=True)
+    return cast.make("staff")
 
 
-def api_client_for(user) -> APIClient:
-    client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
+@pytest.fixture
+def superuser(db):
+    return cast.make("superuser")
 
 
 @pytest.fixture
 def api(owner) -> APIClient:
-    return api_client_for(owner)
+    return cast.api_client_for(owner)
 
 
 @pytest.fixture
 def outsider_api(outsider) -> APIClient:
-    return api_client_for(outsider)
+    return cast.api_client_for(outsider)
 
 
 def wait_for_validation(version, timeout: float = 60):
@@ -263,7 +214,7 @@ def wait_for_validation(version, timeout: float = 60):
 
 
 @pytest.fixture
-def settle():
+def validated():
     return wait_for_validation
 
 

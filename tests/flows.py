@@ -13,11 +13,13 @@ import uuid
 from datetime import date
 from email.header import decode_header, make_header
 from pathlib import Path
+from urllib.parse import quote
 
 import boto3
 import kombu.pools
 import polars as pl
 import psutil
+import pytest
 import redis
 from celery.beat import PersistentScheduler
 from django.db import connection, transaction
@@ -27,12 +29,12 @@ from scoring.engine import scores
 from scoring.models import BatchPart, Notification, Report, ScoringRun
 from scoring.packages import deployments
 from scoring.runs import dispatch
-from tests import packages
+from tests.factories import packages
 
 
-def deploy(user, package: dict, name: str, settle, **settings_):
+def deploy(user, package: dict, name: str, validated, **settings_):
     data = packages.dumps(package)
-    version = settle(
+    version = validated(
         deployments.deploy(
             user, io.BytesIO(data), f"{name}.dill", len(data), name=name, **settings_
         )
@@ -438,3 +440,51 @@ class MailServer:
         self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- workers -------------------------------------------------------------------
+
+# A sandbox's timeout in the session's workers: short, so a hanging package fails fast.
+WORKER_SANDBOX_TIMEOUT = 8
+
+
+def start_worker(env: dict, queue: str, log: Path) -> services.subprocess.Popen:
+    """A real Celery worker process on `queue`, ready when this returns."""
+    from portal.celery import app
+
+    hostname = f"{queue}-{uuid.uuid4().hex[:4]}@localhost"
+    process = services.celery(
+        "worker",
+        {**env, "CELERY_QUEUE": queue},
+        log,
+        "-Q",
+        queue,
+        "-n",
+        hostname,
+        "-c",
+        "2",
+        "--without-gossip",
+        "--without-mingle",
+    )
+    deadline = time.monotonic() + 60
+    while not (app.control.inspect(destination=[hostname], timeout=1).ping() or {}):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the Celery worker did not start; see {log}:\n{log.read_text()[-3000:]}")
+    return process
+
+
+def stop_worker(process) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except services.subprocess.TimeoutExpired:
+        process.kill()
+
+
+def database_url(db: dict) -> str:
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db.get("USER") or "")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    return f"postgresql://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"

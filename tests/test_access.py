@@ -31,8 +31,8 @@ from rest_framework.test import APIClient
 from scoring.models import Batch, Deployment, PackageVersion, Report, ScoringRun
 from scoring.packages import storage
 from scoring.runs import dispatch, lifecycle
-from tests import packages
-from tests.conftest import api_client_for
+from tests.factories import cast, packages
+from tests.factories.cast import api_client_for
 from tests.flows import deploy, wait_for_runs
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -247,11 +247,11 @@ def wait_until_settled(timeout: float = 60) -> None:
 
 
 @pytest.fixture
-def world(worker, bucket, owner, outsider, settle):
+def world(worker, bucket, owner, outsider, validated):
     """Alice's and Mallory's models, really deployed and scored in one batch: scores in S3,
     quality with a chart, a report each. Returns each one's ids."""
-    alice_model = deploy(owner, packages.function_package(), "alice-churn-q3", settle)
-    mallory_model = deploy(outsider, packages.function_package(), "mallory-spend", settle)
+    alice_model = deploy(owner, packages.function_package(), "alice-churn-q3", validated)
+    mallory_model = deploy(outsider, packages.function_package(), "mallory-spend", validated)
     dispatch.send_batch(
         [lifecycle.request_run(d, date.today()).id for d in (alice_model, mallory_model)]
     )
@@ -370,7 +370,7 @@ def test_the_admin_is_for_staff_only(world, owner):
     assert {"admin:scoring_deployment_change", "admin:authtoken_tokenproxy_delete"} <= {
         route.label for route in admin_routes
     }
-    superuser = User.objects.create_superuser("root", "root@bank.example", "root-password-123")
+    superuser = cast.make("superuser")
     not_staff = [Client(), session(owner), api_client_for(owner)]  # a token is not for the admin
     before = state()
 

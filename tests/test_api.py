@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from scoring.models import Deployment, PackageVersion
-from tests import packages
+from tests.factories import packages
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("bucket")]
 
@@ -163,7 +163,7 @@ def test_another_users_deployment_is_a_404_for_every_method(api, outsider_api):
 
 
 def test_staff_see_every_deployment(api, staff):
-    from tests.conftest import api_client_for
+    from tests.factories.cast import api_client_for
 
     upload(api, name="churn")
     assert [d["owner"] for d in api_client_for(staff).get("/api/v1/models/").json()] == ["alice"]

@@ -1,5 +1,6 @@
 """The boundaries of DESIGN.md, held by import-linter's contracts in pyproject.toml."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -52,3 +53,14 @@ def test_an_import_cycle_breaks_the_contract(tmp_path):
     result = lint_imports(root)
     assert result.returncode == 1
     assert "No import cycles among the modules of a package BROKEN" in result.stdout
+
+
+def test_no_test_file_imports_another_test_file_or_the_fixtures():
+    """Helpers live in tests/factories/ and tests/flows.py; fixtures reach tests by name."""
+    pattern = re.compile(r"^\s*(from|import) tests(\.e2e)?\.(conftest|test_\w+)\b", re.M)
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if pattern.search(path.read_text())
+    ]
+    assert offenders == []

@@ -45,8 +45,9 @@ from scoring.models import Deployment, PackageVersion, Quota, ScoringRun
 from scoring.packages import deployments, quotas
 from scoring.packages.schedules import PRESETS
 from scoring.runs import dispatch
-from tests import packages
-from tests.conftest import WORKER_SANDBOX_TIMEOUT, api_client_for, start_worker, stop_worker
+from tests.factories import packages
+from tests.factories.cast import api_client_for
+from tests.flows import WORKER_SANDBOX_TIMEOUT, start_worker, stop_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -120,7 +121,7 @@ class Case:
     filename: str = "churn.dill"
     setup: Callable | None = None  # (user, settings) -> None, before the "nothing changed" look
     stored_as: str = ""  # SAFE: the only key in the bucket
-    precondition: Callable | None = None  # (user, settle) -> None; may xfail the case
+    precondition: Callable | None = None  # (user, validated) -> None; may xfail the case
 
 
 def same_file_first(user, settings) -> None:
@@ -136,14 +137,14 @@ def small_byte_quota(user, settings) -> None:
     Quota.objects.create(user=user, bytes=10 * 1024)
 
 
-def sandbox_limits_processes(user, settle) -> None:
+def sandbox_limits_processes(user, validated) -> None:
     """Send a fork bomb only to a sandbox with a process limit that counts its own processes:
     RLIMIT_NPROC counts per user, and does not bind root. A probe package tells."""
     load = packages.RunsAtLoad
     probe = proba(
         meta={"uid": load(os.getuid), "nproc": load(resource.getrlimit, resource.RLIMIT_NPROC)}
     )
-    version = settle(deploy_directly(user, probe, "probe"))
+    version = validated(deploy_directly(user, probe, "probe"))
     deployments.delete(version.deployment)
     meta = version.package["meta"]
     if meta["uid"] == 0 or meta["nproc"][0] == resource.RLIM_INFINITY:
@@ -673,13 +674,13 @@ def test_a_path_or_a_foreign_script_in_a_name_is_stored_under_the_users_folder(
 
 @pytest.mark.parametrize("case, channel", params(c for c in CASES if c.stage == VALIDATION))
 def test_a_bad_package_ends_invalid_with_its_message_and_is_never_scheduled(
-    case, channel, owner, bucket, settle, validating_worker
+    case, channel, owner, bucket, validated, validating_worker
 ):
     if case.precondition:
-        case.precondition(owner, settle)
+        case.precondition(owner, validated)
     response = post(channel, owner, case.package(), "bad-model.dill", case.fields)
     deployment_id, _ = accepted(channel, response)
-    version = settle(PackageVersion.objects.get(deployment_id=deployment_id), timeout=120)
+    version = validated(PackageVersion.objects.get(deployment_id=deployment_id), timeout=120)
 
     assert version.state == PackageVersion.State.INVALID, version.message
     assert_reads(version.message, expected(case, channel))
@@ -743,9 +744,9 @@ OVER_A_VALID_VERSION = [
 
 @pytest.mark.parametrize("case, channel", params(OVER_A_VALID_VERSION))
 def test_a_bad_new_version_leaves_the_valid_one_scoring(
-    case, channel, owner, bucket, settle, validating_worker
+    case, channel, owner, bucket, validated, validating_worker
 ):
-    first = settle(deploy_directly(owner, good(), "churn"))
+    first = validated(deploy_directly(owner, good(), "churn"))
     assert first.state == PackageVersion.State.VALID, first.message
     deployment = first.deployment
     deployment.refresh_from_db()
@@ -754,7 +755,7 @@ def test_a_bad_new_version_leaves_the_valid_one_scoring(
     response = post(channel, owner, case.package(), "churn.dill", {"name": "churn"})
 
     assert accepted(channel, response)[0] == deployment.id
-    second = settle(PackageVersion.objects.get(deployment=deployment, number=2), timeout=120)
+    second = validated(PackageVersion.objects.get(deployment=deployment, number=2), timeout=120)
     assert second.state == PackageVersion.State.INVALID
     assert_reads(second.message, expected(case, channel))
     deployment.refresh_from_db()
@@ -768,7 +769,7 @@ def test_a_bad_new_version_leaves_the_valid_one_scoring(
 
 
 def test_a_package_just_inside_the_rules_is_valid_and_its_settings_apply(
-    owner, settle, validating_worker
+    owner, validated, validating_worker
 ):
     """The checks above are no stricter than they say: a cron at the site's minimum interval
     with a time zone applies where the upload gave no schedule; a near-miss key is a warning."""
@@ -776,7 +777,7 @@ def test_a_package_just_inside_the_rules_is_valid_and_its_settings_apply(
         schedule=f"*/{MIN_INTERVAL} * * * *", timezone="Europe/London", Meta={"author": "ana"}
     )
     response = post(API, owner, packages.dumps(package), "spend.dill", {})
-    version = settle(PackageVersion.objects.get(deployment_id=accepted(API, response)[0]))
+    version = validated(PackageVersion.objects.get(deployment_id=accepted(API, response)[0]))
 
     assert version.state == PackageVersion.State.VALID, version.message
     deployment = Deployment.objects.get(id=version.deployment_id)

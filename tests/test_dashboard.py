@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from portal import health, status_views
 from scoring.models import Batch, Report, ScoringRun
-from tests.runs_data import make_models, make_runs, quality
+from tests.factories.runs import make_models, make_runs, quality
 
 pytestmark = pytest.mark.django_db
 

@@ -265,10 +265,10 @@ YOUR_BUCKET = "your-features"
 
 def write_your_table(root: Path) -> None:
     """A user's own table: two daily slices with their own columns, on days the demo also has."""
-    from tests import packages
+    from tests.factories import features
 
     for days_ago in (1, 0):
-        packages.write_feature_slice(root, date.today() - timedelta(days=days_ago), rows=50)
+        features.write_feature_slice(root, date.today() - timedelta(days=days_ago), rows=50)
 
 
 def folder_listing(root: Path) -> dict[str, tuple]:

@@ -10,7 +10,7 @@ from scoring.models import Deployment, PackageVersion, Quota, ScoringRun
 from scoring.packages import deployments, quotas
 from scoring.packages.deployments import DeployError
 from scoring.quality import assessment
-from tests import packages
+from tests.factories import packages
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,8 +27,8 @@ def broken_bytes(seed: int) -> bytes:
 # --- the site's settings are the defaults (defect 1) -------------------------------
 
 
-def test_a_package_that_sets_no_params_follows_the_sites_settings(worker, owner, settle, client):
-    version = settle(deploy_bytes(owner, packages.dumps(packages.function_package()), "spend"))
+def test_a_package_that_sets_no_params_follows_the_sites_settings(worker, owner, validated, client):
+    version = validated(deploy_bytes(owner, packages.dumps(packages.function_package()), "spend"))
     assert version.state == PackageVersion.State.VALID, version.message
     # Validation writes no default into the package: only the method it resolved.
     assert version.package["params"] == {"method": "__call__"}
@@ -54,9 +54,9 @@ def test_a_package_that_sets_no_params_follows_the_sites_settings(worker, owner,
     assert '<dt class="mono">method</dt><dd>__call__ <span class="note">· package' in page
 
 
-def test_a_packages_own_params_override_the_site(worker, owner, settle):
+def test_a_packages_own_params_override_the_site(worker, owner, validated):
     package = packages.function_package(params={"psi_warn": 0.2, "max_attempts": 5})
-    version = settle(deploy_bytes(owner, packages.dumps(package), "spend"))
+    version = validated(deploy_bytes(owner, packages.dumps(package), "spend"))
     run = ScoringRun(deployment=version.deployment, version=version, date="2026-12-01")
 
     with override_settings(PSI_WARN=0.05, PSI_ALERT=0.5):
@@ -68,13 +68,13 @@ def test_a_packages_own_params_override_the_site(worker, owner, settle):
 # --- broken uploads do not eat the quota (defect 5) --------------------------------
 
 
-def test_models_that_cannot_score_do_not_count_against_the_quota(worker, owner, settle):
+def test_models_that_cannot_score_do_not_count_against_the_quota(worker, owner, validated):
     Quota.objects.create(user=owner, active_models=2)
     for seed in range(3):
-        broken = settle(deploy_bytes(owner, broken_bytes(seed), f"broken-{seed}"))
+        broken = validated(deploy_bytes(owner, broken_bytes(seed), f"broken-{seed}"))
         assert broken.state == PackageVersion.State.INVALID
 
-    good = settle(deploy_bytes(owner, packages.dumps(packages.function_package()), "spend"))
+    good = validated(deploy_bytes(owner, packages.dumps(packages.function_package()), "spend"))
 
     assert good.state == PackageVersion.State.VALID, good.message
     usage = quotas.usage(owner)
@@ -82,10 +82,10 @@ def test_models_that_cannot_score_do_not_count_against_the_quota(worker, owner, 
     assert usage["text"].startswith("1 of 2 active models (3 that cannot score not counted), ")
 
 
-def test_fixing_a_broken_model_counts_it_again(worker, owner, settle):
+def test_fixing_a_broken_model_counts_it_again(worker, owner, validated):
     Quota.objects.create(user=owner, active_models=1)
-    settle(deploy_bytes(owner, broken_bytes(0), "churn"))
-    settle(deploy_bytes(owner, packages.dumps(packages.function_package()), "spend"))
+    validated(deploy_bytes(owner, broken_bytes(0), "churn"))
+    validated(deploy_bytes(owner, packages.dumps(packages.function_package()), "spend"))
 
     # A valid version of the broken model would be a second model that counts: refused.
     with pytest.raises(DeployError, match="you have 1 of 1 active models"):

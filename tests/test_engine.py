@@ -17,13 +17,14 @@ from django.utils import timezone
 from scoring.engine import scores
 from scoring.models import Deployment, ScoringRun
 from scoring.runs import dispatch, lifecycle
-from tests import packages
-from tests.conftest import start_worker, stop_worker
+from tests.factories import features, packages
 from tests.flows import (
     deploy,
     failure_emails,
     notifications_sent,
     report_emails,
+    start_worker,
+    stop_worker,
     subject,
     wait_for_runs,
 )
@@ -47,7 +48,7 @@ def make_due(*deployments_):
 
 
 def test_scores_equal_each_models_own_predictions(
-    worker, owner, settle, feature_table, bucket, api
+    worker, owner, validated, feature_table, bucket, api
 ):
     catboost, sklearn, function = (
         packages.catboost_package(),
@@ -55,9 +56,9 @@ def test_scores_equal_each_models_own_predictions(
         packages.function_package(),
     )
     ids = {
-        "catboost": deploy(owner, catboost, "catboost", settle).id,
-        "sklearn": deploy(owner, sklearn, "sklearn", settle).id,
-        "function": deploy(owner, function, "function", settle).id,
+        "catboost": deploy(owner, catboost, "catboost", validated).id,
+        "sklearn": deploy(owner, sklearn, "sklearn", validated).id,
+        "function": deploy(owner, function, "function", validated).id,
     }
     make_due(*Deployment.objects.all())
 
@@ -68,8 +69,8 @@ def test_scores_equal_each_models_own_predictions(
     today = date.today()
     frame = slice_frame(feature_table, today)
     expected = {
-        "catboost": catboost["model"].predict_proba(frame[packages.FEATURES])[:, 1],
-        "sklearn": sklearn["model"].predict_proba(frame[packages.FEATURES])[:, 1],
+        "catboost": catboost["model"].predict_proba(frame[features.FEATURES])[:, 1],
+        "sklearn": sklearn["model"].predict_proba(frame[features.FEATURES])[:, 1],
         "function": function["model"](frame[["monthly_spend"]]),
     }
     for run in finished:
@@ -87,24 +88,24 @@ def test_scores_equal_each_models_own_predictions(
 
 
 def test_a_model_missing_a_column_fails_alone_and_its_owner_is_told(
-    worker, owner, settle, feature_table, bucket, api, mailbox
+    worker, owner, validated, feature_table, bucket, api, mailbox
 ):
     day = date.today() + timedelta(days=10)
     folder = feature_table / f"dt={day.isoformat()}"
     folder.mkdir()
-    packages.feature_frame(300, seed=5).drop(columns=["late_payments"]).to_parquet(
+    features.feature_frame(300, seed=5).drop(columns=["late_payments"]).to_parquet(
         folder / "part-0.parquet"
     )
     try:
-        good = deploy(owner, packages.function_package(), "spend", settle)
+        good = deploy(owner, packages.function_package(), "spend", validated)
         also_good = deploy(
-            owner, {"model": packages.Proba(0.7), "features": ["age", "region"]}, "churn", settle
+            owner, {"model": packages.Proba(0.7), "features": ["age", "region"]}, "churn", validated
         )
         needs_late = deploy(
             owner,
             {"model": packages.Proba(0.3), "features": ["age", "late_payments"]},
             "late",
-            settle,
+            validated,
             email="risk@bank.example",
         )
         responses = [
@@ -145,8 +146,8 @@ def test_a_model_missing_a_column_fails_alone_and_its_owner_is_told(
     ]
 
 
-def test_two_ticks_at_once_make_one_run(owner, settle, worker, bucket):
-    deployment = deploy(owner, packages.function_package(), "spend", settle)
+def test_two_ticks_at_once_make_one_run(owner, validated, worker, bucket):
+    deployment = deploy(owner, packages.function_package(), "spend", validated)
     make_due(deployment)
     barrier = threading.Barrier(4)
     batches = []
@@ -167,8 +168,8 @@ def test_two_ticks_at_once_make_one_run(owner, settle, worker, bucket):
     wait_for_runs([deployment.id])
 
 
-def test_a_tick_while_a_batch_runs_sends_no_second_batch(owner, settle, worker, bucket):
-    deployment = deploy(owner, packages.slow_package(seconds=3), "slow", settle)
+def test_a_tick_while_a_batch_runs_sends_no_second_batch(owner, validated, worker, bucket):
+    deployment = deploy(owner, packages.slow_package(seconds=3), "slow", validated)
     make_due(deployment)
     assert dispatch.tick() is not None
     wait_for_runs([deployment.id], statuses=("running",))
@@ -194,9 +195,9 @@ def source_down():
 
 
 def test_a_model_that_fails_twice_then_succeeds_ends_succeeded_after_three_attempts(
-    owner, settle, worker, bucket, mailbox, source_down
+    owner, validated, worker, bucket, mailbox, source_down
 ):
-    deployment = deploy(owner, packages.flaky_package(source_down), "flaky", settle)
+    deployment = deploy(owner, packages.flaky_package(source_down), "flaky", validated)
     make_due(deployment)
     dispatch.tick()
     for attempt in (1, 2):
@@ -219,10 +220,10 @@ def test_a_model_that_fails_twice_then_succeeds_ends_succeeded_after_three_attem
 
 
 def test_a_model_that_always_fails_stops_at_max_attempts_with_a_final_email(
-    owner, settle, worker, bucket, mailbox, source_down
+    owner, validated, worker, bucket, mailbox, source_down
 ):
     package = packages.flaky_package(source_down, max_attempts=2)
-    deployment = deploy(owner, package, "doomed", settle)
+    deployment = deploy(owner, package, "doomed", validated)
     make_due(deployment)
     dispatch.tick()
     wait_for_runs([deployment.id], statuses=("retrying",))
@@ -243,8 +244,8 @@ def test_a_model_that_always_fails_stops_at_max_attempts_with_a_final_email(
     assert "Dropscore gave up on this date" in final.get_payload(0).get_payload()
 
 
-def test_runs_and_scores_through_the_api(owner, settle, worker, bucket, api, outsider_api):
-    deployment = deploy(owner, packages.function_package(), "spend", settle)
+def test_runs_and_scores_through_the_api(owner, validated, worker, bucket, api, outsider_api):
+    deployment = deploy(owner, packages.function_package(), "spend", validated)
     response = api.post(f"/api/v1/models/{deployment.id}/runs/", {}, format="json")
     assert response.status_code == 202
     run_id = response.json()["id"]
@@ -280,9 +281,9 @@ def test_runs_and_scores_through_the_api(owner, settle, worker, bucket, api, out
 
 
 def test_score_now_on_the_model_page_shows_the_run_and_its_downloads(
-    owner, outsider, settle, worker, bucket, client
+    owner, outsider, validated, worker, bucket, client
 ):
-    deployment = deploy(owner, packages.function_package(), "spend", settle)
+    deployment = deploy(owner, packages.function_package(), "spend", validated)
     client.force_login(owner)
 
     response = client.post(f"/models/{deployment.id}/score/", follow=True)
@@ -304,7 +305,7 @@ def test_score_now_on_the_model_page_shows_the_run_and_its_downloads(
 
 
 def test_a_large_slice_is_split_over_several_workers_and_committed_once(
-    owner, settle, worker, worker_env, bucket, feature_table, state_dir, celery_app_configured
+    owner, validated, worker, worker_env, bucket, feature_table, state_dir, celery_app_configured
 ):
     from scoring.models import BatchPart
 
@@ -312,12 +313,15 @@ def test_a_large_slice_is_split_over_several_workers_and_committed_once(
     day = date.today() + timedelta(days=20)
     folder = feature_table / f"dt={day.isoformat()}"
     folder.mkdir()
-    frame = packages.feature_frame(500, seed=9)
+    frame = features.feature_frame(500, seed=9)
     frame.to_parquet(
         folder / "part-0.parquet", row_group_size=100
     )  # 5 row groups: parts of 2, 2 and 1
     catboost, function = packages.catboost_package(), packages.function_package()
-    deployed = [deploy(owner, catboost, "churn", settle), deploy(owner, function, "spend", settle)]
+    deployed = [
+        deploy(owner, catboost, "churn", validated),
+        deploy(owner, function, "spend", validated),
+    ]
     own_queue = f"{queue}-parts"
     app.conf.task_default_queue = own_queue
     env = {**worker_env, "PART_ROWS": "200"}
@@ -342,7 +346,7 @@ def test_a_large_slice_is_split_over_several_workers_and_committed_once(
         r.error for r in finished
     ]
     expected = {
-        deployed[0].id: catboost["model"].predict_proba(frame[packages.FEATURES])[:, 1],
+        deployed[0].id: catboost["model"].predict_proba(frame[features.FEATURES])[:, 1],
         deployed[1].id: function["model"](frame[["monthly_spend"]]),
     }
     for deployment_id, scores_ in expected.items():

@@ -27,8 +27,7 @@ from scoring.models import Batch, Deployment, Notification, PackageVersion, Repo
 from scoring.packages import storage
 from scoring.reports import mail
 from scoring.runs import dispatch, notifications
-from tests import packages
-from tests.conftest import start_worker
+from tests.factories import packages
 from tests.flows import (
     Broker,
     Gate,
@@ -42,6 +41,7 @@ from tests.flows import (
     publishing_to,
     released_together,
     report_emails,
+    start_worker,
     stop_group,
     subject,
     tick_until,
@@ -123,11 +123,11 @@ def make_due(*deployments_):
 
 
 def test_a_sandbox_killed_mid_batch_fails_its_model_alone_which_is_retried(
-    owner, settle, workers, gate, mailbox
+    owner, validated, workers, gate, mailbox
 ):
     workers()
-    gated = deploy(owner, gate.package(), "gated", settle)
-    other = deploy(owner, packages.function_package(), "spend", settle)
+    gated = deploy(owner, gate.package(), "gated", validated)
+    other = deploy(owner, packages.function_package(), "spend", validated)
     make_due(gated, other)
     dispatch.tick()
     [(run_id, pid)] = gate.wait().items()
@@ -153,11 +153,11 @@ def test_a_sandbox_killed_mid_batch_fails_its_model_alone_which_is_retried(
 
 
 def test_a_worker_killed_mid_batch_delays_the_run_which_another_worker_finishes_once(
-    owner, settle, workers, gate, mailbox, settings
+    owner, validated, workers, gate, mailbox, settings
 ):
     settings.RUN_LEASE_SECONDS = 3  # tick (here, in the test) takes the run back soon
     doomed = workers("doomed")
-    gated = deploy(owner, gate.package(), "gated", settle)
+    gated = deploy(owner, gate.package(), "gated", validated)
     make_due(gated)
     dispatch.tick()
     [pid] = gate.wait().values()
@@ -186,12 +186,12 @@ def assert_told_once_all_ok(mailbox, owner, day) -> None:
 
 
 def test_redis_restarted_mid_batch_loses_a_queued_message_which_tick_sends_again(
-    owner, settle, broker, workers, gate, mailbox, settings
+    owner, validated, broker, workers, gate, mailbox, settings
 ):
     settings.REQUEUE_AFTER_SECONDS = 3  # tick sends a lost batch again after this
     workers()  # two pool processes: two batches score, the third waits in Redis
     names = ["first", "second", "third"]
-    deployed = {name: deploy(owner, gate.package(), name, settle) for name in names}
+    deployed = {name: deploy(owner, gate.package(), name, validated) for name in names}
     for deployment in deployed.values():
         dispatch.score_now(deployment)  # a batch each
     scoring = gate.wait(2)
@@ -213,11 +213,11 @@ def test_redis_restarted_mid_batch_loses_a_queued_message_which_tick_sends_again
 
 
 def test_a_batch_longer_than_the_visibility_timeout_is_delivered_again_but_runs_once(
-    owner, settle, broker, workers, gate, mailbox, tmp_path
+    owner, validated, broker, workers, gate, mailbox, tmp_path
 ):
     short = {"VISIBILITY_TIMEOUT_SECONDS": "5"}
     workers("first", **short)
-    deployment = deploy(owner, gate.package(), "gated", settle)
+    deployment = deploy(owner, gate.package(), "gated", validated)
     make_due(deployment)
     dispatch.tick()
     gate.wait()
@@ -239,10 +239,10 @@ def test_a_batch_longer_than_the_visibility_timeout_is_delivered_again_but_runs_
 
 
 def test_two_beats_at_once_make_one_run_per_version_and_date(
-    owner, settle, broker, workers, worker_env, mailbox, tmp_path
+    owner, validated, broker, workers, worker_env, mailbox, tmp_path
 ):
     worker = workers()
-    deployment = deploy(owner, packages.function_package(), "spend", settle)
+    deployment = deploy(owner, packages.function_package(), "spend", validated)
     env = {**worker_env, "REDIS_URL": broker.url, "CELERY_QUEUE": broker.queue}
     logs = [tmp_path / f"beat-{i}.log" for i in range(2)]
     beats = [
@@ -292,10 +292,10 @@ def test_two_beats_at_once_make_one_run_per_version_and_date(
     reason="drops PostgreSQL connections with pg_terminate_backend; CI runs on PostgreSQL",
 )
 def test_database_connections_dropped_mid_batch_the_worker_reconnects_and_finishes(
-    owner, settle, workers, gate, mailbox
+    owner, validated, workers, gate, mailbox
 ):
     workers()
-    deployment = deploy(owner, gate.package(), "gated", settle)
+    deployment = deploy(owner, gate.package(), "gated", validated)
     make_due(deployment)
     dispatch.tick()
     gate.wait()
@@ -361,10 +361,10 @@ def test_s3_stopped_during_an_upload_gives_a_clear_error_and_stores_nothing(
 
 
 def test_s3_stopped_during_a_batch_fails_the_attempt_which_succeeds_once_s3_is_back(
-    owner, settle, own_s3, workers, gate, mailbox
+    owner, validated, own_s3, workers, gate, mailbox
 ):
     workers(S3_ENDPOINT_URL=own_s3.url)
-    deployment = deploy(owner, gate.package(), "gated", settle)
+    deployment = deploy(owner, gate.package(), "gated", validated)
     make_due(deployment)
     dispatch.tick()
     gate.wait()
@@ -389,14 +389,14 @@ def test_s3_stopped_during_a_batch_fails_the_attempt_which_succeeds_once_s3_is_b
 
 
 def test_smtp_down_when_a_report_is_due_the_run_succeeds_and_tick_sends_it_later(
-    owner, settle, workers, mailbox, mailoutbox
+    owner, validated, workers, mailbox, mailoutbox
 ):
     workers(
         EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
         EMAIL_HOST="127.0.0.1",
         EMAIL_PORT=str(services.free_port()),  # nothing listens there
     )
-    deployment = deploy(owner, packages.function_package(), "spend", settle)
+    deployment = deploy(owner, packages.function_package(), "spend", validated)
     make_due(deployment)
     dispatch.tick()
     [run] = wait_for_runs([deployment.id])
@@ -422,7 +422,7 @@ EMAIL_TIMEOUT = 90
 
 
 def test_a_mail_server_that_never_answers_stalls_no_batch_and_the_emails_go_out_once_it_does(
-    owner, settle, workers, mail_server, mailoutbox, tmp_path
+    owner, validated, workers, mail_server, mailoutbox, tmp_path
 ):
     workers(
         EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
@@ -430,9 +430,9 @@ def test_a_mail_server_that_never_answers_stalls_no_batch_and_the_emails_go_out_
         EMAIL_PORT=str(mail_server.port),
         EMAIL_TIMEOUT=str(EMAIL_TIMEOUT),
     )
-    retrying = deploy(owner, packages.broken_package(), "retrying", settle)
-    doomed = deploy(owner, packages.broken_package(max_attempts=1), "doomed", settle)
-    fine = deploy(owner, packages.function_package(), "spend", settle)
+    retrying = deploy(owner, packages.broken_package(), "retrying", validated)
+    doomed = deploy(owner, packages.broken_package(max_attempts=1), "doomed", validated)
+    fine = deploy(owner, packages.function_package(), "spend", validated)
     make_due(retrying, doomed, fine)
     batch = dispatch.tick()
     finished = Batch.objects.filter(id=batch.id, finished_at__isnull=False)

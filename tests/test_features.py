@@ -16,8 +16,8 @@ from scoring.engine.features import (
     PostgresSource,
     source_from_settings,
 )
-from tests import packages
-from tests.conftest import database_url
+from tests.factories import features
+from tests.flows import database_url
 
 BUCKET = "features-test"
 COLUMNS = ["entity_id", "age", "monthly_spend", "region"]
@@ -26,7 +26,7 @@ FIRST, MIDDLE, LAST = SLICES
 
 
 def frame(day: date, rows: int | None = None) -> pd.DataFrame:
-    return packages.feature_frame(SLICES[day] if rows is None else rows, seed=day.toordinal())
+    return features.feature_frame(SLICES[day] if rows is None else rows, seed=day.toordinal())
 
 
 def s3_options() -> dict:

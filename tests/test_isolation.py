@@ -19,8 +19,8 @@ from scoring.models import PackageVersion
 from scoring.packages import deployments
 from scoring.sandbox.client import Sandbox
 from scoring.sandbox.limits import Limits
-from tests import packages
-from tests.test_sandbox import CELL
+from tests.factories import packages
+from tests.factories.packages import CELL
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,17 +45,17 @@ PROTECTION_NAMES = [
 ]
 
 
-def validated(user, package: dict, name: str, settle) -> PackageVersion:
+def validated(user, package: dict, name: str, validated) -> PackageVersion:
     data = packages.dumps(package)
     version = deployments.deploy(user, io.BytesIO(data), f"{name}.dill", len(data), name=name)
-    return settle(version)
+    return validated(version)
 
 
-def test_a_package_sees_none_of_the_workers_secrets_in_its_environment(worker, owner, settle):
+def test_a_package_sees_none_of_the_workers_secrets_in_its_environment(worker, owner, validated):
     assert WORKER_SECRET.encode() in Path(f"/proc/{worker.pid}/environ").read_bytes()
     package = {"model": packages.RunsAtLoad(ENVIRONMENT["show_environment"]), "features": ["a"]}
 
-    version = validated(owner, package, "environment", settle)
+    version = validated(owner, package, "environment", validated)
 
     assert version.state == PackageVersion.State.INVALID
     assert re.search(r"environment .*HOME=\S+", version.message), version.message
@@ -64,7 +64,7 @@ def test_a_package_sees_none_of_the_workers_secrets_in_its_environment(worker, o
 
 
 def test_a_package_cannot_read_the_workers_secrets_from_files(
-    worker, owner, settle, state_dir, tmp_path
+    worker, owner, validated, state_dir, tmp_path
 ):
     with Sandbox(tmp_path, Limits()) as sandbox:
         if not sandbox.protections["files"]["active"]:
@@ -83,7 +83,7 @@ def test_a_package_cannot_read_the_workers_secrets_from_files(
     ]
     package = {"model": packages.RunsAtLoad(CELL["try_all"], attempts), "features": ["a"]}
 
-    version = validated(owner, package, "snoop", settle)
+    version = validated(owner, package, "snoop", validated)
 
     found = re.search(r"outcomes (\{.*\}) while loading", version.message)
     assert found, version.message

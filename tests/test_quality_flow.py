@@ -7,7 +7,7 @@ import pytest
 
 from scoring.models import Report, ScoringRun
 from scoring.runs import dispatch, lifecycle
-from tests import packages
+from tests.factories import features, packages
 from tests.flows import deploy, report_emails, subject, wait_for_runs
 
 ROWS = 3000
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def write_day(feature_table, day: date, seed: int, drifted: bool = False) -> None:
-    frame = packages.feature_frame(ROWS, seed=seed)
+    frame = features.feature_frame(ROWS, seed=seed)
     if drifted:  # spending doubles and customers are newer: both the inputs and the scores move
         frame["monthly_spend"] = frame["monthly_spend"] * 2.5
         frame["tenure_months"] = frame["tenure_months"] * 0.3
@@ -41,16 +41,16 @@ def text_of(message) -> str:
 
 
 def test_two_calm_days_then_a_drifted_one_alerts_and_each_user_gets_one_report_per_batch(
-    worker, owner, outsider, settle, feature_table, bucket, mailbox, api
+    worker, owner, outsider, validated, feature_table, bucket, mailbox, api
 ):
     days = [date.today() + timedelta(days=40 + i) for i in range(3)]
     try:
         write_day(feature_table, days[0], seed=100)
         write_day(feature_table, days[1], seed=101)
         write_day(feature_table, days[2], seed=102, drifted=True)
-        churn = deploy(owner, packages.sklearn_package(), "churn", settle)
-        spend = deploy(owner, packages.function_package(), "spend", settle)
-        theirs = deploy(outsider, packages.function_package(), "their-spend", settle)
+        churn = deploy(owner, packages.sklearn_package(), "churn", validated)
+        spend = deploy(owner, packages.function_package(), "spend", validated)
+        theirs = deploy(outsider, packages.function_package(), "their-spend", validated)
         models = [churn, spend, theirs]
 
         first = score_day(days[0], models)

@@ -23,7 +23,7 @@ from django.conf import settings
 from scoring.sandbox.client import Sandbox
 from scoring.sandbox.confinement import BASE_UID
 from scoring.sandbox.limits import Limits, SandboxError
-from tests.packages import RunsAtLoad, allocate, connect, dumps, spin
+from tests.factories.packages import CELL, RunsAtLoad, allocate, connect, dumps, spin
 
 FAST = Limits(timeout_seconds=5, memory_bytes=400 * 1024**2, cpu_seconds=3)
 PROTECTIONS = {
@@ -36,59 +36,6 @@ PROTECTIONS = {
     "process_limit",
     "user",
 }
-
-# What a package tries, as a notebook cell defines it: in __main__, so dill carries it by
-# value. try_all raises with what happened to each attempt, so the sandbox's error
-# message brings it back.
-ATTEMPTS_CELL = """
-import errno
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-
-def read(path):
-    with open(path, "rb") as file:
-        file.read(1)
-
-def write(path):
-    with open(path, "w") as file:
-        file.write("written by a package")
-
-def signal(pid):
-    os.kill(int(pid), 0)
-
-def connect_unix(path):
-    with socket.socket(socket.AF_UNIX) as client:
-        client.connect(path)
-
-ACTIONS = {"read": read, "list": os.listdir, "write": write, "signal": signal,
-           "connect": connect_unix}
-
-def try_all(attempts):
-    outcomes = {}
-    for action, target in attempts:
-        try:
-            ACTIONS[action](target)
-            outcomes[f"{action} {target}"] = "done"
-        except OSError as exc:
-            outcomes[f"{action} {target}"] = errno.errorcode[exc.errno]
-    raise RuntimeError("outcomes " + json.dumps(outcomes))
-
-def fork_bomb():
-    while True:
-        os.fork()
-
-def leave_group():
-    if os.fork() == 0:
-        os.setsid()
-        time.sleep(3600)
-    return "left"
-"""
-CELL: dict = {"__name__": "__main__"}
-exec(ATTEMPTS_CELL, CELL)
 
 
 def load(tmp_path, obj, limits: Limits = FAST) -> dict:

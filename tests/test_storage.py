@@ -11,7 +11,7 @@ from deploy.services import free_port
 from scoring.models import Deployment, PackageVersion, Quota
 from scoring.packages import deployments, storage
 from scoring.packages.deployments import DeployError
-from tests import packages
+from tests.factories import packages
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("bucket")]
 

@@ -6,7 +6,7 @@ import pytest
 
 from scoring.models import Deployment, PackageVersion, Quota
 from scoring.packages import deployments
-from tests import packages
+from tests.factories import packages
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,9 +23,9 @@ def deploy_bytes(user, data: bytes, name: str):
         (packages.function_package, "__call__"),
     ],
 )
-def test_a_good_package_becomes_valid_with_what_it_declares(worker, owner, settle, make, method):
+def test_a_good_package_becomes_valid_with_what_it_declares(worker, owner, validated, make, method):
     package = make()
-    version = settle(deploy_bytes(owner, packages.dumps(package), make.__name__))
+    version = validated(deploy_bytes(owner, packages.dumps(package), make.__name__))
 
     assert version.state == PackageVersion.State.VALID, version.message
     assert version.package["features"] == package["features"]
@@ -33,8 +33,8 @@ def test_a_good_package_becomes_valid_with_what_it_declares(worker, owner, settl
     assert version.message.startswith("smoke test: scored 200 rows of slice")
 
 
-def test_package_email_and_schedule_apply_where_the_form_gave_none(worker, owner, settle):
-    version = settle(
+def test_package_email_and_schedule_apply_where_the_form_gave_none(worker, owner, validated):
+    version = validated(
         deploy_bytes(
             owner, packages.dumps(packages.sklearn_package(email="team@bank.example")), "m"
         )
@@ -46,29 +46,29 @@ def test_package_email_and_schedule_apply_where_the_form_gave_none(worker, owner
     assert version.deployment.email == "team@bank.example"
 
 
-def test_a_new_version_never_overrides_the_settings_the_user_chose(worker, owner, settle):
-    settle(deploy_bytes(owner, packages.dumps(packages.function_package()), "spend"))
+def test_a_new_version_never_overrides_the_settings_the_user_chose(worker, owner, validated):
+    validated(deploy_bytes(owner, packages.dumps(packages.function_package()), "spend"))
     deployment = Deployment.objects.get(name="spend")
     deployments.update(deployment, schedule="30 5 * * 1-5", email="risk@bank.example")
 
     package = packages.function_package(schedule="monthly", email="someone@else.example")
-    version = settle(deploy_bytes(owner, packages.dumps(package), "spend"))
+    version = validated(deploy_bytes(owner, packages.dumps(package), "spend"))
 
     deployment.refresh_from_db()
     assert (version.number, version.state) == (2, PackageVersion.State.VALID)
     assert (deployment.schedule, deployment.email) == ("30 5 * * 1-5", "risk@bank.example")
 
 
-def test_unknown_keys_are_kept_and_shown(worker, owner, settle):
+def test_unknown_keys_are_kept_and_shown(worker, owner, validated):
     package = packages.function_package(owner_team="risk", format=2)
-    version = settle(deploy_bytes(owner, packages.dumps(package), "future"))
+    version = validated(deploy_bytes(owner, packages.dumps(package), "future"))
 
     assert version.state == PackageVersion.State.VALID
     assert version.package["extra_keys"] == {"owner_team": "'risk'"}
     assert "format 2 is newer" in version.package["warnings"][0]
 
 
-def test_every_bad_package_ends_invalid_with_a_clear_message(worker, owner, settle, tmp_path):
+def test_every_bad_package_ends_invalid_with_a_clear_message(worker, owner, validated, tmp_path):
     Quota.objects.create(user=owner, active_models=100)
     bad = packages.bad_packages(tmp_path)
     versions = {
@@ -77,13 +77,13 @@ def test_every_bad_package_ends_invalid_with_a_clear_message(worker, owner, sett
     }
 
     for name, version in versions.items():
-        settle(version, timeout=120)
+        validated(version, timeout=120)
         expected = bad[name][1]
         assert version.state == PackageVersion.State.INVALID, f"{name}: {version.message}"
         assert expected in version.message, f"{name}: {version.message!r} lacks {expected!r}"
 
 
-def test_tick_sends_again_a_validation_whose_message_was_lost(worker, owner, settle, bucket):
+def test_tick_sends_again_a_validation_whose_message_was_lost(worker, owner, validated, bucket):
     """The database is the record: a pending version without a message in Redis is not forgotten."""
     from datetime import timedelta
 
@@ -111,4 +111,4 @@ def test_tick_sends_again_a_validation_whose_message_was_lost(worker, owner, set
 
     tick()
 
-    assert settle(version).state == PackageVersion.State.VALID
+    assert validated(version).state == PackageVersion.State.VALID

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from scoring.models import Deployment, PackageVersion
 from scoring.packages import schedules
 from scoring.packages.storage import human_bytes
-from tests import packages
+from tests.factories import features, packages
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("bucket")]
 
@@ -320,9 +320,9 @@ def test_the_status_json_shows_a_pending_row_and_the_quota(alice):
     assert body["pending"] is True
 
 
-def test_the_status_json_shows_valid_and_stops_pending_after_validation(alice, worker, settle):
+def test_the_status_json_shows_valid_and_stops_pending_after_validation(alice, worker, validated):
     upload(alice, name="spend")
-    version = settle(PackageVersion.objects.get())
+    version = validated(PackageVersion.objects.get())
     assert version.state == PackageVersion.State.VALID, version.message
 
     body = alice.get("/models/status/").json()
@@ -336,12 +336,12 @@ def test_the_status_json_shows_valid_and_stops_pending_after_validation(alice, w
 
 
 def test_the_model_page_shows_what_validation_read_from_a_catboost_package(
-    alice, worker, settle, catboost_bytes
+    alice, worker, validated, catboost_bytes
 ):
     upload(alice, name="churn")
     response = upload(alice, catboost_bytes, filename="churn-catboost.dill", name="churn")
     assert response.json()["version"] == 2
-    version = settle(PackageVersion.objects.get(number=2))
+    version = validated(PackageVersion.objects.get(number=2))
     assert version.state == PackageVersion.State.VALID, version.message
     deployment = version.deployment
     deployment.refresh_from_db()
@@ -351,7 +351,7 @@ def test_the_model_page_shows_what_validation_read_from_a_catboost_package(
     assert response.status_code == 200
     page = response.content.decode()
     assert "Features (7)" in page
-    for feature in packages.FEATURES:
+    for feature in features.FEATURES:
         assert f'<span class="chip mono">{feature}</span>' in page
     assert "<dd>predict_proba · classes 0, 1</dd>" in page
     assert "<dt>author</dt><dd>alice</dd>" in page

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from scoring.models import ScoringRun
-from tests.runs_data import make_models, make_runs, quality
+from tests.factories.runs import make_models, make_runs, quality
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -5,7 +5,7 @@ import base64
 import pytest
 
 from scoring.models import PackageVersion
-from tests import packages
+from tests.factories import packages
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

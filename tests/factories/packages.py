@@ -1,57 +1,15 @@
-"""Test data: a feature table, and model packages good and bad, as a notebook would make them."""
+"""Model packages good and bad, as a notebook would make them."""
 
 import os
 import sys
 import time
 import types
-from datetime import date
 from pathlib import Path
 
 import dill
 import numpy as np
-import pandas as pd
 
-NUMERIC = ["age", "tenure_months", "monthly_spend", "calls_last_30d", "late_payments"]
-CATEGORICAL = ["region", "plan"]
-FEATURES = NUMERIC + CATEGORICAL
-REGIONS = ["north", "south", "east", "west"]
-PLANS = ["basic", "plus", "premium"]
-
-
-def feature_frame(rows: int, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "entity_id": np.arange(rows, dtype="int64"),
-            "age": rng.integers(18, 80, rows).astype("float64"),
-            "tenure_months": rng.integers(0, 120, rows).astype("float64"),
-            "monthly_spend": rng.gamma(2.0, 30.0, rows),
-            "calls_last_30d": rng.poisson(12, rows).astype("float64"),
-            "late_payments": rng.poisson(0.5, rows).astype("float64"),
-            "region": pd.Categorical(rng.choice(REGIONS, rows), categories=REGIONS),
-            "plan": pd.Categorical(rng.choice(PLANS, rows), categories=PLANS),
-        }
-    )
-
-
-def churn_labels(frame: pd.DataFrame, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    logit = (
-        -1.5
-        + 0.04 * frame["late_payments"] * 10
-        - 0.02 * frame["tenure_months"]
-        + 0.01 * frame["monthly_spend"]
-        + (frame["plan"] == "basic") * 0.8
-    )
-    return (rng.random(len(frame)) < 1 / (1 + np.exp(-logit))).astype(int)
-
-
-def write_feature_slice(root: Path, day: date, rows: int) -> Path:
-    folder = Path(root) / f"dt={day.isoformat()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "part-0.parquet"
-    feature_frame(rows, seed=day.toordinal()).to_parquet(path, index=False)
-    return path
+from tests.factories.features import CATEGORICAL, FEATURES, NUMERIC, churn_labels, feature_frame
 
 
 def dumps(obj) -> bytes:
@@ -422,3 +380,57 @@ def broken_package(max_attempts: int = 3) -> dict:
         "features": ["age"],
         "params": {"max_attempts": max_attempts},
     }
+
+
+# What a package tries, as a notebook cell defines it: in __main__, so dill carries it by
+# value. try_all raises with what happened to each attempt, so the sandbox's error
+# message brings it back.
+ATTEMPTS_CELL = """
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+def read(path):
+    with open(path, "rb") as file:
+        file.read(1)
+
+def write(path):
+    with open(path, "w") as file:
+        file.write("written by a package")
+
+def signal(pid):
+    os.kill(int(pid), 0)
+
+def connect_unix(path):
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(path)
+
+ACTIONS = {"read": read, "list": os.listdir, "write": write, "signal": signal,
+           "connect": connect_unix}
+
+def try_all(attempts):
+    outcomes = {}
+    for action, target in attempts:
+        try:
+            ACTIONS[action](target)
+            outcomes[f"{action} {target}"] = "done"
+        except OSError as exc:
+            outcomes[f"{action} {target}"] = errno.errorcode[exc.errno]
+    raise RuntimeError("outcomes " + json.dumps(outcomes))
+
+def fork_bomb():
+    while True:
+        os.fork()
+
+def leave_group():
+    if os.fork() == 0:
+        os.setsid()
+        time.sleep(3600)
+    return "left"
+"""
+CELL: dict = {"__name__": "__main__"}
+exec(ATTEMPTS_CELL, CELL)

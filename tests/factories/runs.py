@@ -21,7 +21,7 @@ THRESHOLDS = {
 }
 
 
-def histogram(shift: float) -> dict:
+def histogram(shift: float = 0.0, baseline: bool = True) -> dict:
     """Shares of 20 bins of [0, 1]: a bump around 0.3, moved right by `shift`."""
 
     def shares(centre: float) -> list[float]:
@@ -31,7 +31,7 @@ def histogram(shift: float) -> dict:
     return {
         "edges": [i / 20 for i in range(21)],
         "current": shares(0.3 + shift),
-        "baseline": shares(0.3),
+        "baseline": shares(0.3) if baseline else None,
     }
 
 
