@@ -45,7 +45,7 @@ PROTECTION_NAMES = [
 ]
 
 
-def validated(user, package: dict, name: str, validated) -> PackageVersion:
+def deploy_validated(user, package: dict, name: str, validated) -> PackageVersion:
     data = packages.dumps(package)
     version = deployments.deploy(user, io.BytesIO(data), f"{name}.dill", len(data), name=name)
     return validated(version)
@@ -55,7 +55,7 @@ def test_a_package_sees_none_of_the_workers_secrets_in_its_environment(worker, o
     assert WORKER_SECRET.encode() in Path(f"/proc/{worker.pid}/environ").read_bytes()
     package = {"model": packages.RunsAtLoad(ENVIRONMENT["show_environment"]), "features": ["a"]}
 
-    version = validated(owner, package, "environment", validated)
+    version = deploy_validated(owner, package, "environment", validated)
 
     assert version.state == PackageVersion.State.INVALID
     assert re.search(r"environment .*HOME=\S+", version.message), version.message
@@ -83,7 +83,7 @@ def test_a_package_cannot_read_the_workers_secrets_from_files(
     ]
     package = {"model": packages.RunsAtLoad(CELL["try_all"], attempts), "features": ["a"]}
 
-    version = validated(owner, package, "snoop", validated)
+    version = deploy_validated(owner, package, "snoop", validated)
 
     found = re.search(r"outcomes (\{.*\}) while loading", version.message)
     assert found, version.message
