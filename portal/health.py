@@ -64,7 +64,7 @@ def sandbox_protections() -> dict[str, dict]:
     report {"protections": {name: {"active", "detail"}}, "error", "probed_at"}.
 
     Asked of the workers, not found here: the web server may run on another host, or
-    with other rights, than the workers that run the packages (scoring.protections)."""
+    with other rights, than the workers that run the packages (scoring.engine.worker_probe)."""
     from portal.celery import app
 
     replies = app.control.broadcast("sandbox_protections", reply=True, timeout=1.0) or []

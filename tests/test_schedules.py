@@ -1,4 +1,4 @@
-"""Unit tests for scoring.schedules: presets, validation, time zones and next fire times."""
+"""Unit tests for scoring.packages.schedules: presets, validation, time zones and next fire times."""
 
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo

@@ -7,7 +7,7 @@ whatever its author put in. Only the process boundary protects us, so the child
   a bare environment (no S3, database or mail secrets), and runs in its own empty
   working directory and its own session (a timeout kills its whole group);
 - sets its own limits before it reads the package: CPU time, open files, file
-  size, no core dumps, processes; and confines itself (scoring.confinement): a user
+  size, no core dumps, processes; and confines itself (scoring.sandbox.confinement): a user
   of its own, files out of reach but for its folder and its libraries, no network;
 - is watched by the parent for the memory it holds of its own (RLIMIT_AS would
   break numpy and CatBoost, which reserve large virtual areas) and for wall-clock
