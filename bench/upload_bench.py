@@ -210,7 +210,7 @@ def check_stored(users: list, packages: list[tuple[Path, str]], name: str) -> li
             problems.append(f"{user.username}: {name} stored as {version.sha256[:12]} ...")
             continue
         try:
-            storage.download(version.key, sha256, Discard())  # raises on another sha256
+            storage.download(version.file.name, sha256, Discard())  # raises on another sha256
         except storage.StorageError as exc:
             problems.append(f"{user.username}: {exc}")
     return problems

@@ -179,6 +179,13 @@ STORAGES = {
         if DEBUG
         else "whitenoise.storage.CompressedManifestStaticFilesStorage"
     },
+    # Packages (PackageVersion.file), in MODELS_BUCKET: django-storages' S3 backend, which
+    # takes the bucket, endpoint, keys and region from the S3 settings below when it is
+    # made. Private objects: no ACL, and no signed URLs (only the portal reads them).
+    "packages": {
+        "BACKEND": "scoring.packages.storage.PackageStorage",
+        "OPTIONS": {"default_acl": None, "querystring_auth": False},
+    },
 }
 
 # Uploads always go to a temporary file, never to memory: the web process holds

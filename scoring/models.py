@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.core.files.storage import storages
 from django.db import models
 from django.utils.text import slugify
 from django.utils.timezone import now
@@ -49,8 +50,15 @@ class Deployment(models.Model):
         return max(valid, key=lambda v: v.number, default=None)
 
 
+def package_storage():
+    """STORAGES["packages"], the models bucket (a callable: migrations name it, not an instance)."""
+    return storages["packages"]
+
+
 class PackageVersion(models.Model):
-    """One uploaded package file of a deployment, stored at `key` in the models bucket."""
+    """One uploaded package file of a deployment; `file.name` is its key in the models bucket,
+    made by the server (scoring.packages.storage.package_key); `filename` is the uploaded
+    file's name, shown and never used to store it."""
 
     class State(models.TextChoices):
         PENDING = "pending"
@@ -59,7 +67,7 @@ class PackageVersion(models.Model):
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField()
-    key = models.CharField(max_length=400, unique=True)
+    file = models.FileField(storage=package_storage, max_length=400, unique=True)
     filename = models.CharField(max_length=255)
     size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)

@@ -65,7 +65,7 @@ def s3_server(state_dir):
     settings.SCORES_BUCKET = "test-scores"
     from scoring.packages import storage
 
-    storage.client.cache_clear()
+    storage.reconnect()
     storage.ensure_buckets()
     yield service
     service.stop()

@@ -632,7 +632,7 @@ def everything(user, bucket) -> dict:
         ),
         # Not their state: the worker may validate a version made before, meanwhile.
         "versions": list(
-            PackageVersion.objects.values_list("deployment__name", "number", "key", "sha256")
+            PackageVersion.objects.values_list("deployment__name", "number", "file", "sha256")
         ),
         "objects": bucket(),
         "quota": quotas.usage(user)["text"],
@@ -668,7 +668,7 @@ def test_a_path_or_a_foreign_script_in_a_name_is_stored_under_the_users_folder(
     assert name == case.message
     assert bucket() == [case.stored_as]
     version = PackageVersion.objects.get(deployment_id=deployment_id)
-    assert version.key == case.stored_as
+    assert version.file.name == case.stored_as
     assert "/" not in version.filename and "\\" not in version.filename
 
 

@@ -361,7 +361,7 @@ def test_without_a_table_of_yours_the_demo_table_is_in_the_state_folder_and_chur
     assert run_local.demo_table(state) == table  # what the worker's FEATURES_URI names
     deployment = demo_models().get()
     assert setup.deployment == deployment
-    assert [v.key for v in deployment.versions.all()] == bucket()
+    assert [v.file.name for v in deployment.versions.all()] == bucket()
     assert setup.package == state / "demo" / "retention-demo.dill" and setup.package.is_file()
 
 

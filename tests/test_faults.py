@@ -98,11 +98,9 @@ def workers(broker, gate, worker_env, tmp_path):
 def own_s3(s3_server, settings, tmp_path):
     """A SeaweedFS of the test's own, which the test process and its workers use."""
     server = S3Server(tmp_path / "s3", settings.S3_ACCESS_KEY, settings.S3_SECRET_KEY)
-    settings.S3_ENDPOINT_URL = server.url
-    storage.client.cache_clear()
+    settings.S3_ENDPOINT_URL = server.url  # the storage follows (and follows back after)
     storage.ensure_buckets()
     yield server
-    storage.client.cache_clear()
     server.stop()
 
 
@@ -338,7 +336,9 @@ def test_s3_stopped_during_an_upload_gives_a_clear_error_and_stores_nothing(
             own_s3.stop()
             stopped.append(True)
 
-    storage.client().meta.events.register("before-send.s3.UploadPart", stop_s3)
+    storage.packages().connection.meta.client.meta.events.register(
+        "before-send.s3.UploadPart", stop_s3
+    )
     upload = SimpleUploadedFile("big.dill", data)
     if through == "api":
         response = api.post("/api/v1/models/", {"file": upload, "name": "big"}, format="multipart")
@@ -355,7 +355,7 @@ def test_s3_stopped_during_an_upload_gives_a_clear_error_and_stores_nothing(
     ), message
     assert not Deployment.objects.exists() and not PackageVersion.objects.exists()
     own_s3.start()
-    storage.client.cache_clear()
+    storage.reconnect()
     listing = storage.client().list_objects_v2(Bucket=settings.MODELS_BUCKET)
     assert listing.get("Contents", []) == []
 

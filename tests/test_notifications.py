@@ -35,7 +35,7 @@ def running_run(user, attempts: int = 1, max_attempts: int = 3) -> ScoringRun:
     version = PackageVersion.objects.create(
         deployment=deployment,
         number=1,
-        key=f"{user.username}/churn/v1.dill",
+        file=f"{user.username}/churn/v1.dill",
         filename="churn.dill",
         size=2048,
         sha256="0" * 64,

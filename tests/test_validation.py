@@ -102,7 +102,7 @@ def test_tick_sends_again_a_validation_whose_message_was_lost(worker, owner, val
     version = PackageVersion.objects.create(
         deployment=deployment,
         number=1,
-        key=key,
+        file=key,
         filename="lost.dill",
         size=len(data),
         sha256=storage.sha256_of(io.BytesIO(data)),

@@ -107,7 +107,7 @@ class SlicePipeline:
             )
             try:
                 with open(workdir / "package.dill", "wb") as file:
-                    storage.download(run.version.key, run.version.sha256, file)
+                    storage.download(run.version.file.name, run.version.sha256, file)
                 sandbox = self.stack.enter_context(Sandbox(workdir, sandbox_limits()))
                 sandbox.send({"cmd": "load", "path": str(workdir / "package.dill")}, "loading")
             except (SandboxError, storage.StorageError) as exc:

@@ -48,7 +48,7 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
     """
     package_path = workdir / "package.dill"
     with open(package_path, "wb") as file:
-        storage.download(version.key, version.sha256, file)
+        storage.download(version.file.name, version.sha256, file)
     with Sandbox(workdir, sandbox_limits()) as sandbox:
         package = sandbox.load(package_path)
         check_site_rules(package)

@@ -100,7 +100,7 @@ def deploy(
             version = PackageVersion.objects.create(
                 deployment=deployment,
                 number=number,
-                key=key,
+                file=key,
                 filename=PurePath(filename).name[:255],
                 size=size,
                 sha256=sha256,
@@ -178,6 +178,6 @@ def can_score(deployment: Deployment) -> bool:
 
 def delete(deployment: Deployment) -> None:
     """Remove the packages from storage first: if S3 fails, the deployment stays whole."""
-    keys = list(deployment.versions.values_list("key", flat=True))
+    keys = list(deployment.versions.values_list("file", flat=True))
     storage.delete_objects(keys)
     deployment.delete()

@@ -1,20 +1,33 @@
-"""S3 object layout, streaming package upload and download, and per-user quotas.
+"""The models bucket: package keys, a Django storage for packages, buckets set up, quotas' units.
 
 Keys are made here from the owner's username, the deployment's slug and the
-version number, never from user input: `<username>/<slug>/v<N>.dill`.
+version number, never from user input: `<username>/<slug>/v<N>.dill`. A version's
+`file`, a FileField on STORAGES["packages"] (PackageStorage), holds exactly that key.
 """
 
 import contextlib
 import hashlib
+import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import lru_cache
 from typing import BinaryIO
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files import File
+from django.core.files.storage import storages
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from storages.backends.s3 import S3Storage
+from storages.utils import clean_name
+
+log = logging.getLogger(__name__)
 
 PICKLE_PROTOCOLS = range(2, 6)
 READ_BLOCK = 1024 * 1024
@@ -22,10 +35,31 @@ READ_BLOCK = 1024 * 1024
 TRANSFER = TransferConfig(
     multipart_threshold=8 * 1024**2, multipart_chunksize=8 * 1024**2, max_concurrency=2
 )
-
+CLIENT_CONFIG = Config(
+    signature_version="s3v4",
+    s3={"addressing_style": "path"},
+    retries={"max_attempts": 3, "mode": "standard"},
+    connect_timeout=5,
+    read_timeout=60,
+)
+# S3 keeps the parts of an upload that was never completed nor aborted (the server died
+# mid-upload, so the abort could not reach it) until a lifecycle rule aborts it.
+ABORT_UNFINISHED_UPLOADS_DAYS = 1
+ABORT_RULE_ID = "dropscore-abort-unfinished-uploads"
+ABORT_RULE = {
+    "ID": ABORT_RULE_ID,
+    "Status": "Enabled",
+    "Filter": {"Prefix": ""},
+    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_UNFINISHED_UPLOADS_DAYS},
+}
 
 # S3's smallest part but the last: a file of the scores table goes up as it is written.
 PART_BYTES = 5 * 1024**2
+
+S3_SETTINGS = {"S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_REGION", "MODELS_BUCKET"}
+
+# What any S3 call may raise: botocore's errors, and boto3's transfer wrapping a refusal.
+S3_ERRORS = (BotoCoreError, ClientError, Boto3Error)
 
 
 class StorageError(Exception):
@@ -44,13 +78,7 @@ def client():
         aws_access_key_id=settings.S3_ACCESS_KEY,
         aws_secret_access_key=settings.S3_SECRET_KEY,
         region_name=settings.S3_REGION,
-        config=Config(
-            signature_version="s3v4",
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-        ),
+        config=CLIENT_CONFIG,
     )
 
 
@@ -67,13 +95,181 @@ def arrow_filesystem():
     )
 
 
-def ensure_buckets() -> None:
+# --- the package storage ----------------------------------------------------------------
+
+
+class PackageFile(File):
+    """A package on its way to the bucket: its file and the sha256 stored beside it."""
+
+    def __init__(self, file: BinaryIO, sha256: str):
+        super().__init__(file)
+        self.sha256 = sha256
+
+    def path_on_disk(self) -> str | None:
+        """Where the upload handler spooled the package, if it did."""
+        path = getattr(self.file, "temporary_file_path", None)
+        return path() if path else None
+
+
+class PackageStorage(S3Storage):
+    """The models bucket as a Django storage, on django-storages' S3 backend.
+
+    It takes the bucket, endpoint, keys and region from MODELS_BUCKET and the S3_*
+    settings, as client() does, so both always talk to the same server; STORAGES'
+    OPTIONS set the rest of django-storages' options.
+    What it changes of S3Storage, and why:
+
+    - a name is stored as it is given: keys are made by the server and a version's row
+      holds exactly its object's key, so nothing may number, clean or cut it (a new
+      version's key that already has an object is a leftover of a failed delete);
+    - a package goes up from its temporary file's path, with its sha256 as metadata:
+      from a path boto3 reads each part from disk as it goes out, from a file object it
+      copies up to ten parts (80 MB) into memory per upload;
+    - a package is read as a stream: S3File would copy it whole into a spooled file
+      first, in memory with the default AWS_S3_MAX_MEMORY_SIZE.
+    """
+
+    def get_default_settings(self) -> dict:
+        return {
+            **super().get_default_settings(),
+            **self.server_settings(),
+            "client_config": CLIENT_CONFIG,
+            "transfer_config": TRANSFER,
+            "object_parameters": {"ContentType": "application/octet-stream"},
+        }
+
+    @staticmethod
+    def server_settings() -> dict:
+        return {
+            "bucket_name": settings.MODELS_BUCKET,
+            "endpoint_url": settings.S3_ENDPOINT_URL or None,
+            "access_key": settings.S3_ACCESS_KEY,
+            "secret_key": settings.S3_SECRET_KEY,
+            "region_name": settings.S3_REGION,
+        }
+
+    def reconnect(self) -> None:
+        """Follow the S3 settings again, dropping the connections made with the old ones:
+        the instance lives as long as the process (PackageVersion.file holds it), and
+        tests point the settings at their own server at run time."""
+        self.__dict__.update(self.server_settings())
+        self._connections = threading.local()
+        self._bucket = None
+
+    def get_available_name(self, name: str, max_length: int | None = None) -> str:
+        """The name itself, or a refusal: never another name than the row will hold."""
+        if clean_name(name) != name or (max_length and len(name) > max_length):
+            raise SuspiciousFileOperation(f"{name!r} is not a package key made by package_key")
+        return name
+
+    def _get_write_parameters(self, name: str, content=None) -> dict:
+        return {
+            **super()._get_write_parameters(name, content),
+            "Metadata": {"sha256": content.sha256},
+        }
+
+    def _save(self, name: str, content: PackageFile) -> str:
+        """From the temporary file's path where there is one, else from the file object."""
+        path = content.path_on_disk()
+        if path is None:
+            return super()._save(name, content)
+        self.bucket.Object(self._normalize_name(name)).upload_file(
+            path, ExtraArgs=self._get_write_parameters(name, content), Config=self.transfer_config
+        )
+        return name
+
+    def _open(self, name: str, mode: str = "rb") -> File:
+        """The object's body as a stream, read as it comes (the caller checks the hash)."""
+        if mode != "rb":
+            raise ValueError("a package is read in 'rb' mode; it is written by save()")
+        key = self._normalize_name(clean_name(name))
+        try:
+            body = self.connection.meta.client.get_object(Bucket=self.bucket_name, Key=key)
+        except ClientError as exc:
+            if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
+                raise FileNotFoundError(f"no object {key} in {self.bucket_name}") from exc
+            raise
+        return File(body["Body"], name)
+
+    def delete_many(self, names: list[str]) -> None:
+        """One request for a deployment's packages: with S3 down, none of them is deleted."""
+        response = self.bucket.delete_objects(
+            Delete={"Objects": [{"Key": self._normalize_name(n)} for n in names], "Quiet": True}
+        )
+        for error in response.get("Errors", []):  # the rows go: such an object is an orphan
+            log.warning("could not delete %s: %s", error.get("Key"), error.get("Message"))
+
+
+def packages() -> PackageStorage:
+    """STORAGES["packages"]: the one instance PackageVersion.file uses too."""
+    return storages["packages"]
+
+
+def reconnect() -> None:
+    """Forget the S3 connections: the next use reads the S3 settings again."""
+    client.cache_clear()
+    packages().reconnect()
+
+
+@receiver(setting_changed)
+def follow_the_s3_settings(setting: str, **_) -> None:
+    """A test that points the S3 settings elsewhere (override_settings, pytest-django's
+    `settings`) talks to that server, and to the former one again when it is done."""
+    if setting in S3_SETTINGS:
+        reconnect()
+
+
+# --- buckets ------------------------------------------------------------------------------
+
+
+def ensure_buckets() -> dict[str, bool]:
+    """Make the buckets that are missing, each with the rule that aborts unfinished uploads;
+    for each bucket, whether the server kept the rule."""
     s3 = client()
+    kept = {}
     for bucket in (settings.MODELS_BUCKET, settings.SCORES_BUCKET):
         try:
             s3.head_bucket(Bucket=bucket)
         except ClientError:
             s3.create_bucket(Bucket=bucket)
+        kept[bucket] = abort_unfinished_uploads(bucket)
+    return kept
+
+
+def abort_unfinished_uploads(bucket: str) -> bool:
+    """Set the lifecycle rule aborting multipart uploads left unfinished; whether the server
+    kept it. The bucket's other rules stay (a PUT replaces the whole configuration). A
+    server that refuses or drops the rule (MinIO: it purges such uploads itself after 24
+    hours) or a key not allowed to set it leaves the bucket as it was, with a warning."""
+    try:
+        rules = [rule for rule in lifecycle_rules(bucket) if rule.get("ID") != ABORT_RULE_ID]
+        client().put_bucket_lifecycle_configuration(
+            Bucket=bucket, LifecycleConfiguration={"Rules": [*rules, ABORT_RULE]}
+        )
+        kept = any(
+            rule.get("ID") == ABORT_RULE_ID and "AbortIncompleteMultipartUpload" in rule
+            for rule in lifecycle_rules(bucket)
+        )
+    except ClientError as exc:
+        log.warning(
+            "%s: unfinished uploads are left to the server's own clean-up (%s)", bucket, exc
+        )
+        return False
+    if not kept:
+        log.warning("%s: the server dropped the rule aborting unfinished uploads", bucket)
+    return kept
+
+
+def lifecycle_rules(bucket: str) -> list[dict]:
+    try:
+        return client().get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+            return []
+        raise
+
+
+# --- packages -----------------------------------------------------------------------------
 
 
 def package_key(username: str, slug: str, number: int) -> str:
@@ -101,19 +297,10 @@ def sha256_of(fileobj: BinaryIO) -> str:
 
 
 def upload(fileobj: BinaryIO, key: str, sha256: str) -> None:
-    """Stream a file to the models bucket in constant memory."""
-    extra = {"Metadata": {"sha256": sha256}, "ContentType": "application/octet-stream"}
-    fileobj.seek(0)
+    """Store a package at `key` in constant memory, or raise StorageError having stored nothing."""
     try:
-        if hasattr(fileobj, "temporary_file_path"):
-            # From a path boto3 reads each part from disk as it goes out; from a file
-            # object it copies up to ten parts (80 MB) into memory per upload.
-            client().upload_file(
-                fileobj.temporary_file_path(), settings.MODELS_BUCKET, key, extra, Config=TRANSFER
-            )
-        else:
-            client().upload_fileobj(fileobj, settings.MODELS_BUCKET, key, extra, Config=TRANSFER)
-    except (BotoCoreError, ClientError) as exc:
+        packages().save(key, PackageFile(fileobj, sha256))
+    except S3_ERRORS as exc:
         with contextlib.suppress(StorageError):  # a half multipart upload leaves no object
             delete_objects([key])
         raise StorageError(
@@ -123,13 +310,13 @@ def upload(fileobj: BinaryIO, key: str, sha256: str) -> None:
 
 def download(key: str, sha256: str, destination: BinaryIO) -> None:
     """Fetch a package into `destination` and check it is the file that was uploaded."""
+    digest = hashlib.sha256()
     try:
-        body = client().get_object(Bucket=settings.MODELS_BUCKET, Key=key)["Body"]
-        digest = hashlib.sha256()
-        while block := body.read(READ_BLOCK):
-            digest.update(block)
-            destination.write(block)
-    except (BotoCoreError, ClientError) as exc:
+        with packages().open(key) as package:
+            while block := package.read(READ_BLOCK):
+                digest.update(block)
+                destination.write(block)
+    except (*S3_ERRORS, FileNotFoundError) as exc:
         raise StorageError(f"could not read {key} from storage: {exc}") from exc
     if digest.hexdigest() != sha256:
         raise StorageError(
@@ -142,11 +329,8 @@ def delete_objects(keys: list[str]) -> None:
     if not keys:
         return
     try:
-        client().delete_objects(
-            Bucket=settings.MODELS_BUCKET,
-            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
-        )
-    except (BotoCoreError, ClientError) as exc:
+        packages().delete_many(keys)
+    except S3_ERRORS as exc:
         raise StorageError(
             f"storage is unavailable ({exc}); nothing was deleted, try again"
         ) from exc
@@ -162,6 +346,9 @@ def human_bytes(size: int) -> str:
             return f"{text} {unit}"
         value /= 1024
     return f"{value:.1f} TB"
+
+
+# --- files of the scores table ----------------------------------------------------------
 
 
 class PartUpload:
@@ -233,8 +420,8 @@ class PartUpload:
         self.closed = True
 
     def abort(self) -> None:
-        """Best effort: S3 drops the parts sent; a server that is down keeps them until
-        its own clean-up of incomplete uploads."""
+        """Best effort: S3 drops the parts sent; a server that is down keeps them until the
+        bucket's lifecycle rule (ensure_buckets) or its own clean-up aborts the upload."""
         wait(self.sent)
         with contextlib.suppress(BotoCoreError, ClientError):
             client().abort_multipart_upload(

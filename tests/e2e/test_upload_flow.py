@@ -54,7 +54,7 @@ def test_a_dropped_package_shows_progress_then_its_validation(
     page.screenshot(path=f"{artifacts}/models-validated.png", full_page=True)
 
     version = PackageVersion.objects.get()
-    assert (version.key, version.state) == ("alice/churn/v1.dill", "valid")
+    assert (version.file.name, version.state) == ("alice/churn/v1.dill", "valid")
     assert bucket() == ["alice/churn/v1.dill"]
 
     page.click('tr[data-model="churn"] a.name')

@@ -62,7 +62,7 @@ def deployment(user, name: str, email: str | None = None) -> Deployment:
     PackageVersion.objects.create(
         deployment=made,
         number=1,
-        key=f"{user.username}/{made.slug}/v1.dill",
+        file=f"{user.username}/{made.slug}/v1.dill",
         filename=f"{made.slug}.dill",
         size=2048,
         sha256="0" * 64,

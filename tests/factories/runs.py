@@ -98,7 +98,7 @@ def make_models(owner, count: int, prefix: str = "model", **fields) -> list[Depl
         PackageVersion(
             deployment=d,
             number=1,
-            key=f"{owner.username}/{d.slug}/v1.dill",
+            file=f"{owner.username}/{d.slug}/v1.dill",
             filename=f"{d.slug}.dill",
             size=20_000,
             sha256="0" * 64,
