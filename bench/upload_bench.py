@@ -56,7 +56,7 @@ def make_packages(folder: Path, clients: int, size_mb: int) -> list[tuple[Path, 
     import dill
     import numpy as np
 
-    from tests.packages import sklearn_package
+    from tests.factories.packages import sklearn_package
 
     folder.mkdir(parents=True, exist_ok=True)
     base = sklearn_package()
@@ -311,7 +311,7 @@ def main() -> int:
         from rest_framework.authtoken.models import Token
 
         from scoring.packages import storage
-        from tests.packages import sklearn_package
+        from tests.factories.packages import sklearn_package
 
         if not services.redis_reachable(settings.REDIS_URL):
             print(f"no Redis at {settings.REDIS_URL}: start one or set REDIS_URL", file=sys.stderr)
