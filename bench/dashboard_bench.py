@@ -1,7 +1,7 @@
 """The dashboard, its JSON, a model page and the status page with 10,000 runs: queries and time.
 
 Makes one user with 100 models and 100 daily runs each (10,000 runs, mostly succeeded
-with quality results, one in 17 failed; tests/runs_data.py builds them), then requests
+with quality results, one in 17 failed; tests/factories/runs.py builds them), then requests
 each page through the real views (Django's test client: URL routing, middleware, views,
 templates, the database) and prints its SQL query count and its time. It does the same
 with 2 models and 10 runs first: a page whose query count grew with the data asks once
@@ -100,7 +100,7 @@ def main() -> int:
     from django.test.utils import setup_test_environment
 
     from scoring.models import ScoringRun
-    from tests.runs_data import make_models, make_runs
+    from tests.factories.runs import make_models, make_runs
     from tests.test_dashboard import QUERY_BOUNDS
 
     setup_test_environment()  # the test client's host is allowed, mail stays in memory

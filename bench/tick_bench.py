@@ -48,7 +48,7 @@ def make_due_models(owner, count: int, prefix: str) -> list:
     from django.utils import timezone
 
     from scoring.models import Deployment
-    from tests.runs_data import make_models, make_runs
+    from tests.factories.runs import make_models, make_runs
 
     models = []
     for index, (schedule, zone) in enumerate(SCHEDULES):

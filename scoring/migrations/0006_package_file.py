@@ -8,7 +8,7 @@ import scoring.models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("scoring", "0004_params_follow_the_site")]
+    dependencies = [("scoring", "0005_notifications")]
 
     operations = [
         migrations.RenameField(model_name="packageversion", old_name="key", new_name="file"),
