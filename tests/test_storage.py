@@ -14,6 +14,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from deploy.services import free_port
+from scoring.engine import part_upload
 from scoring.models import Deployment, PackageVersion, Quota
 from scoring.packages import deployments, storage
 from scoring.packages.deployments import DeployError
@@ -335,13 +336,13 @@ def test_a_refused_abort_rule_is_a_warning_not_a_failure(s3_server, settings, ca
 
 
 def test_a_part_upload_sends_parts_while_written_and_appears_whole_at_close(bucket):
-    data = os.urandom(storage.PART_BYTES * 2 + 12345)
+    data = os.urandom(part_upload.PART_BYTES * 2 + 12345)
     key = f"{settings.MODELS_BUCKET}/streamed/scores.parquet"
-    upload = storage.PartUpload(key)
+    upload = part_upload.PartUpload(key)
     for start in range(0, len(data), 1 << 20):
         upload.write(data[start : start + (1 << 20)])
     # Two full parts went up while writing; the object is not there until the close.
-    assert len(upload.sent) == 2 and len(upload.buffer) < storage.PART_BYTES
+    assert len(upload.sent) == 2 and len(upload.buffer) < part_upload.PART_BYTES
     assert bucket("streamed/") == []
     upload.close()
     assert upload.tell() == len(data)
@@ -350,8 +351,8 @@ def test_a_part_upload_sends_parts_while_written_and_appears_whole_at_close(buck
 
 
 def test_an_aborted_part_upload_leaves_no_object_and_no_pending_upload(bucket):
-    upload = storage.PartUpload(f"{settings.MODELS_BUCKET}/streamed/failed.parquet")
-    upload.write(os.urandom(storage.PART_BYTES + 1))
+    upload = part_upload.PartUpload(f"{settings.MODELS_BUCKET}/streamed/failed.parquet")
+    upload.write(os.urandom(part_upload.PART_BYTES + 1))
     upload.abort()
     assert bucket("streamed/") == []
     pending = storage.client().list_multipart_uploads(

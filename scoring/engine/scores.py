@@ -29,6 +29,7 @@ from deltalake.transaction import AddAction
 from django.conf import settings
 from django.db import connection, transaction
 
+from scoring.engine.part_upload import PartUpload
 from scoring.packages import storage
 
 TABLE = "scores"
@@ -86,7 +87,7 @@ class RunWriter:
             f"dt={self.partition['dt']}/model_id={self.partition['model_id']}/"
             f"run-{run.id}-attempt-{run.attempts}-part-{part_index}-{uuid.uuid4().hex[:8]}.parquet"
         )
-        self.sink: storage.PartUpload | None = None
+        self.sink: PartUpload | None = None
         self.writer = None
         self.rows = 0
         self.low: dict = {}
@@ -99,7 +100,7 @@ class RunWriter:
     def write(self, entity_ids: pa.Array, scores: pa.Array, scored_at: datetime) -> None:
         part = file_batch(entity_ids, scores, self.run, scored_at)
         if self.writer is None:
-            self.sink = storage.PartUpload(self.key)
+            self.sink = PartUpload(self.key)
             self.writer = parquet_writer(self.sink, part.schema)
         self.writer.write_batch(part)
         self.rows += part.num_rows
