@@ -37,10 +37,8 @@ import argparse
 import io
 import os
 import socket
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -51,79 +49,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import process_trees  # noqa: E402
-
-NUMERIC = [f"n{i:03d}" for i in range(180)]
-CATEGORICAL = [f"c{i:02d}" for i in range(20)]
-MODELS = 10
-ROW_GROUP = 100_000
-
-
-def build_slice(folder: Path, rows: int) -> None:
-    """Write the slice row group by row group, so building 4M rows needs little memory."""
-    rng = np.random.default_rng(0)
-    levels = {
-        c: np.array([f"{c}_v{k}" for k in range(5 + i * 3)]) for i, c in enumerate(CATEGORICAL)
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = None
-    for start in range(0, rows, ROW_GROUP):
-        n = min(ROW_GROUP, rows - start)
-        columns = {"entity_id": pa.array(np.arange(start, start + n, dtype=np.int64))}
-        for i, name in enumerate(NUMERIC):
-            columns[name] = pa.array(
-                np.round(rng.normal(i % 5, 1 + i % 3, n), 2).astype(np.float32)
-            )
-        for name in CATEGORICAL:
-            # Plain strings, as Spark or a database export writes them.
-            columns[name] = pa.array(levels[name][rng.integers(0, len(levels[name]), n)])
-        table = pa.table(columns)
-        writer = writer or pq.ParquetWriter(folder / "part-0.parquet", table.schema)
-        writer.write_table(table, row_group_size=ROW_GROUP)
-    writer.close()
-
-
-def model_features() -> list[list[str]]:
-    """10 feature sets over ~120 of the 200 columns; 6 of them use categorical columns."""
-    rng = np.random.default_rng(1)
-    pool_numeric, pool_categorical = NUMERIC[:108], CATEGORICAL[:12]
-    sets = []
-    for m in range(MODELS):
-        numeric = list(rng.choice(pool_numeric, 30, replace=False))
-        categorical = list(rng.choice(pool_categorical, 4, replace=False)) if m % 5 < 3 else []
-        sets.append(numeric + categorical)
-    return sets
-
-
-def train_packages(folder: Path, slice_path: Path, feature_sets: list[list[str]]) -> list[Path]:
-    from catboost import CatBoostClassifier
-
-    from scoring.packages.contract import save_package
-
-    sample = pq.read_table(slice_path).slice(0, 30_000).to_pandas()
-    target = (
-        sample[NUMERIC[0]]
-        + sample[NUMERIC[7]] * 0.5
-        + np.random.default_rng(2).normal(0, 1, len(sample))
-        > 0.5
-    )
-    paths = []
-    for m, features in enumerate(feature_sets):
-        categorical = [c for c in features if c in CATEGORICAL]
-        model = CatBoostClassifier(
-            iterations=300,
-            depth=6,
-            verbose=False,
-            random_seed=m,
-            allow_writing_files=False,
-            cat_features=categorical,
-        )
-        frame = sample[features].copy()
-        model.fit(frame, target.astype(int))
-        path = folder / f"model-{m}.dill"
-        save_package(str(path), model, features, params={"positive_class": 1})
-        paths.append(path)
-    return paths
+from bench.engine_data import CATEGORICAL, MODELS, build_slice, model_features, train_packages  # noqa: E402
+from bench.engine_report import report, scale_out  # noqa: E402
+from bench.sampling import Usage, settle  # noqa: E402
 
 
 def physical_limit(slice_path: Path, feature_sets, models) -> tuple[float, float, float, float]:
@@ -155,112 +83,6 @@ def naive(slice_path: Path, feature_sets, models) -> float:
         frame = pd.read_parquet(slice_path, columns=features)
         model.predict_proba(frame)
     return time.perf_counter() - started
-
-
-class Usage(threading.Thread):
-    """Samples the worker's and the sandboxes' memory and CPU while the batch lifecycle.
-
-    Sandboxes are forked from the zygote, so much of their resident memory is the
-    zygote's libraries, shared: their own share is the unique set size (USS). CPU is
-    counted per process as last seen, so sandboxes that exit still count.
-
-    Sampling takes CPU from the cores the batch runs on, so its costly parts (walking the
-    process tree, each sandbox's USS) run every SLOW_SECONDS only; every TICK_SECONDS
-    only the CPU times and the peak resident size of the processes already found are
-    read. Peaks are the kernel's own high-water marks (VmHWM, the workers' reset when the
-    batch starts), so none is missed between samples. A process found late still counts
-    its CPU since it started. The sampling's own CPU is printed.
-    """
-
-    TICK_SECONDS, SLOW_SECONDS = 0.1, 1.0
-
-    def __init__(self, worker_pids: list[int], s3_pid: int):
-        super().__init__(daemon=True)
-        self.worker_pids, self.s3_pid, self.stop_event = worker_pids, s3_pid, threading.Event()
-        self.worker_peak = self.sandbox_peak = self.sandbox_unique_peak = 0
-        self.known: dict[int, tuple[str, object]] = {}  # pid: (kind, psutil process)
-        self.cpu: dict[int, tuple[str, float, float]] = {}
-        self.own_cpu = 0.0
-        self.find_processes()
-        for pid, (kind, _) in self.known.items():
-            if kind == "worker":  # "5" resets the peak resident size (proc(5), clear_refs)
-                Path(f"/proc/{pid}/clear_refs").write_text("5")
-        self.cpu_at_start = self.cpu_now()
-
-    def find_processes(self) -> None:
-        import psutil
-
-        for process in [*process_trees(self.worker_pids), psutil.Process(self.s3_pid)]:
-            if process.pid not in self.known:
-                try:
-                    self.known[process.pid] = (self.kind(process), process)
-                except psutil.Error:
-                    continue
-
-    def cpu_now(self) -> dict[int, tuple[str, float, float]]:
-        """(kind, CPU seconds, of which in the kernel) per process."""
-        import psutil
-
-        seen = {}
-        for pid, (kind, process) in self.known.items():
-            try:
-                times = process.cpu_times()
-            except psutil.Error:
-                continue
-            seen[pid] = (kind, times.user + times.system, times.system)
-        return seen
-
-    @staticmethod
-    def kind(process) -> str:
-        if process.name() == "weed":
-            return "S3 server"
-        if "scoring.sandbox.zygote" not in " ".join(process.cmdline()):
-            return "worker"
-        if "scoring.sandbox.zygote" in " ".join(process.parent().cmdline()):
-            return "sandboxes"
-        return "zygote"
-
-    def run(self) -> None:
-        import psutil
-
-        started, ticks = time.thread_time(), 0
-        slow_every = round(self.SLOW_SECONDS / self.TICK_SECONDS)
-        while not self.stop_event.wait(self.TICK_SECONDS):
-            slow = ticks % slow_every == 0
-            ticks += 1
-            if slow:
-                self.find_processes()
-            self.cpu.update(self.cpu_now())
-            for pid, (kind, process) in self.known.items():
-                try:
-                    if kind == "worker":
-                        self.worker_peak = max(self.worker_peak, peak_rss(pid))
-                    elif kind == "sandboxes":
-                        self.sandbox_peak = max(self.sandbox_peak, peak_rss(pid))
-                        if slow:
-                            unique = process.memory_full_info().uss
-                            self.sandbox_unique_peak = max(self.sandbox_unique_peak, unique)
-                except (psutil.Error, OSError):
-                    continue
-        self.own_cpu = time.thread_time() - started
-
-    def cpu_seconds(self, kernel: bool = False) -> dict[str, float]:
-        """CPU seconds per kind of process during the batch (only in the kernel: `kernel`)."""
-        which = 2 if kernel else 1
-        spent: dict[str, float] = {}
-        for pid, seen in self.cpu.items():
-            before = self.cpu_at_start.get(pid, (seen[0], 0.0, 0.0))[which]
-            spent[seen[0]] = spent.get(seen[0], 0.0) + seen[which] - before
-        return spent
-
-
-def peak_rss(pid: int) -> int:
-    """The process's peak resident size in bytes, as the kernel counts it (VmHWM)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def phases(logs: list[Path], batch_id: int) -> str:
@@ -338,29 +160,6 @@ def wait_answering(workers: list, timeout: float = 180) -> None:
         if {name for reply in replies for name in reply} >= names:
             return
     raise RuntimeError(f"the workers did not answer within {timeout:.0f} s")
-
-
-def settle(workers: list, timeout: float = 90) -> None:
-    """Wait until the workers and their zygotes have done importing: a batch sent earlier
-    would pay their start-up, which a running worker never does."""
-    import psutil
-
-    def cpu_seconds() -> float:
-        total = 0.0
-        for process in process_trees([worker.process.pid for worker in workers]):
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                continue
-        return total
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        before = cpu_seconds()
-        time.sleep(1)
-        if cpu_seconds() - before < 0.1:
-            return
 
 
 def worker_counts(text: str) -> list[int]:
@@ -566,127 +365,6 @@ def main() -> int:
     finally:
         for service in reversed(started):
             service.stop()
-
-
-def report(first: dict, rows: int) -> None:
-    """One column per batch of the first round, and the median of each line."""
-    batches = first["batches"]
-
-    def line(label: str, values: list[float], fmt: str, note: str = "") -> str:
-        cells = "".join(f"{fmt.format(v):>12}" for v in values)
-        median = f"{fmt.format(statistics.median(values)):>12}" if len(values) > 1 else ""
-        return f"{label:<26}{cells}{median}  {note}".rstrip()
-
-    seconds = [b["seconds"] for b in batches]
-    limits = [b["limit"][0] + b["limit"][1] for b in batches]
-    engine_cpu = [b["usage"].cpu_seconds() for b in batches]
-    kernel_cpu = [b["usage"].cpu_seconds(kernel=True) for b in batches]
-    baselines = [b["baseline"].get("kind", "none") for b in batches]
-    header = "".join(f"{'batch ' + str(k + 1):>12}" for k in range(len(batches)))
-    print(f"\n{first['workers']} worker(s), {batches[0]['parts'] or 'no'} parts")
-    print(f"{'':<26}{header}{'median' if len(batches) > 1 else '':>12}")
-    for text in (
-        line("checks against", [], "", " / ".join(baselines)),
-        line("rows x models / s", [rows * MODELS / t for t in seconds], "{:,.0f}"),
-        line("batch (engine)", seconds, "{:.2f} s"),
-        line("physical limit", limits, "{:.2f} s", "(one read of the union + raw predict)"),
-        line("  read", [b["limit"][0] for b in batches], "{:.2f} s"),
-        line("  predict", [b["limit"][1] for b in batches], "{:.2f} s"),
-        line(
-            "batch / limit",
-            [b["seconds"] / (b["limit"][0] + b["limit"][1]) for b in batches],
-            "{:.2f}x",
-            "(target <= 1.25x)",
-        ),
-        line(
-            "  without its checks",
-            [
-                (b["seconds"] - b["quality_seconds"]) / (b["limit"][0] + b["limit"][1])
-                for b in batches
-            ],
-            "{:.2f}x",
-            "(the scoring alone)",
-        ),
-        line("naive", [b["naive"] for b in batches], "{:.2f} s"),
-        line(
-            "naive / batch",
-            [b["naive"] / b["seconds"] for b in batches],
-            "{:.2f}x",
-            "(target >= 1.8x)",
-        ),
-        line("quality checks", [b["quality_seconds"] for b in batches], "{:.2f} s"),
-        line(
-            "  share of the batch",
-            [100 * b["quality_seconds"] / b["seconds"] for b in batches],
-            "{:.0f}%",
-            "(target <= 15%)",
-        ),
-        line("CPU s, engine", [sum(c.values()) for c in engine_cpu], "{:.1f}"),
-        *(
-            line(f"  {kind}", [c.get(kind, 0.0) for c in engine_cpu], "{:.1f}")
-            for kind in sorted({kind for c in engine_cpu for kind in c})
-        ),
-        line("  of which in the kernel", [sum(c.values()) for c in kernel_cpu], "{:.1f}"),
-        *(
-            line(f"    {kind}", [c.get(kind, 0.0) for c in kernel_cpu], "{:.1f}")
-            for kind in sorted({kind for c in kernel_cpu for kind in c})
-        ),
-        line("CPU s, sampling them", [b["usage"].own_cpu for b in batches], "{:.1f}"),
-        line("CPU s, limit", [b["limit"][2] for b in batches], "{:.1f}"),
-        line("  of which in the kernel", [b["limit"][3] for b in batches], "{:.1f}"),
-        line("peak RSS worker", [b["usage"].worker_peak / 1024**2 for b in batches], "{:,.0f} MB"),
-        line(
-            "peak RSS sandbox", [b["usage"].sandbox_peak / 1024**2 for b in batches], "{:,.0f} MB"
-        ),
-        line(
-            "  its own (USS)",
-            [b["usage"].sandbox_unique_peak / 1024**2 for b in batches],
-            "{:,.0f} MB",
-        ),
-    ):
-        print(text)
-    for k, b in enumerate(batches, start=1):
-        print(f"batch {k}: {b['phases']}")
-    print(flush=True)
-
-
-def scale_out(rounds: list[dict], rows: int) -> int:
-    """The speedup of each worker count over the first (median batches), against what
-    its split allows; non-zero when a split batch's parts were not spread over the workers."""
-    if len(rounds) < 2 and rounds[0]["workers"] == 1:
-        return 0
-    for result in rounds:
-        result["seconds"] = statistics.median(b["seconds"] for b in result["batches"])
-    base = rounds[0]
-    print(
-        f"scale-out on {os.cpu_count()} cores, speedup over {base['workers']} worker(s) "
-        f"(median batch {base['seconds']:.2f} s)"
-    )
-    print("workers  parts  largest part   batch    speedup  per worker  split allows  peak RSS")
-    broken = []
-    for result in rounds:
-        batch = result["batches"][0]
-        speedup = base["seconds"] / result["seconds"]
-        per_worker = speedup / (result["workers"] / base["workers"])
-        # Parts are whole row groups: the largest one bounds the speedup of this split.
-        allows = min(result["workers"], rows / batch["largest_part"]) / base["workers"]
-        peak = max(b["usage"].worker_peak for b in result["batches"]) / 1024**2
-        print(
-            f"{result['workers']:>7}  {batch['parts']:>5}  {batch['largest_part']:>12,}  "
-            f"{result['seconds']:>6.2f} s  {speedup:>6.2f}x  {per_worker:>9.2f}x"
-            f"  {allows:>11.2f}x  {peak:>10,.0f} MB"
-        )
-        for b in result["batches"]:
-            print(f"         {b['phases']}")
-            spread = min(result["workers"], b["parts"])
-            if b["parts"] and b["part_workers"] < spread:
-                broken.append(
-                    f"{result['workers']} workers: {b['parts']} parts were scored by only "
-                    f"{b['part_workers']} of them"
-                )
-    for problem in broken:
-        print(f"BOUND BROKEN: {problem}")
-    return 1 if broken else 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from deploy import services  # noqa: E402
 from tests.factories import cast, features  # noqa: E402
+from tests.faults import Broker, Gate, publishing_to, stop_group  # noqa: E402
 from tests.flows import WORKER_SANDBOX_TIMEOUT, database_url, start_worker, stop_worker  # noqa: E402
 
 
@@ -167,6 +168,48 @@ def mailbox(state_dir):
         return found
 
     return messages
+
+
+# --- a test's own broker and workers (tests/test_faults*.py) -----------------
+
+
+@pytest.fixture
+def broker(celery_app_configured, tmp_path):
+    app, _ = celery_app_configured
+    broker = Broker(tmp_path / "redis")
+    with publishing_to(app, broker):
+        yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def gate():
+    gate = Gate()
+    yield gate
+    gate.close()
+
+
+@pytest.fixture
+def workers(broker, gate, worker_env, tmp_path):
+    """start(name, **env): a Celery worker on the test's Redis; all stopped at the end."""
+    started = []
+
+    def start(name: str = "worker", **env):
+        env = {
+            **worker_env,
+            "REDIS_URL": broker.url,
+            "SANDBOX_TIMEOUT_SECONDS": "120",  # longer than a model waits at the gate
+            **env,
+        }
+        process = start_worker(env, broker.queue, tmp_path / f"{name}.log")
+        started.append(process)
+        gate.workers.append(process)
+        return process
+
+    yield start
+    gate.open()  # no sandbox left waiting
+    for process in started:
+        stop_group(process)
 
 
 # --- people and clients ------------------------------------------------------

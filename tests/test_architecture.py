@@ -56,7 +56,8 @@ def test_an_import_cycle_breaks_the_contract(tmp_path):
 
 
 def test_no_test_file_imports_another_test_file_or_the_fixtures():
-    """Helpers live in tests/factories/ and tests/flows.py; fixtures reach tests by name."""
+    """Helpers live in tests/factories/, tests/flows.py, tests/faults.py and tests/routes.py;
+    fixtures reach tests by name."""
     pattern = re.compile(r"^\s*(from|import) tests(\.e2e)?\.(conftest|test_\w+)\b", re.M)
     offenders = [
         str(path.relative_to(ROOT))

@@ -1,7 +1,7 @@
 """Failure and give-up emails: queued with the failure, sent from the database send queue.
 
 Runs are written to the database as a worker leaves them: no worker. A mail server that
-never answers, through a real worker and a real batch: tests/test_faults.py.
+never answers, through a real worker and a real batch: tests/test_faults_storage_and_mail.py.
 """
 
 import logging
@@ -17,7 +17,7 @@ from portal.celery import app
 from scoring.models import Deployment, Notification, PackageVersion, ScoringRun
 from scoring.reports import outbox
 from scoring.runs import lifecycle, notifications
-from tests.flows import publishing_to, released_together
+from tests.faults import publishing_to, released_together
 
 pytestmark = pytest.mark.django_db
 

@@ -1,2 +1,3 @@
-"""One set of factories for the tests: the cast of users and their API clients, feature
-data, model packages (good and bad), and runs with their quality results."""
+"""One set of factories for the tests: the cast of users and their API clients and sessions,
+feature data, model packages (good and bad), the contract tests' small package, and runs
+with their quality results."""

@@ -2,6 +2,7 @@
 portal, sam is staff and root a superuser. Every test meets the same people."""
 
 from django.contrib.auth.models import User
+from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -24,4 +25,10 @@ def api_client_for(user) -> APIClient:
     client = APIClient()
     token, _ = Token.objects.get_or_create(user=user)
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+def session(user) -> Client:
+    client = Client()
+    client.force_login(user)
     return client
