@@ -17,499 +17,50 @@ package that allocates without bound is stopped in a fraction of a second.
 """
 
 import http.client
-import io
 import json
-import os
 import re
-import resource
 import secrets
 import select
 import socket
 import time
-import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import cache
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
 from django.test import Client
 from django.utils import timezone
 from django.utils.html import escape
 from rest_framework.authtoken.models import Token
 
-from scoring.models import Deployment, PackageVersion, Quota, ScoringRun
-from scoring.packages import deployments, quotas
+from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.packages import quotas
 from scoring.packages.schedules import PRESETS
 from scoring.runs import dispatch
 from tests.factories import packages
+from tests.factories.bad_input import (
+    API,
+    CASES,
+    EVERY_MINUTE,
+    INJECTED_EMAIL,
+    MIN_INTERVAL,
+    SAFE,
+    SANDBOX_MEMORY_MB,
+    UI,
+    UNKNOWN_ZONE,
+    UPLOAD,
+    VALIDATION,
+    Case,
+    deploy_directly,
+    good,
+    params,
+)
 from tests.factories.cast import api_client_for
-from tests.flows import WORKER_SANDBOX_TIMEOUT, start_worker, stop_worker
+from tests.factories.invalid_packages import VALIDATION_CASES
+from tests.flows import start_worker, stop_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SANDBOX_MEMORY_MB = 256
-MIN_INTERVAL = 5
-UPLOAD, VALIDATION, SAFE = "refused at upload", "invalid after validation", "stored safely"
-UI, API = "ui", "api"
-
-
-# --- the packages --------------------------------------------------------------
-
-
-def good() -> bytes:
-    return packages.dumps(packages.function_package())
-
-
-def padded(extra: int) -> bytes:
-    """A real package grown by `extra` bytes of meta."""
-    return packages.dumps(packages.function_package(meta={"pad": "x" * extra}))
-
-
-def package_of(size: int) -> bytes:
-    extra = size
-    while len(data := padded(extra)) != size:
-        extra += size - len(data)
-    return data
-
-
-@cache
-def bad(name: str) -> bytes:
-    """A package of tests/packages.bad_packages (none of those used here writes a marker)."""
-    return packages.bad_packages(Path("/nonexistent"))[name][0]
-
-
-def zip_file() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("model.pkl", b"\x80\x04not really")
-    return buffer.getvalue()
-
-
-def proba(value: float = 0.5, **keys) -> bytes:
-    return packages.dumps({"model": packages.Proba(value), "features": ["age"], **keys})
-
-
-NOT_A_PICKLE = (
-    "this file is not a pickle: a .dill or .pkl package made with dill.dump starts "
-    "with the pickle header (0x80 and a protocol from 2 to 5)"
-)
-EVERY_MINUTE = (
-    "schedule '* * * * *' runs every minute; "
-    f"this site allows at most one run every {MIN_INTERVAL} minutes"
-)
-UNKNOWN_ZONE = "unknown time zone 'Mars/Olympus_Mons': use an IANA name such as 'Europe/London'"
-INJECTED_EMAIL = "a@bank.example\r\nBcc: all@evil.example"
-OVER_QUOTA = package_of(20 * 1024)
-
-
-# --- the table -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    stage: str
-    # What the user reads: exact text, a pattern where a figure varies, or one per channel.
-    # For SAFE cases: the model's name.
-    message: "str | re.Pattern | dict[str, str]"
-    package: Callable[[], bytes | None] = good  # None: the form is sent without a file
-    fields: dict = field(default_factory=dict)  # as the API names them; the UI maps a cron
-    filename: str = "churn.dill"
-    setup: Callable | None = None  # (user, settings) -> None, before the "nothing changed" look
-    stored_as: str = ""  # SAFE: the only key in the bucket
-    precondition: Callable | None = None  # (user, validated) -> None; may xfail the case
-
-
-def same_file_first(user, settings) -> None:
-    deploy_directly(user, good(), "churn")
-
-
-def one_model_quota(user, settings) -> None:
-    settings.QUOTA_ACTIVE_MODELS = 1
-    deploy_directly(user, padded(10), "first")
-
-
-def small_byte_quota(user, settings) -> None:
-    Quota.objects.create(user=user, bytes=10 * 1024)
-
-
-def sandbox_limits_processes(user, validated) -> None:
-    """Send a fork bomb only to a sandbox with a process limit that counts its own processes:
-    RLIMIT_NPROC counts per user, and does not bind root. A probe package tells."""
-    load = packages.RunsAtLoad
-    probe = proba(
-        meta={"uid": load(os.getuid), "nproc": load(resource.getrlimit, resource.RLIMIT_NPROC)}
-    )
-    version = validated(deploy_directly(user, probe, "probe"))
-    deployments.delete(version.deployment)
-    meta = version.package["meta"]
-    if meta["uid"] == 0 or meta["nproc"][0] == resource.RLIM_INFINITY:
-        pytest.xfail(
-            f"the sandbox has no process limit of its own (uid {meta['uid']}, RLIMIT_NPROC "
-            f"{meta['nproc']}): a fork bomb is not sent to it"
-        )
-
-
-def package_limit(limit: int):
-    def setup(user, settings) -> None:
-        settings.MAX_PACKAGE_BYTES = limit
-
-    return setup
-
-
-CASES = [
-    # -- refused at upload, before anything is stored --
-    Case("random bytes", UPLOAD, NOT_A_PICKLE, lambda: bytes(range(13, 256)) * 40),
-    Case("a text file", UPLOAD, NOT_A_PICKLE, lambda: b"model = churn\nfeatures = age\n"),
-    Case("a zip file", UPLOAD, NOT_A_PICKLE, zip_file, filename="model.zip"),
-    Case("an empty file", UPLOAD, "the file is empty", lambda: b""),
-    Case(
-        "no file at all",
-        UPLOAD,
-        {UI: "choose a .dill or .pkl package file to upload", API: "file: No file was submitted."},
-        lambda: None,
-        fields={"name": "churn"},
-    ),
-    Case(
-        "a request over the package size limit",
-        UPLOAD,
-        "the file is larger than the limit of 64 KB (the upload is 2 MB)",
-        lambda: b"\x80\x04" + b"\0" * 2 * 1024**2,
-        setup=package_limit(64 * 1024),
-    ),
-    Case(
-        "a file just over the size limit",  # the request passes the length check, the stream not
-        UPLOAD,
-        "the file is larger than the limit of 1 MB",
-        lambda: b"\x80\x04" + b"\0" * 1024**2,
-        setup=package_limit(1024**2),
-    ),
-    Case(
-        "a package larger than the user's storage quota",
-        UPLOAD,
-        "this package (20 KB) would bring your storage to 20 KB of 10 KB: "
-        "delete old versions or models first",
-        lambda: OVER_QUOTA,
-        setup=small_byte_quota,
-    ),
-    Case(
-        "a new model over the active-model quota",
-        UPLOAD,
-        "you have 1 of 1 active models: pause or delete one before deploying another",
-        setup=one_model_quota,
-    ),
-    Case(
-        "the same file as the current version",
-        UPLOAD,
-        "this file is the same as the current version v1 of churn",
-        fields={"name": "churn"},
-        setup=same_file_first,
-    ),
-    Case(
-        "a path in the name field",
-        UPLOAD,
-        "name '../../etc/passwd' must not contain '/', '\\' or '..'",
-        fields={"name": "../../etc/passwd"},
-    ),
-    Case(
-        "a name over 100 characters",
-        UPLOAD,
-        "name must be at most 100 characters",
-        fields={"name": "churn" * 21},
-    ),
-    Case(
-        "a name with a zero-width space",
-        UPLOAD,
-        "name must not contain control characters",
-        fields={"name": "churn\u200bmodel"},
-    ),
-    Case(
-        "a name with a right-to-left override",  # "churn\u202eldb.exe" shows as "churnexe.bdl"
-        UPLOAD,
-        "name must not contain control characters",
-        fields={"name": "churn\u202eldb.exe"},
-    ),
-    Case(
-        "a name of emoji only",
-        UPLOAD,
-        "name '🚀🔥' must contain at least one letter or digit",
-        fields={"name": "🚀🔥"},
-    ),
-    Case(
-        "a cron that fires every minute",
-        UPLOAD,
-        EVERY_MINUTE,
-        fields={"schedule": "* * * * *"},
-    ),
-    Case(
-        "a cron with a minute out of range",
-        UPLOAD,
-        "schedule '61 * * * *' is not a valid cron expression: Bad minute",
-        fields={"schedule": "61 * * * *"},
-    ),
-    Case(
-        "a schedule that is neither a preset nor a cron",
-        UPLOAD,
-        "schedule 'hourly' is neither a preset (daily, weekly, monthly) "
-        "nor a 5-field cron expression (minute hour day month weekday)",
-        fields={"schedule": "hourly"},
-    ),
-    Case("an unknown time zone", UPLOAD, UNKNOWN_ZONE, fields={"timezone": "Mars/Olympus_Mons"}),
-    Case(
-        "an email with an injected header",
-        UPLOAD,
-        f"email {INJECTED_EMAIL!r} is not a single valid address",
-        fields={"email": INJECTED_EMAIL},
-    ),
-    # -- stored, but made safe --
-    # A file name's folders are dropped (Django keeps the base name); the key is made by the
-    # server. Names keep any script: letters and digits of any language, spaces, an emoji
-    # beside letters (the slug, and so the key, drops it). Refused above: invisible control
-    # or format characters (zero-width, bidi overrides) and names with no letter or digit.
-    Case(
-        "a path in the file name",
-        SAFE,
-        "x",
-        filename="../../x.dill",
-        stored_as="alice/x/v1.dill",
-    ),
-    Case(
-        "a Windows path in the file name",
-        SAFE,
-        "evil",
-        filename="..\\..\\evil.dill",
-        stored_as="alice/evil/v1.dill",
-    ),
-    Case(
-        "a Cyrillic name",
-        SAFE,
-        "Модель оттока",
-        fields={"name": "Модель оттока"},
-        stored_as="alice/модель-оттока/v1.dill",
-    ),
-    Case(
-        "a right-to-left name",
-        SAFE,
-        "نموذج التسرب",
-        fields={"name": "نموذج التسرب"},
-        stored_as="alice/نموذج-التسرب/v1.dill",
-    ),
-    Case(
-        "a name with an emoji",
-        SAFE,
-        "churn 🚀",
-        fields={"name": "churn 🚀"},
-        stored_as="alice/churn/v1.dill",
-    ),
-    # -- refused by validation in the sandbox --
-    Case(
-        "a truncated pickle",
-        VALIDATION,
-        "UnpicklingError: pickle data was truncated while loading",
-        lambda: bad("truncated"),
-    ),
-    Case(
-        "a pickle of a list",
-        VALIDATION,
-        "the package must be a dict with 'model' and 'features', got a builtins.list",
-        lambda: bad("not a dict"),
-    ),
-    Case(
-        "no model",
-        VALIDATION,
-        "'model' is missing: put the fitted model, pipeline or function under 'model'",
-        lambda: bad("missing model"),
-    ),
-    Case(
-        "no features",
-        VALIDATION,
-        "'features' is missing: list the column names the model consumes",
-        lambda: bad("missing features"),
-    ),
-    Case(
-        "'feature' for 'features'",
-        VALIDATION,
-        "'features' is missing: list the column names the model consumes "
-        "(the package has 'feature': a typo?)",
-        lambda: bad("mistyped features key"),
-    ),
-    Case(
-        "features as one string",
-        VALIDATION,
-        "'features' must be a non-empty list of column names, got str",
-        lambda: bad("features not a list"),
-    ),
-    Case(
-        "a schedule as a number",
-        VALIDATION,
-        "'schedule' must be text: 'daily', 'weekly', 'monthly' or a 5-field cron expression, "
-        "got int 5",
-        lambda: bad("schedule not text"),
-    ),
-    Case(
-        "params as a list",
-        VALIDATION,
-        "'params' must be a dict, got list",
-        lambda: bad("params not a dict"),
-    ),
-    Case(
-        "a model without predict",
-        VALIDATION,
-        "model has no predict_proba or predict and is not a function (it is a __main__.NoPredict)",
-        lambda: bad("no predict"),
-    ),
-    Case(
-        "the model's class instead of a fitted model",
-        VALIDATION,
-        "model is the class __main__.Proba, not a fitted model: put the fitted instance under "
-        "'model'",
-        lambda: bad("model is a class"),
-    ),
-    Case(
-        "a shell command run at load",
-        VALIDATION,
-        "model has no predict_proba or predict and is not a function (it is a builtins.int)",
-        lambda: packages.dumps(
-            {"model": packages.RunsAtLoad(os.system, "echo pwned"), "features": ["age"]}
-        ),
-    ),
-    Case(
-        "a sleep forever at load",
-        VALIDATION,
-        f"timed out after {WORKER_SANDBOX_TIMEOUT} s while loading; the sandbox was stopped",
-        lambda: bad("sleeps forever at load"),
-    ),
-    Case(
-        "an exit at load", VALIDATION, "SystemExit: 3 while loading", lambda: bad("exits at load")
-    ),
-    Case(
-        "an allocation without bound at load",
-        VALIDATION,
-        re.compile(
-            rf"used \d+ MB of memory while loading, over the limit of {SANDBOX_MEMORY_MB} MB; "
-            "the sandbox was stopped"
-        ),
-        lambda: packages.dumps(packages.grows_at_load()),
-    ),
-    Case(
-        "an allocation without bound at predict",
-        VALIDATION,
-        re.compile(
-            rf"used \d+ MB of memory while scoring, over the limit of {SANDBOX_MEMORY_MB} MB; "
-            "the sandbox was stopped"
-        ),
-        lambda: packages.dumps(packages.grows_at_predict()),
-    ),
-    Case(
-        "a fork bomb at load",
-        VALIDATION,
-        re.compile(
-            r".+ while loading: the package reached the sandbox's limit of \d+ processes and "
-            "threads"
-        ),
-        lambda: packages.dumps(packages.forks_at_load()),
-        precondition=sandbox_limits_processes,
-    ),
-    Case(
-        "a notebook global dill did not carry",
-        VALIDATION,
-        "NameError: name 'np' is not defined while predicting",
-        lambda: bad("notebook global missing"),
-    ),
-    Case(
-        "a class from a module that is not installed",
-        VALIDATION,
-        "ModuleNotFoundError: No module named 'lightgbm_private' while loading",
-        lambda: bad("module not installed"),
-    ),
-    Case(
-        "NaN scores",
-        VALIDATION,
-        "the model returned 200 NaN or infinite scores of 200",
-        lambda: bad("NaN output"),
-    ),
-    Case(
-        "scores of the wrong length",
-        VALIDATION,
-        "the model returned 3 scores for 200 rows",
-        lambda: bad("wrong length output"),
-    ),
-    Case(
-        "probabilities over 1",
-        VALIDATION,
-        "predict_proba returned values outside [0, 1] (min 1.5, max 1.5)",
-        lambda: bad("out of range probability"),
-    ),
-    Case(
-        "text instead of scores",
-        VALIDATION,
-        "the model function returned values that are not numbers (<U5)",
-        lambda: bad("text output"),
-    ),
-    Case(
-        "features the source does not have",
-        VALIDATION,
-        re.compile(
-            r"2 features are missing from the feature source \(slice \d{4}-\d\d-\d\d\): income, zip"
-        ),
-        lambda: bad("features not in the source"),
-    ),
-    Case(
-        "a package path in its name",
-        VALIDATION,
-        "name '../../etc/passwd' must not contain '/', '\\' or '..'",
-        lambda: bad("path traversal name"),
-    ),
-    Case(
-        "a package cron that fires every minute",
-        VALIDATION,
-        f"'schedule': {EVERY_MINUTE}",
-        lambda: bad("cron every minute"),
-    ),
-    Case(
-        "a package cron with a minute out of range",
-        VALIDATION,
-        "'schedule': schedule '61 * * * *' is not a valid cron expression: Bad minute",
-        lambda: bad("bad cron"),
-    ),
-    Case(
-        "a package time zone that does not exist",
-        VALIDATION,
-        f"'timezone': {UNKNOWN_ZONE}",
-        lambda: bad("unknown time zone"),
-    ),
-    Case(
-        "a package email with an injected header",
-        VALIDATION,
-        "email 'a@bank.example\\nBcc: all@evil.example' is not a single valid address",
-        lambda: bad("header injection email"),
-    ),
-    Case(
-        "a positive class the model does not have",
-        VALIDATION,
-        "params.positive_class 'yes' is not one of the model's classes [0, 1]",
-        lambda: proba(params={"positive_class": "yes"}),
-    ),
-    Case(
-        "NaN in the reference scores",
-        VALIDATION,
-        "'reference_scores' has 1 NaN or infinite values",
-        lambda: proba(reference_scores=[0.2, np.nan]),
-    ),
-]
-
-
-def params(cases):
-    return [
-        pytest.param(case, channel, id=f"{channel}: {case.name}")
-        for case in cases
-        for channel in (UI, API)
-    ]
-
+ALL_CASES = [*CASES, *VALIDATION_CASES]
 
 # --- fixtures ------------------------------------------------------------------
 
@@ -607,10 +158,6 @@ def accepted(channel: str, response) -> tuple[int, str]:
     return (body["deployment"] if channel == UI else body["id"]), body["name"]
 
 
-def deploy_directly(user, data: bytes, name: str) -> PackageVersion:
-    return deployments.deploy(user, io.BytesIO(data), f"{name}.dill", len(data), name=name)
-
-
 def expected(case: Case, channel: str):
     return case.message[channel] if isinstance(case.message, dict) else case.message
 
@@ -643,7 +190,7 @@ def everything(user, bucket) -> dict:
 # --- the tests -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case, channel", params(c for c in CASES if c.stage == UPLOAD))
+@pytest.mark.parametrize("case, channel", params(c for c in ALL_CASES if c.stage == UPLOAD))
 def test_a_bad_upload_is_refused_with_its_message_and_changes_nothing(
     case, channel, owner, bucket, site, tmp_path
 ):
@@ -658,7 +205,7 @@ def test_a_bad_upload_is_refused_with_its_message_and_changes_nothing(
     assert list((tmp_path / "uploads").iterdir()) == []
 
 
-@pytest.mark.parametrize("case, channel", params(c for c in CASES if c.stage == SAFE))
+@pytest.mark.parametrize("case, channel", params(c for c in ALL_CASES if c.stage == SAFE))
 def test_a_path_or_a_foreign_script_in_a_name_is_stored_under_the_users_folder(
     case, channel, owner, bucket
 ):
@@ -672,7 +219,7 @@ def test_a_path_or_a_foreign_script_in_a_name_is_stored_under_the_users_folder(
     assert "/" not in version.filename and "\\" not in version.filename
 
 
-@pytest.mark.parametrize("case, channel", params(c for c in CASES if c.stage == VALIDATION))
+@pytest.mark.parametrize("case, channel", params(c for c in ALL_CASES if c.stage == VALIDATION))
 def test_a_bad_package_ends_invalid_with_its_message_and_is_never_scheduled(
     case, channel, owner, bucket, validated, validating_worker
 ):
@@ -737,7 +284,7 @@ def test_bad_settings_of_a_model_are_refused_on_its_page_and_in_the_api(
 
 OVER_A_VALID_VERSION = [
     c
-    for c in CASES
+    for c in ALL_CASES
     if c.name in ("a model without predict", "NaN scores", "an allocation without bound at predict")
 ]
 
