@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.management.base import CommandError
-from django.test import TransactionTestCase
+from django.test import Client, TransactionTestCase
 from rest_framework.test import APIClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from deploy import services  # noqa: E402
-from tests.factories import cast, features  # noqa: E402
+from scoring.models import Deployment  # noqa: E402
+from tests.factories import cast, features, packages  # noqa: E402
+from tests.factories.web import SECRET_NAME, upload  # noqa: E402
 from tests.faults import Broker, Gate, publishing_to, stop_group  # noqa: E402
 from tests.flows import WORKER_SANDBOX_TIMEOUT, database_url, start_worker, stop_worker  # noqa: E402
 
@@ -270,3 +272,41 @@ def pytest_sessionfinish(session, exitstatus):
             f"CI: {len(skipped)} tests were skipped; on CI nothing may be skipped.", red=True
         )
         session.exitstatus = 1
+
+
+# --- the web pages -------------------------------------------------------------
+
+
+@pytest.fixture
+def default_quotas(settings):
+    """The site's default quotas, whatever the environment sets (the web pages' tests)."""
+    settings.QUOTA_ACTIVE_MODELS = 10
+    settings.QUOTA_BYTES = 1024**3
+
+
+@pytest.fixture
+def alice(client, owner) -> Client:
+    client.force_login(owner)
+    return client
+
+
+@pytest.fixture
+def browser(owner) -> Client:
+    """Alice in a client that enforces CSRF and holds the token from the page, as a browser does."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    client.get("/")
+    return client
+
+
+@pytest.fixture
+def deployment(alice) -> Deployment:
+    """Alice's model, uploaded through the drop zone, still pending validation."""
+    response = upload(alice, name=SECRET_NAME, email="alice@bank.example", schedule="daily")
+    assert response.status_code == 201, response.content
+    return Deployment.objects.get(id=response.json()["deployment"])
+
+
+@pytest.fixture(scope="module")
+def catboost_bytes() -> bytes:
+    return packages.dumps(packages.catboost_package())
