@@ -166,7 +166,6 @@ class ScoringRun(models.Model):
         Status.FAILED: {Status.QUEUED},
         Status.SUCCEEDED: set(),
     }
-    UNFINISHED = (Status.QUEUED, Status.RUNNING, Status.RETRYING)
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="runs")
     version = models.ForeignKey(PackageVersion, on_delete=models.CASCADE, related_name="runs")
