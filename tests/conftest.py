@@ -25,7 +25,7 @@ from deploy import services  # noqa: E402
 from scoring.models import Deployment  # noqa: E402
 from tests.factories import cast, features, packages  # noqa: E402
 from tests.factories.web import SECRET_NAME, upload  # noqa: E402
-from tests.faults import Broker, Gate, publishing_to, stop_group  # noqa: E402
+from tests.faults import Broker, Gate, closed_port, publishing_to, stop_group  # noqa: E402
 from tests.flows import WORKER_SANDBOX_TIMEOUT, database_url, start_worker, stop_worker  # noqa: E402
 
 
@@ -310,3 +310,13 @@ def deployment(alice) -> Deployment:
 @pytest.fixture(scope="module")
 def catboost_bytes() -> bytes:
     return packages.dumps(packages.catboost_package())
+
+
+@pytest.fixture
+def smtp_down(settings):
+    """Django's SMTP backend pointed at a port nothing listens on, with a short timeout."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = closed_port()
+    settings.EMAIL_TIMEOUT = 2
+    return settings

@@ -6,6 +6,7 @@ import contextlib
 import email
 import os
 import signal
+import socket
 import socketserver
 import subprocess
 import threading
@@ -300,3 +301,10 @@ class MailServer:
         self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: a server that is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

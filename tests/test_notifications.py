@@ -5,7 +5,6 @@ never answers, through a real worker and a real batch: tests/test_faults_storage
 """
 
 import logging
-import socket
 import threading
 from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ from portal.celery import app
 from scoring.models import Deployment, Notification, PackageVersion, ScoringRun
 from scoring.reports import outbox
 from scoring.runs import lifecycle, notifications
-from tests.faults import publishing_to, released_together
+from tests.faults import closed_port, publishing_to, released_together
 
 pytestmark = pytest.mark.django_db
 
@@ -52,21 +51,6 @@ def running_run(user, attempts: int = 1, max_attempts: int = 3) -> ScoringRun:
         started_at=NOW - timedelta(minutes=5),
         heartbeat_at=NOW - timedelta(minutes=5),
     )
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def smtp_down(settings):
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST = "127.0.0.1"
-    settings.EMAIL_PORT = closed_port()
-    settings.EMAIL_TIMEOUT = 2
-    return settings
 
 
 # --- queued with the failure -------------------------------------------------------

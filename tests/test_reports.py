@@ -4,12 +4,10 @@ Runs are written to the database as the engine and the quality checks leave them
 """
 
 import io
-import socket
 from datetime import timedelta
 
 import pytest
 from django.core import mail
-from django.test import Client
 from PIL import Image
 
 from scoring.models import Batch, Report, ScoringRun
@@ -17,6 +15,7 @@ from scoring.reports import chart, content, outbox
 from scoring.reports import mail as report_mail
 from tests.factories.reports import NOW, deployment, quality, run
 from tests.factories.runs import histogram
+from tests.factories.web import logged_in
 
 pytestmark = pytest.mark.django_db
 
@@ -24,18 +23,6 @@ LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
 
 
 # --- helpers -------------------------------------------------------------------
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def logged_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -56,15 +43,6 @@ def alice_models(owner, batch) -> dict[str, ScoringRun]:
 @pytest.fixture
 def mallory_model(outsider, batch) -> ScoringRun:
     return run(batch, deployment(outsider, "fraud"), "ok")
-
-
-@pytest.fixture
-def smtp_down(settings):
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST = "127.0.0.1"
-    settings.EMAIL_PORT = closed_port()
-    settings.EMAIL_TIMEOUT = 2
-    return settings
 
 
 def report_of(user) -> Report:
