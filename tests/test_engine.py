@@ -12,7 +12,6 @@ import pandas as pd
 import polars as pl
 import pytest
 from django.db import close_old_connections
-from django.utils import timezone
 
 from scoring.engine import scores
 from scoring.models import Deployment, ScoringRun
@@ -21,6 +20,7 @@ from tests.factories import features, packages
 from tests.flows import (
     deploy,
     failure_emails,
+    make_due,
     notifications_sent,
     report_emails,
     start_worker,
@@ -39,12 +39,6 @@ def table_rows(deployment_id: int, day: date) -> pl.DataFrame:
 
 def slice_frame(feature_table, day: date) -> pd.DataFrame:
     return pd.read_parquet(feature_table / f"dt={day.isoformat()}" / "part-0.parquet")
-
-
-def make_due(*deployments_):
-    Deployment.objects.filter(id__in=[d.id for d in deployments_]).update(
-        next_run_at=timezone.now() - timedelta(seconds=1)
-    )
 
 
 def test_scores_equal_each_models_own_predictions(

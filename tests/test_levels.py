@@ -49,7 +49,12 @@ def test_thresholds_come_from_the_first_source_that_sets_them_else_the_site():
         "adversarial_warn": 0.7,  # not a number: the site's
         "adversarial_alert": 0.8,
     }
-    assert levels.thresholds() == levels.site_thresholds()
+    assert levels.thresholds() == {
+        "psi_warn": 0.2,
+        "psi_alert": 0.3,
+        "adversarial_warn": 0.7,
+        "adversarial_alert": 0.8,
+    }
 
 
 def test_a_baseline_reads_the_same_wherever_it_is_shown():
