@@ -10,6 +10,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from scoring.engine.pool import default_pool_size
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.getenv("DROPSCORE_STATE_DIR", BASE_DIR / ".dropscore"))
 
@@ -221,6 +223,12 @@ SANDBOX_TIMEOUT_SECONDS = env_int("SANDBOX_TIMEOUT_SECONDS", 120)
 SANDBOX_MEMORY_BYTES = env_int("SANDBOX_MEMORY_BYTES", 4 * 1024**3)
 SANDBOX_CPU_SECONDS = env_int("SANDBOX_CPU_SECONDS", 600)
 SMOKE_SAMPLE_ROWS = env_int("SMOKE_SAMPLE_ROWS", 200)
+# Live sandboxes per worker process at most, whatever the number of models: one sandbox
+# serves several models of one owner. By default one a core (fewer below a GiB a core).
+SANDBOX_POOL = env_int("SANDBOX_POOL", default_pool_size())
+# The worker keeps local copies of packages (by sha256) up to this size.
+PACKAGE_CACHE_DIR = env_str("PACKAGE_CACHE_DIR", "")
+PACKAGE_CACHE_BYTES = env_int("PACKAGE_CACHE_BYTES", 2 * 1024**3)
 
 # --- Scoring runs -----------------------------------------------------------
 CHUNK_ROWS = env_int("CHUNK_ROWS", 100_000)

@@ -90,9 +90,7 @@ def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
     clock = Stopwatch()
     with contextlib.ExitStack() as stack:
         pipeline = SlicePipeline(source, slice_date, stack, clock)
-        with clock("load"):
-            scorers = pipeline.start(ready)
-        scorers = pipeline.score(scorers)
+        scorers = pipeline.run(ready)
         with clock("commit"):
             committed = commit.commit(scorers, slice_date)
     with clock("quality"):

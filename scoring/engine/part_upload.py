@@ -15,7 +15,8 @@ PART_BYTES = 5 * 1024**2
 class PartUpload:
     """A file written to S3 while it grows: each PART_BYTES go up as one part of a
     multipart upload, in the background, so closing sends only the rest; the object
-    appears whole at `close()`, or never (`abort()`). Holds at most two parts in memory.
+    appears whole at `close()`, or never (`abort()`). Holds at most two parts in memory;
+    a file smaller than a part goes up whole at `close()`.
 
     (pyarrow's S3 stream keeps 10 MB before its first part: a file of a million scores,
     8 MB, would go up only when closed, every run's file of a batch at once.) Not an
@@ -25,9 +26,9 @@ class PartUpload:
     def __init__(self, key: str):
         self.closed = False
         self.bucket, self.key = key.split("/", 1)
-        self.upload_id = client().create_multipart_upload(Bucket=self.bucket, Key=self.key)[
-            "UploadId"
-        ]
+        # Begun with the first full part: a fleet's files are mostly smaller than one, and
+        # go up as one request (put_object) instead of three.
+        self.upload_id: str | None = None
         self.buffer = bytearray()
         self.sent: list[Future] = []
         self.position = 0
@@ -49,6 +50,10 @@ class PartUpload:
         return self.position
 
     def send_part(self) -> None:
+        if self.upload_id is None:
+            self.upload_id = client().create_multipart_upload(Bucket=self.bucket, Key=self.key)[
+                "UploadId"
+            ]
         if self.sent:
             self.sent[-1].result()  # one part in flight: raises if it failed
         body, self.buffer = bytes(self.buffer), bytearray()
@@ -66,7 +71,12 @@ class PartUpload:
     def close(self) -> None:
         if self.closed:
             return
-        if self.buffer or not self.sent:
+        if self.upload_id is None:  # all of it fits in one part
+            client().put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer))
+            self.buffer.clear()
+            self.closed = True
+            return
+        if self.buffer:
             self.send_part()
         parts = [
             {"PartNumber": number, "ETag": sent.result()["ETag"]}
@@ -84,10 +94,11 @@ class PartUpload:
         """Best effort: S3 drops the parts sent; a server that is down keeps them until the
         bucket's lifecycle rule (ensure_buckets) or its own clean-up aborts the upload."""
         wait(self.sent)
-        with contextlib.suppress(BotoCoreError, ClientError):
-            client().abort_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
-            )
+        if self.upload_id is not None:
+            with contextlib.suppress(BotoCoreError, ClientError):
+                client().abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
+                )
         self.buffer.clear()
         self.closed = True
 

@@ -84,9 +84,7 @@ def score_part(part_id: int, worker: str) -> None:
             part_index=part.index,
             row_groups=part.row_groups,
         )
-        with clock("load"):
-            scorers = pipeline.start(held)
-        scorers = pipeline.score(scorers)
+        scorers = pipeline.run(held)
         commit.reconnect_if_dropped()
         with clock("stage"):
             files = commit.keep_files(scorers, part.index, part.slice_date)

@@ -1,68 +1,95 @@
-"""Scoring one slice chunk by chunk: three things go on at once.
+"""Scoring a unit's rows chunk by chunk with the worker's bounded pool of sandboxes.
 
-A reading thread decodes the next chunk and writes it once as an Arrow file in shared
-memory; every model's sandbox maps the current chunk and scores it; writing threads
-stream the scores of the chunk before into each run's file of the scores table. A model
-that fails (its predict raises, bad output, a timeout) fails alone; the others go on.
+A unit is some runs (a shard of a batch) and some rows (a slice, or a part of it). Three
+things go on at once: a reading thread decodes the next chunk and writes it once as an
+Arrow file in shared memory; the pool's sandboxes take turns on the current chunk, each
+scoring its models (several of one owner) one after the other; writing threads stream the
+scores of the chunk before into each run's file of the scores table.
+
+When the unit's owners fit in the pool, each sandbox loads its models once and serves
+every chunk; otherwise the sandboxes take turns: each loads its models, scores the chunk
+and makes room for the next (scoring.engine.pool).
+
+A model that fails (it cannot load, its predict raises, bad output, a timeout, a crash
+of its sandbox) fails alone: the sandbox tells each model's outcome as it goes, so a
+crash is charged to the model it was working on; the others of its sandbox start again
+in a new one.
 """
 
 import contextlib
+import json
+import logging
 import queue
+import selectors
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import features, scores
+from scoring.engine import features, package_cache, pool, scores
 from scoring.engine.limits import sandbox_limits
 from scoring.engine.timing import Stopwatch
 from scoring.models import ScoringRun
-from scoring.packages import storage
 from scoring.quality import samples
 from scoring.runs import lifecycle
 from scoring.sandbox.client import Sandbox
 from scoring.sandbox.limits import SandboxError
 
+log = logging.getLogger(__name__)
 WRITING_THREADS = 4
+WATCH_SECONDS = 0.2  # how often busy sandboxes are checked for time and memory
 
 
 @dataclass(eq=False)
 class Scorer:
-    """One run being scored: its sandbox, its scores file being written, the rows sampled."""
+    """One run being scored: its scores file being written, the rows sampled."""
 
     run: ScoringRun
-    sandbox: Sandbox
-    workdir: Path
     writer: scores.RunWriter
-    sample: samples.RowSample = field(repr=False)  # shared by the scorers of a slice
+    sample: samples.RowSample = field(repr=False)  # shared by the scorers of a unit
+    package: Path | None = None  # the worker's local copy
     failed: bool = False
+
+    @property
+    def key(self) -> int:
+        return self.run.id
 
     @property
     def features(self) -> list[str]:
         return self.run.version.package["features"]
 
 
-@dataclass
-class Handoff:
-    """A chunk in shared memory, sent to the sandboxes; then its scores on their way to S3."""
+@dataclass(eq=False)
+class Job:
+    """What a sandbox was asked for one chunk, and the replies still to come, in order:
+    ("hello",), ("load", scorer) for a new sandbox, then ("score", [scorers])."""
 
-    chunk: pa.RecordBatch
-    index: int
-    path: Path
-    sent: list[Scorer]
-    scored_at: datetime
-    written: dict[Scorer, Future] = field(default_factory=dict)
-    sampled: Future | None = None
+    output: Path
+    expected: deque
+    deadline: float
+    scored: list = field(default_factory=list)  # scorers whose scores are in the output
 
-    def scores_path(self, scorer: Scorer) -> Path:
-        return self.path.with_name(f"scores-{scorer.run.id}-{self.index}.arrow")
+
+class Group:
+    """A sandbox of the pool and the runs of one owner it serves."""
+
+    def __init__(self, scorers: list[Scorer]):
+        self.scorers = scorers
+        self.sandbox: Sandbox | None = None
+        self.workdir: Path | None = None
+        self.job: Job | None = None
+
+    def alive(self) -> list[Scorer]:
+        return [s for s in self.scorers if not s.failed]
 
 
 class SlicePipeline:
@@ -87,47 +114,44 @@ class SlicePipeline:
         self.clock = clock
         self.part_index = part_index
         self.row_groups = row_groups
+        self.limits = sandbox_limits()
+        self.pool = settings.SANDBOX_POOL
+        self.busy_limit = pool.busy_limit(self.pool)
+        self.live = self.peak = 0  # sandboxes alive now, and at most
 
     def fail(self, run: ScoringRun, error: str) -> None:
         lifecycle.fail(run, error, self.slice_date)
 
-    def start(self, ready: list[ScoringRun]) -> list[Scorer]:
-        """Download each package and load it in a sandbox that serves the whole slice.
-
-        The sandboxes load at the same time: most of a load is importing the model's
-        libraries, which is CPU work the cores share.
-        """
-        loading = []
+    def run(self, ready: list[ScoringRun]) -> list[Scorer]:
+        """Score the rows with every run that can; the scorers that succeeded."""
         sample = samples.RowSample(settings.QUALITY_SAMPLE_ROWS)
-        for run in ready:
-            workdir = Path(
-                self.stack.enter_context(
-                    tempfile.TemporaryDirectory(prefix=f"dropscore-run-{run.id}-")
-                )
-            )
-            try:
-                with open(workdir / "package.dill", "wb") as file:
-                    storage.download(run.version.file.name, run.version.sha256, file)
-                sandbox = self.stack.enter_context(Sandbox(workdir, sandbox_limits()))
-                sandbox.send({"cmd": "load", "path": str(workdir / "package.dill")}, "loading")
-            except (SandboxError, storage.StorageError) as exc:
-                self.fail(run, str(exc))
-                continue
-            writer = scores.RunWriter(run, self.part_index)
-            loading.append(Scorer(run, sandbox, workdir, writer, sample))
-        scorers = []
-        for scorer in loading:
-            try:
-                scorer.sandbox.receive("loading")
-                scorers.append(scorer)
-            except SandboxError as exc:
-                self.fail(scorer.run, str(exc))
-        return scorers
+        scorers = [Scorer(run, scores.RunWriter(run, self.part_index), sample) for run in ready]
+        with self.clock("fetch"):
+            copies = package_cache.local_copies(run.version for run in ready)
+        for scorer in scorers:
+            copy = copies[scorer.run.version_id]
+            if isinstance(copy, Exception):
+                self.drop(scorer, str(copy))
+            else:
+                scorer.package = copy
+        alive = [s for s in scorers if not s.failed]
+        waves = pool.waves(alive, self.pool, owner=lambda s: s.run.deployment.owner_id)
+        groups = [Group(scorers) for wave in waves for scorers in wave]
+        if groups:
+            self.score(groups, resident=len(waves) == 1)
+        for scorer in scorers:
+            if scorer.failed:  # its file never reaches the log
+                scorer.writer.abort()
+        log.info(
+            "%d runs in %d sandbox groups, at most %d sandboxes alive (pool %d)",
+            len(scorers),
+            len(groups),
+            self.peak,
+            self.pool,
+        )
+        return [s for s in scorers if not s.failed]
 
-    def score(self, scorers: list[Scorer]) -> list[Scorer]:
-        """Score the slice chunk by chunk; the scorers still alive."""
-        if not scorers:
-            return []
+    def score(self, groups: list[Group], resident: bool) -> None:
         chunk_dir = Path(
             self.stack.enter_context(
                 tempfile.TemporaryDirectory(
@@ -135,6 +159,8 @@ class SlicePipeline:
                 )
             )
         )
+        self.stack.callback(self.close_all, groups)
+        scorers = [s for group in groups for s in group.scorers]
         columns = [self.source.id_column, *union(s.features for s in scorers)]
         chunk_rows = min(
             s.run.version.package["params"].get("chunk_rows", settings.CHUNK_ROWS) for s in scorers
@@ -153,107 +179,209 @@ class SlicePipeline:
             with ThreadPoolExecutor(
                 max_workers=WRITING_THREADS, thread_name_prefix="scores"
             ) as writes:
-                self.flow(chunks, scorers, writes)
+                writing = None
+                for index, (chunk, path) in enumerate(self.clock.each("read", chunks)):
+                    if not any(group.alive() for group in groups):
+                        break
+                    scored_at = timezone.now()
+                    with self.clock("predict"):
+                        results = self.score_chunk(groups, path, index, resident)
+                    path.unlink()
+                    if writing is not None:
+                        self.settle(writing)
+                    writing = self.write(chunk, results, scored_at, writes)
+                if writing is not None:
+                    self.settle(writing)
         except (features.FeatureSourceError, OSError) as exc:
             for scorer in scorers:
                 if not scorer.failed:
-                    scorer.failed = True
-                    self.fail(scorer.run, f"reading slice {self.slice_date} failed: {exc}")
+                    self.drop(scorer, f"reading slice {self.slice_date} failed: {exc}")
         finally:
             chunks.close()
-        for scorer in scorers:
-            if scorer.failed:  # its file never reaches the log
-                scorer.writer.abort()
-        return [s for s in scorers if not s.failed]
 
-    def flow(self, chunks, scorers: list[Scorer], writes: Executor) -> None:
-        """Two chunks in flight: the sandboxes score chunk i while the worker takes in the
-        scores of chunk i-1 and the writing threads write them. A chunk's writes start only
-        once the chunk before is written, so each run's file gets its chunks in order."""
-        in_flight = writing = None
-        for index, (chunk, path) in enumerate(self.clock.each("read", chunks)):
-            alive = [s for s in scorers if not s.failed]
-            if not alive:
-                return
-            handed = self.hand_off(chunk, index, path, alive)
-            if in_flight is not None:
-                writing = self.take_in(in_flight, writing, writes)
-            in_flight = handed
-        if in_flight is not None:
-            writing = self.take_in(in_flight, writing, writes)
-        if writing is not None:
-            self.settle(writing)
-
-    def take_in(self, handoff: Handoff, writing: Handoff | None, writes: Executor) -> Handoff:
-        """Collect a chunk's scores and start writing them once the chunk before is written;
-        returns the chunk now being written."""
-        results = self.collect(handoff)
-        if writing is not None:
-            self.settle(writing)
-        self.write(handoff, results, writes)
-        return handoff
-
-    def hand_off(self, chunk: pa.RecordBatch, index: int, path: Path, scorers: list[Scorer]):
-        """Every sandbox maps the chunk's file and scores it: all at once."""
-        handoff = Handoff(chunk, index, path, [], timezone.now())
-        for scorer in scorers:
-            try:
-                scorer.sandbox.send_score(path, handoff.scores_path(scorer))
-                handoff.sent.append(scorer)
-            except SandboxError as exc:
-                self.drop(scorer, exc, index)
-        return handoff
-
-    def collect(self, handoff: Handoff) -> dict:
-        """Each sandbox's scores of a chunk: {scorer: scores}."""
-        results = {}
-        for scorer in handoff.sent:
-            if scorer.failed:  # failed on the chunk before: this one was sent, never scored
-                continue
-            output = handoff.scores_path(scorer)
-            try:
-                with self.clock("predict"):
-                    scorer.sandbox.receive("scoring")
-                with pa.memory_map(str(output)) as source:
-                    table = pa.ipc.open_file(source).read_all()
-                results[scorer] = table.column("score").combine_chunks()
-            except SandboxError as exc:
-                self.drop(scorer, exc, handoff.index)
-            finally:
-                output.unlink(missing_ok=True)
-        handoff.path.unlink()
+    def score_chunk(self, groups: list[Group], path: Path, index: int, resident: bool) -> dict:
+        """Every group's models score the chunk, at most `busy_limit` sandboxes at once;
+        returns {scorer: scores}."""
+        pending = deque(group for group in groups if group.alive())
+        busy: dict[int, Group] = {}
+        results: dict[Scorer, pa.Array] = {}
+        with selectors.DefaultSelector() as selector:
+            while pending or busy:
+                while pending and len(busy) < self.busy_limit:
+                    group = pending.popleft()
+                    if self.dispatch(group, path, index):
+                        fd = group.sandbox.fileno()
+                        selector.register(fd, selectors.EVENT_READ, group)
+                        busy[fd] = group
+                for key, _ in selector.select(timeout=WATCH_SECONDS):
+                    group = key.data
+                    try:
+                        done = self.take_replies(group, results)
+                    except SandboxError as exc:
+                        done = True
+                        self.lost(group, exc, index, pending)
+                    if done:
+                        selector.unregister(key.fd)
+                        del busy[key.fd]
+                        if not resident:
+                            self.close(group)
+                for fd, group in list(busy.items()):
+                    try:
+                        group.sandbox.watch(self.stage(group), group.job.deadline)
+                    except SandboxError as exc:
+                        selector.unregister(fd)
+                        del busy[fd]
+                        self.lost(group, exc, index, pending)
         return results
 
-    def write(self, handoff: Handoff, results: dict, writes: Executor) -> None:
+    def dispatch(self, group: Group, path: Path, index: int) -> bool:
+        """Send the group's sandbox the chunk (starting it, and loading its models, first if
+        it has none); False when no model of the group is left to score it."""
+        expected = deque()
+        try:
+            if group.sandbox is None:
+                self.start(group)
+                expected.append(("hello",))
+                for scorer in group.alive():
+                    group.sandbox.send_load(scorer.key, scorer.package)
+                    expected.append(("load", scorer))
+            alive = group.alive()
+            output = path.with_name(f"scores-{id(group)}-{index}.arrow")
+            group.sandbox.send_score(path, output, [s.key for s in alive])
+            expected.append(("score", alive))
+        except SandboxError as exc:
+            for scorer in group.alive():
+                self.drop(scorer, f"{exc} (chunk {index + 1} of slice {self.slice_date})")
+            self.close(group)
+            return False
+        group.job = Job(output, expected, time.monotonic() + self.limits.timeout_seconds)
+        return True
+
+    def start(self, group: Group) -> None:
+        if group.workdir is None:  # named after the first of its runs, for whoever looks
+            prefix = f"dropscore-run-{group.scorers[0].key}-"
+            group.workdir = Path(
+                self.stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+            )
+        # The CPU limit is the sandbox's, and a sandbox serves several models.
+        limits = self.limits.scaled(len(group.alive()))
+        group.sandbox = Sandbox(group.workdir, limits)
+        group.sandbox.start()
+        self.live += 1
+        self.peak = max(self.peak, self.live)
+
+    def close(self, group: Group) -> None:
+        if group.sandbox is not None:
+            group.sandbox.close()
+            group.sandbox = None
+            self.live -= 1
+        group.job = None
+
+    def close_all(self, groups: list[Group]) -> None:
+        for group in groups:
+            self.close(group)
+
+    def take_replies(self, group: Group, results: dict) -> bool:
+        """Read what the sandbox said; True once it has answered the whole job."""
+        job = group.job
+        for line in group.sandbox.take_lines():
+            reply = json.loads(line)
+            job.deadline = time.monotonic() + self.limits.timeout_seconds
+            kind = job.expected[0]
+            if kind[0] == "hello":
+                job.expected.popleft()
+            elif kind[0] == "load":
+                job.expected.popleft()
+                if not reply["ok"]:
+                    self.drop(kind[1], reply["error"])
+            elif reply.get("progress"):
+                scorer = next(s for s in kind[1] if s.key == reply["key"])
+                if reply["ok"]:
+                    job.scored.append(scorer)
+                elif not scorer.failed:
+                    self.drop(scorer, f"{reply['error']} (chunk of slice {self.slice_date})")
+            else:
+                job.expected.popleft()
+                if not reply["ok"]:
+                    raise SandboxError(reply["error"])
+                self.collect(job, results)
+                return True
+        return False
+
+    def collect(self, job: Job, results: dict) -> None:
+        """The scores of the job's models, one record batch each, in the order they scored."""
+        try:
+            with pa.memory_map(str(job.output)) as source:
+                reader = pa.ipc.open_file(source)
+                for position, scorer in enumerate(job.scored):
+                    if not scorer.failed:
+                        results[scorer] = reader.get_batch(position).column(0)
+        finally:
+            job.output.unlink(missing_ok=True)
+
+    def lost(self, group: Group, error: SandboxError, index: int, pending: deque) -> None:
+        """The sandbox died, timed out or went over its memory: the model it was working on
+        fails; the others of the group score the chunk again in a new sandbox."""
+        culprits = self.culprits(group)
+        for scorer in culprits:
+            if not scorer.failed:
+                self.drop(scorer, f"{error} (chunk {index + 1} of slice {self.slice_date})")
+        if group.job is not None:
+            group.job.output.unlink(missing_ok=True)
+        self.close(group)
+        if group.alive():
+            pending.append(group)
+
+    @staticmethod
+    def culprits(group: Group) -> list[Scorer]:
+        """Whom a lost sandbox is charged to: the first model it had not answered for, or
+        all of its models when it never started or died with every model answered."""
+        job = group.job
+        kind = job.expected[0] if job and job.expected else ("hello",)
+        if kind[0] == "load":
+            return [kind[1]]
+        if kind[0] == "score":
+            answered = set(job.scored)
+            waiting = [s for s in kind[1] if s not in answered and not s.failed]
+            if waiting:
+                return waiting[:1]
+        return group.alive()
+
+    def stage(self, group: Group) -> str:
+        kind = group.job.expected[0][0] if group.job and group.job.expected else "score"
+        return {"hello": "starting", "load": "loading"}.get(kind, "scoring")
+
+    def write(self, chunk: pa.RecordBatch, results: dict, scored_at, writes: Executor):
         """Hand the chunk's scores to the writing threads: each run's to its file, side by
         side (Parquet encoding and S3 uploads release the GIL), and the rows to the sample."""
-        entity_ids = handoff.chunk.column(0)
-        handoff.written = {
-            scorer: writes.submit(scorer.writer.write, entity_ids, values, handoff.scored_at)
+        entity_ids = chunk.column(0)
+        written = {
+            scorer: writes.submit(scorer.writer.write, entity_ids, values, scored_at)
             for scorer, values in results.items()
+            if not scorer.failed
         }
-        if results:
-            sample = next(iter(results)).sample
-            scored = {scorer.run.id: values for scorer, values in results.items()}
-            handoff.sampled = writes.submit(sample.offer, handoff.chunk, scored)
+        sampled = None
+        if written:
+            sample = next(iter(written)).sample
+            scored = {scorer.run.id: results[scorer] for scorer in written}
+            sampled = writes.submit(sample.offer, chunk, scored)
+        return written, sampled
 
-    def settle(self, handoff: Handoff) -> None:
+    def settle(self, writing: tuple[dict[Scorer, Future], Future | None]) -> None:
         """Wait until a chunk is written; a run whose write failed (S3 refused) fails alone."""
+        written, sampled = writing
         with self.clock("write"):
-            wait([*handoff.written.values(), *([handoff.sampled] if handoff.sampled else [])])
-        for scorer, written in handoff.written.items():
-            if written.exception() is not None and not scorer.failed:
-                scorer.failed = True
-                self.fail(scorer.run, f"writing the scores failed: {written.exception()}")
-                scorer.sandbox.kill()
-        if handoff.sampled is not None and handoff.sampled.exception() is not None:
-            raise handoff.sampled.exception()
+            wait([*written.values(), *([sampled] if sampled else [])])
+        for scorer, future in written.items():
+            if future.exception() is not None and not scorer.failed:
+                self.drop(scorer, f"writing the scores failed: {future.exception()}")
+        if sampled is not None and sampled.exception() is not None:
+            raise sampled.exception()
 
-    def drop(self, scorer: Scorer, error: SandboxError, index: int) -> None:
-        """A model failed on a chunk: its run fails alone, its sandbox goes (its file at the end)."""
+    def drop(self, scorer: Scorer, error: str) -> None:
+        """A model failed: its run fails alone; its sandbox stops asking it."""
         scorer.failed = True
-        self.fail(scorer.run, f"{error} (chunk {index + 1} of slice {self.slice_date})")
-        scorer.sandbox.kill()
+        self.fail(scorer.run, error)
 
 
 def read_ahead(batches: Iterator[pa.RecordBatch], prepare, depth: int = 1) -> Iterator:

@@ -1,5 +1,6 @@
-"""The sandbox process's side: set its limits, confine itself, then load one package and
-score the chunks the parent sends, replying on its pipe.
+"""The sandbox process's side: set its limits, confine itself, then load packages (one, or
+several of one owner, each under its own key) and score the chunks the parent sends,
+replying on its pipe.
 
 It runs forked from the zygote (scoring.sandbox.zygote), which imported this module and
 the libraries it needs before any package was read.
@@ -28,7 +29,7 @@ def serve(
 ) -> None:
     """The sandbox process: confine itself, then serve requests."""
     protections = apply_limits(limits, workdir, parent_variables)
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"limits": limits}
     while True:
         message, fds, _, _ = socket.recv_fds(requests, MAX_REQUEST_BYTES, len(FILE_KEYS))
         if not message:  # the parent closed its end
@@ -36,7 +37,7 @@ def serve(
         request = json.loads(message)
         files = dict(zip([key for key in FILE_KEYS if key in request], fds, strict=True))
         try:
-            reply = handle(request, files, state)
+            reply = handle(request, files, state, replies)
             reply["ok"] = True
         except BaseException as exc:  # the package may raise anything, even SystemExit
             reply = {"ok": False, "error": describe_error(exc, request["cmd"], limits)}
@@ -45,7 +46,7 @@ def serve(
                 os.close(fd)
         if request["cmd"] == "hello":
             reply["protections"] = protections
-        replies.write(json.dumps(reply, default=str) + "\n")
+        tell(replies, reply)
 
 
 def apply_limits(limits: Limits, workdir: Path, parent_variables: list[str]) -> dict[str, dict]:
@@ -78,7 +79,7 @@ def probe() -> None:
     print(json.dumps(apply_limits(Limits(**given["limits"]), Path.cwd(), given["variables"])))
 
 
-def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]) -> dict:
+def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any], replies) -> dict:
     command = request["cmd"]
     if command == "hello":
         return {}
@@ -88,22 +89,26 @@ def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]
         with os.fdopen(files.pop("path"), "rb") as file:
             obj = dill.load(file)
         package = contract.parse_package(obj)
-        state.update(model=obj["model"], package=package)
+        state.setdefault("models", {})[request.get("key", 0)] = (obj["model"], package)
         if package.reference_scores_count and "reference" in files:
             with os.fdopen(files.pop("reference"), "wb") as sink:
                 write_scores(obj["reference_scores"], sink)
         return {"package": package.to_json()}
     if command == "score":
-        return {"rows": score_file(state, files.pop("input"), files.pop("output"))}
+        keys = request.get("keys", [0])
+        return score_file(state, files.pop("input"), files.pop("output"), keys, replies)
     raise ValueError(f"unknown request {command!r}")
 
 
-def score_file(state: dict[str, Any], input_fd: int, output_fd: int) -> int:
+def score_file(state: dict[str, Any], input_fd: int, output_fd: int, keys: list, replies) -> dict:
+    """Score a chunk with each of the models `keys` names, in turn, into one Arrow file: one
+    record batch of scores per model that scored. Each model's outcome is told at once (a
+    progress line), so the parent knows which model a crash or a timeout belongs to, and
+    a model that raises fails alone."""
     import mmap
 
     import pyarrow as pa
 
-    package = state["package"]
     with os.fdopen(output_fd, "wb") as sink:
         # Mapped, not read: the columns stay in the page cache the worker wrote them to.
         # The mapping lives as long as the frame's buffers do.
@@ -112,26 +117,54 @@ def score_file(state: dict[str, Any], input_fd: int, output_fd: int) -> int:
         finally:
             os.close(input_fd)
         table = pa.ipc.open_file(pa.py_buffer(mapped)).read_all()
-        # Arrow dictionaries become pandas categories: CatBoost scores them ~2x faster than
-        # strings. split_blocks: each column stays its own block, mostly straight from the
-        # mapped file, instead of being copied into one 2-D block (10-15% of a CatBoost
-        # model's CPU per chunk).
-        frame = table.select(package.features).to_pandas(split_blocks=True)
-        scores = contract.score(
-            state["model"], package.method, frame, package.params.get("positive_class")
-        )
-        contract.check_scores(scores, len(frame), package.method)
-        write_scores(scores, sink)
-    return len(frame)
+        schema = pa.schema([("score", pa.float64())])
+        scored = []
+        with pa.ipc.new_file(sink, schema) as writer:
+            for key in keys:
+                if key not in state.get("models", {}):  # its load failed, or it failed before
+                    tell(
+                        replies, {"ok": False, "key": key, "progress": True, "error": "not loaded"}
+                    )
+                    continue
+                model, package = state["models"][key]
+                try:
+                    # Arrow dictionaries become pandas categories: CatBoost scores them ~2x
+                    # faster than strings. split_blocks: each column stays its own block,
+                    # mostly straight from the mapped file, instead of being copied into one
+                    # 2-D block (10-15% of a CatBoost model's CPU per chunk).
+                    frame = table.select(package.features).to_pandas(split_blocks=True)
+                    scores = contract.score(
+                        model, package.method, frame, package.params.get("positive_class")
+                    )
+                    contract.check_scores(scores, table.num_rows, package.method)
+                except BaseException as exc:  # the package may raise anything: it fails alone
+                    del state["models"][key]  # it never scores again in this sandbox
+                    error = describe_error(exc, "score", state["limits"])
+                    tell(replies, {"ok": False, "key": key, "progress": True, "error": error})
+                    continue
+                writer.write_batch(score_batch(scores))
+                scored.append(key)
+                tell(replies, {"ok": True, "key": key, "progress": True})
+    return {"rows": table.num_rows, "scored": scored}
 
 
-def write_scores(scores, sink: BinaryIO) -> None:
+def score_batch(scores):
     import numpy as np
     import pyarrow as pa
 
-    result = pa.table({"score": pa.array(np.asarray(scores, dtype=np.float64))})
+    return pa.record_batch([pa.array(np.asarray(scores, dtype=np.float64))], names=["score"])
+
+
+def tell(replies: TextIO, reply: dict) -> None:
+    replies.write(json.dumps(reply, default=str) + "\n")
+
+
+def write_scores(scores, sink: BinaryIO) -> None:
+    import pyarrow as pa
+
+    result = score_batch(scores)
     with pa.ipc.new_file(sink, result.schema) as writer:
-        writer.write_table(result)
+        writer.write_batch(result)
 
 
 def describe_error(exc: BaseException, command: str, limits: Limits) -> str:

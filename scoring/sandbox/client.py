@@ -97,9 +97,19 @@ class Sandbox:
         message = {"cmd": "load", "path": str(package_path), "reference": reference}
         return self.request(message, "loading")["package"]
 
+    def send_load(self, key: int, package_path: Path) -> None:
+        """Ask for one more package to be loaded, under `key`: a sandbox may serve several
+        packages (of one owner). The reply comes with `receive`."""
+        self.send({"cmd": "load", "key": key, "path": str(package_path)}, "loading")
+
     def score(self, input_path: Path, output_path: Path) -> int:
-        """Score an Arrow IPC file of features; the scores are written to output_path."""
+        """Score an Arrow IPC file of features with the one package loaded; the scores are
+        written to output_path."""
         self.send_score(input_path, output_path)
+        progress = self.receive("scoring")
+        if not progress["ok"]:
+            self.receive("scoring")
+            raise SandboxError(progress["error"])
         return self.receive("scoring")["rows"]
 
     def request(self, message: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -135,42 +145,71 @@ class Sandbox:
             raise SandboxError(reply["error"])
         return reply
 
-    def send_score(self, input_path: Path, output_path: Path) -> None:
-        self.send({"cmd": "score", "input": str(input_path), "output": str(output_path)}, "scoring")
+    def send_score(self, input_path: Path, output_path: Path, keys: list[int] = (0,)) -> None:
+        """Ask the packages `keys` names to score a chunk, in turn, into one file. The sandbox
+        tells each package's outcome as it goes ({"key", "progress": True, "ok"[, "error"]}),
+        then replies {"rows", "scored": the keys whose scores are in the file, in order}."""
+        message = {
+            "cmd": "score",
+            "input": str(input_path),
+            "output": str(output_path),
+            "keys": list(keys),
+        }
+        self.send(message, "scoring")
+
+    def fileno(self) -> int:
+        """The pipe the replies come on, for a selector watching many sandboxes."""
+        return self.replies
+
+    def take_lines(self) -> list[bytes]:
+        """The whole reply lines read so far, after a selector said the pipe is readable.
+
+        Raises SandboxError if the sandbox is gone."""
+        data = os.read(self.replies, 1 << 16)
+        if not data:
+            self.process.wait(timeout=5)
+            raise SandboxError(self.died_message("scoring"))
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        return lines
+
+    def watch(self, stage: str, deadline: float) -> None:
+        """Raise SandboxError, the sandbox stopped, past the deadline or over its memory."""
+        if time.monotonic() > deadline:
+            self.kill()
+            raise SandboxError(
+                f"timed out after {self.limits.timeout_seconds:g} s while {stage}; the sandbox was stopped"
+            )
+        rss = self.resident_bytes()
+        if rss > self.limits.memory_bytes:
+            self.kill()
+            raise SandboxError(
+                f"used {rss / 1024**2:.0f} MB of memory while {stage}, over the limit of "
+                f"{self.limits.memory_bytes / 1024**2:.0f} MB; the sandbox was stopped"
+            )
 
     def wait_for_reply(self, stage: str) -> bytes:
         """The next reply line. Replies are read with os.read into our own buffer: a
-        buffered file could hold a second reply that select() would never announce."""
+        buffered file could hold a second reply that poll() would never announce. poll,
+        not select: select cannot watch a descriptor numbered above 1024."""
         deadline = time.monotonic() + self.limits.timeout_seconds
-        next_memory_check = 0.0
+        next_memory_check = time.monotonic() + MEMORY_CHECK_SECONDS
+        poller = select.poll()
+        poller.register(self.replies, select.POLLIN)
         while True:
             line, newline, rest = self.pending.partition(b"\n")
             if newline:
                 self.pending = rest
                 return line
-            ready, _, _ = select.select([self.replies], [], [], POLL_SECONDS)
-            if ready:
+            if poller.poll(POLL_SECONDS * 1000):
                 data = os.read(self.replies, 1 << 16)
                 if not data:
                     self.process.wait(timeout=5)
                     raise SandboxError(self.died_message(stage))
                 self.pending += data
                 continue
-            if time.monotonic() > deadline:
-                self.kill()
-                raise SandboxError(
-                    f"timed out after {self.limits.timeout_seconds:g} s while {stage}; the sandbox was stopped"
-                )
-            if time.monotonic() < next_memory_check:
-                continue
-            next_memory_check = time.monotonic() + MEMORY_CHECK_SECONDS
-            rss = self.resident_bytes()
-            if rss > self.limits.memory_bytes:
-                self.kill()
-                raise SandboxError(
-                    f"used {rss / 1024**2:.0f} MB of memory while {stage}, over the limit of "
-                    f"{self.limits.memory_bytes / 1024**2:.0f} MB; the sandbox was stopped"
-                )
+            if time.monotonic() > deadline or time.monotonic() > next_memory_check:
+                next_memory_check = time.monotonic() + MEMORY_CHECK_SECONDS
+                self.watch(stage, deadline)
 
     def resident_bytes(self) -> int:
         """Memory the package holds: unique pages, not those it shares with the zygote."""

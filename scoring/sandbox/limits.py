@@ -5,7 +5,7 @@ Shared by the parent side (scoring.sandbox.client) and the child side
 """
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # A package's reference_scores, which the sandbox writes at load into this file of its
 # working folder, opened for it by the parent (Sandbox.load).
@@ -33,3 +33,7 @@ class Limits:
     file_bytes: int = 1024**3
     # Processes and threads together: numpy, Arrow and CatBoost each start one thread a core.
     processes: int = field(default_factory=lambda: 64 + 4 * (os.cpu_count() or 1))
+
+    def scaled(self, models: int) -> "Limits":
+        """The limits of a sandbox serving several models: CPU time is for the whole process."""
+        return replace(self, cpu_seconds=self.cpu_seconds * max(1, models))

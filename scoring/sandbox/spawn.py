@@ -33,13 +33,13 @@ class Child:
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        if self.returncode is None and select.select([self.status_fd], [], [], 0)[0]:
+        if self.returncode is None and readable(self.status_fd, 0):
             self._read_status()
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            if not select.select([self.status_fd], [], [], timeout)[0]:
+            if not readable(self.status_fd, timeout):
                 raise subprocess.TimeoutExpired("sandbox", timeout)
             self._read_status()
         return self.returncode
@@ -49,6 +49,14 @@ class Child:
         os.close(self.status_fd)
         # No status: the zygote itself died, and killed its children as it went.
         self.returncode = int(status) if status else -signal.SIGKILL
+
+
+def readable(fd: int, timeout: float | None) -> bool:
+    """poll, not select: a worker serving many sandboxes holds descriptors above 1024,
+    which select cannot watch."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 class Zygote:
