@@ -235,6 +235,9 @@ CHUNK_ROWS = env_int("CHUNK_ROWS", 100_000)
 # A Parquet slice larger than this is split into parts of about this many rows,
 # scored by as many workers as are free (0: never split).
 PART_ROWS = env_int("PART_ROWS", 2_000_000)
+# A batch of more models than this is planned as shards of models that share columns,
+# each a unit (or a unit per row part) that any free worker takes.
+SHARD_MODELS = env_int("SHARD_MODELS", 250)
 # A running run's worker writes a heartbeat; tick takes back a run whose heartbeat is older.
 HEARTBEAT_SECONDS = env_int("HEARTBEAT_SECONDS", 20)
 RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 180)

@@ -105,23 +105,29 @@ class Batch(models.Model):
 
 
 class BatchPart(models.Model):
-    """A range of a large slice's row groups, scored by whichever worker takes it.
+    """A unit of a batch's plan: a shard of its runs × a range of a slice's row groups (or
+    the whole slice), scored by whichever worker takes it.
 
-    The parts of one (batch, date) are joined in the database: the worker that
-    finishes the last part commits every run of that slice.
+    The units of one shard are joined in the database: the worker that finishes the last
+    of them commits the shard's runs in one transaction; the last shard to commit closes
+    the batch.
     """
 
     class Status(models.TextChoices):
         QUEUED = "queued"
         RUNNING = "running"
-        DONE = "done"  # its files are written, waiting for the other parts
-        COMMITTED = "committed"  # part 0 only: its worker won the commit of the slice
+        DONE = "done"  # its files are written, waiting for the other units of its shard
+        COMMITTED = "committed"  # unit 0 of a shard only: its worker won the shard's commit
 
     batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="parts")
     date = models.DateField()
     slice_date = models.DateField()
-    index = models.PositiveIntegerField()
-    row_groups = models.JSONField(help_text="[[path, [row group, ...]], ...]")
+    shard = models.PositiveIntegerField(default=0)
+    index = models.PositiveIntegerField(help_text="Which rows: the index of the row part.")
+    run_ids = models.JSONField(default=list, blank=True, help_text="The runs of its shard.")
+    row_groups = models.JSONField(
+        null=True, blank=True, help_text="[[path, [row group, ...]], ...], or null: every row"
+    )
     status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
     worker = models.CharField(max_length=200, blank=True)
     files = models.JSONField(
@@ -131,11 +137,11 @@ class BatchPart(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["batch", "date", "index"], name="unique_part")
+            models.UniqueConstraint(fields=["batch", "date", "shard", "index"], name="unique_unit")
         ]
 
     def __str__(self) -> str:
-        return f"part {self.index} of {self.batch} for {self.date}"
+        return f"unit {self.shard}.{self.index} of {self.batch} for {self.date}"
 
 
 class ScoringRun(models.Model):

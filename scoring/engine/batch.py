@@ -1,12 +1,14 @@
 """A batch: the runs due at one moment. Per date, they read the latest slice once, only
-the union of their models' columns; each model scores each chunk in its own sandbox; the
-runs of a slice commit their partitions of the scores table in one transaction; then
-their quality is checked and each owner gets one report. A large slice is split into
-parts that several workers score (scoring.engine.parts).
+the union of their models' columns; each model scores each chunk in the worker's pool of
+sandboxes; the runs of a slice commit their partitions of the scores table in one
+transaction; then their quality is checked and each owner gets one report. A fleet of
+models, or a large slice, is planned as units (a shard of the runs × a part of the rows)
+that every free worker takes (scoring.engine.parts).
 
 A model fails alone (missing columns, a crash in predict, bad output, a timeout): the
-other runs of the batch still commit. Anything else that goes wrong leaves the runs
-running without a heartbeat: tick takes them back and they are retried.
+other runs of the batch still commit. An error the engine did not expect fails the runs
+it holds, which are retried; a worker that dies leaves its runs running without a
+heartbeat: tick takes them back and they are retried.
 """
 
 import contextlib
@@ -14,9 +16,10 @@ import logging
 from collections import defaultdict
 from datetime import date
 
+from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import commit, features, parts, scores
+from scoring.engine import commit, features, parts, plan, scores
 from scoring.engine.lease import Heartbeat
 from scoring.engine.pipeline import SlicePipeline
 from scoring.engine.timing import Stopwatch
@@ -28,11 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def run_batch(batch_id: int) -> None:
-    batch = Batch.objects.get(id=batch_id)
-    queued = ScoringRun.objects.filter(batch=batch, status=ScoringRun.Status.QUEUED).select_related(
-        "deployment", "version"
-    )
-    claimed = [run for run in queued if lifecycle.claim(run, batch_id)]
+    claimed = lifecycle.claim_batch(batch_id)
     if not claimed:
         return  # a redelivered message, or another worker has them
     started = timezone.now()
@@ -42,10 +41,12 @@ def run_batch(batch_id: int) -> None:
         by_date[run.date].append(run)
     with Heartbeat(claimed):
         for day, group in sorted(by_date.items()):
-            score_date(day, group)
-    if batch.parts.exists():
-        return  # split over workers: the part that finishes last commits and closes the batch
-    commit.finish_batch(batch_id)
+            try:
+                score_date(day, group)
+            except Exception as exc:
+                commit.fail_unexpectedly(group, exc, None)
+    # Split over workers, the unit that finishes last commits and closes the batch.
+    commit.finish_batch_if_done(batch_id)
     log.info("batch %s done in %.2f s", batch_id, (timezone.now() - started).total_seconds())
 
 
@@ -83,9 +84,10 @@ def score_date(day: date, group: list[ScoringRun]) -> None:
 
 
 def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
-    plan = parts.plan_parts(source, slice_date)
-    if plan:
-        parts.fan_out(ready, slice_date, plan)
+    shards = plan.shards(ready, settings.SHARD_MODELS)
+    row_parts = parts.plan_parts(source, slice_date) or [None]
+    if len(shards) * len(row_parts) > 1:
+        parts.fan_out(shards, slice_date, row_parts)
         return
     clock = Stopwatch()
     with contextlib.ExitStack() as stack:

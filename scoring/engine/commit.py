@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from scoring.engine import scores
 from scoring.engine.pipeline import Scorer
-from scoring.models import Batch, ScoringRun
+from scoring.models import Batch, BatchPart, ScoringRun
 from scoring.quality import samples
 from scoring.reports import content, mail
 from scoring.runs import lifecycle
@@ -115,8 +115,28 @@ def commit_files(
     return held
 
 
-def finish_batch(batch_id: int) -> None:
-    """The batch is over: mark it, and send each owner the report of their runs in it."""
-    Batch.objects.filter(id=batch_id).update(finished_at=timezone.now())
-    for report in content.build_reports(Batch.objects.get(id=batch_id)):
+def fail_unexpectedly(runs: list[ScoringRun], error: Exception, slice_date: date | None) -> None:
+    """Something the engine did not expect went wrong: the runs it held fail with the error
+    and are retried as any failure is, instead of waiting, running, for their lease."""
+    log.exception("scoring runs %s failed", [run.id for run in runs], exc_info=error)
+    reconnect_if_dropped()
+    message = f"the batch failed on the worker: {type(error).__name__}: {error}"
+    for run in runs:
+        lifecycle.fail(run, message, slice_date)
+
+
+def finish_batch_if_done(batch_id: int) -> None:
+    """Close the batch once none of its runs or units is still at work, and send each owner
+    the report of their runs in it: exactly once, whichever worker gets here last."""
+    batch = Batch.objects.get(id=batch_id)
+    at_work = [ScoringRun.Status.QUEUED, ScoringRun.Status.RUNNING]
+    if ScoringRun.objects.filter(batch_id=batch_id, status__in=at_work).exists():
+        return
+    if batch.parts.filter(status__in=[BatchPart.Status.QUEUED, BatchPart.Status.RUNNING]).exists():
+        return
+    if not Batch.objects.filter(id=batch_id, finished_at__isnull=True).update(
+        finished_at=timezone.now()
+    ):
+        return  # another worker closed it
+    for report in content.build_reports(batch):
         mail.send_report(report)  # a mail server that is down: tick sends it later

@@ -1,8 +1,10 @@
-"""A large slice split over workers: Parquet row groups in parts of about PART_ROWS rows,
-one Celery task each, so more workers on more machines score it faster.
+"""A batch's slice split into units (scoring.engine.plan): a shard of its runs × a part of
+the rows (Parquet row groups in parts of about PART_ROWS), one Celery task each, so every
+free worker, on any machine, takes one.
 
-The parts of one (batch, date) are joined in the database: the worker that finishes the
-last part commits every run of that slice, with the files all its parts wrote.
+The units of a shard are joined in the database: the worker that finishes the last of
+them commits the shard's runs with the files all its units wrote, in one transaction;
+the last commit of the batch closes it and sends the reports.
 """
 
 import contextlib
@@ -41,30 +43,40 @@ def plan_parts(source, slice_date: date) -> list[list] | None:
     return parts if len(parts) > 1 else None
 
 
-def fan_out(ready: list[ScoringRun], slice_date: date, plan: list[list]) -> None:
-    """One task per part: any free worker takes one."""
-    first = ready[0]
-    parts = [
-        BatchPart.objects.create(
+def fan_out(shards: list[list[ScoringRun]], slice_date: date, row_parts: list) -> None:
+    """One task per unit: any free worker takes one."""
+    first = shards[0][0]
+    units = BatchPart.objects.bulk_create(
+        BatchPart(
             batch_id=first.batch_id,
             date=first.date,
             slice_date=slice_date,
+            shard=shard_index,
             index=index,
+            run_ids=[run.id for run in shard],
             row_groups=row_groups,
         )
-        for index, row_groups in enumerate(plan)
-    ]
-    log.info("slice %s of batch %s: %d parts", slice_date, first.batch_id, len(parts))
-    enqueue.score_parts([part.id for part in parts])
+        for shard_index, shard in enumerate(shards)
+        for index, row_groups in enumerate(row_parts)
+    )
+    log.info(
+        "slice %s of batch %s: %d shards × %d row parts",
+        slice_date,
+        first.batch_id,
+        len(shards),
+        len(row_parts),
+    )
+    enqueue.score_parts([unit.id for unit in units])
 
 
 def held_runs(part: BatchPart) -> list[ScoringRun]:
-    """The runs of the part's slice still running: those no part has failed."""
-    return list(
-        ScoringRun.objects.filter(
-            batch_id=part.batch_id, date=part.date, status=ScoringRun.Status.RUNNING
-        ).select_related("deployment", "version")
+    """The runs of the unit's shard still running: those no unit has failed."""
+    runs = ScoringRun.objects.filter(
+        batch_id=part.batch_id, date=part.date, status=ScoringRun.Status.RUNNING
     )
+    if part.run_ids:  # units planned before shards hold every run of their slice
+        runs = runs.filter(id__in=part.run_ids)
+    return list(runs.select_related("deployment", "version"))
 
 
 def score_part(part_id: int, worker: str) -> None:
@@ -75,33 +87,42 @@ def score_part(part_id: int, worker: str) -> None:
         return  # a redelivered message
     held = held_runs(part)
     clock = Stopwatch()
-    with Heartbeat(held), contextlib.ExitStack() as stack:
-        pipeline = SlicePipeline(
-            features.source_from_settings(),
-            part.slice_date,
-            stack,
-            clock,
-            part_index=part.index,
-            row_groups=part.row_groups,
-        )
-        scorers = pipeline.run(held)
-        commit.reconnect_if_dropped()
-        with clock("stage"):
-            files = commit.keep_files(scorers, part.index, part.slice_date)
+    files = {}
+    try:
+        with Heartbeat(held), contextlib.ExitStack() as stack:
+            pipeline = SlicePipeline(
+                features.source_from_settings(),
+                part.slice_date,
+                stack,
+                clock,
+                part_index=part.index,
+                row_groups=part.row_groups,
+            )
+            scorers = pipeline.run(held)
+            commit.reconnect_if_dropped()
+            with clock("stage"):
+                files = commit.keep_files(scorers, part.index, part.slice_date)
+    except Exception as exc:  # fail the shard's runs with the error, and retry them
+        commit.fail_unexpectedly(held, exc, part.slice_date)
     BatchPart.objects.filter(id=part_id).update(
         status=BatchPart.Status.DONE, files=files, finished_at=timezone.now()
     )
-    log.info("part %s of batch %s: %s", part.index, part.batch_id, clock)
+    log.info("unit %s.%s of batch %s: %s", part.shard, part.index, part.batch_id, clock)
     if join_parts(part):
         commit_parts(part)
+    commit.finish_batch_if_done(part.batch_id)
+
+
+def shard_units(part: BatchPart):
+    return BatchPart.objects.filter(batch_id=part.batch_id, date=part.date, shard=part.shard)
 
 
 def join_parts(part: BatchPart) -> bool:
-    """True for exactly one worker: the one that finished the last part of the slice."""
-    siblings = BatchPart.objects.filter(batch_id=part.batch_id, date=part.date)
+    """True for exactly one worker: the one that finished the last unit of the shard."""
+    siblings = shard_units(part)
     if siblings.exclude(status=BatchPart.Status.DONE).exists():
         return False
-    # Part 0 moves to "committed" once: its conditional update elects the committer.
+    # Unit 0 moves to "committed" once: its conditional update elects the committer.
     return bool(
         siblings.filter(index=0, status=BatchPart.Status.DONE).update(
             status=BatchPart.Status.COMMITTED
@@ -110,15 +131,14 @@ def join_parts(part: BatchPart) -> bool:
 
 
 def commit_parts(part: BatchPart) -> None:
-    """Commit every run of the slice still alive with the files all its parts wrote."""
-    siblings = list(BatchPart.objects.filter(batch_id=part.batch_id, date=part.date))
+    """Commit every run of the shard still alive with the files all its units wrote."""
     held = held_runs(part)
     files = {run.id: [] for run in held}
-    for sibling in siblings:
+    for sibling in shard_units(part):
         for run_id, written in sibling.files.items():
             if int(run_id) in files:
                 files[int(run_id)] += written
-            else:  # the run failed in another part: its files never reach the log
+            else:  # the run failed in another unit: its files never reach the log
                 scores.remove_files(written)
     alive = []
     for run in held:
@@ -128,4 +148,3 @@ def commit_parts(part: BatchPart) -> None:
             alive.append(run)
     committed = commit.commit_files(alive, files, part.date, part.slice_date)
     assessment.check_runs(committed, scores.score_reader())
-    commit.finish_batch(part.batch_id)

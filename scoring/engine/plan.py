@@ -1,0 +1,42 @@
+"""A batch's plan: units of a shard of models × a part of the rows, for any free worker.
+
+Shards keep together the models that share columns, so each shard reads few columns
+beyond its own and the slice's columns are read close to once across shards.
+"""
+
+import math
+
+
+def shards(runs: list, size: int, features=lambda run: run.version.package["features"]) -> list:
+    """The runs in shards of at most `size`, of even sizes: each shard starts from the run
+    with the most features left, then takes the runs that add the fewest new columns to
+    its union (most shared first)."""
+    if len(runs) <= size:
+        return [list(runs)] if runs else []
+    bits: dict[str, int] = {}
+    masks = {}
+    for run in runs:
+        mask = 0
+        for name in features(run):
+            mask |= 1 << bits.setdefault(name, len(bits))
+        masks[run] = mask
+    count = math.ceil(len(runs) / size)
+    target = math.ceil(len(runs) / count)
+    remaining = sorted(runs, key=lambda run: -masks[run].bit_count())
+    planned = []
+    while remaining:
+        seed = remaining.pop(0)
+        shard, union = [seed], masks[seed]
+        while remaining and len(shard) < target:
+            best = min(
+                range(len(remaining)),
+                key=lambda i: (
+                    (masks[remaining[i]] & ~union).bit_count(),
+                    -(masks[remaining[i]] & union).bit_count(),
+                ),
+            )
+            run = remaining.pop(best)
+            shard.append(run)
+            union |= masks[run]
+        planned.append(shard)
+    return planned
