@@ -118,6 +118,7 @@ class BatchPart(models.Model):
         RUNNING = "running"
         DONE = "done"  # its files are written, waiting for the other units of its shard
         COMMITTED = "committed"  # unit 0 of a shard only: its worker won the shard's commit
+        ABANDONED = "abandoned"  # its worker died; tick took its runs back into a new batch
 
     batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="parts")
     date = models.DateField()
@@ -129,6 +130,7 @@ class BatchPart(models.Model):
         null=True, blank=True, help_text="[[path, [row group, ...]], ...], or null: every row"
     )
     status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
+    queued_at = models.DateTimeField(default=now, help_text="When its task was last sent.")
     worker = models.CharField(max_length=200, blank=True)
     files = models.JSONField(
         default=dict, blank=True, help_text="run id -> the scores files this part wrote"

@@ -16,7 +16,14 @@ from django.utils import timezone
 
 from deploy import services
 from scoring.engine import scores
-from scoring.models import BatchPart, Deployment, Notification, Report, ScoringRun
+from scoring.models import (
+    BatchPart,
+    Deployment,
+    Notification,
+    PackageVersion,
+    Report,
+    ScoringRun,
+)
 from scoring.packages import deployments
 from scoring.runs import dispatch
 from tests.factories import packages
@@ -123,6 +130,55 @@ def committed_entities(deployment_id: int, day: date) -> list:
     )
     assert partition["run_id"].n_unique() <= 1, "two runs' rows in one partition"
     return sorted(partition["entity_id"].to_list())
+
+
+def committed_partitions(day: date) -> dict[int, list]:
+    """{model id: the sorted entity ids of its committed partition of `day`}, in one read."""
+    frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
+    partitions = frame.filter(pl.col("dt") == day.isoformat())
+    found = {}
+    for (model_id,), rows in partitions.group_by("model_id"):
+        assert rows["run_id"].n_unique() == 1, f"two runs' rows in the partition of {model_id}"
+        found[int(model_id)] = sorted(rows["entity_id"].to_list())
+    return found
+
+
+def clone_models(deployment: Deployment, owner, count: int, prefix: str) -> list[Deployment]:
+    """`count` models of `owner` made from a validated one: each its own copy of the package
+    in the models bucket, as if each had been uploaded and validated (a fleet in seconds)."""
+    from django.conf import settings
+
+    from scoring.packages import storage
+
+    version = deployment.latest_version
+    made = Deployment.objects.bulk_create(
+        Deployment(
+            owner=owner, name=f"{prefix}-{i:04d}", slug=f"{prefix}-{i:04d}", email=owner.email
+        )
+        for i in range(count)
+    )
+    copies = []
+    for clone in made:
+        key = f"{owner.username}/{clone.slug}/v1.dill"
+        storage.client().copy_object(
+            Bucket=settings.MODELS_BUCKET,
+            Key=key,
+            CopySource={"Bucket": settings.MODELS_BUCKET, "Key": version.file.name},
+        )
+        copies.append(
+            PackageVersion(
+                deployment=clone,
+                number=1,
+                file=key,
+                filename=f"{clone.slug}.dill",
+                size=version.size,
+                sha256=version.sha256,
+                state=version.state,
+                package=version.package,
+            )
+        )
+    PackageVersion.objects.bulk_create(copies)
+    return made
 
 
 def owner_emails(mailbox, address: str, day: date, reports: int) -> tuple[list, list]:

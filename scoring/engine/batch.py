@@ -25,7 +25,7 @@ from scoring.engine.pipeline import SlicePipeline
 from scoring.engine.timing import Stopwatch
 from scoring.models import Batch, ScoringRun
 from scoring.quality import assessment
-from scoring.runs import lifecycle
+from scoring.runs import batches, lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def run_batch(batch_id: int) -> None:
             except Exception as exc:
                 commit.fail_unexpectedly(group, exc, None)
     # Split over workers, the unit that finishes last commits and closes the batch.
-    commit.finish_batch_if_done(batch_id)
+    batches.finish_if_done(batch_id)
     log.info("batch %s done in %.2f s", batch_id, (timezone.now() - started).total_seconds())
 
 

@@ -1,5 +1,5 @@
-"""The end of a slice: each run's scores file kept, every run committed in one Delta
-transaction (each partition whole, or none), the batch closed and reported.
+"""The end of a unit: each run's scores file kept, every run committed in one Delta
+transaction (each partition whole, or none).
 
 A run whose file cannot be kept, or whose commit fails, is retried; its files are removed
 and never reach the log.
@@ -11,13 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 from django.db import connection
-from django.utils import timezone
 
 from scoring.engine import scores
 from scoring.engine.pipeline import Scorer
-from scoring.models import Batch, BatchPart, ScoringRun
+from scoring.models import ScoringRun
 from scoring.quality import samples
-from scoring.reports import content, mail
 from scoring.runs import lifecycle
 
 log = logging.getLogger(__name__)
@@ -123,20 +121,3 @@ def fail_unexpectedly(runs: list[ScoringRun], error: Exception, slice_date: date
     message = f"the batch failed on the worker: {type(error).__name__}: {error}"
     for run in runs:
         lifecycle.fail(run, message, slice_date)
-
-
-def finish_batch_if_done(batch_id: int) -> None:
-    """Close the batch once none of its runs or units is still at work, and send each owner
-    the report of their runs in it: exactly once, whichever worker gets here last."""
-    batch = Batch.objects.get(id=batch_id)
-    at_work = [ScoringRun.Status.QUEUED, ScoringRun.Status.RUNNING]
-    if ScoringRun.objects.filter(batch_id=batch_id, status__in=at_work).exists():
-        return
-    if batch.parts.filter(status__in=[BatchPart.Status.QUEUED, BatchPart.Status.RUNNING]).exists():
-        return
-    if not Batch.objects.filter(id=batch_id, finished_at__isnull=True).update(
-        finished_at=timezone.now()
-    ):
-        return  # another worker closed it
-    for report in content.build_reports(batch):
-        mail.send_report(report)  # a mail server that is down: tick sends it later

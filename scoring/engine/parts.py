@@ -22,7 +22,7 @@ from scoring.engine.pipeline import SlicePipeline
 from scoring.engine.timing import Stopwatch
 from scoring.models import BatchPart, ScoringRun
 from scoring.quality import assessment
-from scoring.runs import lifecycle
+from scoring.runs import batches, lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def score_part(part_id: int, worker: str) -> None:
     log.info("unit %s.%s of batch %s: %s", part.shard, part.index, part.batch_id, clock)
     if join_parts(part):
         commit_parts(part)
-    commit.finish_batch_if_done(part.batch_id)
+    batches.finish_if_done(part.batch_id)
 
 
 def shard_units(part: BatchPart):

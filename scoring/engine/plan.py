@@ -14,29 +14,29 @@ def shards(runs: list, size: int, features=lambda run: run.version.package["feat
     if len(runs) <= size:
         return [list(runs)] if runs else []
     bits: dict[str, int] = {}
-    masks = {}
+    masks = []
     for run in runs:
         mask = 0
         for name in features(run):
             mask |= 1 << bits.setdefault(name, len(bits))
-        masks[run] = mask
+        masks.append(mask)
     count = math.ceil(len(runs) / size)
     target = math.ceil(len(runs) / count)
-    remaining = sorted(runs, key=lambda run: -masks[run].bit_count())
+    remaining = sorted(range(len(runs)), key=lambda i: -masks[i].bit_count())
     planned = []
     while remaining:
         seed = remaining.pop(0)
-        shard, union = [seed], masks[seed]
+        shard, union = [runs[seed]], masks[seed]
         while remaining and len(shard) < target:
             best = min(
                 range(len(remaining)),
-                key=lambda i: (
-                    (masks[remaining[i]] & ~union).bit_count(),
-                    -(masks[remaining[i]] & union).bit_count(),
+                key=lambda k: (
+                    (masks[remaining[k]] & ~union).bit_count(),
+                    -(masks[remaining[k]] & union).bit_count(),
                 ),
             )
-            run = remaining.pop(best)
-            shard.append(run)
-            union |= masks[run]
+            chosen = remaining.pop(best)
+            shard.append(runs[chosen])
+            union |= masks[chosen]
         planned.append(shard)
     return planned

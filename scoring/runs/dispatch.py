@@ -15,9 +15,9 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from scoring import enqueue
-from scoring.models import Batch, Deployment, PackageVersion, ScoringRun
+from scoring.models import Batch, BatchPart, Deployment, PackageVersion, ScoringRun
 from scoring.packages import schedules
-from scoring.runs import lifecycle
+from scoring.runs import batches, lifecycle
 
 log = logging.getLogger(__name__)
 # Where tick notes its time in Redis, for the status page (here, not in tasks, so the
@@ -30,7 +30,10 @@ def tick(now: datetime | None = None) -> Batch | None:
     """One batch of everything due now, or None when nothing is."""
     now = now or timezone.now()
     run_ids = due_schedules(now) + due_retries(now) + taken_back(now) + lost(now)
-    return send_batch(run_ids, now) if run_ids else None
+    batch = send_batch(run_ids, now) if run_ids else None
+    resend_lost_units(now)
+    batches.close_finished(now)
+    return batch
 
 
 def due_schedules(now: datetime) -> list[int]:
@@ -110,10 +113,14 @@ def due_retries(now: datetime) -> list[int]:
 
 
 def taken_back(now: datetime) -> list[int]:
+    """Running runs whose worker stopped beating their heartbeat. A batch's units that wait
+    in the queue beat nothing yet: while one waits, its batch's runs are left alone."""
     stale_before = now - timedelta(seconds=settings.RUN_LEASE_SECONDS)
-    stale = ScoringRun.objects.filter(
-        status=ScoringRun.Status.RUNNING, heartbeat_at__lt=stale_before
-    ).select_related("deployment", "version")
+    stale = (
+        ScoringRun.objects.filter(status=ScoringRun.Status.RUNNING, heartbeat_at__lt=stale_before)
+        .exclude(batch__parts__status=BatchPart.Status.QUEUED)
+        .select_related("deployment", "version")
+    )
     return [run.id for run in stale if lifecycle.take_back(run, now)]
 
 
@@ -124,6 +131,21 @@ def lost(now: datetime) -> list[int]:
         ScoringRun.objects.filter(status=ScoringRun.Status.QUEUED, queued_at__lt=before),
         queued_at=now,
     )
+
+
+def resend_lost_units(now: datetime) -> list[int]:
+    """Units no worker took in time: their message was lost (or the queue is long)."""
+    before = now - timedelta(seconds=settings.REQUEUE_AFTER_SECONDS)
+    ids = claim_each(
+        BatchPart.objects.filter(status=BatchPart.Status.QUEUED, queued_at__lt=before),
+        queued_at=now,
+    )
+    if ids:
+        try:
+            enqueue.score_parts(ids)
+        except Exception:  # broker down: the next tick tries again
+            log.exception("could not send units %s again; a later tick will", ids)
+    return ids
 
 
 def claim_each(candidates, **changes) -> list[int]:

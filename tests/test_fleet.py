@@ -1,0 +1,175 @@
+"""A fleet of models in one batch, through real workers on the test's own Redis: every
+model's run commits (or fails alone), each entity once per partition, no worker over its
+sandbox pool or its descriptor limit, and a worker killed mid-fleet loses nothing.
+
+Fleets are made in seconds: one package is deployed and validated, the rest are copies
+of it in the models bucket (tests.flows.clone_models). The test process plays beat.
+"""
+
+import contextlib
+import os
+import re
+import signal
+import threading
+from collections import Counter
+
+import psutil
+import pytest
+
+from scoring.models import BatchPart, Report, ScoringRun
+from scoring.runs import dispatch
+from tests.factories import cast, packages
+from tests.faults import wait_gone
+from tests.flows import (
+    ENTITIES,
+    assert_settled,
+    clone_models,
+    committed_partitions,
+    deploy,
+    make_due,
+    report_emails,
+    tick_until,
+    wait_for_runs,
+    wait_until,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def fleet(owner, validated, count: int, prefix: str, package=None) -> list:
+    first = deploy(owner, package or packages.function_package(), f"{prefix}-first", validated)
+    return [first, *clone_models(first, owner, count - 1, prefix)]
+
+
+def limit_descriptors(worker, limit: int) -> None:
+    """Lower the open-files limit of a running worker and of every process it started."""
+    root = psutil.Process(worker.pid)
+    for process in [root, *root.children(recursive=True)]:
+        process.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
+
+
+class SandboxCounter(threading.Thread):
+    """Counts, ten times a second, each zygote's live sandboxes (its children working in a
+    run's folder) among the workers' processes; keeps the most it saw."""
+
+    def __init__(self, workers: list):
+        super().__init__(daemon=True)
+        self.workers = workers
+        self.most = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.1):
+            live = Counter()
+            for worker in self.workers:
+                with contextlib.suppress(psutil.Error):
+                    for process in psutil.Process(worker.pid).children(recursive=True):
+                        with contextlib.suppress(OSError, psutil.Error):
+                            if "dropscore-run-" in os.readlink(f"/proc/{process.pid}/cwd"):
+                                live[process.ppid()] += 1
+            self.most = max(self.most, *live.values(), 0)
+
+    def __enter__(self) -> "SandboxCounter":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopped.set()
+        self.join()
+
+
+def reported_runs() -> Counter:
+    """How many reports each run is in."""
+    return Counter(run.id for report in Report.objects.all() for run in report.runs.all())
+
+
+def pool_lines(logs) -> list[tuple[int, int]]:
+    """(sandboxes alive at most, pool) of every unit the workers scored, from their logs."""
+    pattern = re.compile(r"at most (\d+) sandboxes alive \(pool (\d+)\)")
+    return [
+        (int(most), int(pool)) for log in logs for most, pool in pattern.findall(log.read_text())
+    ]
+
+
+def test_a_fleet_beyond_the_workers_descriptor_limit_scores_every_model(
+    owner, validated, workers, mailbox, tmp_path
+):
+    worker = workers("fleet", SANDBOX_POOL="2")
+    # A sandbox costs its worker four descriptors: one sandbox a model would need 1,200.
+    limit_descriptors(worker, 256)
+    models = fleet(owner, validated, 300, "spend")
+    make_due(*models)
+    dispatch.tick()
+    finished = wait_for_runs([m.id for m in models], timeout=240)
+
+    assert Counter(run.status for run in finished) == {"succeeded": 300}, {
+        run.error for run in finished if run.error
+    }
+    partitions = committed_partitions(finished[0].date)
+    assert all(partitions[m.id] == ENTITIES for m in models)
+    assert set(pool_lines([tmp_path / "fleet.log"])) == {(2, 2)}
+    assert_settled()
+
+
+def test_300_models_of_two_owners_through_two_workers_never_exceed_the_pool(
+    owner, validated, workers, mailbox, tmp_path
+):
+    other = cast.make("outsider")
+    settings = {"SANDBOX_POOL": "2", "SHARD_MODELS": "60"}
+    started = [workers("first", **settings), workers("second", **settings)]
+    models = fleet(owner, validated, 200, "churn", packages.sklearn_package())
+    models += clone_models(models[0], other, 100, "churn")
+    make_due(*models)
+    with SandboxCounter(started) as counter:
+        dispatch.tick()
+        finished = wait_for_runs([m.id for m in models], timeout=240)
+
+    assert Counter(run.status for run in finished) == {"succeeded": 300}, {
+        run.error for run in finished if run.error
+    }
+    partitions = committed_partitions(finished[0].date)
+    assert all(partitions[m.id] == ENTITIES for m in models)
+    units = BatchPart.objects.all()
+    assert units.count() == 5 and len({unit.worker for unit in units}) == 2, (
+        "both workers took units"
+    )
+    scored = pool_lines([tmp_path / "first.log", tmp_path / "second.log"])
+    assert len(scored) == 5 and all(most <= pool for most, pool in scored), scored
+    assert 0 < counter.most <= 2
+    # One report per owner, each run in exactly one.
+    report_emails(mailbox, finished[0].date, 2)
+    assert reported_runs() == Counter({run.id: 1 for run in finished})
+    assert_settled()
+
+
+def test_a_worker_killed_mid_fleet_loses_and_doubles_nothing(
+    owner, validated, workers, gate, mailbox, settings
+):
+    settings.RUN_LEASE_SECONDS = 3  # tick (here, in the test) takes the runs back soon
+    fleet_settings = {"SANDBOX_POOL": "2", "SHARD_MODELS": "20"}
+    doomed = workers("doomed", **fleet_settings)
+    gated = deploy(owner, gate.package(), "gated", validated)
+    models = [gated, *fleet(owner, validated, 59, "spend")]
+    make_due(*models)
+    dispatch.tick()
+    [pid] = gate.wait().values()  # the doomed worker is mid-unit
+
+    workers("survivor", **fleet_settings)
+    os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its pool, mid-fleet
+    doomed.wait()
+    wait_gone(pid)
+    gate.open()
+    finished = tick_until([m.id for m in models], timeout=240)
+
+    assert Counter(run.status for run in finished) == {"succeeded": 60}, {
+        run.error for run in finished if run.error
+    }
+    assert any(run.attempts == 2 for run in finished), "the killed unit's runs were retried"
+    partitions = committed_partitions(finished[0].date)
+    assert all(partitions[m.id] == ENTITIES for m in models)
+    # Each run reported once, in the batch that finished it (the killed one's too, closed
+    # by tick); no failure email.
+    wait_until(lambda: len(reported_runs()) == 60, "every run is reported")
+    assert reported_runs() == Counter({run.id: 1 for run in finished})
+    assert not ScoringRun.objects.filter(notifications__isnull=False).exists()
+    assert_settled()
