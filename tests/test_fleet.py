@@ -173,3 +173,33 @@ def test_a_worker_killed_mid_fleet_loses_and_doubles_nothing(
     assert reported_runs() == Counter({run.id: 1 for run in finished})
     assert not ScoringRun.objects.filter(notifications__isnull=False).exists()
     assert_settled()
+
+
+def test_models_sharing_a_sandbox_fail_alone_when_one_crashes_hangs_or_raises(
+    owner, validated, workers, mailbox
+):
+    workers("one-sandbox", SANDBOX_POOL="1", SANDBOX_TIMEOUT_SECONDS="4")
+    crashing = deploy(owner, packages.crashing_package(max_attempts=1), "crashing", validated)
+    hanging = deploy(
+        owner, {**packages.slow_package(60), "params": {"max_attempts": 1}}, "hanging", validated
+    )
+    broken = deploy(owner, packages.broken_package(max_attempts=1), "broken", validated)
+    good = fleet(owner, validated, 5, "spend")
+    make_due(crashing, hanging, broken, *good)
+    dispatch.tick()
+    finished = {
+        r.deployment_id: r
+        for r in wait_for_runs([crashing.id, hanging.id, broken.id, *(g.id for g in good)])
+    }
+
+    assert finished[crashing.id].error.startswith(
+        "the sandbox was killed by signal SIGKILL while scoring"
+    )
+    assert finished[hanging.id].error.startswith("timed out after 4 s while scoring")
+    assert finished[broken.id].error.startswith(
+        "RuntimeError: the model is broken while predicting"
+    )
+    assert {finished[g.id].status for g in good} == {"succeeded"}
+    partitions = committed_partitions(finished[good[0].id].date)
+    assert sorted(partitions) == sorted(g.id for g in good)
+    assert all(partitions[g.id] == ENTITIES for g in good)

@@ -43,12 +43,12 @@ def test_few_models_make_one_shard_and_none_make_none():
 
 def test_grouping_by_columns_reads_fewer_columns_than_cutting_in_order():
     # 4 teams, each with 50 models drawn from its own 20 columns, uploaded interleaved.
-    runs = [
-        model(i, [f"team{i % 4}_{(i * 3 + k) % 20}" for k in range(8)]) for i in range(200)
-    ]
+    runs = [model(i, [f"team{i % 4}_{(i * 3 + k) % 20}" for k in range(8)]) for i in range(200)]
 
     def columns_read(shards):
-        return sum(len({f for r in shard for f in r.version.package["features"]}) for shard in shards)
+        return sum(
+            len({f for r in shard for f in r.version.package["features"]}) for shard in shards
+        )
 
     planned = plan.shards(runs, size=50)
     in_order = [runs[i : i + 50] for i in range(0, 200, 50)]

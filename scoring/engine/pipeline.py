@@ -76,6 +76,7 @@ class Job:
     output: Path
     expected: deque
     deadline: float
+    next_watch: float = 0.0  # when its memory is looked at next
     scored: list = field(default_factory=list)  # scorers whose scores are in the output
 
 
@@ -216,16 +217,22 @@ class SlicePipeline:
                 for key, _ in selector.select(timeout=WATCH_SECONDS):
                     group = key.data
                     try:
-                        done = self.take_replies(group, results)
+                        if not self.take_replies(group, results):
+                            continue
+                        lost = None
                     except SandboxError as exc:
-                        done = True
-                        self.lost(group, exc, index, pending)
-                    if done:
-                        selector.unregister(key.fd)
-                        del busy[key.fd]
-                        if not resident:
-                            self.close(group)
+                        lost = exc
+                    selector.unregister(key.fd)
+                    del busy[key.fd]
+                    if lost is not None:
+                        self.lost(group, lost, index, pending)
+                    elif not resident:
+                        self.close(group)
+                now = time.monotonic()
                 for fd, group in list(busy.items()):
+                    if now < group.job.next_watch:
+                        continue
+                    group.job.next_watch = now + WATCH_SECONDS
                     try:
                         group.sandbox.watch(self.stage(group), group.job.deadline)
                     except SandboxError as exc:

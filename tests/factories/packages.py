@@ -374,6 +374,27 @@ def model(frame):
 """
 
 
+# Kills its own process on a whole slice: the sandbox dies under whatever else it serves.
+CRASHING = """
+import os
+import signal
+import numpy as np
+
+def model(frame):
+    if len(frame) > 250:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return np.full(len(frame), 0.25)
+"""
+
+
+def crashing_package(max_attempts: int = 3) -> dict:
+    return {
+        "model": notebook_function(CRASHING, "model"),
+        "features": ["age"],
+        "params": {"max_attempts": max_attempts},
+    }
+
+
 def broken_package(max_attempts: int = 3) -> dict:
     return {
         "model": notebook_function(BROKEN, "model"),
