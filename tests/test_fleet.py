@@ -9,15 +9,17 @@ of it in the models bucket (tests.flows.clone_models). The test process plays be
 import contextlib
 import os
 import re
+import shutil
 import signal
 import threading
 from collections import Counter
+from datetime import date, timedelta
 
 import psutil
 import pytest
 
 from scoring.models import BatchPart, Report, ScoringRun
-from scoring.runs import dispatch
+from scoring.runs import dispatch, lifecycle
 from tests.factories import cast, packages
 from tests.faults import wait_gone
 from tests.flows import (
@@ -203,3 +205,28 @@ def test_models_sharing_a_sandbox_fail_alone_when_one_crashes_hangs_or_raises(
     partitions = committed_partitions(finished[good[0].id].date)
     assert sorted(partitions) == sorted(g.id for g in good)
     assert all(partitions[g.id] == ENTITIES for g in good)
+
+
+def test_an_error_the_engine_did_not_expect_fails_the_runs_with_it_and_a_retry(
+    worker, owner, validated, feature_table, bucket, mailbox
+):
+    day = date.today() + timedelta(days=12)
+    folder = feature_table / f"dt={day.isoformat()}"
+    folder.mkdir()
+    (folder / "part-0.parquet").write_bytes(b"PAR1 not a parquet file PAR1")  # a slice half-landed
+    try:
+        models = [
+            deploy(owner, packages.function_package(), name, validated) for name in ("a", "b")
+        ]
+        for model in models:
+            lifecycle.request_run(model, day)
+        dispatch.send_batch(list(ScoringRun.objects.values_list("id", flat=True)))
+        finished = wait_for_runs([m.id for m in models], ("retrying", "failed"))
+    finally:
+        shutil.rmtree(folder)
+
+    for run in finished:
+        assert run.status == "retrying" and run.next_attempt_at is not None
+        assert run.error.startswith("the batch failed on the worker: "), run.error
+        assert "Parquet" in run.error or "parquet" in run.error, run.error
+    assert not ScoringRun.objects.filter(status="running").exists()
