@@ -254,18 +254,19 @@ class PostgresSource:
         """Parts of about rows_per_part rows that cover the slice, each row exactly once:
         half-open ranges of the id, `{"id_from": low or None, "id_to": high or None}`.
 
-        One query numbers the slice's rows in id order and keeps the lowest id of each
-        part. Ranges are compared in the database (its order and collation, which the
-        query's ORDER BY follows too), so ids may be numbers or strings; equal ids fall in
-        one range whatever their count, and the range open below also takes NULL ids.
+        One query numbers the slice's rows in id order and keeps the first id of each
+        part (DISTINCT ON: min() takes no uuid). Ranges are compared in the database, in
+        the order and collation its ORDER BY followed, so ids may be numbers, strings or
+        uuids; equal ids fall in one range however many, and the range open below also
+        takes the NULL ids.
         """
         ident = sql.Identifier(self.id_column)
         query = sql.SQL(
-            "SELECT min(id) FROM ("
+            "SELECT DISTINCT ON (part) id FROM ("
             " SELECT {id} AS id, (row_number() OVER (ORDER BY {id}) - 1)"
             " * ((count(*) OVER () + {rows} - 1) / {rows}) / count(*) OVER () AS part"
             " FROM {table} WHERE {date} = {day} AND {id} IS NOT NULL"
-            ") numbered GROUP BY part ORDER BY 1"
+            ") numbered ORDER BY part, id"
         ).format(
             id=ident,
             rows=sql.Literal(max(rows_per_part, 1)),
