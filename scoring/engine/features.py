@@ -169,6 +169,7 @@ class PostgresSource:
     (a binary COPY decoded in C): 3-4x faster than rows as Python tuples. Queries are
     composed with psycopg's `sql` (quoted identifiers and literals, never raw input) and
     carry their values as literals, since with bound parameters the driver cannot COPY.
+    An index on (date, id) lets each part of `row_parts` read only its range.
     """
 
     uri: str
