@@ -164,6 +164,8 @@ def main() -> int:
         f" ({', '.join(f'{r:.2f}' for r in ratios)}); target <= {TARGET}x"
     )
     print(f"  naive / source: {statistics.median(naive):.2f}x")
+    cpu_ratio = statistics.median(cpu["source"]) / statistics.median(cpu["adbc"])
+    print(f"  this process's CPU, source / ADBC: {cpu_ratio:.2f}x")
     return verdict([f"source / ADBC {ratio:.2f}x > {TARGET}x"] if ratio > TARGET else [])
 
 
