@@ -6,22 +6,32 @@
   on local disk or `s3://bucket/prefix`; only the needed columns are read, row
   group by row group (`ParquetFile.iter_batches`: pyarrow's dataset scanner
   buffered a whole 1M-row slice where this keeps a third of that);
-- a PostgreSQL table or view, `postgresql://user@host/db?table=name`, streamed
-  with a server-side cursor.
+- a PostgreSQL table or view, `postgresql://user@host/db?table=name`, streamed as
+  Arrow by ADBC's PostgreSQL driver.
+
+Each can split a slice into parts that cover it once (`row_parts`), for workers that
+each read one (`batches(..., part=part)`): whole row groups of Parquet, ranges of the
+id in PostgreSQL. A part is plain JSON, to be stored with the work it belongs to.
 
 Both yield string columns as Arrow dictionaries, which reach models as pandas
 `category` (CatBoost scores those about 2x faster than Python strings).
 """
 
-from collections.abc import Iterator
+import contextlib
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 import pyarrow.parquet as pq
+from psycopg import sql
 from pyarrow import fs
+
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 class FeatureSourceError(Exception):
@@ -87,14 +97,22 @@ class ParquetSource:
         return [c for c in columns if c not in available]
 
     def batches(
-        self, slice_date: date, columns: list[str], batch_rows: int, row_groups: list | None = None
+        self,
+        slice_date: date,
+        columns: list[str],
+        batch_rows: int,
+        part: dict | None = None,
+        row_groups: list | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """Stream the slice's projected columns in batches of at most batch_rows.
 
-        `row_groups` ([[path, [index, ...]], ...]) limits the read to a part of the slice.
+        A part from `row_parts` (`{"row_groups": [[path, [index, ...]], ...]}`), or the
+        same list as `row_groups`, limits the read to a part of the slice.
         """
         filesystem, _ = self.filesystem_and_root
-        wanted = dict((path, groups) for path, groups in row_groups) if row_groups else None
+        if part is not None:
+            row_groups = part["row_groups"]
+        wanted = dict(row_groups) if row_groups is not None else None
         for path in self.files(slice_date):
             if wanted is not None and path not in wanted:
                 continue
@@ -123,6 +141,20 @@ class ParquetSource:
             ]
         return found
 
+    def row_parts(self, slice_date: date, rows_per_part: int) -> list[dict]:
+        """Whole row groups in parts of about rows_per_part rows that cover the slice:
+        `{"row_groups": [[path, [index, ...]], ...]}` each, for `batches(part=...)`."""
+        parts, current, rows = [], {}, 0
+        for path, index, count in self.row_groups(slice_date):
+            current.setdefault(path, []).append(index)
+            rows += count
+            if rows >= rows_per_part:
+                parts.append({"row_groups": [[p, groups] for p, groups in current.items()]})
+                current, rows = {}, 0
+        if current or not parts:
+            parts.append({"row_groups": [[p, groups] for p, groups in current.items()]})
+        return parts
+
     def sample(self, slice_date: date, columns: list[str], rows: int) -> pa.Table:
         for batch in self.batches(slice_date, columns, rows):
             return pa.Table.from_batches([batch])
@@ -131,7 +163,14 @@ class ParquetSource:
 
 @dataclass
 class PostgresSource:
-    """A table or view in PostgreSQL: `postgresql://user@host:5432/db?table=features`."""
+    """A table or view in PostgreSQL: `postgresql://user@host:5432/db?table=features`.
+
+    Read with ADBC's PostgreSQL driver, which streams a query as Arrow record batches
+    (a binary COPY decoded in C): 3-4x faster than rows as Python tuples. Queries are
+    composed with psycopg's `sql` (quoted identifiers and literals, never raw input) and
+    carry their values as literals, since with bound parameters the driver cannot COPY.
+    An index on (date, id) lets each part of `row_parts` read only its range.
+    """
 
     uri: str
     id_column: str = "entity_id"
@@ -146,88 +185,207 @@ class PostgresSource:
         rest = urlencode({k: v for k, v in query.items() if k != "table"}, doseq=True)
         return urlunsplit(parts._replace(query=rest)), query["table"][0]
 
-    def connect(self):
-        import psycopg
+    @cached_property
+    def table(self) -> sql.Identifier:
+        _, name = self.dsn_and_table
+        parts = name.split(".")
+        if len(parts) > 2 or not all(parts):
+            raise FeatureSourceError(f"{name!r} is not a table name: use table or schema.table")
+        return sql.Identifier(*parts)
 
+    def connect(self) -> adbc.Connection:
         dsn, _ = self.dsn_and_table
+        query = parse_qs(urlsplit(dsn).query)
+        if "connect_timeout" not in query:  # libpq would wait for the OS, minutes
+            dsn += f"{'&' if query else '?'}connect_timeout={CONNECT_TIMEOUT_SECONDS}"
         try:
-            return psycopg.connect(dsn, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise FeatureSourceError(f"cannot connect to the feature source: {exc}") from exc
+            return adbc.connect(dsn)
+        except adbc.Error as exc:
+            raise FeatureSourceError(
+                f"cannot connect to the feature source: {reason(exc)}"
+            ) from exc
 
-    def table(self):
-        from psycopg import sql
+    @contextlib.contextmanager
+    def cursor(self) -> Iterator[adbc.Cursor]:
+        """A cursor on a new connection; the driver's errors become FeatureSourceError."""
+        with self.connect() as connection, connection.cursor() as cursor:
+            try:
+                yield cursor
+            except (adbc.Error, pa.ArrowException) as exc:
+                raise FeatureSourceError(
+                    f"reading the feature table {self.table.as_string(None)} failed: {reason(exc)}"
+                ) from exc
 
-        _, table = self.dsn_and_table
-        return sql.Identifier(*table.split("."))
+    def fetch(self, query: sql.Composable) -> list[tuple]:
+        with self.cursor() as cursor:
+            cursor.execute(query.as_string(None))
+            return cursor.fetchall()
 
     def slices(self) -> list[date]:
-        from psycopg import sql
-
         query = sql.SQL("SELECT DISTINCT {} FROM {} ORDER BY 1").format(
-            sql.Identifier(self.date_column), self.table()
+            sql.Identifier(self.date_column), self.table
         )
-        with self.connect() as connection:
-            return [row[0] for row in connection.execute(query)]
+        return [row[0] for row in self.fetch(query)]
 
     def latest_slice(self, on_or_before: date) -> date:
-        from psycopg import sql
-
-        query = sql.SQL("SELECT max({0}) FROM {1} WHERE {0} <= %s").format(
-            sql.Identifier(self.date_column), self.table()
+        query = sql.SQL("SELECT max({0}) FROM {1} WHERE {0} <= {2}").format(
+            sql.Identifier(self.date_column), self.table, sql.Literal(on_or_before)
         )
-        with self.connect() as connection:
-            found = connection.execute(query, [on_or_before]).fetchone()[0]
+        found = self.fetch(query)[0][0]
         if found is None:
             raise FeatureSourceError(f"the feature table has no slice on or before {on_or_before}")
         return found
 
-    def columns(self, slice_date: date) -> list[str]:
-        from psycopg import sql
+    def schema(self, cursor: adbc.Cursor, columns: list[str] | None = None) -> pa.Schema:
+        """The Arrow types the driver gives the columns (all of them by default)."""
+        projection = sql.SQL(", ").join(map(sql.Identifier, columns)) if columns else sql.SQL("*")
+        query = sql.SQL("SELECT {} FROM {} LIMIT 0").format(projection, self.table)
+        cursor.execute(query.as_string(None))
+        return cursor.fetch_arrow_table().schema
 
-        with self.connect() as connection:
-            cursor = connection.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(self.table()))
-            return [column.name for column in cursor.description]
+    def columns(self, slice_date: date) -> list[str]:
+        with self.cursor() as cursor:
+            return self.schema(cursor).names
 
     def missing(self, slice_date: date, columns: list[str]) -> list[str]:
         available = set(self.columns(slice_date))
         return [c for c in columns if c not in available]
 
-    def batches(
-        self, slice_date: date, columns: list[str], batch_rows: int
-    ) -> Iterator[pa.RecordBatch]:
-        """Stream the slice through a server-side cursor, batch_rows rows at a time."""
-        from psycopg import sql
+    def row_parts(self, slice_date: date, rows_per_part: int) -> list[dict]:
+        """Parts of about rows_per_part rows that cover the slice, each row exactly once:
+        half-open ranges of the id, `{"id_from": low or None, "id_to": high or None}`.
 
-        query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-            self.table(),
-            sql.Identifier(self.date_column),
+        One query numbers the slice's rows in id order and keeps the first id of each
+        part (DISTINCT ON: min() takes no uuid). Ranges are compared in the database, in
+        the order and collation its ORDER BY followed, so ids may be numbers, strings or
+        uuids; equal ids fall in one range however many, and the range open below also
+        takes the NULL ids.
+        """
+        ident = sql.Identifier(self.id_column)
+        query = sql.SQL(
+            "SELECT DISTINCT ON (part) id FROM ("
+            " SELECT {id} AS id, (row_number() OVER (ORDER BY {id}) - 1)"
+            " * ((count(*) OVER () + {rows} - 1) / {rows}) / count(*) OVER () AS part"
+            " FROM {table} WHERE {date} = {day} AND {id} IS NOT NULL"
+            ") numbered ORDER BY part, id"
+        ).format(
+            id=ident,
+            rows=sql.Literal(max(rows_per_part, 1)),
+            table=self.table,
+            date=sql.Identifier(self.date_column),
+            day=sql.Literal(slice_date),
         )
-        with self.connect() as connection, connection.cursor(name="dropscore_features") as cursor:
-            cursor.itersize = batch_rows
-            cursor.execute(query, [slice_date])
-            while rows := cursor.fetchmany(batch_rows):
-                arrays = [column_array(values) for values in zip(*rows, strict=True)]
-                yield pa.RecordBatch.from_arrays(arrays, names=columns)
+        starts = dict.fromkeys(json_safe(row[0]) for row in self.fetch(query)[1:])
+        bounds = [None, *starts, None]
+        return [{"id_from": low, "id_to": high} for low, high in itertools.pairwise(bounds)]
+
+    def select(
+        self,
+        cursor: adbc.Cursor,
+        slice_date: date,
+        columns: list[str],
+        part: dict | None,
+        limit: int | None = None,
+    ) -> str:
+        """The query of the slice's projected columns, within the part's id range."""
+        kinds = self.schema(cursor, columns)
+        conditions = [
+            sql.SQL("{} = {}").format(sql.Identifier(self.date_column), sql.Literal(slice_date))
+        ]
+        if part:
+            conditions += self.id_range(part["id_from"], part["id_to"])
+        query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(", ").join(self.output(c, kinds.field(c).type) for c in columns),
+            self.table,
+            sql.SQL(" AND ").join(conditions),
+        )
+        if limit is not None:
+            query += sql.SQL(" LIMIT {}").format(sql.Literal(limit))
+        return query.as_string(None)
+
+    def id_range(self, low, high) -> list[sql.Composable]:
+        ident = sql.Identifier(self.id_column)
+        conditions = []
+        if low is not None:
+            conditions.append(sql.SQL("{} >= {}").format(ident, sql.Literal(low)))
+        if high is not None:
+            below = sql.SQL("{} < {}").format(ident, sql.Literal(high))
+            if low is None:
+                below = sql.SQL("({} OR {} IS NULL)").format(below, ident)
+            conditions.append(below)
+        return conditions
+
+    def output(self, column: str, kind: pa.DataType) -> sql.Composable:
+        """A column as the engine takes it: the driver gives numeric, uuid, json and the
+        like as extension types; numeric features become float8 (as models expect), the
+        rest and a numeric id text (an id keeps every digit)."""
+        ident = sql.Identifier(column)
+        if not isinstance(kind, pa.BaseExtensionType):
+            return ident
+        numeric = getattr(kind, "type_name", None) == "numeric" and column != self.id_column
+        return sql.SQL("{}::{} AS {}").format(
+            ident, sql.SQL("float8" if numeric else "text"), ident
+        )
+
+    def batches(
+        self, slice_date: date, columns: list[str], batch_rows: int, part: dict | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream the slice (or the part of it from `row_parts`) in batches of batch_rows
+        rows, strings as dictionaries."""
+        with self.cursor() as cursor:
+            cursor.execute(self.select(cursor, slice_date, columns, part))
+            for batch in rechunk(cursor.fetch_record_batch(), batch_rows):
+                yield encode_strings(batch)
 
     def sample(self, slice_date: date, columns: list[str], rows: int) -> pa.Table:
-        for batch in self.batches(slice_date, columns, rows):
-            return pa.Table.from_batches([batch])
-        raise FeatureSourceError(f"the slice {slice_date} of the feature table has no rows")
+        with self.cursor() as cursor:
+            cursor.execute(self.select(cursor, slice_date, columns, None, limit=rows))
+            table = cursor.fetch_arrow_table()
+        if not table.num_rows:
+            raise FeatureSourceError(f"the slice {slice_date} of the feature table has no rows")
+        return pa.Table.from_batches([encode_strings(joined(table.to_batches()))])
+
+
+def reason(exc: Exception) -> str:
+    """The driver's message without the query it appends."""
+    return str(exc).split("\nQuery was:")[0].strip()
+
+
+def json_safe(value):
+    """An id bound as plain JSON (a part is stored as JSON): numbers and strings stay, other
+    kinds (uuid, numeric, dates) go as text, which PostgreSQL casts back when comparing."""
+    return value if isinstance(value, (int, str)) else str(value)
+
+
+def rechunk(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Batches of exactly `rows` rows (the last one fewer) from batches of any size."""
+    pending, count = [], 0
+    for batch in batches:
+        while batch.num_rows:
+            taken = batch.slice(0, rows - count)
+            pending.append(taken)
+            count += taken.num_rows
+            batch = batch.slice(taken.num_rows)
+            if count == rows:
+                yield joined(pending)
+                pending, count = [], 0
+    if pending:
+        yield joined(pending)
+
+
+def joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+
+
+def encode_strings(batch: pa.RecordBatch) -> pa.RecordBatch:
+    arrays = [
+        column.dictionary_encode() if is_string(column.type) else column for column in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 def is_string(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
-
-def column_array(values: tuple) -> pa.Array:
-    array = pa.array(values)
-    if pa.types.is_decimal(array.type):
-        return array.cast(pa.float64())
-    if is_string(array.type):
-        return array.dictionary_encode()
-    return array
 
 
 def source_from_settings():
