@@ -213,7 +213,7 @@ def score_batch(day: date, versions, workers, slice_path, args) -> dict:
     parts = list(BatchPart.objects.filter(batch=batch))
     metadata = pq.ParquetFile(slice_path).metadata
     part_sizes = [
-        sum(metadata.row_group(g).num_rows for _, groups in part.row_groups for g in groups)
+        sum(metadata.row_group(g).num_rows for _, groups in part.rows["row_groups"] for g in groups)
         for part in parts
     ]
     logs = [worker.log for worker in workers]

@@ -126,8 +126,10 @@ class BatchPart(models.Model):
     shard = models.PositiveIntegerField(default=0)
     index = models.PositiveIntegerField(help_text="Which rows: the index of the row part.")
     run_ids = models.JSONField(default=list, blank=True, help_text="The runs of its shard.")
-    row_groups = models.JSONField(
-        null=True, blank=True, help_text="[[path, [row group, ...]], ...], or null: every row"
+    rows = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Its part of the slice (the source's row_parts), or null: every row.",
     )
     status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
     queued_at = models.DateTimeField(default=now, help_text="When its task was last sent.")

@@ -334,7 +334,11 @@ def test_a_large_slice_is_split_over_several_workers_and_committed_once(
         shutil.rmtree(folder)
 
     parts = list(BatchPart.objects.order_by("index"))
-    assert [len(sum((groups for _, groups in p.row_groups), [])) for p in parts] == [2, 2, 1]
+    assert [len(sum((groups for _, groups in p.rows["row_groups"]), [])) for p in parts] == [
+        2,
+        2,
+        1,
+    ]
     assert len({p.worker for p in parts}) == 2, "both workers took parts"
     assert all(run.status == "succeeded" and run.rows == 500 for run in finished), [
         r.error for r in finished
@@ -357,3 +361,79 @@ def scores_staged() -> list[str]:
 
     listing = storage.client().list_objects_v2(Bucket=settings.SCORES_BUCKET, Prefix="_staging/")
     return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def postgres_feature_table(dsn: str, name: str) -> dict[date, pd.DataFrame]:
+    """Two daily slices of the test features in a PostgreSQL table of the test database."""
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow as pa
+
+    frames, tables = {}, []
+    for days_ago in (1, 0):
+        day = date.today() - timedelta(days=days_ago)
+        frames[day] = frame = features.feature_frame(500, seed=day.toordinal())
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        for column in features.CATEGORICAL:
+            index = table.schema.get_field_index(column)
+            table = table.set_column(index, column, table[column].cast(pa.string()))
+        tables.append(table.append_column("dt", pa.array([day] * len(frame), pa.date32())))
+    with adbc.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.adbc_ingest(name, pa.concat_tables(tables), mode="create")
+        connection.commit()
+    return frames
+
+
+def test_a_slice_in_postgresql_is_split_by_id_over_two_workers(
+    owner, validated, worker_env, bucket, state_dir, celery_app_configured
+):
+    from django.db import connection
+
+    from scoring.models import BatchPart
+    from tests.flows import database_url
+
+    if connection.vendor != "postgresql":
+        pytest.skip(
+            "a PostgreSQL feature table needs PostgreSQL: set DATABASE_URL=postgresql://..."
+        )
+    app, queue = celery_app_configured
+    dsn = database_url(connection.settings_dict)
+    frames = postgres_feature_table(dsn, "engine_features")
+    own_queue = f"{queue}-postgres"
+    app.conf.task_default_queue = own_queue
+    env = {
+        **worker_env,
+        "CELERY_QUEUE": own_queue,
+        "FEATURES_URI": f"{dsn}?table=engine_features",
+        "PART_ROWS": "200",
+    }
+    workers = [start_worker(env, own_queue, state_dir / f"postgres-{i}.log") for i in range(2)]
+    try:
+        catboost, function = packages.catboost_package(), packages.function_package()
+        deployed = [
+            deploy(owner, catboost, "churn", validated),
+            deploy(owner, function, "spend", validated),
+        ]
+        make_due(*Deployment.objects.all())
+        dispatch.tick()
+        finished = wait_for_runs([d.id for d in deployed])
+    finally:
+        app.conf.task_default_queue = queue
+        for process in workers:
+            stop_worker(process)
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE engine_features")
+
+    today = date.today()
+    frame = frames[today]
+    parts = list(BatchPart.objects.order_by("index"))
+    assert len(parts) == 3 and len({p.worker for p in parts}) == 2, "both workers took id ranges"
+    for run in finished:
+        assert (run.status, run.rows, run.slice_date) == ("succeeded", 500, today), run.error
+    expected = {
+        deployed[0].id: catboost["model"].predict_proba(frame[features.FEATURES])[:, 1],
+        deployed[1].id: function["model"](frame[["monthly_spend"]]),
+    }
+    for deployment_id, scores_ in expected.items():
+        committed = table_rows(deployment_id, today).sort("entity_id")
+        assert committed["entity_id"].to_list() == frame["entity_id"].tolist()
+        np.testing.assert_allclose(committed["score"].to_numpy(), scores_, rtol=1e-9)

@@ -102,17 +102,14 @@ class ParquetSource:
         columns: list[str],
         batch_rows: int,
         part: dict | None = None,
-        row_groups: list | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """Stream the slice's projected columns in batches of at most batch_rows.
 
-        A part from `row_parts` (`{"row_groups": [[path, [index, ...]], ...]}`), or the
-        same list as `row_groups`, limits the read to a part of the slice.
+        A part from `row_parts` (`{"row_groups": [[path, [index, ...]], ...]}`) limits the
+        read to a part of the slice.
         """
         filesystem, _ = self.filesystem_and_root
-        if part is not None:
-            row_groups = part["row_groups"]
-        wanted = dict(row_groups) if row_groups is not None else None
+        wanted = dict(part["row_groups"]) if part is not None else None
         for path in self.files(slice_date):
             if wanted is not None and path not in wanted:
                 continue

@@ -1,6 +1,6 @@
 """A batch's slice split into units (scoring.engine.plan): a shard of its runs × a part of
-the rows (Parquet row groups in parts of about PART_ROWS), one Celery task each, so every
-free worker, on any machine, takes one.
+the rows (about PART_ROWS: whole Parquet row groups, or a range of ids of a PostgreSQL
+table), one Celery task each, so every free worker, on any machine, takes one.
 
 The units of a shard are joined in the database: the worker that finishes the last of
 them commits the shard's runs with the files all its units wrote, in one transaction;
@@ -27,19 +27,11 @@ from scoring.runs import batches, lifecycle
 log = logging.getLogger(__name__)
 
 
-def plan_parts(source, slice_date: date) -> list[list] | None:
-    """Row groups of a large Parquet slice in parts of about PART_ROWS rows, or None."""
-    if not isinstance(source, features.ParquetSource) or settings.PART_ROWS <= 0:
+def plan_parts(source, slice_date: date) -> list[dict] | None:
+    """A large slice in parts of about PART_ROWS rows, or None to read it whole."""
+    if settings.PART_ROWS <= 0:
         return None
-    parts, current, rows = [], {}, 0
-    for path, index, count in source.row_groups(slice_date):
-        current.setdefault(path, []).append(index)
-        rows += count
-        if rows >= settings.PART_ROWS:
-            parts.append([[p, groups] for p, groups in current.items()])
-            current, rows = {}, 0
-    if current:
-        parts.append([[p, groups] for p, groups in current.items()])
+    parts = source.row_parts(slice_date, settings.PART_ROWS)
     return parts if len(parts) > 1 else None
 
 
@@ -54,10 +46,10 @@ def fan_out(shards: list[list[ScoringRun]], slice_date: date, row_parts: list) -
             shard=shard_index,
             index=index,
             run_ids=[run.id for run in shard],
-            row_groups=row_groups,
+            rows=rows,
         )
         for shard_index, shard in enumerate(shards)
-        for index, row_groups in enumerate(row_parts)
+        for index, rows in enumerate(row_parts)
     )
     log.info(
         "slice %s of batch %s: %d shards × %d row parts",
@@ -96,7 +88,7 @@ def score_part(part_id: int, worker: str) -> None:
                 stack,
                 clock,
                 part_index=part.index,
-                row_groups=part.row_groups,
+                part=part.rows,
             )
             scorers = pipeline.run(held)
             commit.reconnect_if_dropped()

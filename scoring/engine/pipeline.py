@@ -94,7 +94,8 @@ class Group:
 
 
 class SlicePipeline:
-    """The scoring of one slice, or of the part of it in `row_groups`, by a set of runs.
+    """The scoring of one slice, or of a part of its rows (`part`, from the source's
+    `row_parts`), by a set of runs.
 
     Its sandboxes, working folders and chunk files live in `stack`: they go when the
     caller's ExitStack closes, whatever happened.
@@ -107,14 +108,14 @@ class SlicePipeline:
         stack: contextlib.ExitStack,
         clock: Stopwatch,
         part_index: int = 0,
-        row_groups: list | None = None,
+        part: dict | None = None,
     ):
         self.source = source
         self.slice_date = slice_date
         self.stack = stack
         self.clock = clock
         self.part_index = part_index
-        self.row_groups = row_groups
+        self.part = part
         self.limits = sandbox_limits()
         self.pool = settings.SANDBOX_POOL
         self.busy_limit = pool.busy_limit(self.pool)
@@ -166,9 +167,7 @@ class SlicePipeline:
         chunk_rows = min(
             s.run.version.package["params"].get("chunk_rows", settings.CHUNK_ROWS) for s in scorers
         )
-        batches = self.source.batches(
-            self.slice_date, columns, chunk_rows, row_groups=self.row_groups
-        )
+        batches = self.source.batches(self.slice_date, columns, chunk_rows, part=self.part)
         # The reading thread also writes each chunk to shared memory, and writing threads
         # take the scores to S3: the worker's own thread only passes chunks and scores
         # between them and the sandboxes, so the sandboxes never wait for it.
