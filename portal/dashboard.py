@@ -122,11 +122,9 @@ def attach_last_runs(deployments: Iterable[Deployment]) -> list[Deployment]:
 
 
 def latest_checked_runs() -> QuerySet:
-    """The runs of the outer query's deployment that have a quality verdict, latest first."""
-    return (
-        ScoringRun.objects.filter(deployment=OuterRef("pk"))
-        .exclude(quality_status="")
-        .order_by("-finished_at", "-id")
+    """The runs of the outer query's deployment that have a quality light, latest first."""
+    return ScoringRun.objects.filter(deployment=OuterRef("pk"), quality_status__in=LIGHTS).order_by(
+        "-finished_at", "-id"
     )
 
 
