@@ -4,9 +4,11 @@ Every helper here answers in a fixed number of queries, however many models and 
 there are: a page that lists 200 models must not ask the database 200 times.
 """
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.db.models import (
+    Case,
     Count,
     F,
     FloatField,
@@ -16,17 +18,20 @@ from django.db.models import (
     Subquery,
     TextField,
     Value,
+    When,
 )
 from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, NullIf
+from django.db.models.functions import Cast, Coalesce, NullIf
 
 from scoring.models import Deployment, PackageVersion, ScoringRun
 from scoring.quality import levels
 
 LIGHTS = (levels.ALERT, levels.WARNING, levels.OK)  # worst first
+NO_VERDICT = "none"  # no finished run yet, or its quality not checked yet
+# The levels a list of models is filtered by, in the order of the filter's options.
+MODEL_LEVELS = (levels.ALERT, levels.WARNING, levels.FAILED, levels.OK, NO_VERDICT)
 CHART_RUNS = 365  # points on the PSI and AUC charts: a year of daily runs
 TOP_FEATURES = 10
-FAILURES_SHOWN = 50
 # Beat ticks every minute: a tick older than this means no runs are being dispatched.
 TICK_STALE_AFTER = timedelta(minutes=3)
 
@@ -42,40 +47,111 @@ def metric(name: str) -> Cast:
     return Cast(quality_field(name), FloatField())
 
 
-def with_last_runs(deployments: QuerySet) -> list[Deployment]:
-    """The deployments, each with `last_run` (its latest finished run, or None) and
-    `active_status` ("queued", "running" or None): two queries for any number of them.
+def latest_finished_runs() -> QuerySet:
+    """The runs of the deployment of the outer query, its latest finished first: a subquery
+    read through the (deployment, -finished_at) index."""
+    return ScoringRun.objects.filter(deployment=OuterRef("pk"), finished_at__isnull=False).order_by(
+        "-finished_at", "-id"
+    )
 
-    The latest run is found by a subquery on the (deployment, -finished_at) index.
-    """
-    finished = ScoringRun.objects.filter(deployment=OuterRef("pk"), finished_at__isnull=False)
+
+def run_level() -> Case:
+    """A run's level as "My models" shows it: failed when its last attempt failed, else its
+    quality light, else none (its quality not checked yet)."""
+    return Case(
+        When(
+            status__in=[ScoringRun.Status.FAILED, ScoringRun.Status.RETRYING],
+            then=Value(levels.FAILED),
+        ),
+        When(quality_status__in=LIGHTS, then=F("quality_status")),
+        default=Value(NO_VERDICT),
+    )
+
+
+def model_level() -> Coalesce:
+    """A deployment's level: its latest finished run's, or none before its first run ends."""
+    latest = latest_finished_runs().annotate(level=run_level()).values("level")[:1]
+    return Coalesce(Subquery(latest), Value(NO_VERDICT))
+
+
+def severity_rank(field: str) -> Case:
+    """The rank of a level held in `field`, by levels.SEVERITY (worst highest); none lowest."""
+    return Case(
+        *(When(**{field: name}, then=Value(rank)) for rank, name in enumerate(levels.SEVERITY)),
+        default=Value(-1),
+    )
+
+
+def level_counts(deployments: QuerySet, level: Coalesce, names: tuple[str, ...]) -> dict[str, int]:
+    """How many of the deployments are at each of `names` (`level` the expression of their
+    level), counted by the database in one query; every name is listed, zero or not."""
+    found = (
+        deployments.select_related(None)
+        .prefetch_related(None)
+        .order_by()
+        .annotate(level=level)
+        .values("level")
+        .annotate(count=Count("pk"))
+    )
+    counts = dict.fromkeys(names, 0)
+    for row in found:
+        counts[row["level"]] += row["count"]
+    return counts
+
+
+def with_last_runs(deployments: QuerySet) -> QuerySet:
+    """The deployments annotated with `last_run_id` (their latest finished run) and
+    `active_status` ("queued", "running" or None): subqueries, no extra query."""
     active = ScoringRun.objects.filter(
         deployment=OuterRef("pk"), status__in=[ScoringRun.Status.QUEUED, ScoringRun.Status.RUNNING]
     )
-    rows = list(
-        deployments.annotate(
-            last_run_id=Subquery(finished.order_by("-finished_at", "-id").values("id")[:1]),
-            active_status=Subquery(active.order_by("-id").values("status")[:1]),
-        )
+    return deployments.annotate(
+        last_run_id=Subquery(latest_finished_runs().values("id")[:1]),
+        active_status=Subquery(active.order_by("-id").values("status")[:1]),
     )
+
+
+def attach_last_runs(deployments: Iterable[Deployment]) -> list[Deployment]:
+    """The deployments of `with_last_runs`, each with `last_run` (a ScoringRun or None),
+    the runs read in one query."""
+    rows = list(deployments)
     runs = ScoringRun.objects.in_bulk([d.last_run_id for d in rows if d.last_run_id])
     for deployment in rows:
         deployment.last_run = runs.get(deployment.last_run_id)
     return rows
 
 
-def latest_quality(deployments: QuerySet) -> list[dict]:
-    """Each deployment's latest quality verdict (or None), worst first: two queries."""
-    checked = ScoringRun.objects.filter(deployment=OuterRef("pk")).exclude(quality_status="")
-    rows = list(
+def latest_checked_runs() -> QuerySet:
+    """The runs of the outer query's deployment that have a quality light, latest first."""
+    return ScoringRun.objects.filter(deployment=OuterRef("pk"), quality_status__in=LIGHTS).order_by(
+        "-finished_at", "-id"
+    )
+
+
+def checked_level() -> Coalesce:
+    """A deployment's light on the status page: its latest checked run's, else none."""
+    latest = latest_checked_runs().values("quality_status")[:1]
+    return Coalesce(Subquery(latest), Value(NO_VERDICT))
+
+
+def with_latest_check(deployments: QuerySet) -> QuerySet:
+    """The deployments as the status page's quality table reads them: `run_id` (their
+    latest checked run) and `owner_name`, as dicts."""
+    return (
         deployments.select_related(None)
         .prefetch_related(None)
         .annotate(
-            run_id=Subquery(checked.order_by("-finished_at", "-id").values("id")[:1]),
+            run_id=Subquery(latest_checked_runs().values("id")[:1]),
             owner_name=F("owner__username"),
         )
         .values("id", "name", "owner_name", "run_id")
     )
+
+
+def quality_rows(deployments: Iterable[dict]) -> list[dict]:
+    """The status page's quality rows of a page of `with_latest_check(...).values(...)`:
+    each with its latest check's light, date, PSI and AUC, read in one query."""
+    rows = list(deployments)
     runs = {
         run["id"]: run
         for run in ScoringRun.objects.filter(id__in=[r["run_id"] for r in rows if r["run_id"]])
@@ -84,29 +160,20 @@ def latest_quality(deployments: QuerySet) -> list[dict]:
     }
     models = []
     for row in rows:
-        run = runs.get(row["run_id"])
+        run = runs.get(row["run_id"]) or {}
         models.append(
             {
                 "id": row["id"],
                 "name": row["name"],
                 "owner": row["owner_name"],
-                "status": run["quality_status"] if run else None,
-                "run": run["id"] if run else None,
-                "date": run["date"] if run else None,
-                "psi": run["psi"] if run else None,
-                "auc": run["auc"] if run else None,
+                "status": run.get("quality_status"),
+                "run": run.get("id"),
+                "date": run.get("date"),
+                "psi": run.get("psi"),
+                "auc": run.get("auc"),
             }
         )
-    rank = {light: i for i, light in enumerate(LIGHTS)}
-    models.sort(key=lambda m: (rank.get(m["status"], len(LIGHTS)), m["name"].lower(), m["id"]))
     return models
-
-
-def light_counts(models: list[dict]) -> dict:
-    counts = {light: 0 for light in (*LIGHTS, "none")}
-    for model in models:
-        counts[model["status"] if model["status"] in LIGHTS else "none"] += 1
-    return counts
 
 
 def thresholds(quality: dict | None, version: PackageVersion | None) -> dict:
@@ -196,9 +263,10 @@ def run_counts(runs: QuerySet, now: datetime) -> dict:
     )
 
 
-def recent_failures(runs: QuerySet, now: datetime, limit: int = FAILURES_SHOWN) -> list:
-    """Failed attempts of the last 24 hours, newest first (a retrying run failed its last attempt)."""
-    return list(
+def recent_failures(runs: QuerySet, now: datetime) -> QuerySet:
+    """Failed attempts of the last 24 hours, newest first (a retrying run failed its last
+    attempt); the caller takes a page of them."""
+    return (
         runs.select_related(None)
         .select_related("deployment__owner")
         .filter(
@@ -206,5 +274,5 @@ def recent_failures(runs: QuerySet, now: datetime, limit: int = FAILURES_SHOWN) 
             finished_at__gte=now - timedelta(hours=24),
         )
         .defer("quality", "deployment__email")
-        .order_by("-finished_at", "-id")[:limit]
+        .order_by("-finished_at", "-id")
     )

@@ -9,14 +9,15 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from portal import dashboard, health
+from portal import dashboard, health, listing
 from portal.views import deployments_for, runs_for
 
 # The checks that leave the process; the workers ping always waits its whole 1 s timeout.
@@ -115,13 +116,54 @@ def failure_entry(run) -> dict:
     }
 
 
-def status_report(request: HttpRequest) -> dict:
-    """Everything the status page shows, in a fixed number of queries and about one second.
+def quality_table(deployments, query: dict) -> dict:
+    """A page of the quality table, worst first, as the query string filters and searches
+    it, with the count of each light: four queries however many models."""
+    if query["q"]:
+        deployments = deployments.filter(name__icontains=query["q"])
+    names = (*dashboard.LIGHTS, dashboard.NO_VERDICT)
+    counts = dashboard.level_counts(deployments, dashboard.checked_level(), names)
+    listed = deployments.alias(light=dashboard.checked_level())
+    if query["status"]:
+        listed = listed.filter(light=query["status"])
+    listed = dashboard.with_latest_check(listing.worst_first(listed, "light"))
+    table = listing.page_of(
+        listed, query["page"], query, count=listing.listed_count(counts, query["status"])
+    )
+    table["rows"] = dashboard.quality_rows(table["rows"])
+    for model in table["rows"]:
+        model["url"] = reverse("model", args=[model["id"]])
+    return {"counts": counts, "options": listing.status_options(counts, query), **table}
+
+
+def failures_table(runs, now, query: dict) -> dict:
+    """A page of the failed attempts of the last 24 hours, newest first, searched by the
+    model's name like the quality table: two queries."""
+    failed = dashboard.recent_failures(runs, now)
+    if query["q"]:
+        failed = failed.filter(deployment__name__icontains=query["q"])
+    table = listing.page_of(failed, query["failures_page"], query, param="failures_page")
+    table["rows"] = [failure_entry(run) for run in table["rows"]]
+    return table
+
+
+def page_facts(table: dict) -> dict:
+    """Where a page is in its list, for status.js (the rows are the list's own key)."""
+    return {"number": table["page"].number, "pages": table["pages"], "count": table["count"]}
+
+
+def status_report(request: HttpRequest) -> tuple[dict, dict]:
+    """Everything the status page shows, in a fixed number of queries and about one second:
+    the report that status.json gives, and the pages of its tables with their links (what
+    only the page draws). BadQuery when the query string (search, filter, pages) is wrong.
 
     Times are datetimes: the page formats them, JsonResponse writes them as ISO 8601.
     """
     now = timezone.now()
     user = request.user
+    query = listing.read(
+        listing.StatusQuery(request.GET, (*dashboard.LIGHTS, dashboard.NO_VERDICT))
+    )
     # The remote checks run side by side, and beside the database work: the report waits
     # for the slowest (the workers ping's 1 s), not for their sum.
     with ThreadPoolExecutor(max_workers=len(REMOTE_CHECKS) + 2) as pool:
@@ -131,10 +173,8 @@ def status_report(request: HttpRequest) -> dict:
         services = {"database": health.timed(health.database)}
         runs = runs_for(user)
         counts = dashboard.run_counts(runs, now)
-        failures = [failure_entry(run) for run in dashboard.recent_failures(runs, now)]
-        models = dashboard.latest_quality(deployments_for(user))
-        for model in models:
-            model["url"] = reverse("model", args=[model["id"]])
+        failures = failures_table(runs, now, query)
+        quality = quality_table(deployments_for(user), query)
         services.update({name: future.result() for name, future in remote.items()})
         tick = tick.result()
         # The workers report them: beside the workers' check, not a service of its own.
@@ -148,20 +188,30 @@ def status_report(request: HttpRequest) -> dict:
         "services": services,
         "last_tick": tick,
         "runs": counts,
-        "failures": failures,
-        "quality": {"counts": dashboard.light_counts(models), "models": models},
-    }
+        "failures": failures["rows"],
+        "quality": {"counts": quality["counts"], "models": quality["rows"]},
+        "pages": {"failures": page_facts(failures), "quality": page_facts(quality)},
+    }, {"failures": failures, "quality": quality, "query": query}
 
 
 @login_required
 @require_GET
 def status_page(request: HttpRequest) -> HttpResponse:
-    report = status_report(request)
-    return render(request, "portal/status.html", {"report": report})
+    try:
+        report, tables = status_report(request)
+    except listing.BadQuery as exc:
+        messages.error(request, f"That list cannot be shown: {exc}")
+        return redirect("status")
+    return render(request, "portal/status.html", {"report": report, **tables})
 
 
 @login_required
 @require_GET
 def status_json(request: HttpRequest) -> JsonResponse:
-    """What the status page polls; always 200 when it could answer, the body says what is down."""
-    return JsonResponse(status_report(request))
+    """What the status page polls, with the page's own query string; always 200 when it
+    could answer, the body says what is down."""
+    try:
+        report, _ = status_report(request)
+    except listing.BadQuery as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    return JsonResponse(report)

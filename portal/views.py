@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework.authtoken.models import Token
 
-from portal import dashboard
+from portal import dashboard, listing
 from portal.downloads import stream_scores
 from scoring.models import Deployment, PackageVersion, Report, ScoringRun
 from scoring.packages import deployments, params, quotas, schedules
@@ -41,39 +41,65 @@ def get_deployment_for_user(request: HttpRequest, deployment_id: int) -> Deploym
 
 
 def models_context(request: HttpRequest) -> dict:
-    own = dashboard.with_last_runs(deployments_for(request.user).filter(owner=request.user))
+    """A page of the user's own models as the query string filters, searches and sorts
+    them, with the count of each status; BadQuery when the query string is wrong."""
+    query = listing.read(listing.ModelsQuery(request.GET, dashboard.MODEL_LEVELS))
+    own = deployments_for(request.user).filter(owner=request.user)
+    if query["q"]:
+        own = own.filter(name__icontains=query["q"])
+    counts = dashboard.level_counts(own, dashboard.model_level(), dashboard.MODEL_LEVELS)
+    listed = own.alias(level=dashboard.model_level())
+    if query["status"]:
+        listed = listed.filter(level=query["status"])
+    listed = listing.sorted_models(dashboard.with_last_runs(listed), query["sort"])
+    page = listing.page_of(
+        listed, query["page"], query, count=listing.listed_count(counts, query["status"])
+    )
+    page["rows"] = dashboard.attach_last_runs(page["rows"])
     return {
-        "deployments": own,
+        "deployments": page["rows"],
+        "listing": page,
+        "query": query,
+        "status_options": listing.status_options(counts, query),
+        "sorts": listing.MODEL_SORTS,
         "quota": quotas.usage(request.user),
+        # Only the page's rows are polled, so only theirs make the page poll faster.
         "pending": any(
-            d.latest_version and d.latest_version.state == PackageVersion.State.PENDING for d in own
+            d.latest_version and d.latest_version.state == PackageVersion.State.PENDING
+            for d in page["rows"]
         ),
     }
 
 
 @login_required
 def models_page(request: HttpRequest) -> HttpResponse:
+    try:
+        context = models_context(request)
+    except listing.BadQuery as exc:
+        messages.error(request, f"That list cannot be shown: {exc}")
+        return redirect("models")
     return render(
         request,
         "portal/models.html",
-        {
-            **models_context(request),
-            "presets": schedules.PRESETS,
-            "default_email": request.user.email,
-        },
+        {**context, "presets": schedules.PRESETS, "default_email": request.user.email},
     )
 
 
 @login_required
 @require_GET
 def models_status(request: HttpRequest) -> JsonResponse:
-    """What the models page polls to show validation results without reloading."""
-    context = models_context(request)
+    """What the models page polls, with the page's own query string: the rows of that page
+    (validation results, runs that ended) without reloading."""
+    try:
+        context = models_context(request)
+    except listing.BadQuery as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
     return JsonResponse(
         {
             "rows": render_to_string("portal/_model_rows.html", context, request=request),
             "quota": context["quota"]["text"],
             "pending": context["pending"],
+            "counts": {o["status"] or "all": o["count"] for o in context["status_options"]},
         }
     )
 

@@ -11,25 +11,26 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from portal import health, status_views
-from scoring.models import Batch, Report, ScoringRun
-from tests.factories.runs import make_models, make_runs, quality
+from portal import health, listing, status_views
+from scoring.models import Batch, Deployment, Report, ScoringRun
+from tests.factories.runs import make_fleet, make_models, make_runs, quality
 
 pytestmark = pytest.mark.django_db
 
 # The most SQL queries each page may make, with 200 models and 20,000 runs or with 2 and 10.
 QUERY_BOUNDS = {
-    # session, user, models with their latest-run subqueries, versions, the latest runs
-    # (one in_bulk), the quota's three (override, active models, stored bytes)
-    "/": 8,
-    "/models/status/": 8,
+    # session, user, the count of each status, a page of models with their latest-run
+    # subqueries, their versions, their latest runs (one in_bulk), the quota's three
+    # (override, active models, stored bytes)
+    "/": 9,
+    "/models/status/": 9,
     # session, user, model, versions, current version, latest check, chart points, 50 runs,
     # their reports
     "/models/{id}/": 9,
-    # session, user, SELECT 1, run counts, failures, models with their latest-check subquery,
-    # those checks' PSI and AUC
-    "/status/": 7,
-    "/status.json": 7,
+    # session, user, SELECT 1, run counts, the failures' count and page, the count of each
+    # light, a page of models with their latest-check subquery, those checks' PSI and AUC
+    "/status/": 9,
+    "/status.json": 9,
 }
 STATUS_PAGES = ("/status/", "/status.json")
 
@@ -70,6 +71,10 @@ def test_each_page_asks_a_fixed_number_of_queries_however_many_models_and_runs(
     logged_in(client, owner)
     first = make_models(owner, 2, prefix="first")
     make_runs(first, 5)
+    # A failure of the last 24 hours, so the status page's failures table has a page to read.
+    ScoringRun.objects.filter(id=first[0].runs.first().id).update(
+        status=ScoringRun.Status.FAILED, quality=None, quality_status=""
+    )
     url = path.format(id=first[0].id)
     assert client.get(url).status_code == 200  # templates load once, not in the count
 
@@ -137,7 +142,7 @@ def test_the_dashboard_json_carries_the_same_rows(client, owner):
 
     body = logged_in(client, owner).get("/models/status/").json()
 
-    assert set(body) == {"rows", "quota", "pending"}
+    assert set(body) == {"rows", "quota", "pending", "counts"}
     assert body["rows"].count('class="light ') == 2
     assert body["rows"].count("finished ") == 2
 
@@ -283,6 +288,7 @@ def fake_remote_checks(monkeypatch):
         status_views.REMOTE_CHECKS, "workers", lambda: calls.append(1) or "1 live: w@host"
     )
     monkeypatch.setattr(health, "last_tick", lambda: timezone.now() - timedelta(seconds=30))
+    monkeypatch.setattr(health, "sandbox_protections", lambda: {})  # a broadcast's timeout
     return calls
 
 
@@ -302,7 +308,7 @@ def test_the_status_json_has_every_field(client, owner, two_users_runs, fake_rem
     body = logged_in(client, owner).get("/status.json").json()
 
     assert set(body) == {
-        "ok", "checked_at", "scope", "services", "last_tick", "runs", "failures", "quality"
+        "ok", "checked_at", "scope", "services", "last_tick", "runs", "failures", "quality", "pages"
     }  # fmt: skip
     assert body["ok"] is True
     assert body["scope"] == "own"
@@ -414,3 +420,258 @@ def test_the_nav_links_to_the_status_page(client, owner):
     page = logged_in(client, owner).get("/").content.decode()
 
     assert '<a href="/status/" class="">Status</a>' in page
+
+
+# --- 1,000 models of one user ---------------------------------------------------
+
+# The most SQL queries each page of a long list may make, however many models it pages.
+LIST_QUERY_BOUNDS = {
+    "/": QUERY_BOUNDS["/"],
+    "/?status=alert": QUERY_BOUNDS["/"],
+    "/?q=telecom": QUERY_BOUNDS["/"],
+    "/?page=20": QUERY_BOUNDS["/"],
+    "/?sort=status&page=7": QUERY_BOUNDS["/"],
+    "/?sort=last_run&status=ok&page=3": QUERY_BOUNDS["/"],
+    "/models/status/?page=20": QUERY_BOUNDS["/models/status/"],
+    "/status/": QUERY_BOUNDS["/status/"],
+    "/status/?status=alert&q=model": QUERY_BOUNDS["/status/"],
+    "/status.json?page=20&failures_page=2": QUERY_BOUNDS["/status.json"],
+}
+ROW = re.compile(r'<tr data-model="([^"]+)">')
+NEXT = re.compile(r'<a class="btn small" href="([^"#]+)#models" rel="next">')
+
+
+@pytest.fixture
+def thousand(owner, outsider):
+    """Alice's 1,000 models: 3 alert, 12 warning, 60 failed, the rest ok, one of them
+    renamed to be searched for; and Mallory's 20 models, 5 alerting, Alice must never see."""
+    by_level = make_fleet(owner, 1000, alert=3, warning=12, failed=60)
+    telecom = by_level["ok"][400]
+    telecom.name = "Churn-Telecom-EU"
+    telecom.save(update_fields=["name"])
+    make_fleet(outsider, 20, alert=5, warning=0, failed=5, prefix="mallory")
+    analyze()
+    return by_level
+
+
+def analyze() -> None:
+    """Gives the planner the statistics a live database keeps (autovacuum analyzes a table
+    after a bulk insert): without them it takes 1,000 models for 10 and plans nested loops."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE scoring_deployment, scoring_scoringrun, scoring_packageversion")
+
+
+def names(page: str) -> list[str]:
+    return ROW.findall(page)
+
+
+def status_counts(page: str) -> dict[str, str]:
+    """The status filter's options and their counts, as the page writes them."""
+    return dict(re.findall(r'data-status="(\w+)".*?<span class="count">([\d,]+)</span>', page))
+
+
+def walk(client, url: str) -> list[str]:
+    """Every row of a list, following its "Next" links from `url` to the last page."""
+    seen = []
+    while url:
+        page = client.get(url).content.decode()
+        seen += names(page)
+        found = NEXT.search(page)
+        url = "/" + found.group(1).replace("&amp;", "&") if found else None
+    return seen
+
+
+@pytest.mark.parametrize("url", LIST_QUERY_BOUNDS)
+def test_each_page_of_a_thousand_models_asks_a_bounded_number_of_queries(
+    url, client, owner, thousand, fake_remote_checks, capsys, django_assert_max_num_queries
+):
+    logged_in(client, owner).get(url)  # templates load once, not in the count
+
+    with django_assert_max_num_queries(LIST_QUERY_BOUNDS[url]) as queries:
+        response, seconds = timed_get(client, url)
+
+    assert response.status_code == 200
+    if url.startswith("/status.json"):
+        rows = len(response.json()["quality"]["models"])
+    else:
+        rows = response.content.decode().count("data-model=")
+    assert 0 < rows <= listing.PER_PAGE
+    with capsys.disabled():
+        print(f"\n{url:<38} {len(queries)} queries with 1,000 models, {1000 * seconds:.0f} ms")
+
+
+def test_my_models_shows_50_a_page_and_the_count_of_each_status(client, owner, thousand):
+    page = logged_in(client, owner).get("/").content.decode()
+
+    assert len(names(page)) == 50
+    assert list(status_counts(page).items()) == [
+        ("all", "1,000"), ("alert", "3"), ("warning", "12"), ("failed", "60"), ("ok", "925"),
+        ("none", "0"),
+    ]  # fmt: skip
+    assert "1–50 of 1,000" in page
+
+
+def test_the_alert_filter_shows_exactly_the_alerting_models(client, owner, thousand):
+    page = logged_in(client, owner).get("/?status=alert").content.decode()
+
+    assert sorted(names(page)) == sorted(m.name for m in thousand["alert"])
+    assert page.count('class="light alert"') == 3 + 1  # the three rows and the filter's option
+    assert 'class="filter-option current" data-status="alert"' in page
+    assert "mallory" not in page
+
+
+def test_the_failed_filter_pages_through_the_failed_models(client, owner, thousand):
+    logged_in(client, owner)
+
+    seen = walk(client, "/?status=failed")
+
+    assert sorted(seen) == sorted(m.name for m in thousand["failed"])
+    assert len(seen) == len(set(seen)) == 60
+
+
+def test_search_finds_a_model_by_part_of_its_name_whatever_the_case(client, owner, thousand):
+    page = logged_in(client, owner).get("/?q=teLEcom").content.decode()
+
+    assert names(page) == ["Churn-Telecom-EU"]
+    assert status_counts(page)["all"] == "1"
+    assert "No models match" in client.get("/?q=mallory").content.decode()
+
+
+def test_search_and_filter_combine_and_their_links_keep_each_other(client, owner, thousand):
+    page = logged_in(client, owner).get("/?q=model-&status=ok&sort=status").content.decode()
+
+    assert 'href="?q=model-&amp;sort=status&amp;status=alert#models"' in page
+    assert 'href="?q=model-&amp;status=ok&amp;sort=status&amp;page=2#models" rel="next"' in page
+    assert "Churn-Telecom-EU" not in walk(client, "/?q=model-&status=ok")
+
+
+@pytest.mark.parametrize("sort", ["", "status", "last_run", "next_run"])
+def test_the_pages_walk_every_model_once_in_any_order(client, owner, thousand, sort):
+    seen = walk(logged_in(client, owner), f"/?sort={sort}")
+
+    assert len(seen) == 1000
+    assert set(seen) == set(Deployment.objects.filter(owner=owner).values_list("name", flat=True))
+
+
+def test_sorted_by_status_the_worst_come_first(client, owner, thousand):
+    page = logged_in(client, owner).get("/?sort=status").content.decode()
+
+    def by_name(models):
+        return sorted((m.name for m in models), key=str.lower)
+
+    expected = by_name(thousand["failed"])[:50]
+    assert names(page) == expected
+    last_failed = client.get("/?sort=status&page=2").content.decode()
+    assert names(last_failed)[:25] == [
+        *by_name(thousand["failed"])[50:],
+        *by_name(thousand["alert"]),
+        *by_name(thousand["warning"]),
+    ]
+
+
+def test_sorted_by_name_last_run_or_next_run(client, owner, thousand):
+    ok = thousand["ok"]
+    now = timezone.now()
+    # The latest run of ok[7] finished last; ok[8] has no finished run; ok[9] runs next.
+    ScoringRun.objects.filter(deployment=ok[7], date=timezone.localdate()).update(finished_at=now)
+    ScoringRun.objects.filter(deployment=ok[8]).delete()
+    Deployment.objects.filter(id=ok[9].id).update(next_run_at=now + timedelta(minutes=5))
+    Deployment.objects.filter(id=ok[10].id).update(next_run_at=None)
+    logged_in(client, owner)
+
+    by_name = names(client.get("/").content.decode())
+    assert by_name[:3] == ["Churn-Telecom-EU", "model-000", "model-001"]
+    assert names(client.get("/?sort=last_run").content.decode())[0] == ok[7].name
+    assert names(client.get("/?sort=last_run&page=20").content.decode())[-1] == ok[8].name
+    assert names(client.get("/?sort=next_run").content.decode())[0] == ok[9].name
+    assert names(client.get("/?sort=next_run&page=20").content.decode())[-1] == ok[10].name
+
+
+def test_the_poll_of_a_page_carries_only_that_pages_rows(client, owner, thousand):
+    logged_in(client, owner)
+    page = names(client.get("/?sort=status&page=2").content.decode())
+
+    body = client.get("/models/status/?sort=status&page=2").json()
+
+    assert names(body["rows"]) == page
+    assert body["counts"] == {
+        "all": 1000, "alert": 3, "warning": 12, "failed": 60, "ok": 925, "none": 0
+    }  # fmt: skip
+
+
+def test_a_page_past_the_last_shows_the_last(client, owner, thousand):
+    page = logged_in(client, owner).get("/?status=alert&page=9").content.decode()
+
+    assert sorted(names(page)) == sorted(m.name for m in thousand["alert"])
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("status=purple", "status: Select a valid choice. purple is not one of the available"),
+        ("page=0", "page: Ensure this value is greater than or equal to 1."),
+        ("page=two", "page: Enter a whole number."),
+        ("sort=size", "sort: Select a valid choice."),
+        ("q=" + "x" * 101, "q: Ensure this value has at most 100 characters (it has 101)."),
+    ],
+)
+def test_a_bad_query_string_says_what_is_wrong(client, owner, query, message):
+    make_models(owner, 2)
+    logged_in(client, owner)
+
+    poll = client.get(f"/models/status/?{query}")
+    page = client.get(f"/?{query}", follow=True)
+
+    assert poll.status_code == 400
+    assert message in poll.json()["error"]
+    assert page.redirect_chain == [("/", 302)]
+    assert message in page.content.decode()
+    assert len(names(page.content.decode())) == 2
+
+
+def test_the_status_page_pages_its_quality_table_worst_first(
+    client, owner, thousand, fake_remote_checks
+):
+    # The failed models' earlier runs lose their checks: the table's lights are as chosen.
+    ScoringRun.objects.filter(deployment__in=thousand["failed"]).update(
+        quality=None, quality_status=""
+    )
+    body = logged_in(client, owner).get("/status.json").json()
+
+    assert body["quality"]["counts"] == {"alert": 3, "warning": 12, "ok": 925, "none": 60}
+    assert body["pages"]["quality"] == {"number": 1, "pages": 20, "count": 1000}
+    assert [m["status"] for m in body["quality"]["models"][:15]] == ["alert"] * 3 + ["warning"] * 12
+    assert len(body["quality"]["models"]) == 50
+    alerts = client.get("/status.json?status=alert").json()["quality"]["models"]
+    assert sorted(m["name"] for m in alerts) == sorted(m.name for m in thousand["alert"])
+    seen = []
+    for number in range(1, 21):
+        seen += [m["id"] for m in client.get(f"/status.json?page={number}").json()["quality"]["models"]]  # fmt: skip
+    assert len(seen) == len(set(seen)) == 1000
+    assert set(seen) == set(Deployment.objects.filter(owner=owner).values_list("id", flat=True))
+
+
+def test_the_status_page_pages_its_failures(client, owner, thousand, fake_remote_checks):
+    logged_in(client, owner)
+    first = client.get("/status.json").json()
+    second = client.get("/status.json?failures_page=2").json()
+    page = client.get("/status/?failures_page=2").content.decode()
+
+    assert first["runs"]["failed_24h"] == 60
+    assert first["pages"]["failures"] == {"number": 1, "pages": 2, "count": 60}
+    assert len(first["failures"]) == 50 and len(second["failures"]) == 10
+    failed = {f["model"] for f in first["failures"] + second["failures"]}
+    assert failed == {m.name for m in thousand["failed"]}
+    assert "51–60 of 60" in page
+    assert 'href="?failures_page=1#failures" rel="prev"' in page
+    assert "mallory" not in page
+
+
+def test_the_status_page_searches_both_its_tables(client, owner, thousand, fake_remote_checks):
+    name = thousand["failed"][0].name
+    body = logged_in(client, owner).get(f"/status.json?q={name}").json()
+
+    assert [f["model"] for f in body["failures"]] == [name]
+    assert [m["name"] for m in body["quality"]["models"]] == [name]
+    assert client.get("/status.json?status=failed").status_code == 400  # not a light

@@ -238,7 +238,7 @@ def test_the_status_json_shows_a_pending_row_and_the_quota(alice):
 
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"rows", "quota", "pending"}
+    assert set(body) == {"rows", "quota", "pending", "counts"}
     assert 'data-model="spend"' in body["rows"]
     assert '<span class="badge pending">pending</span>' in body["rows"]
     assert body["quota"] == f"1 of 10 active models, {human_bytes(len(data))} of 1 GB"

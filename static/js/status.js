@@ -3,6 +3,8 @@
   const root = document.getElementById("status");
   if (!root) return;
   const staff = root.dataset.scope === "all";
+  const params = new URLSearchParams(window.location.search);
+  const filtered = Boolean(params.get("q") || params.get("status"));
 
   const pad = (n) => String(n).padStart(2, "0");
   const utc = (iso) => {
@@ -76,10 +78,14 @@
   }
 
   function quality(report) {
+    let all = 0;
     for (const [status, count] of Object.entries(report.quality.counts)) {
-      const node = root.querySelector(`[data-light="${status}"]`);
-      if (node) node.textContent = `${count} ${status}`;
+      all += count;
+      const node = root.querySelector(`#quality [data-status="${status}"] .count`);
+      if (node) node.textContent = count.toLocaleString("en-US");
     }
+    const total = root.querySelector('#quality [data-status="all"] .count');
+    if (total) total.textContent = all.toLocaleString("en-US");
     table("quality", report.quality.models.map((m) => el("tr", { "data-model": m.id },
       el("td", {}, el("a", { class: "name", href: m.url, text: m.name })),
       ...(staff ? [el("td", { text: m.owner })] : []),
@@ -87,11 +93,12 @@
       el("td", { class: "num mono", text: fixed(m.psi, 3) }),
       el("td", { class: "num mono", text: fixed(m.auc, 3) }),
       el("td", { text: m.date || "—" }),
-    )), "No models yet.");
+    )), filtered ? "No models match this search and filter." : "No models yet.");
   }
 
+  // The same pages of the same lists as the page shows: its own query string.
   adaptiveSetInterval(async () => {
-    const response = await fetch(root.dataset.url, { credentials: "same-origin" });
+    const response = await fetch(root.dataset.url + window.location.search, { credentials: "same-origin" });
     if (!response.ok) return;
     const report = await response.json();
     services(report);

@@ -11,6 +11,7 @@
   const result = document.getElementById("upload-result");
   const rows = document.getElementById("model-rows");
   const quota = document.getElementById("quota-text");
+  const filters = document.querySelector("#models .list-filters");
 
   function show(kind, text) {
     result.className = `upload-result shown ${kind}`;
@@ -19,12 +20,17 @@
 
   function megabytes(bytes) { return (bytes / 1048576).toFixed(1) + " MB"; }
 
+  // The rows of this page only: the page's own query string (filter, search, sort, page).
   async function refreshList() {
     if (!rows) return false;
-    const response = await fetch(form.dataset.statusUrl, { credentials: "same-origin" });
+    const response = await fetch(form.dataset.statusUrl + window.location.search, { credentials: "same-origin" });
     if (!response.ok) return false;
     const data = await response.json();
     rows.innerHTML = data.rows;
+    for (const [status, count] of Object.entries(data.counts)) {
+      const node = filters && filters.querySelector(`[data-status="${status}"] .count`);
+      if (node) node.textContent = count.toLocaleString("en-US");
+    }
     rows.dataset.pending = data.pending;
     if (quota) quota.textContent = data.quota;
     if (!data.pending) progress.classList.remove("shown");  // validation is over: the row says how it went
@@ -90,4 +96,5 @@
     if (rows && (pending || ticks % 10 === 0)) pending = await refreshList();
   }, 1500);
   wireSchedulePreview(form);
+  if (filters) filters.querySelector("select[name=sort]").addEventListener("change", () => filters.requestSubmit());
 })();

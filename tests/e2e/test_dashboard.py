@@ -6,8 +6,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from scoring.models import ScoringRun
-from tests.factories.runs import make_models, make_runs, quality
+from scoring.models import PackageVersion, ScoringRun
+from tests.factories.runs import make_fleet, make_models, make_runs, quality
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -180,4 +180,30 @@ def test_the_model_page_still_reloads_when_a_running_run_ends(
     page.wait_for_selector(f'[data-run-status="{running.id}"].succeeded', timeout=15_000)
     page.wait_for_function("window.modelCharts && window.modelCharts.psi")
     assert page.evaluate("Chart.getChart('psi-chart').data.datasets[0].data.at(-1)") == 0.05
+    assert errors == []
+
+
+def test_a_user_filters_a_thousand_models_to_the_three_that_alert(
+    page, live_server, owner, artifacts, errors
+):
+    alerting = make_fleet(owner, 1000)["alert"]
+    # One of them is validating a new version, so the page polls every 1.5 s.
+    validating = alerting[0].versions.get()
+    PackageVersion.objects.filter(id=validating.id).update(state=PackageVersion.State.PENDING)
+    log_in(page, live_server)
+    assert page.locator("#model-rows tr").count() == 50
+    assert page.inner_text('#models [data-status="alert"] .count') == "3"
+
+    page.click('#models [data-status="alert"]')
+    page.wait_for_url("**status=alert**")
+
+    shown = page.locator("#model-rows tr").evaluate_all("rows => rows.map((r) => r.dataset.model)")
+    assert sorted(shown) == sorted(m.name for m in alerting)
+    # The poll asks for this page's rows only, and they stay the three.
+    with page.expect_request(lambda request: "/models/status/" in request.url) as poll:
+        PackageVersion.objects.filter(id=validating.id).update(state=PackageVersion.State.VALID)
+    assert "status=alert" in poll.value.url
+    page.wait_for_selector(f'tr[data-model="{alerting[0].name}"] .badge.valid')
+    assert page.locator("#model-rows tr").count() == 3
+    page.screenshot(path=f"{artifacts}/dashboard-alert-filter.png", full_page=True)
     assert errors == []

@@ -1,15 +1,18 @@
 """Deployments, versions, runs and quality results built straight in the database.
 
 The dashboard, model and status pages only read these rows, so their tests need no
-worker, no S3 and no upload: `many_models` makes 200 models with 20,000 runs in seconds.
+worker, no S3 and no upload: `make_models` and `make_runs` make 200 models with 20,000 runs
+in seconds, `make_fleet` 1,000 models with chosen levels.
 """
 
 import math
+import random
 from datetime import timedelta
 
 from django.utils import timezone
 
 from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.quality import levels
 from scoring.quality.levels import level, worst
 
 FEATURES = ["age", "tenure_months", "monthly_spend", "region", "plan", "calls", "complaints"]
@@ -147,3 +150,41 @@ def make_runs(deployments: list[Deployment], per_model: int, days_back: int = 0)
             runs.append(run)
     ScoringRun.objects.bulk_create(runs, batch_size=2000)
     return len(runs)
+
+
+def make_fleet(
+    owner, count: int, alert: int = 3, warning: int = 12, failed: int = 1, prefix: str = "model"
+) -> dict[str, list[Deployment]]:
+    """`count` models of `owner` with two daily runs each, whose latest runs (finished an
+    hour ago) are `alert` alerting, `warning` warning, `failed` failed and the rest ok,
+    spread through the names; the models by the level "My models" shows for them."""
+    models = make_models(owner, count, prefix=prefix)
+    make_runs(models, 2)
+    picked = random.Random(count).sample(models, alert + warning + failed)
+    by_level = {
+        levels.ALERT: picked[:alert],
+        levels.WARNING: picked[alert : alert + warning],
+        levels.FAILED: picked[alert + warning :],
+    }
+    chosen = set(picked)
+    by_level[levels.OK] = [m for m in models if m not in chosen]
+    latest = ScoringRun.objects.filter(deployment__in=models, date=timezone.localdate())
+    latest.update(
+        status=ScoringRun.Status.SUCCEEDED,
+        error="",
+        rows=100_000,
+        quality=quality(0.03, 0.52),
+        quality_status=levels.OK,
+    )
+    for light, psi, auc in ((levels.ALERT, 0.31, 0.67), (levels.WARNING, 0.14, 0.58)):
+        latest.filter(deployment__in=by_level[light]).update(
+            quality=quality(psi, auc), quality_status=light
+        )
+    latest.filter(deployment__in=by_level[levels.FAILED]).update(
+        status=ScoringRun.Status.FAILED,
+        error="feature source: missing columns complaints",
+        rows=None,
+        quality=None,
+        quality_status="",
+    )
+    return by_level
