@@ -6,6 +6,7 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from scoring.models import Report
+from scoring.quality.levels import SEVERITY
 from scoring.reports import chart, content
 
 
@@ -24,7 +25,11 @@ def get_report_for_user(request: HttpRequest, report_id: int) -> Report:
 @require_GET
 def report_page(request: HttpRequest, report_id: int) -> HttpResponse:
     report = get_report_for_user(request, report_id)
-    return render(request, "portal/report.html", content.report_context(report))
+    light = request.GET.get("light", "")
+    if light not in SEVERITY:
+        light = ""  # an unknown filter shows every run
+    context = content.page_context(report, light or None, request.GET.get("page"))
+    return render(request, "portal/report.html", context)
 
 
 @login_required
