@@ -1,7 +1,7 @@
 """The report of a batch as a page: the same as the email, with its charts served as PNGs."""
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
@@ -25,10 +25,13 @@ def get_report_for_user(request: HttpRequest, report_id: int) -> Report:
 @require_GET
 def report_page(request: HttpRequest, report_id: int) -> HttpResponse:
     report = get_report_for_user(request, report_id)
-    light = request.GET.get("light", "")
-    if light not in SEVERITY:
-        light = ""  # an unknown filter shows every run
-    context = content.page_context(report, light or None, request.GET.get("page"))
+    status = request.GET.get("status", "")
+    page = request.GET.get("page", "1")
+    if status and status not in SEVERITY:
+        return HttpResponseBadRequest(f"status must be one of {', '.join(SEVERITY)}, or blank")
+    if not page.isdigit() or int(page) < 1:
+        return HttpResponseBadRequest("page must be a whole number from 1")
+    context = content.page_context(report, status or None, int(page))
     return render(request, "portal/report.html", context)
 
 

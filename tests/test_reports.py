@@ -452,10 +452,23 @@ def test_the_report_page_pages_through_every_run_and_filters_by_light(owner, bat
     assert len(seen) == len(expected) == 1000 and set(seen) == expected
     assert "page 40 of 40 · models 976–1000 of 1000" in page
 
-    alerts = client.get(f"/reports/{report.id}/?light=alert&page=2").content.decode()
+    alerts = client.get(f"/reports/{report.id}/?status=alert&page=2").content.decode()
     ids = [int(i) for i in re.findall(r'id="run-(\d+)"', alerts)]
     assert len(ids) == 5 and "page 2 of 2 · models 26–30 of 30" in alerts
     assert set(ScoringRun.objects.filter(id__in=ids).values_list("quality_status", flat=True)) == {
         "alert"
     }
-    assert client.get(f"/reports/{report.id}/?light=nonsense&page=x").status_code == 200
+    assert 'href="?status=alert&amp;page=1"' in alerts  # the pager keeps the filter
+    beyond = client.get(f"/reports/{report.id}/?page=99").content.decode()
+    assert "page 40 of 40" in beyond
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [("status=fine", "status must be one of"), ("page=x", "page must be"), ("page=0", "page must")],
+)
+def test_a_bad_filter_of_the_report_page_says_what_is_wrong(owner, alice_report, query, message):
+    response = logged_in(owner).get(f"/reports/{alice_report.id}/?{query}")
+
+    assert response.status_code == 400
+    assert message in response.content.decode()

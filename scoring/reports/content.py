@@ -392,16 +392,16 @@ def report_context(report: Report) -> dict:
     }
 
 
-def page_context(report: Report, light: str | None, page: str | int | None) -> dict:
-    """What the report's page shows: the counts, then one page of the runs at `light` (all
-    when None), each in detail."""
+def page_context(report: Report, status: str | None, page: int) -> dict:
+    """What the report's page shows: the counts, then one page of the runs at `status` (all
+    when None), each in detail; past the last page, the last."""
     runs = ranked_runs(report)
     counts = light_counts(runs)
-    shown = runs.filter(light=light) if light else runs
+    shown = runs.filter(light=status) if status else runs
     page_of = Paginator(shown, PER_PAGE).get_page(page)
     return {
         **summary_context(report, runs, counts),
-        "light": light or "",
+        "filter_status": status or "",
         "page": page_of,
         "sections": [section_for(report, run) for run in page_of],
     }
