@@ -304,10 +304,10 @@ def test_different_errors_are_listed_apart_each_model_with_its_own_facts(owner, 
     body = message.body
     assert body.index(SOURCE_DOWN) < body.index("features are missing")  # the most shared first
     assert "== 3 models: " + SOURCE_DOWN in body
-    assert f"- churn-002: {DAY}, slice {SLICE}. attempt 3 of 3; gave up." in body
-    assert "- churn-000: " in body and "- churn-001: " in body
+    assert f"- churn-002 ({DAY}, slice {SLICE}): attempt 3 of 3; gave up." in body
+    assert "- churn-000 (" in body and "- churn-001 (" in body
     assert "== 1 model: 2 features are missing" in body
-    assert "Models: churn-003" in body
+    assert "Model: churn-003" in body
 
 
 def test_a_retry_that_fails_in_another_batch_is_another_email(owner, mailoutbox):
@@ -412,3 +412,24 @@ def test_a_give_up_after_one_lost_worker_names_only_that_attempt(owner, mailoutb
     lifecycle.take_back(run, NOW)
     assert notifications.send_due(NOW) == 1
     assert "during attempt 3 of 3, so Dropscore gave up" in mailoutbox[0].body
+
+
+def test_models_given_up_on_because_their_workers_kept_dying_are_told_so_in_one_email(
+    owner, mailoutbox
+):
+    batch = Batch.objects.create()
+    runs = running_runs(owner, batch, 30, "churn")
+    ScoringRun.objects.filter(id__in=[run.id for run in runs]).update(
+        attempts=3, error="the worker stopped answering during attempts 1 and 2"
+    )
+    for run in ScoringRun.objects.filter(batch=batch).select_related("deployment", "version"):
+        lifecycle.take_back(run, NOW)
+
+    assert notifications.send_due(NOW) == 30
+    [message] = mailoutbox
+    assert message.subject == f"Gave up: 30 models failed for {DAY}"
+    for body in (message.body, message.alternatives[0][0]):
+        assert body.count("the worker stopped answering during attempts 1, 2 and 3") == 1
+        assert "gave up: the worker kept dying (attempts 1, 2 and 3)" in body
+        assert "This is not a problem in your data" in body
+        assert "Fix the model or the data" not in body

@@ -62,7 +62,8 @@ def build_reports(batch: Batch) -> list[Report]:
     never a second report.
     """
     by_owner: dict[int, list[ScoringRun]] = defaultdict(list)
-    for run in ScoringRun.objects.filter(batch=batch).select_related("deployment"):
+    # Statuses only: a report of a thousand runs need not load their quality.
+    for run in ScoringRun.objects.filter(batch=batch).select_related("deployment").defer("quality"):
         by_owner[run.deployment.owner_id].append(run)
     reports = []
     for owner_id, runs in sorted(by_owner.items()):
@@ -71,7 +72,7 @@ def build_reports(batch: Batch) -> list[Report]:
                 batch=batch, owner_id=owner_id, defaults={"status": worst(map(run_status, runs))}
             )
             report.runs.add(*runs)
-            status = worst(map(run_status, report.runs.all()))
+            status = worst(map(run_status, report.runs.only("status", "quality_status")))
             if report.status != status:
                 report.status = status
                 report.save(update_fields=["status"])

@@ -85,6 +85,11 @@ class ErrorGroup:
         return first if all(f.outcome == first.outcome for f in self.failures) else None
 
     @property
+    def worker_kept_dying(self) -> bool:
+        """These models gave up because their worker stopped answering: not their data."""
+        return any(failure.gave_up and failure.lost_attempts for failure in self.failures)
+
+    @property
     def short_error(self) -> str:
         if len(self.error) <= ERROR_CHARS:
             return self.error
