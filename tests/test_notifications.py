@@ -433,3 +433,45 @@ def test_models_given_up_on_because_their_workers_kept_dying_are_told_so_in_one_
         assert "gave up: the worker kept dying (attempts 1, 2 and 3)" in body
         assert "This is not a problem in your data" in body
         assert "Fix the model or the data" not in body
+
+
+def test_a_mail_server_that_is_down_keeps_the_failures_of_a_moment_together(
+    owner, smtp_down, mailoutbox
+):
+    batch = Batch.objects.create()
+    for run in running_runs(owner, batch, 3, "churn"):
+        lifecycle.fail(run, SOURCE_DOWN, SLICE)
+
+    assert notifications.send_due(NOW) == 0
+    assert list(Notification.objects.values_list("send_attempts", flat=True)) == [1, 1, 1]
+    assert notifications.send_due(NOW + timedelta(minutes=1)) == 0  # backing off, together
+
+    smtp_down.EMAIL_BACKEND = LOCMEM
+    assert notifications.send_due(NOW + timedelta(minutes=3)) == 3
+    assert [m.subject for m in mailoutbox] == [f"3 models failed for {DAY}"]
+    assert not Notification.objects.filter(sent_at__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_senders_at_once_send_the_failures_of_a_batch_in_one_email(owner, mailoutbox):
+    batch = Batch.objects.create()
+    for run in running_runs(owner, batch, 30, "churn"):
+        # Written as fail() writes them (fail() itself would ask the worker to send them).
+        Notification.objects.create(
+            run=run, batch=batch, attempt=1, started_at=run.started_at, gave_up=False, error="x"
+        )
+    sent = []
+
+    def sender():
+        sent.append(notifications.send_due(NOW))
+        connection.close()  # this thread's own
+
+    senders = [threading.Thread(target=sender) for _ in range(2)]
+    with released_together(Notification, sessions=2):
+        for thread in senders:
+            thread.start()
+    for thread in senders:
+        thread.join()
+
+    assert sorted(sent) == [0, 30]
+    assert len(mailoutbox) == 1 and "Models: churn-000" in mailoutbox[0].body

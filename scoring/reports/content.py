@@ -304,7 +304,7 @@ def ranked_runs(report: Report) -> QuerySet:
     failed = (ScoringRun.Status.FAILED, ScoringRun.Status.RETRYING)
     light = Case(
         When(status__in=failed, then=Value(FAILED)),
-        When(quality_status__in=(WARNING, ALERT), then=F("quality_status")),
+        When(quality_status__in=SEVERITY, then=F("quality_status")),
         default=Value(OK),
         output_field=CharField(),
     )

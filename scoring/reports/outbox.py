@@ -109,8 +109,6 @@ def deliver(rows: list[QueuedEmail], now: datetime, message: Callable) -> bool:
             email.send()
     except Exception as exc:
         record_failure(model, ids, f"{type(exc).__name__}: {exc}")
-        for row in rows:
-            row.refresh_from_db(fields=["send_attempts", "send_error"])
         return False
     model.objects.filter(id__in=ids).update(sent_at=now, send_error="")
     for row in rows:
