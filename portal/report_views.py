@@ -1,11 +1,12 @@
 """The report of a batch as a page: the same as the email, with its charts served as PNGs."""
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from scoring.models import Report
+from scoring.quality.levels import SEVERITY
 from scoring.reports import chart, content
 
 
@@ -24,7 +25,14 @@ def get_report_for_user(request: HttpRequest, report_id: int) -> Report:
 @require_GET
 def report_page(request: HttpRequest, report_id: int) -> HttpResponse:
     report = get_report_for_user(request, report_id)
-    return render(request, "portal/report.html", content.report_context(report))
+    status = request.GET.get("status", "")
+    page = request.GET.get("page", "1")
+    if status and status not in SEVERITY:
+        return HttpResponseBadRequest(f"status must be one of {', '.join(SEVERITY)}, or blank")
+    if not page.isdigit() or int(page) < 1:
+        return HttpResponseBadRequest("page must be a whole number from 1")
+    context = content.page_context(report, status or None, int(page))
+    return render(request, "portal/report.html", context)
 
 
 @login_required

@@ -243,6 +243,9 @@ HEARTBEAT_SECONDS = env_int("HEARTBEAT_SECONDS", 20)
 RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 180)
 # A queued run that no worker took for this long lost its message: tick sends it again.
 REQUEUE_AFTER_SECONDS = env_int("REQUEUE_AFTER_SECONDS", 300)
+# A failure email waits this long for the other failures of its moment, so each address
+# gets one email for a batch whose models all fail (a feature source that is down).
+FAILURE_EMAIL_GATHER_SECONDS = env_int("FAILURE_EMAIL_GATHER_SECONDS", 60)
 # Chunks are handed to sandboxes as Arrow files here: shared memory where there is some.
 CHUNK_DIR = env_str("CHUNK_DIR", "/dev/shm" if Path("/dev/shm").is_dir() else "")
 

@@ -26,6 +26,7 @@ def score_parts(part_ids: list[int]) -> None:
     group(current_app.signature(SCORE_PART, args=[part_id]) for part_id in part_ids).apply_async()
 
 
-def send_notifications() -> None:
-    """A nudge, not the record: without retries, as tick sends whatever it does not."""
-    current_app.send_task(SEND_NOTIFICATIONS, retry=False)
+def send_notifications(countdown: float = 0) -> None:
+    """A nudge, not the record: without retries, as tick sends whatever it does not. The
+    countdown is seconds, far below the broker's visibility timeout."""
+    current_app.send_task(SEND_NOTIFICATIONS, retry=False, countdown=countdown)

@@ -270,6 +270,11 @@ class Notification(QueuedEmail):
     """
 
     run = models.ForeignKey(ScoringRun, on_delete=models.CASCADE, related_name="notifications")
+    # The batch the attempt ran in: an address gets one email for the failures of one batch
+    # at one moment, and a retry's failure (another batch) never merges into it.
+    batch = models.ForeignKey(
+        Batch, on_delete=models.SET_NULL, null=True, blank=True, related_name="notifications"
+    )
     attempt = models.PositiveIntegerField()
     # With the attempt number, names one attempt: "Score now" on a failed run counts from 1 again.
     started_at = models.DateTimeField(help_text="When the failed attempt started.")

@@ -136,6 +136,8 @@ def worker_env(django_db_setup, s3_server, celery_app_configured, feature_table,
         "FEATURES_URI": str(feature_table),
         "SANDBOX_TIMEOUT_SECONDS": str(WORKER_SANDBOX_TIMEOUT),
         "HEARTBEAT_SECONDS": "1",
+        # Failure emails wait this long for the others of their moment (60 s in production).
+        "FAILURE_EMAIL_GATHER_SECONDS": "2",
         "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
         "EMAIL_FILE_PATH": str(state_dir / "mail"),
         "SECRET_KEY": "worker-secret-that-packages-must-not-see",

@@ -21,19 +21,23 @@ from django.db import connection
 from django.utils import timezone
 
 from deploy import services
-from scoring.models import Batch, Deployment, ScoringRun
+from scoring.models import Batch, Deployment, Notification, ScoringRun
 from scoring.runs import dispatch
 from tests.factories import packages
-from tests.faults import released_together, stop_group, wait_gone
+from tests.factories.runs import make_models
+from tests.faults import closed_port, released_together, stop_group, wait_gone
 from tests.flows import (
     ENTITIES,
     assert_settled,
     committed_entities,
     deploy,
+    failure_emails,
     log_lines,
     make_due,
+    notifications_sent,
     owner_emails,
     report_emails,
+    subject,
     tick_until,
     wait_for_runs,
     wait_until,
@@ -243,3 +247,35 @@ def test_database_connections_dropped_mid_batch_the_worker_reconnects_and_finish
     assert committed_entities(deployment.id, run.date) == ENTITIES
     assert_told_once_all_ok(mailbox, owner, run.date)
     assert_settled()
+
+
+# --- the feature source ------------------------------------------------------------------
+
+
+def test_the_feature_source_down_for_50_models_of_two_owners_sends_one_email_to_each(
+    owner, outsider, workers, mailbox
+):
+    # A PostgreSQL feature source on a port nobody listens on: every model fails to read it.
+    workers(FEATURES_URI=f"postgresql://postgres@127.0.0.1:{closed_port()}/features?table=x")
+    fleets = {
+        owner.email: make_models(owner, 25, "churn"),
+        outsider.email: make_models(outsider, 25, "fraud"),
+    }
+    models = [model for fleet in fleets.values() for model in fleet]
+    make_due(*models)
+    dispatch.tick()
+
+    runs = wait_for_runs([model.id for model in models], statuses=("retrying",))
+    assert len(runs) == 50
+    assert all("cannot connect to the feature source" in run.error for run in runs)
+    notifications_sent()
+    emails = failure_emails(mailbox())
+    assert sorted(message["To"] for message in emails) == sorted(fleets)
+    day = runs[0].date
+    for message in emails:
+        assert subject(message) == f"25 models failed for {day}"
+        body = message.get_payload(0).get_payload(decode=True).decode()
+        assert body.count("cannot connect to the feature source") == 1
+        for model in fleets[message["To"]]:
+            assert model.name in body
+    assert Notification.objects.filter(sent_at__isnull=False).count() == 50  # the record

@@ -11,18 +11,21 @@ from types import SimpleNamespace
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from portal.celery import app
-from scoring.models import Deployment, Notification, PackageVersion, ScoringRun
+from scoring.models import Batch, Deployment, Notification, PackageVersion, ScoringRun
 from scoring.reports import outbox
 from scoring.runs import lifecycle, notifications
+from tests.factories.runs import make_models
 from tests.faults import closed_port, publishing_to, released_together
 
 pytestmark = pytest.mark.django_db
 
 DAY = date(2026, 11, 23)
 SLICE = date(2026, 11, 22)
-NOW = datetime(2026, 11, 23, 6, 30, tzinfo=UTC)
+# Tick's clock, a day after the rows are written: their gathering time is over.
+NOW = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
 LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
 
 
@@ -103,6 +106,7 @@ def test_a_worker_gone_silent_on_the_last_attempt_queues_the_give_up_email(owner
     [notification] = Notification.objects.all()
     assert (notification.attempt, notification.gave_up) == (3, True)
     assert notification.error == "the worker stopped answering during attempt 3"
+    assert notification.batch_id == run.batch_id
 
 
 def test_a_worker_gone_silent_before_the_last_attempt_queues_no_email(owner):
@@ -166,9 +170,11 @@ def test_an_email_sent_late_tells_of_its_own_attempt(owner, mailoutbox):
     lifecycle.fail(ScoringRun.objects.get(id=run.id), "second error", SLICE)
 
     assert notifications.send_due(NOW) == 2
-    first = next(m for m in mailoutbox if "(attempt 1 of 3)" in m.subject)
-    assert "first error" in first.body and "second error" not in first.body
-    assert f"The next attempt is at {retry_at:%Y-%m-%d %H:%M} UTC" in first.body
+    [late] = mailoutbox  # the same moment (no batch): one email with both attempts
+    first = late.body.split("== ")[1:]
+    [first] = [part for part in first if "first error" in part]
+    assert "second error" not in first
+    assert f"attempt 1 of 3; next attempt at {retry_at:%Y-%m-%d %H:%M} UTC" in first
 
 
 def test_a_model_without_an_email_address_has_nothing_to_send(owner, mailoutbox):
@@ -232,3 +238,240 @@ def test_two_senders_at_once_send_the_email_once(owner, mailoutbox):
 
     assert sorted(sent) == [0, 1]
     assert len(mailoutbox) == 1
+
+
+# --- failures in bulk: one email per address and batch ---------------------------------
+
+
+def running_runs(user, batch: Batch, count: int, prefix: str) -> list[ScoringRun]:
+    """`count` models of `user` in their first attempt in `batch`, as a worker claimed them."""
+    models = make_models(user, count, prefix=prefix)
+    return [
+        ScoringRun.objects.create(
+            deployment=model,
+            version=model.versions.get(),
+            batch=batch,
+            date=DAY,
+            status=ScoringRun.Status.RUNNING,
+            attempts=1,
+            started_at=NOW - timedelta(minutes=5),
+            heartbeat_at=NOW - timedelta(minutes=5),
+        )
+        for model in models
+    ]
+
+
+SOURCE_DOWN = "cannot connect to the feature source: connection refused"
+
+
+def test_a_batch_whose_models_all_fail_sends_each_address_one_email(owner, outsider, mailoutbox):
+    batch = Batch.objects.create()
+    for run in running_runs(owner, batch, 30, "churn") + running_runs(outsider, batch, 20, "fraud"):
+        lifecycle.fail(run, SOURCE_DOWN, SLICE)
+
+    assert Notification.objects.count() == 50  # the record: one row per failed attempt
+    assert notifications.send_due(NOW) == 50
+    assert sorted(message.to[0] for message in mailoutbox) == [owner.email, outsider.email]
+    alice = next(message for message in mailoutbox if message.to == [owner.email])
+    assert alice.subject == f"30 models failed for {DAY}"
+    # One error, read once, with its attempt and next retry, and the first 25 models named.
+    assert alice.body.count(SOURCE_DOWN) == 1
+    retry = ScoringRun.objects.filter(batch=batch).first().next_attempt_at
+    assert f"attempt 1 of 3; next attempt at {retry:%Y-%m-%d %H:%M} UTC" in alice.body
+    named = ", ".join(f"churn-{i:03d}" for i in range(25))
+    assert f"Models: {named} and 5 more" in alice.body
+    assert "/?status=failed" in alice.body
+    html = alice.alternatives[0][0]
+    assert html.count(SOURCE_DOWN) == 1 and "and 5 more" in html
+    assert f"/models/{ScoringRun.objects.get(deployment__name='churn-024').deployment_id}/" in html
+    assert notifications.send_due(NOW + timedelta(hours=3)) == 0
+    assert len(mailoutbox) == 2
+
+
+def test_different_errors_are_listed_apart_each_model_with_its_own_facts(owner, mailoutbox):
+    batch = Batch.objects.create()
+    runs = running_runs(owner, batch, 4, "churn")
+    lifecycle.fail(runs[0], SOURCE_DOWN, SLICE)
+    lifecycle.fail(runs[1], SOURCE_DOWN, SLICE)
+    ScoringRun.objects.filter(id=runs[2].id).update(attempts=3)
+    runs[2].attempts = 3
+    lifecycle.fail(runs[2], SOURCE_DOWN, SLICE)  # the last attempt: gave up
+    lifecycle.fail(runs[3], "2 features are missing from slice 2026-11-22: age, plan", SLICE)
+
+    assert notifications.send_due(NOW) == 4
+    [message] = mailoutbox
+    assert message.subject == f"4 models failed for {DAY} (1 gave up)"
+    body = message.body
+    assert body.index(SOURCE_DOWN) < body.index("features are missing")  # the most shared first
+    assert "== 3 models: " + SOURCE_DOWN in body
+    assert f"- churn-002 ({DAY}, slice {SLICE}): attempt 3 of 3; gave up." in body
+    assert "- churn-000 (" in body and "- churn-001 (" in body
+    assert "== 1 model: 2 features are missing" in body
+    assert "Model: churn-003" in body
+
+
+def test_a_retry_that_fails_in_another_batch_is_another_email(owner, mailoutbox):
+    first, second = Batch.objects.create(), Batch.objects.create()
+    [run] = running_runs(owner, first, 1, "churn")
+    lifecycle.fail(run, SOURCE_DOWN, SLICE)
+    assert notifications.send_due(NOW) == 1
+    ScoringRun.objects.filter(id=run.id).update(status="running", attempts=2, batch=second)
+    lifecycle.fail(ScoringRun.objects.get(id=run.id), SOURCE_DOWN, SLICE)
+    [other] = running_runs(owner, second, 1, "spend")
+    lifecycle.fail(other, SOURCE_DOWN, SLICE)
+
+    assert notifications.send_due(NOW) == 2
+    assert [m.subject for m in mailoutbox] == [
+        f"churn-000 failed for {DAY} (attempt 1 of 3)",
+        f"2 models failed for {DAY}",
+    ]
+
+
+def test_failures_wait_for_the_others_of_their_moment(owner, mailoutbox, settings):
+    settings.FAILURE_EMAIL_GATHER_SECONDS = 60
+    batch = Batch.objects.create()
+    runs = running_runs(owner, batch, 3, "churn")
+    lifecycle.fail(runs[0], SOURCE_DOWN, SLICE)
+    written = Notification.objects.get().created_at
+
+    assert notifications.send_due(written + timedelta(seconds=30)) == 0
+    for run in runs[1:]:
+        lifecycle.fail(run, SOURCE_DOWN, SLICE)
+    assert notifications.send_due(written + timedelta(seconds=61)) == 3
+    assert [m.subject for m in mailoutbox] == [f"3 models failed for {DAY}"]
+
+
+def test_a_thousand_failures_make_an_email_of_bounded_size(owner, mailoutbox):
+    batch = Batch.objects.create()
+    models = make_models(owner, 1000, prefix="m")
+    versions = {v.deployment_id: v for v in PackageVersion.objects.filter(deployment__in=models)}
+    runs = ScoringRun.objects.bulk_create(
+        ScoringRun(
+            deployment=m,
+            version=versions[m.id],
+            batch=batch,
+            date=DAY,
+            status="retrying",
+            attempts=1,
+            started_at=NOW,
+        )
+        for m in models
+    )
+    Notification.objects.bulk_create(
+        Notification(
+            run=run, batch=batch, attempt=1, started_at=NOW, gave_up=False, error=SOURCE_DOWN
+        )
+        for run in runs
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        assert notifications.send_due(NOW) == 1000
+    [message] = mailoutbox
+    assert message.subject == f"1000 models failed for {DAY}"
+    assert "and 975 more" in message.body
+    assert len(message.message().as_bytes()) < 20_000
+    assert len(queries) < 12, [q["sql"][:80] for q in queries]
+
+
+# --- the give-up email when the worker kept dying ----------------------------------------
+
+
+def test_a_run_whose_worker_kept_dying_gives_up_saying_so(owner, mailoutbox):
+    run = running_run(owner, attempts=1)
+    for attempt in (1, 2, 3):
+        run = ScoringRun.objects.select_related("deployment", "version").get(id=run.id)
+        if attempt > 1:
+            assert lifecycle.claim(run, batch_id=None)
+            run.heartbeat_at = NOW - timedelta(minutes=5)
+            ScoringRun.objects.filter(id=run.id).update(heartbeat_at=run.heartbeat_at)
+        lifecycle.take_back(run, NOW)
+
+    run.refresh_from_db()
+    assert (run.status, run.error) == (
+        "failed",
+        "the worker stopped answering during attempts 1, 2 and 3",
+    )
+    assert notifications.send_due(NOW) == 1
+    [message] = mailoutbox
+    assert message.subject == f"Gave up: churn failed 3 times for {DAY} (its worker kept dying)"
+    for body in (message.body, message.alternatives[0][0]):
+        assert (
+            "stopped answering (its process died or was killed) during attempts 1, 2 and 3 of 3"
+            in body
+        )
+        assert "This is not a problem in your data" in body
+        assert "ask them to check the workers' logs and memory" in body
+        assert "Fix the model or the data" not in body
+
+
+def test_a_give_up_after_one_lost_worker_names_only_that_attempt(owner, mailoutbox):
+    run = running_run(owner, attempts=3, max_attempts=3)
+    ScoringRun.objects.filter(id=run.id).update(error="ValueError: attempt 2 failed")
+    run.refresh_from_db()
+
+    lifecycle.take_back(run, NOW)
+    assert notifications.send_due(NOW) == 1
+    assert "during attempt 3 of 3, so Dropscore gave up" in mailoutbox[0].body
+
+
+def test_models_given_up_on_because_their_workers_kept_dying_are_told_so_in_one_email(
+    owner, mailoutbox
+):
+    batch = Batch.objects.create()
+    runs = running_runs(owner, batch, 30, "churn")
+    ScoringRun.objects.filter(id__in=[run.id for run in runs]).update(
+        attempts=3, error="the worker stopped answering during attempts 1 and 2"
+    )
+    for run in ScoringRun.objects.filter(batch=batch).select_related("deployment", "version"):
+        lifecycle.take_back(run, NOW)
+
+    assert notifications.send_due(NOW) == 30
+    [message] = mailoutbox
+    assert message.subject == f"Gave up: 30 models failed for {DAY}"
+    for body in (message.body, message.alternatives[0][0]):
+        assert body.count("the worker stopped answering during attempts 1, 2 and 3") == 1
+        assert "gave up: the worker kept dying (attempts 1, 2 and 3)" in body
+        assert "This is not a problem in your data" in body
+        assert "Fix the model or the data" not in body
+
+
+def test_a_mail_server_that_is_down_keeps_the_failures_of_a_moment_together(
+    owner, smtp_down, mailoutbox
+):
+    batch = Batch.objects.create()
+    for run in running_runs(owner, batch, 3, "churn"):
+        lifecycle.fail(run, SOURCE_DOWN, SLICE)
+
+    assert notifications.send_due(NOW) == 0
+    assert list(Notification.objects.values_list("send_attempts", flat=True)) == [1, 1, 1]
+    assert notifications.send_due(NOW + timedelta(minutes=1)) == 0  # backing off, together
+
+    smtp_down.EMAIL_BACKEND = LOCMEM
+    assert notifications.send_due(NOW + timedelta(minutes=3)) == 3
+    assert [m.subject for m in mailoutbox] == [f"3 models failed for {DAY}"]
+    assert not Notification.objects.filter(sent_at__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_senders_at_once_send_the_failures_of_a_batch_in_one_email(owner, mailoutbox):
+    batch = Batch.objects.create()
+    for run in running_runs(owner, batch, 30, "churn"):
+        # Written as fail() writes them (fail() itself would ask the worker to send them).
+        Notification.objects.create(
+            run=run, batch=batch, attempt=1, started_at=run.started_at, gave_up=False, error="x"
+        )
+    sent = []
+
+    def sender():
+        sent.append(notifications.send_due(NOW))
+        connection.close()  # this thread's own
+
+    senders = [threading.Thread(target=sender) for _ in range(2)]
+    with released_together(Notification, sessions=2):
+        for thread in senders:
+            thread.start()
+    for thread in senders:
+        thread.join()
+
+    assert sorted(sent) == [0, 30]
+    assert len(mailoutbox) == 1 and "Models: churn-000" in mailoutbox[0].body

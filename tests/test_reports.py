@@ -4,17 +4,21 @@ Runs are written to the database as the engine and the quality checks leave them
 """
 
 import io
+import re
+import time
 from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from PIL import Image
 
-from scoring.models import Batch, Report, ScoringRun
+from scoring.models import Batch, PackageVersion, Report, ScoringRun
 from scoring.reports import chart, content, outbox
 from scoring.reports import mail as report_mail
-from tests.factories.reports import NOW, deployment, quality, run
-from tests.factories.runs import histogram
+from tests.factories.reports import DAY, NOW, deployment, quality, run
+from tests.factories.runs import histogram, make_models
 from tests.factories.web import logged_in
 
 pytestmark = pytest.mark.django_db
@@ -356,3 +360,115 @@ def test_a_chart_of_a_run_not_in_the_report_is_404(owner, staff, alice_report, m
 
     assert logged_in(owner).get(url).status_code == 404
     assert logged_in(staff).get(url).status_code == 404
+
+
+# --- a report of a thousand models -------------------------------------------------------
+
+FLEET = {"failed": 12, "alert": 30, "warning": 58, "ok": 900}
+
+
+def fleet_report(owner, batch, lights: dict[str, int] = FLEET) -> Report:
+    """One report of many runs of `owner`, made in bulk: lights in the order of `lights`."""
+    models = make_models(owner, sum(lights.values()), prefix="m")
+    versions = {v.deployment_id: v for v in PackageVersion.objects.filter(deployment__in=models)}
+    statuses = [light for light, count in lights.items() for _ in range(count)]
+    started = NOW - timedelta(minutes=3)
+    runs = []
+    for model, light in zip(models, statuses, strict=True):
+        run_ = ScoringRun(
+            deployment=model,
+            version=versions[model.id],
+            batch=batch,
+            date=DAY,
+            slice_date=DAY,
+            status="succeeded",
+            attempts=1,
+            rows=100000,
+            started_at=started,
+            finished_at=started + timedelta(seconds=42.5),
+        )
+        if light == "failed":
+            run_.status, run_.rows, run_.error = "failed", None, "RuntimeError: the model broke"
+        else:
+            run_.quality, run_.quality_status = quality(light), light
+        runs.append(run_)
+    ScoringRun.objects.bulk_create(runs, batch_size=500)
+    [report] = content.build_reports(batch)
+    return report
+
+
+def test_a_report_of_a_thousand_models_is_one_bounded_email(owner, batch, mailoutbox):
+    report = fleet_report(owner, batch)
+
+    started = time.perf_counter()
+    with CaptureQueriesContext(connection) as queries:
+        assert report_mail.send_report(report, NOW) is True
+    seconds = time.perf_counter() - started
+    [message] = mailoutbox
+    size = len(message.message().as_bytes())
+    print(f"report of 1,000 models: {size / 1024:.0f} KiB, {len(queries)} queries, {seconds:.2f} s")
+
+    assert size < 1024 * 1024
+    images = [p for p in message.message().walk() if p.get_content_type() == "image/png"]
+    assert len(images) == content.CHARTS_IN_EMAIL
+    assert (
+        message.subject == "[Dropscore] FAILED — m-000 and 11 more failed (1000 models, 2026-11-23)"
+    )
+    body, html = message.body, message.alternatives[0][0]
+    assert "1000 models (12 failed, 30 alert, 58 warning, 900 ok)" in body
+    assert "<b>12</b> failed" in html and "<b>900</b> ok" in html
+    # Failures, then alerts in detail, up to 20; the other 22 and the rest one line each.
+    assert body.count("== m-") == html.count('<h3 style="margin:0 0 6px') == 20
+    assert "And 22 more alerts and failures" in body and "And 22 more alerts and failures" in html
+    assert len(re.findall(r"(?m)^  \[[A-Z]+\] m-\d+: ", body)) == content.LINES_IN_EMAIL
+    assert "and 880 more on the report page" in body and "And 880 more on the" in html
+    # A fixed number of queries, not one per run.
+    assert len(queries) <= 15, len(queries)
+
+
+def test_the_number_of_queries_of_a_report_does_not_grow_with_its_runs(owner, outsider, mailoutbox):
+    counted = []
+    for user, lights in ((owner, {"alert": 25, "ok": 40}), (outsider, {"alert": 50, "ok": 400})):
+        batch = Batch.objects.create(created_at=NOW)
+        report = fleet_report(user, batch, lights)
+        with CaptureQueriesContext(connection) as queries:
+            report_mail.send_report(report, NOW)
+        counted.append(len(queries))
+
+    assert counted[0] == counted[1]
+
+
+def test_the_report_page_pages_through_every_run_and_filters_by_light(owner, batch):
+    report = fleet_report(owner, batch)
+    client = logged_in(owner)
+    expected = set(report.runs.values_list("id", flat=True))
+
+    seen = []
+    for number in range(1, 1000 // content.PER_PAGE + 1):
+        with CaptureQueriesContext(connection) as queries:
+            page = client.get(f"/reports/{report.id}/?page={number}").content.decode()
+        assert len(queries) <= 20, len(queries)
+        seen += [int(i) for i in re.findall(r'id="run-(\d+)"', page)]
+    assert len(seen) == len(expected) == 1000 and set(seen) == expected
+    assert "page 40 of 40 · models 976–1000 of 1000" in page
+
+    alerts = client.get(f"/reports/{report.id}/?status=alert&page=2").content.decode()
+    ids = [int(i) for i in re.findall(r'id="run-(\d+)"', alerts)]
+    assert len(ids) == 5 and "page 2 of 2 · models 26–30 of 30" in alerts
+    assert set(ScoringRun.objects.filter(id__in=ids).values_list("quality_status", flat=True)) == {
+        "alert"
+    }
+    assert 'href="?status=alert&amp;page=1"' in alerts  # the pager keeps the filter
+    beyond = client.get(f"/reports/{report.id}/?page=99").content.decode()
+    assert "page 40 of 40" in beyond
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [("status=fine", "status must be one of"), ("page=x", "page must be"), ("page=0", "page must")],
+)
+def test_a_bad_filter_of_the_report_page_says_what_is_wrong(owner, alice_report, query, message):
+    response = logged_in(owner).get(f"/reports/{alice_report.id}/?{query}")
+
+    assert response.status_code == 400
+    assert message in response.content.decode()

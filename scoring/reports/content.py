@@ -7,9 +7,24 @@ the portal, so the two always say the same thing.
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import date
 
 from django.conf import settings
+from django.core.paginator import Paginator
 from django.db import transaction
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    F,
+    IntegerField,
+    Max,
+    Min,
+    QuerySet,
+    Value,
+    When,
+)
+from django.db.models.functions import Lower
 
 from scoring.models import Batch, Report, ScoringRun
 from scoring.quality import levels
@@ -47,7 +62,8 @@ def build_reports(batch: Batch) -> list[Report]:
     never a second report.
     """
     by_owner: dict[int, list[ScoringRun]] = defaultdict(list)
-    for run in ScoringRun.objects.filter(batch=batch).select_related("deployment"):
+    # Statuses only: a report of a thousand runs need not load their quality.
+    for run in ScoringRun.objects.filter(batch=batch).select_related("deployment").defer("quality"):
         by_owner[run.deployment.owner_id].append(run)
     reports = []
     for owner_id, runs in sorted(by_owner.items()):
@@ -56,7 +72,7 @@ def build_reports(batch: Batch) -> list[Report]:
                 batch=batch, owner_id=owner_id, defaults={"status": worst(map(run_status, runs))}
             )
             report.runs.add(*runs)
-            status = worst(map(run_status, report.runs.all()))
+            status = worst(map(run_status, report.runs.only("status", "quality_status")))
             if report.status != status:
                 report.status = status
                 report.save(update_fields=["status"])
@@ -243,53 +259,150 @@ def report_url(report: Report) -> str:
     return f"{settings.SITE_URL.rstrip('/')}/reports/{report.id}/"
 
 
-def date_text(runs: list[ScoringRun]) -> str:
-    dates = sorted({run.date for run in runs})
-    if not dates:
+def date_text(first: date | None, last: date | None) -> str:
+    if first is None:
         return ""
-    if len(dates) == 1:
-        return dates[0].isoformat()
-    return f"{dates[0].isoformat()} to {dates[-1].isoformat()}"
+    if first == last:
+        return first.isoformat()
+    return f"{first.isoformat()} to {last.isoformat()}"
 
 
-def headline(sections: list[Section], status: str) -> str:
-    """'churn drifted', 'churn and 1 more failed', '3 models scored'."""
-    if status == OK and len(sections) > 1:
-        return f"{len(sections)} models scored"
-    worst_sections = [section for section in sections if section.status == status]
+def headline(worst_sections: list[Section], count: int, status: str, model_count: int) -> str:
+    """'churn drifted', 'churn and 1 more failed', '3 models scored'.
+
+    `worst_sections` are the first of the `count` runs at the worst status: their verbs are
+    the subject's when they are all of them and agree."""
+    if status == OK and model_count > 1:
+        return f"{model_count} models scored"
     if not worst_sections:
         return "nothing scored"
     names = worst_sections[0].deployment.name
-    if len(worst_sections) > 1:
-        names += f" and {len(worst_sections) - 1} more"
+    if count > 1:
+        names += f" and {count - 1} more"
     verbs = {section.verb for section in worst_sections}
-    return f"{names} {verbs.pop() if len(verbs) == 1 else VERBS[status]}"
+    if len(verbs) == 1 and len(worst_sections) == count:
+        return f"{names} {verbs.pop()}"
+    return f"{names} {VERBS[status]}"
 
 
-def report_context(report: Report) -> dict:
-    """What the email and the page show: the models worst first, with their checks."""
-    runs = list(report.runs.select_related("deployment", "version"))
-    sections = sorted(
-        (section_for(report, run) for run in runs),
-        key=lambda s: (-SEVERITY.index(s.status), s.deployment.name.lower(), s.run.date),
+# --- a report of any size: worst first, in a fixed number of queries ------------------------
+
+# The email of a report is bounded whatever the number of models: the alerts and failures in
+# detail (up to DETAILED_IN_EMAIL, the first CHARTS_IN_EMAIL with their chart), then the rest
+# one line each (up to LINES_IN_EMAIL); the report's page pages through all of them.
+DETAILED_IN_EMAIL = 20
+SMALL_REPORT = 10  # up to this many models, each is in detail, as a small team expects
+CHARTS_IN_EMAIL = 5
+LINES_IN_EMAIL = 100
+PER_PAGE = 25
+ATTENTION = (FAILED, ALERT)
+
+
+def ranked_runs(report: Report) -> QuerySet:
+    """The report's runs, each with its light (`light`, as run_status says) and its rank
+    (`rank`, the index in SEVERITY), worst first, then by model name and date."""
+    failed = (ScoringRun.Status.FAILED, ScoringRun.Status.RETRYING)
+    light = Case(
+        When(status__in=failed, then=Value(FAILED)),
+        When(quality_status__in=SEVERITY, then=F("quality_status")),
+        default=Value(OK),
+        output_field=CharField(),
     )
-    status = worst(section.status for section in sections)
-    counts = [
-        f"{count} {name}"
-        for name in reversed(SEVERITY)
-        if (count := sum(section.status == name for section in sections))
-    ]
+    rank = Case(
+        *(When(light=name, then=Value(index)) for index, name in enumerate(SEVERITY)),
+        output_field=IntegerField(),
+    )
+    return (
+        report.runs.annotate(light=light)
+        .annotate(rank=rank)
+        .select_related("deployment", "version")
+        .order_by("-rank", Lower("deployment__name"), "date", "id")
+    )
+
+
+def light_counts(runs: QuerySet) -> dict[str, int]:
+    """How many runs at each light, worst first (one query)."""
+    found = dict(runs.order_by().values_list("light").annotate(count=Count("id")))
+    return {name: found.get(name, 0) for name in reversed(SEVERITY)}
+
+
+def summary_context(report: Report, runs: QuerySet, counts: dict[str, int]) -> dict:
+    """The top of the email and the page: the worst light, the headline, the counts."""
+    model_count = sum(counts.values())
+    status = next((name for name, count in counts.items() if count), OK)
+    worst_runs = runs.filter(light=status)[:DETAILED_IN_EMAIL]
+    worst_sections = [section_for(report, run) for run in worst_runs]
     fg, bg = LIGHTS[status]
+    span = runs.order_by().aggregate(first=Min("date"), last=Max("date"))
     return {
         "report": report,
         "status": status,
         "word": status.upper(),
         "fg": fg,
         "bg": bg,
-        "headline": headline(sections, status),
-        "dates": date_text(runs),
-        "model_count": len(sections),
-        "summary": ", ".join(counts),
-        "sections": sections,
+        "headline": headline(worst_sections, counts[status], status, model_count),
+        "dates": date_text(span["first"], span["last"]),
+        "model_count": model_count,
+        "counts": [LightCount(name, count) for name, count in counts.items()],
+        "summary": ", ".join(f"{count} {name}" for name, count in counts.items() if count),
         "url": report_url(report),
+    }
+
+
+@dataclass
+class LightCount:
+    """One light and how many runs have it, for the counts line."""
+
+    status: str
+    count: int
+
+    @property
+    def fg(self) -> str:
+        return LIGHTS[self.status][0]
+
+    @property
+    def bg(self) -> str:
+        return LIGHTS[self.status][1]
+
+
+def report_context(report: Report) -> dict:
+    """What the email shows, bounded: the counts, the alerts and failures in detail (the
+    first few with charts), then the other models one line each, up to a cap. A small
+    report shows every model in detail."""
+    runs = ranked_runs(report)
+    counts = light_counts(runs)
+    context = summary_context(report, runs, counts)
+    small = context["model_count"] <= SMALL_REPORT
+    attention = context["model_count"] if small else sum(counts[name] for name in ATTENTION)
+    detailed = min(attention, DETAILED_IN_EMAIL)
+    sections = [section_for(report, run) for run in runs[:detailed]]
+    charted = [section for section in sections if section.has_chart][:CHARTS_IN_EMAIL]
+    for section in sections:
+        section.has_chart = section in charted
+    lines = [
+        Section(run=run, status=run.light)
+        for run in runs.defer("quality")[detailed : detailed + LINES_IN_EMAIL]
+    ]
+    return {
+        **context,
+        "sections": sections,
+        "sections_title": "" if small else "Alerts and failures",
+        "attention_more": attention - detailed,
+        "lines": lines,
+        "lines_more": context["model_count"] - detailed - len(lines),
+    }
+
+
+def page_context(report: Report, status: str | None, page: int) -> dict:
+    """What the report's page shows: the counts, then one page of the runs at `status` (all
+    when None), each in detail; past the last page, the last."""
+    runs = ranked_runs(report)
+    counts = light_counts(runs)
+    shown = runs.filter(light=status) if status else runs
+    page_of = Paginator(shown, PER_PAGE).get_page(page)
+    return {
+        **summary_context(report, runs, counts),
+        "filter_status": status or "",
+        "page": page_of,
+        "sections": [section_for(report, run) for run in page_of],
     }

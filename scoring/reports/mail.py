@@ -36,7 +36,7 @@ def make_message(kind: str, to: str | list[str], context: dict) -> EmailMultiAlt
 
 def recipients(report: Report) -> list[str]:
     """The report emails of the report's models; the owner's account email when none has one."""
-    emails = {run.deployment.email for run in report.runs.select_related("deployment")}
+    emails = set(report.runs.values_list("deployment__email", flat=True).distinct())
     emails.discard("")
     if not emails and report.owner.email:
         emails = {report.owner.email}

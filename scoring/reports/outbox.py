@@ -3,7 +3,8 @@
 A row is a `scoring.models.QueuedEmail`. A sender claims it for one attempt with a
 conditional update, so a worker sending it at once and tick never both send it; a mail
 server that is down or slow only delays it: tick tries again, backing off, up to
-MAX_SEND_ATTEMPTS times.
+MAX_SEND_ATTEMPTS times. Several rows may go out as one email (`send_together`): they are
+claimed, sent and marked together.
 """
 
 import logging
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.core.mail import EmailMessage
+from django.db import transaction
 from django.db.models import F, Q, QuerySet
 
 from scoring.models import QueuedEmail
@@ -22,6 +24,8 @@ DUE_PER_PASS = 100
 
 # The email of a row, or None when there is no one to send it to (the row counts as sent).
 MessageFor = Callable[[QueuedEmail], EmailMessage | None]
+# The one email of several rows, or None when there is no one to send it to.
+MessageForAll = Callable[[list[QueuedEmail]], EmailMessage | None]
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -52,6 +56,27 @@ def claim(row: QueuedEmail, now: datetime) -> bool:
     return bool(claimed)
 
 
+def claim_all(rows: QuerySet, now: datetime) -> list[QueuedEmail]:
+    """Take every due row of `rows` for one attempt, as `claim` takes one.
+
+    Rows another sender is claiming at this moment are skipped, never waited for: that
+    sender sends them. The lease is the backoff of the most tried row.
+    """
+    with transaction.atomic():
+        claimed = list(
+            rows.filter(due(now)).select_for_update(skip_locked=True, of=("self",)).order_by("id")
+        )
+        if claimed:
+            attempts = max(row.send_attempts for row in claimed)
+            next_attempt_at = now + retry_delay(attempts + 1)
+            rows.model.objects.filter(id__in=[row.id for row in claimed]).update(
+                next_attempt_at=next_attempt_at
+            )
+            for row in claimed:
+                row.next_attempt_at = next_attempt_at
+    return claimed
+
+
 def send(row: QueuedEmail, now: datetime, message_for: MessageFor) -> bool:
     """Email the row: True when it went out, or there was no one to send it to.
 
@@ -61,29 +86,45 @@ def send(row: QueuedEmail, now: datetime, message_for: MessageFor) -> bool:
     """
     if not claim(row, now):
         return False
+    return deliver([row], now, lambda: message_for(row))
+
+
+def send_together(rows: QuerySet, now: datetime, message_for_all: MessageForAll) -> int:
+    """Email the due rows of `rows` as one message; how many rows it covered (0: none went)."""
+    claimed = claim_all(rows, now)
+    if not claimed:
+        return 0
+    return len(claimed) if deliver(claimed, now, lambda: message_for_all(claimed)) else 0
+
+
+def deliver(rows: list[QueuedEmail], now: datetime, message: Callable) -> bool:
+    """Build and send the claimed rows' email, then mark them sent; on an error, keep it."""
+    model = type(rows[0])
+    ids = [row.id for row in rows]
     try:
-        message = message_for(row)
-        if message is None:
-            log.warning("%s: no email address, nothing to send", row)
+        email = message()
+        if email is None:
+            log.warning("%s: no email address, nothing to send", rows[0])
         else:
-            message.send()
+            email.send()
     except Exception as exc:
-        record_failure(row, f"{type(exc).__name__}: {exc}")
+        record_failure(model, ids, f"{type(exc).__name__}: {exc}")
         return False
-    type(row).objects.filter(id=row.id).update(sent_at=now, send_error="")
-    row.sent_at, row.send_error = now, ""
+    model.objects.filter(id__in=ids).update(sent_at=now, send_error="")
+    for row in rows:
+        row.sent_at, row.send_error = now, ""
     return True
 
 
-def record_failure(row: QueuedEmail, error: str) -> None:
-    type(row).objects.filter(id=row.id).update(
-        send_attempts=F("send_attempts") + 1, send_error=error
-    )
-    row.refresh_from_db(fields=["send_attempts", "send_error"])
-    if row.send_attempts >= MAX_SEND_ATTEMPTS:
-        log.error("%s: gave up after %s attempts: %s", row, row.send_attempts, error)
+def record_failure(model: type[QueuedEmail], ids: list[int], error: str) -> None:
+    model.objects.filter(id__in=ids).update(send_attempts=F("send_attempts") + 1, send_error=error)
+    gone = model.objects.filter(id__in=ids, send_attempts__gte=MAX_SEND_ATTEMPTS).count()
+    if gone:
+        log.error(
+            "%s %s: gave up after %s attempts: %s", gone, model.__name__, MAX_SEND_ATTEMPTS, error
+        )
     else:
-        log.warning("%s not sent (attempt %s): %s", row, row.send_attempts, error)
+        log.warning("%s %s not sent: %s", len(ids), model.__name__, error)
 
 
 def send_due(rows: QuerySet, now: datetime, message_for: MessageFor) -> int:

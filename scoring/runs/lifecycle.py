@@ -5,6 +5,7 @@ transitions `ScoringRun.TRANSITIONS` allows, so two workers or two ticks can nev
 take a run, and a worker that lost its lease cannot write over the run's new owner.
 """
 
+import logging
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 
@@ -14,7 +15,9 @@ from django.utils import timezone
 
 from scoring.models import Deployment, PackageVersion, ScoringRun
 from scoring.packages import params
-from scoring.runs import notifications
+from scoring.runs import notifications, worker_loss
+
+log = logging.getLogger(__name__)
 
 
 class RunError(ValueError):
@@ -165,10 +168,12 @@ def take_back(run: ScoringRun, now: datetime) -> bool:
     stale = ScoringRun.objects.filter(
         id=run.id, status=ScoringRun.Status.RUNNING, heartbeat_at=run.heartbeat_at
     )
-    message = f"the worker stopped answering during attempt {run.attempts}"
+    message = worker_loss.after_losing(run.error, run.attempts)
     if run.attempts >= run.max_attempts:
         with transaction.atomic():
             if move(stale, ScoringRun.Status.FAILED, error=message, finished_at=now):
+                # For the operators: workers that keep dying are theirs to look at.
+                log.error("run %s gave up: %s (model %s)", run.id, message, run.deployment_id)
                 run.refresh_from_db()
                 notifications.queue(run)
         return False

@@ -1,23 +1,35 @@
 """Failure and give-up emails, through the database send queue reports use.
 
-`queue` only writes the email's row, in the transaction that records the failure, so a
-slow mail server never holds up a batch (nor tick, which gives up on stale runs). Once
-that is committed a worker is asked to send it at once; whatever the mail server did not
-take, tick sends again, backing off (scoring.reports.outbox). One failed attempt makes one
-email: a unique constraint.
+`queue` only writes a row per failed attempt, in the transaction that records the failure,
+so a slow mail server never holds up a batch (nor tick, which gives up on stale runs). The
+rows are the record; the emails are fewer: each address gets one email for the failures of
+one batch at one moment. A failure waits FAILURE_EMAIL_GATHER_SECONDS for the others of its
+moment (a feature source that is down fails a whole batch within seconds), then a sender
+claims all due rows of that address and batch at once and sends them as one email
+(scoring.runs.failure_emails). A retry runs in another batch: its failure is another email.
+Whatever the mail server did not take, tick sends again, backing off
+(scoring.reports.outbox). One failed attempt makes one row: a unique constraint.
 """
 
 import logging
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 
 from scoring import enqueue
 from scoring.models import Notification, ScoringRun
 from scoring.reports import mail, outbox
+from scoring.runs import failure_emails
 
 log = logging.getLogger(__name__)
+
+# A nudge fires a second after the gathering time: it covers the failures committed within
+# that second, so a thousand failures of one moment send a few nudges, not a thousand.
+NUDGE_COVERS_SECONDS = 1.0
+_last_nudge = -NUDGE_COVERS_SECONDS
 
 
 def queue(run: ScoringRun) -> None:
@@ -27,6 +39,7 @@ def queue(run: ScoringRun) -> None:
         attempt=run.attempts,
         started_at=run.started_at,
         defaults={
+            "batch_id": run.batch_id,
             "gave_up": run.status == ScoringRun.Status.FAILED,
             "error": run.error,
             "slice_date": run.slice_date,
@@ -37,26 +50,55 @@ def queue(run: ScoringRun) -> None:
 
 
 def send_soon() -> None:
-    """Ask a worker to send the queue now: the batch goes on without waiting for it."""
+    """Ask a worker to send once the failure's moment is gathered: the batch goes on."""
+    global _last_nudge
+    if time.monotonic() - _last_nudge < NUDGE_COVERS_SECONDS:
+        return  # the last nudge fires late enough to gather this failure too
     try:
-        enqueue.send_notifications()
+        enqueue.send_notifications(countdown=settings.FAILURE_EMAIL_GATHER_SECONDS + 1)
+        _last_nudge = time.monotonic()
     except Exception:  # the broker is down: tick sends the email
         log.exception("could not ask a worker to send the failure emails; tick will")
 
 
 def send_due(now: datetime) -> int:
-    """Send the failure emails that are due (new, or whose back-off is over); how many went."""
-    rows = Notification.objects.select_related("run__deployment", "run__version")
-    return outbox.send_due(rows, now, failure_email)
+    """Email each address and batch whose oldest due failure has waited its gathering time,
+    all their due failures at once; returns how many failed attempts were told."""
+    gathered = now - timedelta(seconds=settings.FAILURE_EMAIL_GATHER_SECONDS)
+    due = Notification.objects.filter(outbox.due(now))
+    moments = (
+        due.filter(created_at__lte=gathered)
+        .order_by("run__deployment__email", "batch_id")
+        .values_list("run__deployment__email", "batch_id")
+        .distinct()[: outbox.DUE_PER_PASS]
+    )
+    return sum(send_to(address, batch_id, now) for address, batch_id in moments)
 
 
-def failure_email(notification: Notification) -> EmailMultiAlternatives | None:
-    """Which model, which slice, what went wrong, what happens next; None without an address."""
-    run = as_it_failed(notification)
-    if not run.deployment.email:
+def send_to(address: str, batch_id: int | None, now: datetime) -> int:
+    rows = Notification.objects.filter(
+        run__deployment__email=address, batch_id=batch_id
+    ).select_related("run__deployment", "run__version")
+    return outbox.send_together(rows, now, lambda claimed: failure_email(address, claimed))
+
+
+def failure_email(address: str, notifications: list[Notification]) -> EmailMultiAlternatives | None:
+    """One failed attempt as it was (`run_failed`), or several grouped by error
+    (`runs_failed`); None without an address."""
+    if not address:
         return None
-    context = {"run": run, "deployment": run.deployment, "gave_up": notification.gave_up}
-    return mail.make_message("run_failed", run.deployment.email, context)
+    if len(notifications) == 1:
+        [notification] = notifications
+        run = as_it_failed(notification)
+        context = {
+            "run": run,
+            "deployment": run.deployment,
+            "gave_up": notification.gave_up,
+            "lost_attempts": failure_emails.Failure.of(notification).lost_attempts,
+        }
+        return mail.make_message("run_failed", address, context)
+    context = failure_emails.digest_context(notifications)
+    return mail.make_message("runs_failed", address, context)
 
 
 def as_it_failed(notification: Notification) -> ScoringRun:
@@ -65,4 +107,5 @@ def as_it_failed(notification: Notification) -> ScoringRun:
     run = notification.run
     run.attempts, run.error = notification.attempt, notification.error
     run.slice_date, run.next_attempt_at = notification.slice_date, notification.retry_at
+    run.started_at = notification.started_at
     return run
