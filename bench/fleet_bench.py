@@ -176,21 +176,18 @@ class Fleet:
         """All the user's models due at noon of the next day; one tick; the batch."""
         from django.utils import timezone
 
-        from scoring.models import Batch, Deployment, ScoringRun
+        from scoring.models import Deployment, ScoringRun
         from scoring.runs import dispatch
 
         day, self.next_day = self.next_day, self.next_day + timedelta(days=1)
         noon = datetime.combine(day, clock_time(12), tzinfo=UTC)
         Deployment.objects.filter(owner=user).update(next_run_at=noon - timedelta(minutes=1))
+        crashed_before = crashes(workers)
         usage = Usage([worker.process.pid for worker in workers], self.s3_pid)
         usage.start()
         ticked = timezone.now()
         batch = dispatch.tick(now=noon)
-        deadline = time.monotonic() + self.args.timeout
-        while not Batch.objects.filter(id=batch.id, finished_at__isnull=False).exists():
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        crashed = wait_finished(batch.id, workers, crashed_before, self.args.timeout)
         usage.stop_event.set()
         usage.join()
         batch.refresh_from_db()
@@ -203,7 +200,7 @@ class Fleet:
             "workers": len(workers),
             "runs": runs.count(),
             "statuses": {k: v for k, v in statuses.items() if v},
-            "errors": list(runs.exclude(error="").values_list("error", flat=True)[:3]),
+            "errors": crashed + list(runs.exclude(error="").values_list("error", flat=True)[:3]),
             "seconds": ((batch.finished_at or timezone.now()) - ticked).total_seconds(),
             "finished": batch.finished_at is not None,
             "usage": usage,
@@ -256,6 +253,25 @@ class Fleet:
             "one_process": separate,
             "rounds": rounds,
         }
+
+
+def crashes(workers: list) -> set[str]:
+    """The workers' logged tasks that raised (Celery's own line for them)."""
+    return {line for line in log_lines(workers) if "] raised unexpected:" in line}
+
+
+def wait_finished(batch_id: int, workers: list, before: set[str], timeout: float) -> list[str]:
+    """Wait until the batch is finished; the tasks that crashed instead (a batch whose task
+    raised is never finished: its runs wait for their lease to be taken back)."""
+    from scoring.models import Batch
+
+    deadline = time.monotonic() + timeout
+    while not Batch.objects.filter(id=batch_id, finished_at__isnull=False).exists():
+        crashed = sorted(crashes(workers) - before)
+        if crashed or time.monotonic() > deadline:
+            return crashed
+        time.sleep(1)
+    return []
 
 
 def prepare_slice(work: Path, rows: int, day: date) -> Path:

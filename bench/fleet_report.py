@@ -48,12 +48,19 @@ def one_count(result: dict, args) -> list[str]:
     broken = []
 
     def row(label: str, cells: list[str], target: str = "") -> None:
+        cells = [
+            cell if r["finished"] else "unfinished" for r, cell in zip(rounds, cells, strict=True)
+        ]
         print(f"{label:<40}" + "".join(f"{cell:>14}" for cell in cells) + f"   {target}")
 
     print(f"\n{models} models ({', '.join(f'{n} {k}' for k, n in counts(models).items())})")
-    row("", [f"{r['workers']} worker(s)" for r in rounds], "target")
+    print(f"{'':<40}" + "".join(f"{r['workers']:>4} worker(s)" for r in rounds) + "   target")
     row("batch (tick to finished)", [f"{r['seconds']:.2f} s" for r in rounds])
-    row("runs", [statuses(r) for r in rounds], f"all {models} succeeded")
+    print(
+        f"{'runs':<40}"
+        + "".join(f"{statuses(r):>14}" for r in rounds)
+        + f"   all {models} succeeded"
+    )
     row(
         "batch / limit",
         [f"{r['seconds'] / limit.seconds:.2f}x" for r in rounds],
@@ -92,11 +99,15 @@ def one_count(result: dict, args) -> list[str]:
         print(f"{r['workers']} worker(s), the engine's phases: {r['phases']}")
         for error in r["errors"]:
             print(f"  error: {error[:300]}")
-    critical_path(rounds[0], models)
+    if rounds[0]["finished"]:
+        critical_path(rounds[0], models)
     for r in rounds:
         where = f"{models} models, {r['workers']} worker(s)"
         if not r["finished"]:
-            broken.append(f"{where}: the batch did not finish within {args.timeout:.0f} s")
+            broken.append(
+                f"{where}: the batch did not finish (crashed, or over {args.timeout:.0f} s)"
+            )
+            continue
         if r["statuses"].get("succeeded", 0) != models:
             broken.append(f"{where}: runs {statuses(r)}")
         if r["seconds"] > TARGETS["limit"] * limit.seconds:

@@ -51,10 +51,12 @@ class Usage(threading.Thread):
     def find_processes(self) -> None:
         import psutil
 
+        found = []
         for worker_pid in self.worker_pids:
             for process in process_trees([worker_pid]):
                 self.root.setdefault(process.pid, worker_pid)
-        for process in [*process_trees(self.worker_pids), psutil.Process(self.s3_pid)]:
+                found.append(process)
+        for process in [*found, psutil.Process(self.s3_pid)]:
             if process.pid not in self.known:
                 try:
                     self.known[process.pid] = (self.kind(process), process)

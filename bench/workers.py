@@ -24,6 +24,7 @@ def start_workers(count: int, label: str, state: Path, env: dict[str, str]) -> l
     for index in range(count):
         name = f"bench{os.getpid()}-{label}-{index}@{host}"
         log = state / f"worker-{label}-{index}.log"
+        log.unlink(missing_ok=True)  # a --workdir kept from an earlier run: only this one's
         process = services.celery(
             "worker",
             env,
