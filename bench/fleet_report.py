@@ -51,14 +51,15 @@ def one_count(result: dict, args) -> list[str]:
         cells = [
             cell if r["finished"] else "unfinished" for r, cell in zip(rounds, cells, strict=True)
         ]
-        print(f"{label:<40}" + "".join(f"{cell:>14}" for cell in cells) + f"   {target}")
+        print(f"{label:<40}" + "".join(f"{cell:>17}" for cell in cells) + f"   {target}")
 
     print(f"\n{models} models ({', '.join(f'{n} {k}' for k, n in counts(models).items())})")
-    print(f"{'':<40}" + "".join(f"{r['workers']:>4} worker(s)" for r in rounds) + "   target")
+    print(f"{'':<40}" + "".join(f"{r['workers']:>7} worker(s)" for r in rounds) + "   target")
+    print(f"{'':<40}" + "".join(f"{r['day']:>17}" for r in rounds))
     row("batch (tick to finished)", [f"{r['seconds']:.2f} s" for r in rounds])
     print(
         f"{'runs':<40}"
-        + "".join(f"{statuses(r):>14}" for r in rounds)
+        + "".join(f"{statuses(r):>17}" for r in rounds)
         + f"   all {models} succeeded"
     )
     row(
@@ -96,13 +97,14 @@ def one_count(result: dict, args) -> list[str]:
         f"models and extrapolated to {models}: {separate['total']:.0f} s"
     )
     for r in rounds:
-        print(f"{r['workers']} worker(s), the engine's phases: {r['phases']}")
+        print(f"{r['workers']} worker(s), {r['day']}, the engine's phases: {r['phases']}")
         for error in r["errors"]:
             print(f"  error: {error[:300]}")
-    if rounds[0]["finished"]:
-        critical_path(rounds[0], models)
+    daily = [r for r in rounds if r["day"] == "later day" and r["workers"] == rounds[0]["workers"]]
+    if (daily or rounds)[0]["finished"]:
+        critical_path((daily or rounds)[0], models)
     for r in rounds:
-        where = f"{models} models, {r['workers']} worker(s)"
+        where = f"{models} models, {r['workers']} worker(s), {r['day']}"
         if not r["finished"]:
             broken.append(
                 f"{where}: the batch did not finish (crashed, or over {args.timeout:.0f} s)"
@@ -128,13 +130,14 @@ def one_count(result: dict, args) -> list[str]:
 
 
 def critical_path(first: dict, models: int) -> None:
-    """A batch over N workers on separate machines, from the round's measured times: its
+    """A batch over N workers on separate machines, from a later day's batch on the first
+    count of workers (the daily batch, its checks against the day before): its
     serial part (plan, commit, checks, reports: the batch less its units) and its units.
 
     With units logged (parts, shards), N workers take them longest first; without, the
     scoring phases of the slice are taken as divisible into as many units as wanted (the
     plan the engine makes of shards x parts), which bounds what N workers can do."""
-    batch, units = first["seconds"], first["units"]
+    batch, units, logged = first["seconds"], first["units"], first["phase_seconds"]
     if units and sum(units) <= batch:
         serial = batch - sum(units)
         model = f"{len(units)} logged units"
@@ -145,7 +148,6 @@ def critical_path(first: dict, models: int) -> None:
                 loads[loads.index(min(loads))] += unit
             return serial + max(loads)
     else:
-        logged = first["phase_seconds"]
         parallel = sum(logged.get(phase, 0.0) for phase in SCORING_PHASES)
         if not parallel:
             print("critical path: the engine logged no phases for this batch")
@@ -156,13 +158,18 @@ def critical_path(first: dict, models: int) -> None:
         def span(workers: int) -> float:
             return serial + parallel / workers
 
+    named = {phase: logged[phase] for phase in ("commit", "quality", "stage") if phase in logged}
+    rest = serial - sum(named.values())
+    parts = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in named.items())
     base = span(1)
     speedups = ", ".join(
         f"{n} workers {span(n):.2f} s ({base / span(n):.2f}x)" for n in PARALLEL_AT
     )
     print(
-        f"critical path on separate machines ({model}): serial {serial:.2f} s "
-        f"({1000 * serial / models:.1f} ms a model) + parallel {base - serial:.2f} s; {speedups}"
+        f"critical path of the {first['day']}'s batch on separate machines ({model}): "
+        f"serial {serial:.2f} s "
+        f"({1000 * serial / models:.1f} ms a model; {parts + ', ' if parts else ''}plan, dispatch "
+        f"and reports {rest:.2f}) + parallel {base - serial:.2f} s; {speedups}"
     )
 
 
