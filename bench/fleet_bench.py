@@ -6,7 +6,10 @@ hive-partitioned Parquet dataset and, with `--source postgresql`, as a PostgreSQ
 makes the packages as notebooks make them (60% CatBoost, 30% scikit-learn pipelines, 10%
 plain functions; bench/fleet_data.py), deploys them through the portal's own code into a
 throwaway database, lets the workers validate them, makes them all due and runs one tick:
-one batch. For each count of `--models` and of `--workers` it prints, beside its target:
+one batch: first the models' first day (checks against nothing before), then a later
+day on each count of `--workers`. Right after each batch it measures the limit and the
+notebook loop again (the machine's speed drifts: only figures taken moments apart
+compare). For each count of `--models` it prints, beside its target:
 
 - the batch time (tick to finished) and batch / limit, the limit being, in one warm
   process, one projected read of the union columns, each model's raw predict and each
@@ -162,8 +165,12 @@ class Fleet:
 
     # -- one round: a batch of every model, on `count` workers --------------------------
 
-    def score_round(self, user, versions: list, count: int, label: str, batches: int) -> list:
-        """`batches` batches of every model on `count` workers, one a day."""
+    def score_round(
+        self, user, versions: list, count: int, label: str, batches: int, after_batch
+    ) -> list:
+        """`batches` batches of every model on `count` workers, one a day; after each,
+        `after_batch()` measures what it is compared with, moments apart on a machine
+        whose speed drifts."""
         workers = start_workers(count, label, self.state, self.worker_env)
         try:
             self.wait_valid(versions)
@@ -171,9 +178,12 @@ class Fleet:
             for _ in range(batches):
                 settle(workers)
                 results.append(self.one_tick(user, versions, workers))
+                results[-1].update(after_batch())
                 print(
                     f"  {count} worker(s), {results[-1]['day']}: batch "
-                    f"{results[-1]['seconds']:.2f} s, {results[-1]['statuses']}",
+                    f"{results[-1]['seconds']:.2f} s, {results[-1]['statuses']}; limit "
+                    f"{results[-1]['limit'].seconds:.2f} s, notebook loop "
+                    f"{results[-1]['notebook']:.2f} s",
                     flush=True,
                 )
             return results
@@ -228,33 +238,37 @@ class Fleet:
 
     # -- what the batch is compared with -----------------------------------------------
 
-    def measure(self, count: int, packages: list, rounds: list[dict]) -> dict:
-        """The limit and the notebook loop right after the batch, then one process per model."""
+    def baselines(self, count: int, packages: list):
+        """What measures the limit and the notebook loop for these models, loaded once."""
         import dill
 
         models = [
-            Loaded(spec.name, dill.load(open(path, "rb"))["model"], list(spec.features))
+            Loaded(spec.name, dill.loads(path.read_bytes())["model"], list(spec.features))
             for spec, path in packages
         ]
         folder = f"bench-{os.getpid()}-{count}"
         read_union = self.union_reader(models)
         limit_files = ScoreFiles.beside_the_scores(f"{folder}/limit")
+        notebook_files = ScoreFiles.beside_the_scores(f"{folder}/notebook")
         physical_limit(read_union, "entity_id", models, limit_files)  # warm: see engine_bench
-        limit = physical_limit(read_union, "entity_id", models, limit_files)
-        notebook = notebook_loop(
-            self.notebook_reader(),
-            "entity_id",
-            models,
-            ScoreFiles.beside_the_scores(f"{folder}/notebook"),
-        )
-        print(f"  limit {limit.seconds:.2f} s, notebook loop {notebook:.2f} s", flush=True)
+        read_own = self.notebook_reader()
+
+        def measure() -> dict:
+            return {
+                "limit": physical_limit(read_union, "entity_id", models, limit_files),
+                "notebook": notebook_loop(read_own, "entity_id", models, notebook_files),
+            }
+
+        return measure
+
+    def one_process(self, count: int, packages: list) -> dict:
         from django.conf import settings
 
         separate = one_process_per_model(
             [path for _, path in packages],
             self.one_process_source(),
             self.day.isoformat(),
-            f"{settings.SCORES_BUCKET}/{folder}/one-process",
+            f"{settings.SCORES_BUCKET}/bench-{os.getpid()}-{count}/one-process",
             self.args.sample,
             self.args.seed,
         )
@@ -263,13 +277,7 @@ class Fleet:
             f"({separate['measured']} measured)",
             flush=True,
         )
-        return {
-            "models": count,
-            "limit": limit,
-            "notebook": notebook,
-            "one_process": separate,
-            "rounds": rounds,
-        }
+        return separate
 
 
 def crashes(workers: list) -> set[str]:
@@ -372,14 +380,21 @@ def main() -> int:
                 print(f"{count} models:", flush=True)
                 packages = fleet_data.packages(work / "packages", slice_path, count)
                 user, versions = fleet.deploy(count, packages)
-                rounds = []
+                measure = fleet.baselines(count, packages)
                 # The first batch is the models' first day, whose checks have no day
                 # before; every count of workers then scores a later day, as in daily use.
+                rounds = []
                 for index, workers in enumerate(args.workers):
                     rounds += fleet.score_round(
-                        user, versions, workers, f"{count}-{index}", batches=2 if index == 0 else 1
+                        user,
+                        versions,
+                        workers,
+                        f"{count}-{index}",
+                        batches=2 if index == 0 else 1,
+                        after_batch=measure,
                     )
-                results.append(fleet.measure(count, packages, rounds))
+                one_process = fleet.one_process(count, packages)
+                results.append({"models": count, "rounds": rounds, "one_process": one_process})
                 from scoring.models import Deployment
 
                 # Later counts tick days ahead: these models must not be due with them.

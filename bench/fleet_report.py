@@ -43,13 +43,14 @@ def postgres_reads(reads: dict) -> list[str]:
 
 
 def one_count(result: dict, args) -> list[str]:
-    models, limit, rounds = result["models"], result["limit"], result["rounds"]
+    models, rounds = result["models"], result["rounds"]
     separate = result["one_process"]
     broken = []
 
-    def row(label: str, cells: list[str], target: str = "") -> None:
+    def row(label: str, cells: list[str], target: str = "", of_the_batch: bool = True) -> None:
         cells = [
-            cell if r["finished"] else "unfinished" for r, cell in zip(rounds, cells, strict=True)
+            cell if r["finished"] or not of_the_batch else "unfinished"
+            for r, cell in zip(rounds, cells, strict=True)
         ]
         print(f"{label:<40}" + "".join(f"{cell:>17}" for cell in cells) + f"   {target}")
 
@@ -63,14 +64,27 @@ def one_count(result: dict, args) -> list[str]:
         + f"   all {models} succeeded"
     )
     row(
+        "limit (measured after the batch)",
+        [f"{r['limit'].seconds:.2f} s" for r in rounds],
+        of_the_batch=False,
+    )
+    row("  read", [f"{r['limit'].read:.2f} s" for r in rounds], of_the_batch=False)
+    row("  predict", [f"{r['limit'].predict:.2f} s" for r in rounds], of_the_batch=False)
+    row("  write", [f"{r['limit'].write:.2f} s" for r in rounds], of_the_batch=False)
+    row(
+        "notebook loop (after the limit)",
+        [f"{r['notebook']:.2f} s" for r in rounds],
+        of_the_batch=False,
+    )
+    row(
         "batch / limit",
-        [f"{r['seconds'] / limit.seconds:.2f}x" for r in rounds],
+        [f"{r['seconds'] / r['limit'].seconds:.2f}x" for r in rounds],
         f"<= {TARGETS['limit']}x",
     )
     notebook_target = TARGETS["notebook_postgresql" if args.source == "postgresql" else "notebook"]
     row(
         "notebook loop / batch",
-        [f"{result['notebook'] / r['seconds']:.2f}x" for r in rounds],
+        [f"{r['notebook'] / r['seconds']:.2f}x" for r in rounds],
         f"> {notebook_target}x" if notebook_target == 1.0 else f">= {notebook_target}x",
     )
     row(
@@ -80,7 +94,7 @@ def one_count(result: dict, args) -> list[str]:
     )
     row(
         "overhead per model beyond predict",
-        [f"{1000 * (r['seconds'] - limit.predict) / models:.1f} ms" for r in rounds],
+        [f"{1000 * (r['seconds'] - r['limit'].predict) / models:.1f} ms" for r in rounds],
         f"<= {TARGETS['overhead'] * 1000:.0f} ms at 1,000 models",
     )
     row(
@@ -91,10 +105,9 @@ def one_count(result: dict, args) -> list[str]:
     row("  the same in PSS", [f"{max_tree(r, 'pss') / GB:.2f} GB" for r in rounds])
     row("  largest sandbox", [f"{r['usage'].sandbox_peak / 2**20:.0f} MB" for r in rounds])
     print(
-        f"limit {limit.seconds:.2f} s (read {limit.read:.2f}, predict {limit.predict:.2f}, "
-        f"write {limit.write:.2f}); notebook loop {result['notebook']:.2f} s; one process per "
-        f"model {separate['mean']:.2f} s a model, measured on {separate['measured']} random "
-        f"models and extrapolated to {models}: {separate['total']:.0f} s"
+        f"one process per model: {separate['mean']:.2f} s a model, measured on "
+        f"{separate['measured']} random models one after another and extrapolated to "
+        f"{models}: {separate['total']:.0f} s"
     )
     for r in rounds:
         print(f"{r['workers']} worker(s), {r['day']}, the engine's phases: {r['phases']}")
@@ -112,20 +125,19 @@ def one_count(result: dict, args) -> list[str]:
             continue
         if r["statuses"].get("succeeded", 0) != models:
             broken.append(f"{where}: runs {statuses(r)}")
-        if r["seconds"] > TARGETS["limit"] * limit.seconds:
-            broken.append(f"{where}: batch {r['seconds'] / limit.seconds:.2f}x the limit")
-        if result["notebook"] / r["seconds"] <= notebook_target:
-            broken.append(f"{where}: notebook loop only {result['notebook'] / r['seconds']:.2f}x")
+        if r["seconds"] > TARGETS["limit"] * r["limit"].seconds:
+            broken.append(f"{where}: batch {r['seconds'] / r['limit'].seconds:.2f}x the limit")
+        if r["notebook"] / r["seconds"] <= notebook_target:
+            broken.append(f"{where}: notebook loop only {r['notebook'] / r['seconds']:.2f}x")
         if separate["total"] / r["seconds"] < TARGETS["one_process"]:
             broken.append(
                 f"{where}: one process per model only {separate['total'] / r['seconds']:.1f}x"
             )
         if max_tree(r, "marks") > TARGETS["memory"]:
             broken.append(f"{where}: a worker peaked at {max_tree(r, 'marks') / GB:.2f} GB")
-        if models >= 1000 and (r["seconds"] - limit.predict) / models > TARGETS["overhead"]:
-            broken.append(
-                f"{where}: {1000 * (r['seconds'] - limit.predict) / models:.0f} ms a model"
-            )
+        overhead = (r["seconds"] - r["limit"].predict) / models
+        if models >= 1000 and overhead > TARGETS["overhead"]:
+            broken.append(f"{where}: {1000 * overhead:.0f} ms a model beyond its predict")
     return broken
 
 
