@@ -97,6 +97,7 @@ class Fleet:
         self.next_day = day
         self.s3_pid = 0
         self.pg_url = ""
+        self.first = True  # the next batch is the models' first: no day before to check against
 
     # -- the source, as the engine and the baselines read it --------------------------
 
@@ -177,7 +178,8 @@ class Fleet:
             results = []
             for _ in range(batches):
                 settle(workers)
-                results.append(self.one_tick(user, versions, workers))
+                results.append(self.one_tick(user, versions, workers, first=self.first))
+                self.first = False
                 results[-1].update(after_batch())
                 print(
                     f"  {count} worker(s), {results[-1]['day']}: batch "
@@ -191,7 +193,7 @@ class Fleet:
             for worker in workers:
                 worker.stop()
 
-    def one_tick(self, user, versions: list, workers: list) -> dict:
+    def one_tick(self, user, versions: list, workers: list, first: bool) -> dict:
         """All the user's models due at noon of the next day; one tick; the batch."""
         from django.utils import timezone
 
@@ -217,7 +219,7 @@ class Fleet:
         lines = log_lines(workers)
         return {
             "workers": len(workers),
-            "day": "first day" if self.first_batch(user, batch) else "later day",
+            "day": "first day" if first else "later day",
             "runs": runs.count(),
             "statuses": {k: v for k, v in statuses.items() if v},
             "errors": crashed + list(runs.exclude(error="").values_list("error", flat=True)[:3]),
@@ -228,13 +230,6 @@ class Fleet:
             "phase_seconds": phase_seconds(lines),
             "units": unit_seconds(lines, batch.id),
         }
-
-    @staticmethod
-    def first_batch(user, batch) -> bool:
-        """Whether the batch is these models' first: its checks have no day before."""
-        from scoring.models import ScoringRun
-
-        return not ScoringRun.objects.filter(deployment__owner=user, batch_id__lt=batch.id).exists()
 
     # -- what the batch is compared with -----------------------------------------------
 
@@ -380,6 +375,7 @@ def main() -> int:
                 print(f"{count} models:", flush=True)
                 packages = fleet_data.packages(work / "packages", slice_path, count)
                 user, versions = fleet.deploy(count, packages)
+                fleet.first = True
                 measure = fleet.baselines(count, packages)
                 # The first batch is the models' first day, whose checks have no day
                 # before; every count of workers then scores a later day, as in daily use.
