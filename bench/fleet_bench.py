@@ -37,6 +37,7 @@ S3 server's data) are thrown away at the end. It exits non-zero when a target is
 import argparse
 import io
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -399,6 +400,8 @@ def main() -> int:
     finally:
         for service in reversed(started):
             service.stop()
+        # The S3 data went with the database; the slice and the packages stay in --workdir.
+        shutil.rmtree(fleet.state / "seaweedfs", ignore_errors=True)
 
 
 if __name__ == "__main__":
