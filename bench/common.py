@@ -19,6 +19,17 @@ def throwaway_database(prefix: str):
         connection.creation.destroy_test_db(real_name, verbosity=0)
 
 
+def database_url_for(name: str) -> str:
+    """DATABASE_URL for another process to use the database `name` (a throwaway one)."""
+    from urllib.parse import urlparse, urlunparse
+
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return urlunparse(urlparse(os.environ["DATABASE_URL"])._replace(path=f"/{name}"))
+    return f"sqlite:///{name}"
+
+
 def process_trees(pids: list[int]) -> list:
     """These processes and everything they started (a worker's pool, zygote and sandboxes;
     a web server's workers), as psutil processes; those gone meanwhile are left out."""

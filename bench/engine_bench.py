@@ -8,11 +8,13 @@ the same run:
 
 - rows x models per second of the batch;
 - batch time / physical limit, where the limit is one projected read of the union
-  columns plus each model's raw predict_proba on the in-memory frame with
-  categorical columns as pandas `category` (the fastest input CatBoost takes), also
+  columns, each model's raw predict_proba on the in-memory frame with categorical
+  columns as pandas `category` (the fastest input CatBoost takes), and each model's
+  scores written once as Parquet to the same S3 server (bench/baselines.py); also
   without the batch's data-quality checks;
 - naive time / batch time, the naive way being what a notebook does: each model
-  reads its own columns with pandas.read_parquet and scores alone;
+  reads its own columns with pandas.read_parquet, scores alone and writes its scores
+  as Parquet to the same S3 server;
 - the peak resident memory of the worker and of the largest sandbox.
 
 It scores `--repeat` batches (default 3), each for the next day, so from the second on
@@ -36,76 +38,45 @@ non-zero when a split batch's parts were not spread over the workers.
 import argparse
 import io
 import os
-import socket
 import sys
 import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.baselines import (  # noqa: E402
+    Loaded,
+    ScoreFiles,
+    notebook_loop,
+    parquet_reader,
+    physical_limit,
+)
 from bench.engine_data import CATEGORICAL, MODELS, build_slice, model_features, train_packages  # noqa: E402
+from bench.engine_log import check_seconds, phases  # noqa: E402
 from bench.engine_report import report, scale_out  # noqa: E402
 from bench.sampling import Usage, settle  # noqa: E402
+from bench.workers import log_lines, start_workers, worker_counts  # noqa: E402
 
 
-def physical_limit(slice_path: Path, feature_sets, models) -> tuple[float, float, float, float]:
-    """One projected read of the union columns, then each model's raw predict_proba:
-    (read seconds, predict seconds, CPU seconds of both, of which in the kernel)."""
-    import resource
+def load_models(paths: list[Path], feature_sets) -> list[Loaded]:
+    import dill
 
-    def cpu() -> np.ndarray:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return np.array([usage.ru_utime + usage.ru_stime, usage.ru_stime])
+    return [
+        Loaded(path.stem, dill.load(open(path, "rb"))["model"], features)
+        for path, features in zip(paths, feature_sets, strict=True)
+    ]
 
-    union = list(dict.fromkeys(c for s in feature_sets for c in s))
-    cpu_before = cpu()
-    started = time.perf_counter()
+
+def union_reader(slice_path: Path, models: list[Loaded]):
+    """The limit's read: the ids and the union columns at once, strings as `category`."""
+    union = ["entity_id", *dict.fromkeys(c for m in models for c in m.features)]
     strings = [c for c in union if c in CATEGORICAL]
-    frame = pq.read_table(slice_path, columns=union, read_dictionary=strings).to_pandas()
-    read = time.perf_counter() - started
-    started = time.perf_counter()
-    for model, features in zip(models, feature_sets, strict=True):
-        model.predict_proba(frame[features])
-    return read, time.perf_counter() - started, *(cpu() - cpu_before)
-
-
-def naive(slice_path: Path, feature_sets, models) -> float:
-    import pandas as pd
-
-    started = time.perf_counter()
-    for model, features in zip(models, feature_sets, strict=True):
-        frame = pd.read_parquet(slice_path, columns=features)
-        model.predict_proba(frame)
-    return time.perf_counter() - started
-
-
-def phases(logs: list[Path], batch_id: int) -> str:
-    """The batch's phases, from the workers' logs: "slice ..., N runs in 5 s: load 0.1 s, ..."
-    for a slice scored whole, one "part i: load ..." per part for a split one."""
-    lines = [line for log in logs if log.exists() for line in log.read_text().splitlines()]
-    parts = sorted(
-        line.split("] ", 1)[-1].replace(f" of batch {batch_id}", "")
-        for line in lines
-        if f" of batch {batch_id}: " in line and "] part " in line
-    )
-    if parts:
-        return "; ".join(parts)
-    whole = [line for line in lines if " runs in " in line]
-    return "slice " + whole[-1].split(" runs in ", 1)[1] if whole else "(not logged)"
-
-
-def check_seconds(logs: list[Path]) -> float:
-    """Wall time of the batch's quality checks, from the workers' logs (runs are checked
-    side by side, so not the sum of each run's "seconds")."""
-    lines = [line for log in logs if log.exists() for line in log.read_text().splitlines()]
-    checked = [line for line in lines if "] checked " in line and " runs in " in line]
-    return float(checked[-1].rsplit(" runs in ", 1)[1].split()[0]) if checked else 0.0
+    return lambda: pq.read_table(slice_path, columns=union, read_dictionary=strings).to_pandas()
 
 
 def part_rows_for(slice_path: Path, workers: int, asked: int | None) -> int:
@@ -120,62 +91,13 @@ def part_rows_for(slice_path: Path, workers: int, asked: int | None) -> int:
     return -(-groups // workers) * metadata.row_group(0).num_rows
 
 
-def start_workers(count: int, label: str, state: Path, part_rows: int) -> list:
-    """`count` Celery workers of one process each on the bench's queue, named to be pinged."""
-    from deploy import services
-
-    host = socket.gethostname()
-    workers = []
-    for index in range(count):
-        name = f"bench{os.getpid()}-{label}-{index}@{host}"
-        log = state / f"worker-{label}-{index}.log"
-        process = services.celery(
-            "worker",
-            {"PART_ROWS": str(part_rows)},
-            log,
-            "-Q",
-            os.environ["CELERY_QUEUE"],
-            "-c",
-            "1",
-            "-n",
-            name,
-            "--without-gossip",
-            "--without-mingle",
-        )
-        workers.append(services.Service(name, process, "", log))
-    wait_answering(workers)
-    return workers
-
-
-def wait_answering(workers: list, timeout: float = 180) -> None:
-    from portal.celery import app
-
-    names = {worker.name for worker in workers}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for worker in workers:
-            if worker.process.poll() is not None:
-                raise RuntimeError(f"worker {worker.name} exited; see {worker.log}")
-        replies = app.control.ping(destination=sorted(names), timeout=1.0)
-        if {name for reply in replies for name in reply} >= names:
-            return
-    raise RuntimeError(f"the workers did not answer within {timeout:.0f} s")
-
-
-def worker_counts(text: str) -> list[int]:
-    counts = [int(item) for item in text.split(",") if item.strip()]
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError("worker counts are positive integers, e.g. 1,2,4")
-    return counts
-
-
 def score_round(
     count: int, label: str, days: list[date], versions, state: Path, slice_path, args, after_batch
 ):
     """Start `count` workers, score the models as one batch for each of `days` (after each,
     `after_batch()` measures what the batch is compared with), stop the workers."""
     part_rows = part_rows_for(slice_path, count, args.part_rows)
-    workers = start_workers(count, label, state, part_rows)
+    workers = start_workers(count, label, state, {"PART_ROWS": str(part_rows)})
     batches = []
     try:
         while any(v.state == "pending" for v in versions):  # the first round validates
@@ -216,7 +138,7 @@ def score_batch(day: date, versions, workers, slice_path, args) -> dict:
         sum(metadata.row_group(g).num_rows for _, groups in part.rows["row_groups"] for g in groups)
         for part in parts
     ]
-    logs = [worker.log for worker in workers]
+    lines = log_lines(workers)
     return {
         "parts": len(parts),
         "largest_part": max(part_sizes, default=metadata.num_rows),
@@ -224,8 +146,8 @@ def score_batch(day: date, versions, workers, slice_path, args) -> dict:
         "seconds": (batch.finished_at - batch.started_at).total_seconds(),
         "runs": done,
         "usage": usage,
-        "phases": phases(logs, batch.id),
-        "quality_seconds": check_seconds(logs),
+        "phases": phases(lines, batch.id),
+        "quality_seconds": check_seconds(lines),
         "baseline": (done[0].quality or {}).get("baseline") or {},
     }
 
@@ -319,9 +241,11 @@ def main() -> int:
         if len(paths) != MODELS:
             print("training 10 CatBoost models ...", flush=True)
             paths = train_packages(packages_dir, slice_path, feature_sets)
-        import dill
-
-        models = [dill.load(open(path, "rb"))["model"] for path in paths]
+        models = load_models(paths, feature_sets)
+        read_union = union_reader(slice_path, models)
+        limit_files, naive_files = (
+            ScoreFiles.beside_the_scores(f"bench-{os.getpid()}/{way}") for way in ("limit", "naive")
+        )
 
         user, _ = User.objects.get_or_create(username=f"bench-{os.getpid()}")
         versions = []
@@ -336,16 +260,18 @@ def main() -> int:
         # compare it with the day before, as in daily use. After each batch of the first
         # round, the limit and the naive way are measured: on a shared machine, whose speed
         # drifts, each ratio then compares measurements taken moments apart.
+        read_own = parquet_reader(slice_path)
+
         def measure_limit() -> dict:
             return {
-                "limit": physical_limit(slice_path, feature_sets, models),
-                "naive": naive(slice_path, feature_sets, models),
+                "limit": physical_limit(read_union, "entity_id", models, limit_files),
+                "naive": notebook_loop(read_own, "entity_id", models, naive_files),
             }
 
         # A process's first large read takes fresh pages, which the kernel must zero: the
         # first limit measured 1.5-2.6 s of read against 0.3-0.8 s afterwards. The worker
         # has scored before (the packages' validation), so the limit starts warm too.
-        physical_limit(slice_path, feature_sets, models)
+        physical_limit(read_union, "entity_id", models, limit_files)
         rounds, next_day = [], day
         for index, count in enumerate(args.workers):
             days = [next_day + timedelta(days=k) for k in range(args.repeat)]

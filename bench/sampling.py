@@ -22,6 +22,13 @@ class Usage(threading.Thread):
     read. Peaks are the kernel's own high-water marks (VmHWM, the workers' reset when the
     batch starts), so none is missed between samples. A process found late still counts
     its CPU since it started. The sampling's own CPU is printed.
+
+    Each worker's whole tree (the worker, its zygote and sandboxes) is summed too: at each
+    sample, the high-water marks of its processes alive at that moment (each at least
+    what the process held then, so no peak of one is missed between samples; shared
+    pages count in each process: an upper bound), and every SLOW_SECONDS their
+    proportional sets (PSS: shared pages split among their sharers, what the tree
+    really holds). `tree_peaks` keeps the largest of each per worker.
     """
 
     TICK_SECONDS, SLOW_SECONDS = 0.1, 1.0
@@ -30,6 +37,8 @@ class Usage(threading.Thread):
         super().__init__(daemon=True)
         self.worker_pids, self.s3_pid, self.stop_event = worker_pids, s3_pid, threading.Event()
         self.worker_peak = self.sandbox_peak = self.sandbox_unique_peak = 0
+        self.tree_peaks = {pid: {"marks": 0, "pss": 0} for pid in worker_pids}
+        self.root: dict[int, int] = {}  # pid: the worker whose tree it is in
         self.known: dict[int, tuple[str, object]] = {}  # pid: (kind, psutil process)
         self.cpu: dict[int, tuple[str, float, float]] = {}
         self.own_cpu = 0.0
@@ -42,7 +51,12 @@ class Usage(threading.Thread):
     def find_processes(self) -> None:
         import psutil
 
-        for process in [*process_trees(self.worker_pids), psutil.Process(self.s3_pid)]:
+        found = []
+        for worker_pid in self.worker_pids:
+            for process in process_trees([worker_pid]):
+                self.root.setdefault(process.pid, worker_pid)
+                found.append(process)
+        for process in [*found, psutil.Process(self.s3_pid)]:
             if process.pid not in self.known:
                 try:
                     self.known[process.pid] = (self.kind(process), process)
@@ -83,17 +97,28 @@ class Usage(threading.Thread):
             if slow:
                 self.find_processes()
             self.cpu.update(self.cpu_now())
+            marks = dict.fromkeys(self.worker_pids, 0)
+            proportional = dict.fromkeys(self.worker_pids, 0)
             for pid, (kind, process) in self.known.items():
-                try:
-                    if kind == "worker":
-                        self.worker_peak = max(self.worker_peak, peak_rss(pid))
-                    elif kind == "sandboxes":
-                        self.sandbox_peak = max(self.sandbox_peak, peak_rss(pid))
-                        if slow:
-                            unique = process.memory_full_info().uss
-                            self.sandbox_unique_peak = max(self.sandbox_unique_peak, unique)
-                except (psutil.Error, OSError):
+                if kind == "S3 server":
                     continue
+                try:
+                    mark = peak_rss(pid)
+                    marks[self.root[pid]] += mark
+                    full = process.memory_full_info() if slow else None
+                    if full is not None:
+                        proportional[self.root[pid]] += full.pss
+                    if kind == "worker":
+                        self.worker_peak = max(self.worker_peak, mark)
+                    elif kind == "sandboxes":
+                        self.sandbox_peak = max(self.sandbox_peak, mark)
+                        if full is not None:
+                            self.sandbox_unique_peak = max(self.sandbox_unique_peak, full.uss)
+                except (psutil.Error, OSError):
+                    continue  # gone: it no longer holds memory
+            for worker_pid, peaks in self.tree_peaks.items():
+                peaks["marks"] = max(peaks["marks"], marks[worker_pid])
+                peaks["pss"] = max(peaks["pss"], proportional[worker_pid])
         self.own_cpu = time.thread_time() - started
 
     def cpu_seconds(self, kernel: bool = False) -> dict[str, float]:

@@ -39,11 +39,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import process_trees, throwaway_database, verdict  # noqa: E402
+from bench.common import database_url_for, process_trees, throwaway_database, verdict  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -325,12 +324,7 @@ def main() -> int:
                 connection.close()  # the server's processes are the ones that write now
 
                 port = services.free_port()
-                url = os.environ.get("DATABASE_URL", "")
-                database_url = (
-                    urlunparse(urlparse(url)._replace(path=f"/{test_name}"))
-                    if connection.vendor == "postgresql"
-                    else f"sqlite:///{test_name}"
-                )
+                database_url = database_url_for(test_name)
                 server = start_server(
                     port,
                     args.processes,
