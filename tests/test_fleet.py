@@ -203,7 +203,7 @@ def test_models_sharing_a_sandbox_fail_alone_when_one_crashes_hangs_or_raises(
     )
     assert {finished[g.id].status for g in good} == {"succeeded"}
     partitions = committed_partitions(finished[good[0].id].date)
-    assert sorted(partitions) == sorted(g.id for g in good)
+    assert not {crashing.id, hanging.id, broken.id} & set(partitions)
     assert all(partitions[g.id] == ENTITIES for g in good)
 
 

@@ -19,12 +19,11 @@ from datetime import date
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import commit, features, parts, plan, scores
+from scoring.engine import commit, features, parts, plan
 from scoring.engine.lease import Heartbeat
 from scoring.engine.pipeline import SlicePipeline
 from scoring.engine.timing import Stopwatch
 from scoring.models import Batch, ScoringRun
-from scoring.quality import assessment
 from scoring.runs import batches, lifecycle
 
 log = logging.getLogger(__name__)
@@ -96,5 +95,5 @@ def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
         with clock("commit"):
             committed = commit.commit(scorers, slice_date)
     with clock("quality"):
-        assessment.check_runs(committed, scores.score_reader())
+        commit.check_and_succeed(committed, slice_date)
     log.info("slice %s, %d runs in %s", slice_date, len(ready), clock)

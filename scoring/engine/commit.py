@@ -1,5 +1,5 @@
 """The end of a unit: each run's scores file kept, every run committed in one Delta
-transaction (each partition whole, or none).
+transaction (each partition whole, or none), checked, and only then succeeded.
 
 A run whose file cannot be kept, or whose commit fails, is retried; its files are removed
 and never reach the log.
@@ -15,7 +15,7 @@ from django.db import connection
 from scoring.engine import scores
 from scoring.engine.pipeline import Scorer
 from scoring.models import ScoringRun
-from scoring.quality import samples
+from scoring.quality import assessment, samples
 from scoring.runs import lifecycle
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,16 @@ def commit_files(
             lifecycle.fail(run, f"committing the scores failed: {exc}", slice_date)
         return []
     for run in held:
-        rows = sum(json.loads(f["stats"])["numRecords"] for f in files[run.id])
-        lifecycle.succeed(run, rows, slice_date)
+        run.rows = sum(json.loads(f["stats"])["numRecords"] for f in files[run.id])
     return held
+
+
+def check_and_succeed(committed: list[ScoringRun], slice_date: date) -> None:
+    """Check the committed runs' quality, then mark them succeeded: a run is at work until
+    both are done, so its batch's report never goes out without its checks."""
+    assessment.check_runs(committed, scores.score_reader())
+    for run in committed:
+        lifecycle.succeed(run, run.rows, slice_date)
 
 
 def fail_unexpectedly(runs: list[ScoringRun], error: Exception, slice_date: date | None) -> None:

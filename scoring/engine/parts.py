@@ -21,7 +21,6 @@ from scoring.engine.lease import Heartbeat
 from scoring.engine.pipeline import SlicePipeline
 from scoring.engine.timing import Stopwatch
 from scoring.models import BatchPart, ScoringRun
-from scoring.quality import assessment
 from scoring.runs import batches, lifecycle
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,12 @@ def score_part(part_id: int, worker: str) -> None:
     )
     log.info("unit %s.%s of batch %s: %s", part.shard, part.index, part.batch_id, clock)
     if join_parts(part):
-        commit_parts(part)
+        held = held_runs(part)
+        try:
+            with Heartbeat(held):
+                commit_parts(part, held)
+        except Exception as exc:
+            commit.fail_unexpectedly(held, exc, part.slice_date)
     batches.finish_if_done(part.batch_id)
 
 
@@ -122,9 +126,8 @@ def join_parts(part: BatchPart) -> bool:
     )
 
 
-def commit_parts(part: BatchPart) -> None:
+def commit_parts(part: BatchPart, held: list[ScoringRun]) -> None:
     """Commit every run of the shard still alive with the files all its units wrote."""
-    held = held_runs(part)
     files = {run.id: [] for run in held}
     for sibling in shard_units(part):
         for run_id, written in sibling.files.items():
@@ -139,4 +142,4 @@ def commit_parts(part: BatchPart) -> None:
         else:
             alive.append(run)
     committed = commit.commit_files(alive, files, part.date, part.slice_date)
-    assessment.check_runs(committed, scores.score_reader())
+    commit.check_and_succeed(committed, part.slice_date)
