@@ -335,6 +335,7 @@ def score_reader():
     """A reader of runs' score columns from one view of the table, for the quality checks.
 
     The table is opened at the first read: a slice that committed nothing reads nothing
-    (S3 may be why it committed nothing)."""
-    table = functools.cache(open_table)
+    (S3 may be why it committed nothing). It is the table the thread's commit kept, brought
+    up to date: no second open of a year's log after the commit."""
+    table = functools.cache(latest_table)
     return lambda run: run_scores(run, columns=("score",), table=table())
