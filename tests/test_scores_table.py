@@ -319,3 +319,13 @@ def storage_keys(prefix: str) -> list[str]:
         Bucket=settings.SCORES_BUCKET, Prefix=f"{scores.TABLE}/{prefix}"
     )
     return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def test_beat_sends_the_maintenance_daily_at_three_by_the_name_of_a_real_task():
+    from celery.schedules import crontab
+
+    from scoring import tasks
+
+    entry = settings.CELERY_BEAT_SCHEDULE["maintain-scores-table"]
+    assert entry["task"] == tasks.maintain_scores_table.name
+    assert entry["schedule"] == crontab(minute="0", hour="3")
