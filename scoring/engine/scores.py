@@ -15,7 +15,6 @@ import functools
 import json
 import logging
 import random
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 from django.conf import settings
 from django.db import connection, transaction
@@ -43,7 +42,6 @@ COMMIT_LOCK_KEY = 7_301_977
 COMMIT_ATTEMPTS = 5
 COMMIT_BACKOFF_SECONDS = 0.2
 log = logging.getLogger(__name__)
-_kept = threading.local()
 
 
 def table_uri() -> str:
@@ -208,14 +206,18 @@ def commit(day: date, model_ids: list[int], files: list[dict]) -> None:
 
     delta-rs takes a commit that read the table before another one removed files as a
     conflict, even when the two replace disjoint partitions (two shards of a batch):
-    such a commit is tried again on the table as it is then, a few times."""
+    such a commit is tried again on the table as it is then, a few times.
+
+    The table is opened afresh each time: a commit must see every file its partitions
+    hold, and delta-rs 1.6.6 brings a table up to date (and itself after a commit) by
+    replaying the log from the last checkpoint, as long as opening it."""
     adds = [AddAction(**{k: v for k, v in f.items() if k != "id_type"}) for f in files]
     added = {f["path"] for f in files}
     table_schema = schema(pa.type_for_alias(files[0]["id_type"]))
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             with commit_lock():
-                table = latest_table() or create_table(table_schema)
+                table = open_table() or create_table(table_schema)
                 removes = [
                     remove
                     for remove in replaced_files(table, day, model_ids)
@@ -273,7 +275,7 @@ def create_table(table_schema: pa.Schema) -> DeltaTable:
         mode="ignore",  # another worker may have just made it
         storage_options=storage_options(),
     )
-    return latest_table()
+    return open_table()
 
 
 @contextlib.contextmanager
@@ -293,24 +295,6 @@ def commit_lock(exclusive: bool = False):
                 else:
                     cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [COMMIT_LOCK_KEY])
         yield  # on SQLite the IMMEDIATE transaction itself is the lock
-
-
-def latest_table() -> DeltaTable | None:
-    """The table at its latest version, kept by this thread between its commits.
-
-    Opening reads the last checkpoint and every log entry since: 1.2-2.9 s for a year
-    of 1,000 models a day (365,000 files). Kept, the table reads only the entries
-    written since its last commit. (~400 MB for such a year, what an open costs anyway.)"""
-    key = (table_uri(), tuple(sorted(storage_options().items())))
-    kept = getattr(_kept, "table", None)
-    if kept is not None and _kept.key == key:
-        try:
-            kept.update_incremental()
-            return kept
-        except DeltaError:  # the entries it lacks were cleaned up: open it afresh
-            log.info("the kept scores table could not be brought up to date; opening it")
-    _kept.table, _kept.key = open_table(), key
-    return _kept.table
 
 
 def open_table() -> DeltaTable | None:
@@ -335,7 +319,6 @@ def score_reader():
     """A reader of runs' score columns from one view of the table, for the quality checks.
 
     The table is opened at the first read: a slice that committed nothing reads nothing
-    (S3 may be why it committed nothing). It is the table the thread's commit kept, brought
-    up to date: no second open of a year's log after the commit."""
-    table = functools.cache(latest_table)
+    (S3 may be why it committed nothing)."""
+    table = functools.cache(open_table)
     return lambda run: run_scores(run, columns=("score",), table=table())
