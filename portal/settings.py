@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from scoring.engine.pool import default_pool_size
@@ -49,6 +50,19 @@ def env_float(name: str, default: float) -> float:
         return float(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+
+
+def env_crontab(name: str, default: str) -> crontab:
+    """A 5-field cron (minute hour day-of-month month day-of-week) as Celery beat's schedule."""
+    value = os.getenv(name, default)
+    fields = value.split()
+    try:
+        if len(fields) != 5:
+            raise ValueError("5 fields expected")
+        minute, hour, day_of_month, month, day_of_week = fields
+        return crontab(minute, hour, day_of_week, day_of_month, month)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a 5-field cron, got {value!r}: {exc}") from None
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -204,6 +218,13 @@ MODELS_BUCKET = env_str("MODELS_BUCKET", "dropscore-models")
 SCORES_BUCKET = env_str("SCORES_BUCKET", "dropscore-scores")
 # Delta commits use S3 conditional writes (MinIO, SeaweedFS, AWS have them); off: a database lock.
 S3_CONDITIONAL_PUT = env_bool("S3_CONDITIONAL_PUT", True)
+# The scores table's maintenance (README, "Table maintenance"): files no version references
+# are deleted once this old; a reader's snapshot or a time travel older than this breaks.
+SCORES_RETENTION_HOURS = env_int("SCORES_RETENTION_HOURS", 168)
+if SCORES_RETENTION_HOURS < 0:
+    raise ImproperlyConfigured("SCORES_RETENTION_HOURS must be 0 or more hours")
+# When beat sends it: a 5-field cron in TIME_ZONE (minute hour day month weekday).
+SCORES_MAINTENANCE_SCHEDULE = env_crontab("SCORES_MAINTENANCE_CRON", "0 3 * * *")
 
 # --- Feature source ---------------------------------------------------------
 FEATURES_URI = env_str("FEATURES_URI", "")
@@ -260,6 +281,7 @@ QUALITY_SAMPLE_ROWS = env_int("QUALITY_SAMPLE_ROWS", 20_000)
 # --- Celery -----------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = REDIS_URL
+CELERY_TIMEZONE = TIME_ZONE  # beat's crontabs (the maintenance's) read in the site's zone
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "dropscore")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -282,6 +304,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BEAT_SCHEDULE = {
     "tick": {"task": "scoring.tasks.tick", "schedule": 60.0, "options": {"expires": 55}},
+    "maintain-scores-table": {
+        "task": "scoring.tasks.maintain_scores_table",
+        "schedule": SCORES_MAINTENANCE_SCHEDULE,
+        "options": {"expires": 3600},  # a late one waits for the next day
+    },
 }
 
 # --- Email ------------------------------------------------------------------

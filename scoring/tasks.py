@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from scoring import enqueue
-from scoring.engine import batch, parts, validation
+from scoring.engine import batch, maintenance, parts, validation
 from scoring.models import stale_validations
 from scoring.packages.storage import StorageError
 from scoring.reports import mail
@@ -65,3 +65,9 @@ def tick() -> None:
     dispatch.tick(now)
     mail.send_due_reports(now)
     notifications.send_due(now)
+
+
+@shared_task
+def maintain_scores_table() -> None:
+    """Daily (beat, SCORES_MAINTENANCE_CRON): compaction, vacuum, checkpoint, log clean-up."""
+    maintenance.maintain()

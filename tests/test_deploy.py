@@ -33,7 +33,7 @@ BIN = Path(sys.executable).parent
 # `NAME=value` sets a variable; `# NAME=value` documents its default.
 ASSIGNMENT = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
 SETTINGS_READ = re.compile(
-    r"\b(?:env_str|env_bool|env_int|env_float|env_list|os\.getenv|os\.environ\.get)"
+    r"\b(?:env_str|env_bool|env_int|env_float|env_list|env_crontab|os\.getenv|os\.environ\.get)"
     r'\(\s*"([A-Z][A-Z0-9_]*)"'
 )
 COMPOSE_VARIABLE = re.compile(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)")
@@ -102,6 +102,20 @@ def test_a_production_start_refuses_a_missing_secret_key(tmp_path):
     result = manage(production_env(tmp_path, SECRET_KEY=""), "check")
     assert result.returncode != 0
     assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("SCORES_MAINTENANCE_CRON", "0 25 * * *", "SCORES_MAINTENANCE_CRON must be a 5-field cron"),
+        ("SCORES_MAINTENANCE_CRON", "daily", "SCORES_MAINTENANCE_CRON must be a 5-field cron"),
+        ("SCORES_RETENTION_HOURS", "-1", "SCORES_RETENTION_HOURS must be 0 or more hours"),
+    ],
+)
+def test_a_start_refuses_a_bad_table_maintenance_setting(tmp_path, name, value, message):
+    result = manage(production_env(tmp_path, **{name: value}), "check")
+    assert result.returncode != 0
+    assert message in result.stderr
 
 
 def test_every_setting_read_from_the_environment_is_documented():

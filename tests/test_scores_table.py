@@ -1,0 +1,331 @@
+"""The Delta scores table at fleet scale, on the real S3 server: shards committing at once,
+and the maintenance (compaction, vacuum, checkpoint) under a reader that must see every
+partition whole."""
+
+import io
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connection
+from django.utils import timezone
+
+from scoring.engine import maintenance, scores
+from scoring.packages import storage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+DAY = date(2026, 11, 2)
+
+
+@dataclass(frozen=True)
+class Version:
+    number: int
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a RunWriter reads of a run: its partition and the ids its rows carry."""
+
+    id: int
+    deployment_id: int
+    date: date
+    attempts: int = 1
+    version: Version = Version(1)
+
+
+@pytest.fixture
+def table(s3_server, settings):
+    """A scores table of this test's own: a bucket no other test commits to."""
+    settings.SCORES_BUCKET = f"test-scores-{uuid.uuid4().hex[:8]}"
+    storage.client().create_bucket(Bucket=settings.SCORES_BUCKET)
+    return settings.SCORES_BUCKET
+
+
+def written(run_id: int, model_id: int, day: date = DAY, rows: int = 50, parts: int = 1):
+    """A run's scores files (one per part), on S3 but not in the table yet."""
+    run = Run(id=run_id, deployment_id=model_id, date=day)
+    files = []
+    for part in range(parts):
+        writer = scores.RunWriter(run, part)
+        ids = np.arange(part * rows, (part + 1) * rows)
+        writer.write(pa.array(ids), pa.array(np.full(rows, run_id / 1e6)), datetime.now(UTC))
+        files.append(writer.close())
+    return files
+
+
+def commit_runs(runs: dict[int, int], day: date = DAY, parts: int = 1, rows: int = 50) -> None:
+    """Commit {model_id: run_id} for `day` in one transaction, as a shard does."""
+    files = [f for model, run in runs.items() for f in written(run, model, day, rows, parts)]
+    scores.commit(day, list(runs), files)
+
+
+def partitions() -> dict[tuple[str, int], tuple[list[int], list[int]]]:
+    """What a reader (Polars) sees: per (dt, model_id), its run ids and its entity ids."""
+    frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
+    seen = {}
+    for (day, model_id), rows in frame.group_by(["dt", "model_id"]):
+        seen[(day, model_id)] = (
+            sorted(set(rows["run_id"].to_list())),
+            sorted(rows["entity_id"].to_list()),
+        )
+    return seen
+
+
+def table_objects() -> set[str]:
+    """Every data file under the table's folder on S3 (the log left out)."""
+    paginator = storage.client().get_paginator("list_objects_v2")
+    keys = set()
+    for page in paginator.paginate(Bucket=settings.SCORES_BUCKET, Prefix=f"{scores.TABLE}/"):
+        keys.update(item["Key"].split("/", 1)[1] for item in page.get("Contents", []))
+    return {key for key in keys if not key.startswith("_delta_log/")}
+
+
+def referenced_files() -> set[str]:
+    table = scores.open_table()
+    return set(pa.table(table.get_add_actions()).column("path").to_pylist())
+
+
+def files_per_partition() -> dict[tuple[str, int], int]:
+    files = pa.table(scores.open_table().get_add_actions(flatten=True))
+    counts = {}
+    for day, model_id in zip(
+        files["partition.dt"].to_pylist(), files["partition.model_id"].to_pylist(), strict=True
+    ):
+        counts[(day, model_id)] = counts.get((day, model_id), 0) + 1
+    return counts
+
+
+def entities(count: int, parts: int = 1) -> list[int]:
+    return list(range(count * parts))
+
+
+# --- commits ---------------------------------------------------------------------------
+
+
+def test_a_commit_replaces_its_partitions_whole_and_leaves_the_others(table):
+    commit_runs({1: 11, 2: 21, 3: 31})
+    commit_runs({1: 12, 3: 32}, parts=2)
+
+    assert partitions() == {
+        (DAY.isoformat(), 1): ([12], entities(50, parts=2)),
+        (DAY.isoformat(), 2): ([21], entities(50)),
+        (DAY.isoformat(), 3): ([32], entities(50, parts=2)),
+    }
+
+
+def test_a_thousand_runs_commit_in_one_transaction(table):
+    fleet = {model: 1000 + model for model in range(1, 1001)}
+    files = [f for model, run in fleet.items() for f in written(run, model, rows=3)]
+
+    scores.commit(DAY, list(fleet), files)
+    scores.commit(DAY, list(fleet)[:500], files[:500])  # a retried half: replaced, not doubled
+
+    seen = partitions()
+    assert len(seen) == 1000
+    assert all(seen[(DAY.isoformat(), m)] == ([r], [0, 1, 2]) for m, r in fleet.items())
+    assert len(referenced_files()) == 1000
+
+
+def shards_at_once(shards: list[dict[int, int]], files: list[list[dict]]) -> list:
+    """Each shard's commit in a thread of its own, started together: their errors."""
+    start = threading.Barrier(len(shards))
+    errors = []
+
+    def commit(shard, shard_files):
+        start.wait()
+        try:
+            scores.commit(DAY, list(shard), shard_files)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()  # the thread's own
+
+    threads = [
+        threading.Thread(target=commit, args=(shard, shard_files))
+        for shard, shard_files in zip(shards, files, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def shard_files(shard: dict[int, int]) -> list[dict]:
+    return [f for model, run in shard.items() for f in written(run, model)]
+
+
+def test_two_shards_replacing_partitions_at_once_both_land(table, monkeypatch, caplog):
+    """Both read the table before either commits (a barrier once they found what they
+    replace): delta-rs fails the second, though the shards' partitions are disjoint, and
+    the commit is tried again on the table as the first left it."""
+    first, second = {1: 11, 2: 21}, {3: 31, 4: 41}
+    assert shards_at_once([first, second], [shard_files(first), shard_files(second)]) == []
+    replaced = scores.replaced_files
+    both_read = threading.Barrier(2)
+
+    def read_then_wait(table, day, model_ids):
+        found = replaced(table, day, model_ids)
+        if threading.current_thread().name not in waited:
+            waited.add(threading.current_thread().name)
+            both_read.wait(timeout=30)
+        return found
+
+    waited = set()
+    monkeypatch.setattr(scores, "replaced_files", read_then_wait)
+    first, second = {1: 12, 2: 22}, {3: 32, 4: 42}
+    errors = shards_at_once([first, second], [shard_files(first), shard_files(second)])
+
+    assert errors == []
+    assert "conflicted, again" in caplog.text
+    assert partitions() == {
+        (DAY.isoformat(), model): ([run], entities(50))
+        for model, run in {**first, **second}.items()
+    }
+
+
+def test_two_shards_committing_at_once_under_the_database_lock_both_land(table, settings):
+    """An S3 server without conditional writes: the commits take turns."""
+    settings.S3_CONDITIONAL_PUT = False
+    for attempt in (1, 2):
+        shards = [
+            {model: model * 10 + attempt for model in range(1, 4)},
+            {model: model * 10 + attempt for model in range(4, 7)},
+        ]
+        assert shards_at_once(shards, [shard_files(shard) for shard in shards]) == []
+        assert partitions() == {
+            (DAY.isoformat(), model): ([model * 10 + attempt], entities(50))
+            for model in range(1, 7)
+        }
+
+
+# --- maintenance -----------------------------------------------------------------------
+
+
+def many_small_commits(today: date) -> None:
+    """Three past days of four models scored in three parts each, one model retried,
+    and today's runs (never compacted)."""
+    for back in (3, 2, 1):
+        day = today - timedelta(days=back)
+        commit_runs({model: back * 100 + model for model in range(1, 5)}, day, parts=3)
+    commit_runs({2: 902}, today - timedelta(1), parts=3)  # model 2 retried yesterday
+    commit_runs({1: 1001, 2: 1002}, today, parts=3)
+
+
+def test_maintenance_compacts_checkpoints_and_keeps_every_partition_whole(table, settings):
+    today = date(2026, 11, 10)
+    many_small_commits(today)
+    before = partitions()
+    replaced = table_objects() - referenced_files()  # the retried run's first files
+    assert len(replaced) == 3
+
+    settings.SCORES_RETENTION_HOURS = 168
+    report = maintenance.maintain(today)
+
+    assert report.days_compacted == [(today - timedelta(back)).isoformat() for back in (3, 2, 1)]
+    assert (report.files_compacted, report.files_written) == (36, 12)
+    counts = files_per_partition()
+    assert all(counts[(day, m)] == 1 for day, m in counts if day < today.isoformat())
+    assert counts[(today.isoformat(), 1)] == counts[(today.isoformat(), 2)] == 3
+    assert partitions() == before
+    checkpoints = [
+        key
+        for key in storage_keys("_delta_log/")
+        if key.endswith(f"{report.checkpoint_version:020d}.checkpoint.parquet")
+    ]
+    assert len(checkpoints) == 1
+    # Nothing is old enough yet: the replaced and the compacted files stay for readers.
+    assert report.files_vacuumed == 0
+    assert replaced <= table_objects()
+    assert len(table_objects() - referenced_files()) == 3 + 36
+
+
+def test_vacuum_removes_only_the_files_no_version_references_past_the_retention(table, settings):
+    today = date(2026, 11, 10)
+    many_small_commits(today)
+    before = partitions()
+    maintenance.maintain(today)
+    unreferenced = table_objects() - referenced_files()
+
+    settings.SCORES_RETENTION_HOURS = 0
+    report = maintenance.maintain(today)
+
+    assert report.files_vacuumed == len(unreferenced) == 3 + 36
+    assert report.bytes_vacuumed > 0
+    assert table_objects() == referenced_files()
+    assert partitions() == before
+
+
+def test_the_maintenance_command_says_what_it_did(table, settings):
+    today = timezone.localdate()
+    commit_runs({1: 11}, today - timedelta(days=1), parts=2)
+    commit_runs({1: 12}, today - timedelta(days=1), parts=2)
+    settings.SCORES_RETENTION_HOURS = 0
+    out = io.StringIO()
+
+    call_command("maintain_scores", stdout=out)
+
+    assert out.getvalue().startswith("compacted 2 files (")
+    assert "into 1 in 1 days; vacuumed 4 files (" in out.getvalue()
+    assert "older than 0 h; checkpoint at version" in out.getvalue()
+
+
+def test_a_run_committing_while_compaction_rewrites_its_partition_waits_for_it(table, monkeypatch):
+    """The run found its partition's files when a compaction starts (in another worker):
+    the compaction waits for the run's commit, then compacts the table the run left.
+    (Without the lock, delta-rs 1.6.6 let the run's commit remove files the compaction had
+    already rewritten: the old rows came back beside the run's.)"""
+    today = date(2026, 11, 10)
+    many_small_commits(today)
+    yesterday = today - timedelta(days=1)
+    replaced = scores.replaced_files
+    report = maintenance.Report()
+
+    def compact_in_another_worker():
+        try:
+            maintenance.compact(scores.open_table(), yesterday, report)
+        finally:
+            connection.close()  # the thread's own
+
+    compaction = threading.Thread(target=compact_in_another_worker)
+
+    def compaction_starts_meanwhile(table, day, model_ids):
+        found = replaced(table, day, model_ids)
+        if not compaction.is_alive() and not report.days_compacted:
+            compaction.start()
+            compaction.join(timeout=5)  # it finishes now only if nothing holds it back
+        return found
+
+    monkeypatch.setattr(scores, "replaced_files", compaction_starts_meanwhile)
+    commit_runs({3: 903}, yesterday, parts=2)
+    compaction.join(timeout=60)
+
+    assert report.files_compacted == 3 * 3 + 2  # models 1, 2, 4 and the run's two parts
+    seen = partitions()
+    assert seen[(yesterday.isoformat(), 3)] == ([903], entities(50, parts=2))
+    assert seen[(yesterday.isoformat(), 2)] == ([902], entities(50, parts=3))
+    assert set(files_per_partition().values()) == {1, 3}  # today's are not compacted
+
+
+def storage_keys(prefix: str) -> list[str]:
+    listing = storage.client().list_objects_v2(
+        Bucket=settings.SCORES_BUCKET, Prefix=f"{scores.TABLE}/{prefix}"
+    )
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def test_beat_sends_the_maintenance_daily_at_three_by_the_name_of_a_real_task():
+    from celery.schedules import crontab
+
+    from scoring import tasks
+
+    entry = settings.CELERY_BEAT_SCHEDULE["maintain-scores-table"]
+    assert entry["task"] == tasks.maintain_scores_table.name
+    assert entry["schedule"] == crontab(minute="0", hour="3")
