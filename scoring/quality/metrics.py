@@ -36,6 +36,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from scoring.quality import profiles
 from scoring.quality.levels import ALERT, OK, above, level, worst
 
 # Adversarial validation sizes, measured on this 2-core machine (bench/quality_bench.py):
@@ -79,12 +80,12 @@ def psi(
         edges = np.unique(np.quantile(b_finite, np.linspace(0, 1, bins + 1))[1:-1])
     else:
         edges = np.empty(0)
-    expected = _bin_counts(b_finite, edges) / b_total
-    actual = _bin_counts(c_finite, edges) / c_total
+    expected = profiles.bin_counts(b_finite, edges) / b_total
+    actual = profiles.bin_counts(c_finite, edges) / c_total
     if missing:
         expected = np.append(expected, (b.size - b_finite.size) / b_total)
         actual = np.append(actual, (c.size - c_finite.size) / c_total)
-    return _psi_of_shares(expected, actual, epsilon)
+    return profiles.psi_of_shares(expected, actual, epsilon)
 
 
 def categorical_psi(baseline, current, epsilon: float = 1e-4) -> float:
@@ -93,7 +94,7 @@ def categorical_psi(baseline, current, epsilon: float = 1e-4) -> float:
     if b is None or c is None:
         return math.nan
     shares = pd.concat([b, c], axis=1).fillna(0.0).to_numpy()
-    return _psi_of_shares(shares[:, 0], shares[:, 1], epsilon)
+    return profiles.psi_of_shares(shares[:, 0], shares[:, 1], epsilon)
 
 
 def feature_psi(
@@ -171,34 +172,6 @@ def adversarial_auc(
     return auc, _hanley_mcneil(auc, n, n)
 
 
-def display_histogram(baseline: np.ndarray | None, current: np.ndarray, bins: int = 20) -> dict:
-    """Shares of finite values in `bins` equal bins over a range common to both sides.
-
-    [0, 1] when every value is a probability, so charts of a model's runs line up;
-    else from the smaller minimum to the larger maximum.
-    """
-    sides = [_finite(_floats(current))]
-    if baseline is not None:
-        sides.append(_finite(_floats(baseline)))
-    present = [side for side in sides if side.size]
-    lo = min((float(side.min()) for side in present), default=0.0)
-    hi = max((float(side.max()) for side in present), default=1.0)
-    if lo >= 0.0 and hi <= 1.0:
-        lo, hi = 0.0, 1.0
-    elif lo == hi:
-        lo, hi = lo - 0.5, hi + 0.5
-
-    def shares(values: np.ndarray) -> list[float]:
-        counts = np.histogram(values, bins=bins, range=(lo, hi))[0]
-        return [round(float(x), 5) for x in counts / max(values.size, 1)]
-
-    return {
-        "edges": [round(float(x), 6) for x in np.linspace(lo, hi, bins + 1)],
-        "current": shares(sides[0]),
-        "baseline": shares(sides[1]) if baseline is not None else None,
-    }
-
-
 def compare(
     *,
     current_scores: np.ndarray,
@@ -210,26 +183,55 @@ def compare(
     seconds_start: float | None = None,
     known_drift: dict | None = None,
 ) -> dict:
+    """The quality dict of a run from all its scores and its baseline's (or the reference
+    scores): `compare_profiles` of their exact profiles."""
+    baseline_profile = None if baseline_scores is None else profiles.summarize(baseline_scores)
+    against = ((baseline_profile or {}).get("deciles") or {}).get("edges")
+    return compare_profiles(
+        current_profile=profiles.summarize(current_scores, against),
+        baseline_profile=baseline_profile,
+        current_sample=current_sample,
+        baseline_sample=baseline_sample,
+        thresholds=thresholds,
+        baseline=baseline,
+        seconds_start=seconds_start,
+        known_drift=known_drift,
+    )
+
+
+def compare_profiles(
+    *,
+    current_profile: dict,
+    baseline_profile: dict | None,
+    current_sample: pd.DataFrame | None,
+    baseline_sample: pd.DataFrame | None,
+    thresholds: dict,
+    baseline: dict | None,
+    seconds_start: float | None = None,
+    known_drift: dict | None = None,
+) -> dict:
     """The quality dict of a run (shape in the module docstring).
 
-    `current_scores` and `baseline_scores` are all scores of the two partitions (or the
-    reference scores); the samples are feature rows with a `score` column. Rows are
-    compared only when the baseline is a run: reference scores are a sample of any size.
-    `seconds_start` is a time.perf_counter() value, for a caller that wants "seconds" to
-    include loading the inputs; `known_drift` is `feature_psi`'s `known`.
+    The scores' checks come from the profiles of the run's scores and of its baseline's
+    (scoring.quality.profiles): nothing is read back or binned again. The samples are
+    feature rows with a `score` column. Rows are compared only when the baseline is a run:
+    reference scores are a sample of any size. `seconds_start` is a time.perf_counter()
+    value, for a caller that wants "seconds" to include loading the inputs; `known_drift`
+    is `feature_psi`'s `known`.
     """
     start = time.perf_counter() if seconds_start is None else seconds_start
-    scores = _floats(current_scores)
-    finite = _finite(scores)
-    rows = int(scores.size)
+    rows = current_profile["rows"]
+    finite = profiles.finite_count(current_profile)
 
     baseline_rows = rows_change = None
-    if baseline_scores is not None and (baseline or {}).get("kind") == "run":
-        baseline_rows = len(baseline_scores)
+    if baseline_profile is not None and (baseline or {}).get("kind") == "run":
+        baseline_rows = baseline_profile["rows"]
         if baseline_rows:
             rows_change = rows / baseline_rows - 1.0
 
-    score_psi = psi(baseline_scores, scores) if baseline_scores is not None else None
+    score_psi = None
+    if baseline_profile is not None:
+        score_psi = profiles.psi(baseline_profile, current_profile)
     psi_status = level(score_psi, thresholds["psi_warn"], thresholds["psi_alert"])
 
     auc = stderr = adversarial_rows = None
@@ -252,8 +254,8 @@ def compare(
         ]
     adversarial_status = level(auc, thresholds["adversarial_warn"], thresholds["adversarial_alert"])
 
-    missing_share = (rows - finite.size) / rows if rows else 0.0
-    constant = bool(finite.size > 1 and finite.min() == finite.max())
+    missing_share = (rows - finite) / rows if rows else 0.0
+    constant = bool(finite > 1 and current_profile["min"] == current_profile["max"])
 
     statuses = {
         "rows_status": above(None if rows_change is None else abs(rows_change), 0.2, 0.5),
@@ -280,7 +282,7 @@ def compare(
         "missing_status": statuses["missing_status"],
         "constant": constant,
         "constant_status": statuses["constant_status"],
-        "histogram": display_histogram(baseline_scores, scores),
+        "histogram": profiles.display_histogram(baseline_profile, current_profile),
         "thresholds": {
             key: float(thresholds[key])
             for key in ("psi_warn", "psi_alert", "adversarial_warn", "adversarial_alert")
@@ -299,19 +301,6 @@ def _floats(values) -> np.ndarray:
 def _finite(values: np.ndarray) -> np.ndarray:
     mask = np.isfinite(values)
     return values if mask.all() else values[mask]  # copy only when something is missing
-
-
-def _bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    # Counting x <= edge per edge is ~10x faster than searchsorted + bincount for a few
-    # edges over a million values.
-    at_or_below = [np.count_nonzero(values <= edge) for edge in edges]
-    return np.diff(np.array([0, *at_or_below, values.size]))
-
-
-def _psi_of_shares(expected: np.ndarray, actual: np.ndarray, epsilon: float) -> float:
-    expected = np.where(expected > 0, expected, epsilon)
-    actual = np.where(actual > 0, actual, epsilon)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
 def _category_shares(values) -> pd.Series | None:
