@@ -11,6 +11,7 @@ functions in scoring.quality.metrics.
 """
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from django.conf import settings
 from django.db.models import OuterRef, Subquery
 
 from scoring.models import ScoringRun
-from scoring.quality import levels, metrics, profiles, samples
+from scoring.quality import adversarial, levels, metrics, profiles, samples
 
 log = logging.getLogger(__name__)
 # Reading both sides from S3 and the metrics (numpy, the adversarial model) release the
@@ -54,13 +55,12 @@ def check_runs(committed: list[ScoringRun], read_scores: ScoreReader) -> None:
         except Exception:
             log.exception("the quality checks of runs %s failed", [r.id for r in committed])
             return
-        slices = load_samples(pool, [r for r in committed if baselines.get(r.id)], baselines)
-        # (baseline slice, current slice) → PSI per feature; threads racing on a column
-        # only compute it twice.
-        drift = defaultdict(dict)
+        slices = SliceSamples(
+            load_samples(pool, [r for r in committed if baselines.get(r.id)], baselines)
+        )
         checking = []
         for run in committed:
-            arguments = (run, baselines[run.id], thresholds(run), read_scores, slices, drift)
+            arguments = (run, baselines[run.id], thresholds(run), read_scores, slices)
             checking.append((run, pool.submit(measure, *arguments)))
         checked = []
         for run, measured in checking:
@@ -91,6 +91,63 @@ def load_samples(pool, compared: list[ScoringRun], baselines: dict) -> dict[tupl
         key: pool.submit(samples.load, *key, list(names), settings.QUALITY_SAMPLE_ROWS)
         for key, names in columns.items()
     }
+
+
+class SliceSamples:
+    """The slices' samples being read, and what the runs of two slices share: each slice's
+    features as one frame, and each pair of slices' adversarial columns and feature drift.
+    Made once, whichever checking thread asks first."""
+
+    def __init__(self, loading: dict[tuple, Future]):
+        self.loading = loading
+        self.lock = threading.Lock()
+        self.frames: dict[tuple, pd.DataFrame | None] = {}
+        self.pairs: dict[tuple, metrics.Samples | None] = {}
+
+    def table(self, key: tuple) -> pa.Table | None:
+        return self.loading[key].result()
+
+    def frame(self, key: tuple) -> pd.DataFrame | None:
+        table = self.table(key)
+        if key not in self.frames:
+            features = (
+                [n for n in table.column_names if not n.startswith("score:")] if table else []
+            )
+            self.frames[key] = None if table is None else table.select(features).to_pandas()
+        return self.frames[key]
+
+    def pair(self, previous: ScoringRun, run: ScoringRun) -> metrics.Samples | None:
+        """The two slices' shared comparison, None when either kept no sample."""
+        key = slice_of(previous), slice_of(run)
+        with self.lock:
+            if key not in self.pairs:
+                baseline, current = self.frame(key[0]), self.frame(key[1])
+                self.pairs[key] = None
+                if baseline is not None and current is not None:
+                    self.pairs[key] = metrics.Samples(
+                        adversarial.SamplePair(baseline, current), [], None
+                    )
+            return self.pairs[key]
+
+    def samples(self, previous: ScoringRun, run: ScoringRun) -> metrics.Samples | None:
+        """The run's part of the two samples: its features and both runs' scores."""
+        shared = self.pair(previous, run)
+        if shared is None:
+            return None
+        scores = self.score(previous), self.score(run)
+        return metrics.Samples(
+            shared.pair,
+            [name for name in run.version.package["features"] if name in shared.pair.current],
+            None if any(side is None for side in scores) else scores,
+            shared.drift,
+        )
+
+    def score(self, run: ScoringRun) -> np.ndarray | None:
+        table = self.table(slice_of(run))
+        name = f"score:{run.id}"
+        if name not in table.column_names:
+            return None
+        return table.column(name).to_numpy(zero_copy_only=False)  # nulls: NaN
 
 
 def previous_runs(runs: list[ScoringRun]) -> dict[int, ScoringRun | None]:
@@ -154,12 +211,11 @@ def measure(
     previous: ScoringRun | None,
     limits: dict,
     read_scores: ScoreReader,
-    slices: dict,
-    drift: dict,
+    slices: SliceSamples,
 ) -> dict:
     """The quality dict of `run` against `previous`, else its version's reference scores."""
     started = time.perf_counter()
-    baseline_profile = baseline_sample = current_sample = baseline = known_drift = None
+    baseline_profile = baseline = compared = None
     if previous is not None:
         baseline_profile = profile_of(read_scores, previous)
         baseline = {
@@ -169,10 +225,7 @@ def measure(
             "rows": baseline_profile["rows"],
         }
         # Features are compared only with a baseline run's sample.
-        baseline_sample = sample_of(slices[slice_of(previous)].result(), previous)
-        if baseline_sample is not None:
-            current_sample = sample_of(slices[slice_of(run)].result(), run)
-            known_drift = drift[slice_of(previous), slice_of(run)]
+        compared = slices.samples(previous, run)
     elif has_reference(run):
         reference = samples.load_reference(run.version_id)
         if reference is not None:
@@ -181,12 +234,10 @@ def measure(
     return metrics.compare_profiles(
         current_profile=profile_of(read_scores, run, baseline_profile),
         baseline_profile=baseline_profile,
-        current_sample=current_sample,
-        baseline_sample=baseline_sample,
+        samples=compared,
         thresholds=limits,
         baseline=baseline,
         seconds_start=started,
-        known_drift=known_drift,
     )
 
 
@@ -197,14 +248,6 @@ def profile_of(read_scores: ScoreReader, run: ScoringRun, baseline: dict | None 
         return run.profile
     against = ((baseline or {}).get("deciles") or {}).get("edges")
     return profiles.summarize(score_values(read_scores, run), against)
-
-
-def sample_of(sample: pa.Table | None, run: ScoringRun) -> pd.DataFrame | None:
-    """The run's rows of its slice's sample: its features and its score as `score`."""
-    if sample is None:
-        return None
-    features = run.version.package["features"]
-    return samples.of_run(sample, run.id, features).drop_columns([samples.KEY]).to_pandas()
 
 
 def score_values(read_scores: ScoreReader, run: ScoringRun) -> np.ndarray:
