@@ -188,13 +188,23 @@ def baseline_edges(runs: list[ScoringRun]) -> dict[int, list[float] | None]:
             edges[run.id] = None
     first = {run.version_id for run in runs if previous[run.id] is None and has_reference(run)}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        references = dict(zip(first, pool.map(samples.load_reference, first), strict=True))
+        references = dict(zip(first, pool.map(reference_edges, first), strict=True))
     for run in runs:
-        reference = references.get(run.version_id)
-        if previous[run.id] is None and reference is not None:
-            finite = reference[np.isfinite(reference)]
-            edges[run.id] = profiles.decile_edges(finite).tolist() if finite.size else None
+        if previous[run.id] is None:
+            edges[run.id] = references.get(run.version_id)
     return edges
+
+
+def reference_edges(version_id: int) -> list[float] | None:
+    """The deciles of a version's reference scores; None if they cannot be read now (the
+    check reads them again, and counts the run's scores from its profile)."""
+    try:
+        reference = samples.load_reference(version_id)
+    except Exception:
+        log.exception("the reference scores of version %s could not be read", version_id)
+        return None
+    finite = None if reference is None else reference[np.isfinite(reference)]
+    return profiles.decile_edges(finite).tolist() if finite is not None and finite.size else None
 
 
 def has_reference(run: ScoringRun) -> bool:
