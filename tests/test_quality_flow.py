@@ -158,3 +158,25 @@ def test_the_next_days_check_needs_only_the_previous_runs_profile_not_its_scores
     assert second.profile["against"]["edges"] == first.profile["deciles"]["edges"]
     assert sum(quality["histogram"]["baseline"]) == pytest.approx(1.0, abs=1e-3)
     assert quality["features"][0]["name"] == "monthly_spend"
+
+
+def test_a_baseline_scored_before_profiles_were_kept_is_read_back_instead(
+    worker, owner, validated, feature_table, bucket, mailbox
+):
+    days = [date.today() + timedelta(days=60 + i) for i in range(2)]
+    try:
+        write_day(feature_table, days[0], seed=300)
+        write_day(feature_table, days[1], seed=301, drifted=True)
+        spend = deploy(owner, packages.function_package(), "spend", validated)
+        first = score_day(days[0], [spend])["spend"]
+        ScoringRun.objects.filter(id=first.id).update(profile=None)  # as before migration 0008
+        second = score_day(days[1], [spend])["spend"]
+    finally:
+        for day in days:
+            shutil.rmtree(feature_table / f"dt={day.isoformat()}", ignore_errors=True)
+
+    second.refresh_from_db()
+    assert second.profile["against"] is None  # no bins were known when it scored
+    assert second.quality["baseline"]["run_id"] == first.id
+    assert second.quality["baseline_rows"] == ROWS
+    assert second.quality["psi_status"] == "alert" and second.quality["psi"] >= 0.25
