@@ -137,6 +137,9 @@ class BatchPart(models.Model):
     files = models.JSONField(
         default=dict, blank=True, help_text="run id -> the scores files this part wrote"
     )
+    profiles = models.JSONField(
+        default=dict, blank=True, help_text="run id -> the profile of the scores it wrote"
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -202,6 +205,9 @@ class ScoringRun(models.Model):
     # after the run commits; the shape is documented in scoring/quality/metrics.py.
     quality = models.JSONField(null=True, blank=True)
     quality_status = models.CharField(max_length=10, blank=True, help_text="ok, warning or alert")
+    # A small profile of its scores, kept while they were written (shape in
+    # scoring/quality/profiles.py): the next run's checks compare with it, not the scores.
+    profile = models.JSONField(null=True, blank=True)
 
     class Meta:
         constraints = [

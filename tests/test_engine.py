@@ -15,6 +15,7 @@ from django.db import close_old_connections
 
 from scoring.engine import scores
 from scoring.models import Deployment, ScoringRun
+from scoring.quality import profiles
 from scoring.runs import dispatch, lifecycle
 from tests.factories import features, packages
 from tests.flows import (
@@ -352,6 +353,12 @@ def test_a_large_slice_is_split_over_several_workers_and_committed_once(
         assert committed["entity_id"].to_list() == list(range(500))
         np.testing.assert_allclose(committed["score"].to_numpy(), scores_, rtol=1e-9)
     assert not scores_staged()
+    # Each unit profiled its rows' scores; the committer merged them into the run's profile.
+    assert all(set(p.profiles) == {str(run.id) for run in finished} for p in parts)
+    for run in finished:
+        deciles = run.profile["deciles"]
+        in_deciles = profiles.bin_counts(expected[run.deployment_id], np.array(deciles["edges"]))
+        assert run.profile["rows"] == 500 and deciles["counts"] == in_deciles.tolist()
 
 
 def scores_staged() -> list[str]:

@@ -197,25 +197,6 @@ def test_adversarial_auc_is_repeatable():
     assert metrics.adversarial_auc(baseline, current) == metrics.adversarial_auc(baseline, current)
 
 
-# --- display_histogram -------------------------------------------------------------------
-
-
-def test_display_histogram_uses_zero_to_one_for_probabilities():
-    histogram = metrics.display_histogram(np.array([0.1, 0.2]), np.array([0.3, 0.9, np.nan]), 4)
-    assert histogram == {
-        "edges": [0.0, 0.25, 0.5, 0.75, 1.0],
-        "current": [0.0, 0.5, 0.0, 0.5],
-        "baseline": [1.0, 0.0, 0.0, 0.0],
-    }
-
-
-def test_display_histogram_spans_both_sides_otherwise():
-    histogram = metrics.display_histogram(None, np.array([-1.0, 3.0]), 2)
-    assert histogram == {"edges": [-1.0, 1.0, 3.0], "current": [0.5, 0.5], "baseline": None}
-    constant = metrics.display_histogram(np.array([5.0]), np.array([5.0, 5.0]), 2)
-    assert constant["edges"] == [4.5, 5.0, 5.5]
-
-
 # --- compare ---------------------------------------------------------------------------
 
 

@@ -4,8 +4,10 @@ import shutil
 from datetime import date, timedelta
 
 import pytest
+from django.conf import settings
 
 from scoring.models import Report, ScoringRun
+from scoring.packages import storage
 from scoring.runs import dispatch, lifecycle
 from tests.factories import features, packages
 from tests.flows import deploy, report_emails, subject, wait_for_runs
@@ -120,3 +122,61 @@ def test_two_calm_days_then_a_drifted_one_alerts_and_each_user_gets_one_report_p
         f"/reports/{Report.objects.get(owner=outsider, batch=third['their-spend'].batch).id}/"
         in (mallory_text)
     )
+
+
+def test_the_next_days_check_needs_only_the_previous_runs_profile_not_its_scores(
+    worker, owner, validated, feature_table, bucket, mailbox
+):
+    days = [date.today() + timedelta(days=50 + i) for i in range(2)]
+    try:
+        write_day(feature_table, days[0], seed=200)
+        write_day(feature_table, days[1], seed=201, drifted=True)
+        spend = deploy(owner, packages.function_package(), "spend", validated)
+        first = score_day(days[0], [spend])["spend"]
+        # The first day's scores are gone from S3: only its profile is left to compare with.
+        filesystem = storage.arrow_filesystem()
+        partition = f"{settings.SCORES_BUCKET}/scores/dt={days[0].isoformat()}/model_id={spend.id}"
+        filesystem.delete_dir(partition)
+        second = score_day(days[1], [spend])["spend"]
+    finally:
+        for day in days:
+            shutil.rmtree(feature_table / f"dt={day.isoformat()}", ignore_errors=True)
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.profile["rows"] == ROWS and sum(first.profile["deciles"]["counts"]) == ROWS
+    quality = second.quality
+    assert quality["baseline"] == {
+        "kind": "run",
+        "run_id": first.id,
+        "date": days[0].isoformat(),
+        "rows": ROWS,
+    }
+    assert quality["rows"] == quality["baseline_rows"] == ROWS
+    assert quality["psi_status"] == "alert" and quality["psi"] >= 0.25, quality["psi"]
+    # Today's scores were counted in yesterday's bins while they were written.
+    assert second.profile["against"]["edges"] == first.profile["deciles"]["edges"]
+    assert sum(quality["histogram"]["baseline"]) == pytest.approx(1.0, abs=1e-3)
+    assert quality["features"][0]["name"] == "monthly_spend"
+
+
+def test_a_baseline_scored_before_profiles_were_kept_is_read_back_instead(
+    worker, owner, validated, feature_table, bucket, mailbox
+):
+    days = [date.today() + timedelta(days=60 + i) for i in range(2)]
+    try:
+        write_day(feature_table, days[0], seed=300)
+        write_day(feature_table, days[1], seed=301, drifted=True)
+        spend = deploy(owner, packages.function_package(), "spend", validated)
+        first = score_day(days[0], [spend])["spend"]
+        ScoringRun.objects.filter(id=first.id).update(profile=None)  # as before migration 0008
+        second = score_day(days[1], [spend])["spend"]
+    finally:
+        for day in days:
+            shutil.rmtree(feature_table / f"dt={day.isoformat()}", ignore_errors=True)
+
+    second.refresh_from_db()
+    assert second.profile["against"] is None  # no bins were known when it scored
+    assert second.quality["baseline"]["run_id"] == first.id
+    assert second.quality["baseline_rows"] == ROWS
+    assert second.quality["psi_status"] == "alert" and second.quality["psi"] >= 0.25

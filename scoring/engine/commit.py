@@ -15,7 +15,7 @@ from django.db import connection
 from scoring.engine import scores
 from scoring.engine.pipeline import Scorer
 from scoring.models import ScoringRun
-from scoring.quality import assessment, samples
+from scoring.quality import assessment, profiles, samples
 from scoring.runs import lifecycle
 
 log = logging.getLogger(__name__)
@@ -88,13 +88,34 @@ def commit(scorers: list[Scorer], slice_date: date) -> list[ScoringRun]:
             lifecycle.fail(scorer.run, f"slice {slice_date} has no rows", slice_date)
     if not alive:
         return []
-    return commit_files(alive, files, alive[0].date, slice_date)
+    summaries = {scorer.run.id: scorer.profile.summary() for scorer in scorers}
+    return commit_files(alive, files, alive[0].date, slice_date, summaries)
+
+
+def merged_profiles(parts: list[dict[str, dict]], run_ids) -> dict[int, dict]:
+    """The summary of each run's profile, merged over the `parts` its units kept
+    (run id -> ScoreProfile.to_json())."""
+    merged = {}
+    for part in parts:
+        for run_id, kept in part.items():
+            if int(run_id) in run_ids:
+                profile = profiles.ScoreProfile.from_json(kept)
+                if int(run_id) in merged:
+                    merged[int(run_id)].merge(profile)
+                else:
+                    merged[int(run_id)] = profile
+    return {run_id: profile.summary() for run_id, profile in merged.items()}
 
 
 def commit_files(
-    held: list[ScoringRun], files: dict[int, list[dict]], day: date, slice_date: date
+    held: list[ScoringRun],
+    files: dict[int, list[dict]],
+    day: date,
+    slice_date: date,
+    summaries: dict[int, dict],
 ) -> list[ScoringRun]:
-    """Add the runs' written files to the table at once: each partition whole, or none."""
+    """Add the runs' written files to the table at once: each partition whole, or none;
+    each run that committed keeps the profile of its scores (`summaries`)."""
     if not held:
         return []
     try:
@@ -109,6 +130,7 @@ def commit_files(
         return []
     for run in held:
         run.rows = sum(json.loads(f["stats"])["numRecords"] for f in files[run.id])
+        run.profile = summaries.get(run.id)
     return held
 
 
@@ -117,7 +139,7 @@ def check_and_succeed(committed: list[ScoringRun], slice_date: date) -> None:
     both are done, so its batch's report never goes out without its checks."""
     assessment.check_runs(committed, scores.score_reader())
     for run in committed:
-        lifecycle.succeed(run, run.rows, slice_date)
+        lifecycle.succeed(run, run.rows, slice_date, run.profile)
 
 
 def fail_unexpectedly(runs: list[ScoringRun], error: Exception, slice_date: date | None) -> None:

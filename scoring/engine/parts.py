@@ -78,7 +78,7 @@ def score_part(part_id: int, worker: str) -> None:
         return  # a redelivered message
     held = held_runs(part)
     clock = Stopwatch()
-    files = {}
+    files, kept_profiles = {}, {}
     try:
         with Heartbeat(held), contextlib.ExitStack() as stack:
             pipeline = SlicePipeline(
@@ -93,10 +93,15 @@ def score_part(part_id: int, worker: str) -> None:
             commit.reconnect_if_dropped()
             with clock("stage"):
                 files = commit.keep_files(scorers, part.index, part.slice_date)
+            # Profiles: the shard's committer merges them with the other units'.
+            kept_profiles = {s.run.id: s.profile.to_json() for s in scorers if s.run.id in files}
     except Exception as exc:  # fail the shard's runs with the error, and retry them
         commit.fail_unexpectedly(held, exc, part.slice_date)
     BatchPart.objects.filter(id=part_id).update(
-        status=BatchPart.Status.DONE, files=files, finished_at=timezone.now()
+        status=BatchPart.Status.DONE,
+        files=files,
+        profiles=kept_profiles,
+        finished_at=timezone.now(),
     )
     log.info("unit %s.%s of batch %s: %s", part.shard, part.index, part.batch_id, clock)
     if join_parts(part):
@@ -129,7 +134,8 @@ def join_parts(part: BatchPart) -> bool:
 def commit_parts(part: BatchPart, held: list[ScoringRun]) -> None:
     """Commit every run of the shard still alive with the files all its units wrote."""
     files = {run.id: [] for run in held}
-    for sibling in shard_units(part):
+    units = list(shard_units(part))
+    for sibling in units:
         for run_id, written in sibling.files.items():
             if int(run_id) in files:
                 files[int(run_id)] += written
@@ -141,5 +147,6 @@ def commit_parts(part: BatchPart, held: list[ScoringRun]) -> None:
             lifecycle.fail(run, f"slice {part.slice_date} has no rows", part.slice_date)
         else:
             alive.append(run)
-    committed = commit.commit_files(alive, files, part.date, part.slice_date)
+    summaries = commit.merged_profiles([unit.profiles for unit in units], set(files))
+    committed = commit.commit_files(alive, files, part.date, part.slice_date, summaries)
     commit.check_and_succeed(committed, part.slice_date)

@@ -39,7 +39,7 @@ from scoring.engine import features, package_cache, pool, scores
 from scoring.engine.limits import sandbox_limits
 from scoring.engine.timing import Stopwatch
 from scoring.models import ScoringRun
-from scoring.quality import samples
+from scoring.quality import assessment, profiles, samples
 from scoring.runs import lifecycle
 from scoring.sandbox.client import Sandbox
 from scoring.sandbox.limits import SandboxError
@@ -51,13 +51,21 @@ WATCH_SECONDS = 0.2  # how often busy sandboxes are checked for time and memory
 
 @dataclass(eq=False)
 class Scorer:
-    """One run being scored: its scores file being written, the rows sampled."""
+    """One run being scored: its scores file being written, the rows sampled, the profile
+    of its scores counted."""
 
     run: ScoringRun
     writer: scores.RunWriter
     sample: samples.RowSample = field(repr=False)  # shared by the scorers of a unit
+    # Profiles (quality checks at fleet scale): counted in the writing thread, with the file.
+    profile: profiles.ScoreProfile = field(default_factory=profiles.ScoreProfile, repr=False)
     package: Path | None = None  # the worker's local copy
     failed: bool = False
+
+    def write(self, entity_ids: pa.Array, values: pa.Array, scored_at) -> None:
+        """A chunk of the run's scores: into its file, and counted in its profile."""
+        self.writer.write(entity_ids, values, scored_at)
+        self.profile.add(values)
 
     @property
     def key(self) -> int:
@@ -127,7 +135,17 @@ class SlicePipeline:
     def run(self, ready: list[ScoringRun]) -> list[Scorer]:
         """Score the rows with every run that can; the scorers that succeeded."""
         sample = samples.RowSample(settings.QUALITY_SAMPLE_ROWS)
-        scorers = [Scorer(run, scores.RunWriter(run, self.part_index), sample) for run in ready]
+        # Profiles: each run's scores are counted in its baseline's bins as they are written.
+        edges = assessment.baseline_edges(ready)
+        scorers = [
+            Scorer(
+                run,
+                scores.RunWriter(run, self.part_index),
+                sample,
+                profiles.ScoreProfile(edges[run.id]),
+            )
+            for run in ready
+        ]
         with self.clock("fetch"):
             copies = package_cache.local_copies(run.version for run in ready)
         for scorer in scorers:
@@ -362,7 +380,7 @@ class SlicePipeline:
         side (Parquet encoding and S3 uploads release the GIL), and the rows to the sample."""
         entity_ids = chunk.column(0)
         written = {
-            scorer: writes.submit(scorer.writer.write, entity_ids, values, scored_at)
+            scorer: writes.submit(scorer.write, entity_ids, values, scored_at)
             for scorer, values in results.items()
             if not scorer.failed
         }

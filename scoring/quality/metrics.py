@@ -28,25 +28,13 @@ API and the report emails read it. Its shape, JSON-able (no numpy types, no NaN)
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold
-from threadpoolctl import threadpool_limits
 
+from scoring.quality import adversarial, profiles
 from scoring.quality.levels import ALERT, OK, above, level, worst
-
-# Adversarial validation sizes, measured on this 2-core machine (bench/quality_bench.py):
-# samples of 20,000 rows x (50 features + a category + score) per side, cut to 5,000,
-# 2 folds of 20 trees of 8 leaves on one thread: 0.094 s per call, 0.94 s for 10 models.
-# Binning each fold costs as much as the trees, so a third fold costs more than more
-# rows would; 5,000 + 5,000 out-of-fold predictions give SE ~0.006 at AUC 0.5.
-ADVERSARIAL_ROWS = 5000
-ADVERSARIAL_FOLDS = 2
-ADVERSARIAL_MIN_ROWS = 50
-_MAX_BINS = 63  # also the most categories a column keeps; rarer ones share one code
 
 _MISSING = "\x00missing"  # a category no real value spells
 
@@ -79,12 +67,12 @@ def psi(
         edges = np.unique(np.quantile(b_finite, np.linspace(0, 1, bins + 1))[1:-1])
     else:
         edges = np.empty(0)
-    expected = _bin_counts(b_finite, edges) / b_total
-    actual = _bin_counts(c_finite, edges) / c_total
+    expected = profiles.bin_counts(b_finite, edges) / b_total
+    actual = profiles.bin_counts(c_finite, edges) / c_total
     if missing:
         expected = np.append(expected, (b.size - b_finite.size) / b_total)
         actual = np.append(actual, (c.size - c_finite.size) / c_total)
-    return _psi_of_shares(expected, actual, epsilon)
+    return profiles.psi_of_shares(expected, actual, epsilon)
 
 
 def categorical_psi(baseline, current, epsilon: float = 1e-4) -> float:
@@ -93,13 +81,18 @@ def categorical_psi(baseline, current, epsilon: float = 1e-4) -> float:
     if b is None or c is None:
         return math.nan
     shares = pd.concat([b, c], axis=1).fillna(0.0).to_numpy()
-    return _psi_of_shares(shares[:, 0], shares[:, 1], epsilon)
+    return profiles.psi_of_shares(shares[:, 0], shares[:, 1], epsilon)
 
 
 def feature_psi(
-    baseline: pd.DataFrame, current: pd.DataFrame, top: int = 5, known: dict | None = None
+    baseline: pd.DataFrame,
+    current: pd.DataFrame,
+    top: int = 5,
+    known: dict | None = None,
+    columns: list | None = None,
 ) -> list[dict]:
-    """The `top` most drifting columns of both frames as {"name", "psi"}, most first.
+    """The `top` most drifting of `columns` (default: all common columns) of both frames
+    as {"name", "psi"}, most first.
 
     Numeric and datetime columns by `psi` (missing values as a bin), others by
     `categorical_psi`. `known` holds PSIs already computed for columns of these same two
@@ -107,11 +100,11 @@ def feature_psi(
     """
     known = {} if known is None else known
     drift = []
-    for name in _common_columns(baseline, current):
+    for name in _common_columns(baseline, current) if columns is None else columns:
         if name not in known:
             b, c = baseline[name], current[name]
-            if _is_numeric(b) and _is_numeric(c):
-                known[name] = psi(_numeric(b), _numeric(c), missing=True)
+            if adversarial.is_numeric(b) and adversarial.is_numeric(c):
+                known[name] = psi(adversarial.numeric(b), adversarial.numeric(c), missing=True)
             else:
                 known[name] = categorical_psi(b, c)
         value = known[name]
@@ -122,81 +115,14 @@ def feature_psi(
 
 
 def adversarial_auc(
-    baseline: pd.DataFrame,
-    current: pd.DataFrame,
-    *,
-    rows: int = ADVERSARIAL_ROWS,
-    folds: int = ADVERSARIAL_FOLDS,
-    seed: int = 0,
+    baseline: pd.DataFrame, current: pd.DataFrame, *, rows: int = adversarial.ROWS, seed: int = 0
 ) -> tuple[float, float]:
-    """How well a classifier tells current rows from baseline rows: (ROC AUC, its SE).
-
-    Takes `rows` random rows per side (fewer if a side has fewer; equal sizes so 0.5
-    means no drift) over the common columns, and scores out-of-fold predictions of
-    a small HistGradientBoosting (20 trees of 8 leaves, no early stopping) under
-    stratified `folds`-fold cross-validation. Category and string columns go in as
-    categorical codes. The standard error is Hanley & McNeil's: with 5,000 + 5,000
-    rows it is ~0.006 at AUC 0.5 and ~0.005 at 0.65, so the 0.6 warning threshold
-    sits over 15 SE away from no drift. (nan, nan) with fewer than 50 rows a side or
-    no common column. Callers leave out columns that differ by construction, such
-    as the slice date or the entity id.
-    """
-    n = min(rows, len(baseline), len(current))
-    columns = _common_columns(baseline, current)
-    if n < ADVERSARIAL_MIN_ROWS or not columns:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    b = baseline.iloc[np.sort(rng.choice(len(baseline), n, replace=False))]
-    c = current.iloc[np.sort(rng.choice(len(current), n, replace=False))]
-    X, categorical = _design_matrix(pd.concat([b[columns], c[columns]], ignore_index=True))
-    y = np.repeat([0, 1], n)
-    predicted = np.empty(2 * n)
-    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    # One thread: at this size OpenMP start-up costs more than it saves, and the
-    # engine's other work keeps the second core.
-    with threadpool_limits(1, user_api="openmp"):
-        for train, test in split.split(X, y):
-            model = HistGradientBoostingClassifier(
-                max_iter=20,
-                max_leaf_nodes=8,
-                learning_rate=0.2,
-                max_bins=_MAX_BINS,
-                categorical_features=categorical if categorical.any() else None,
-                early_stopping=False,
-                random_state=seed,
-            )
-            model.fit(X[train], y[train])
-            predicted[test] = model.predict_proba(X[test])[:, 1]
-    auc = float(roc_auc_score(y, predicted))
-    return auc, _hanley_mcneil(auc, n, n)
-
-
-def display_histogram(baseline: np.ndarray | None, current: np.ndarray, bins: int = 20) -> dict:
-    """Shares of finite values in `bins` equal bins over a range common to both sides.
-
-    [0, 1] when every value is a probability, so charts of a model's runs line up;
-    else from the smaller minimum to the larger maximum.
-    """
-    sides = [_finite(_floats(current))]
-    if baseline is not None:
-        sides.append(_finite(_floats(baseline)))
-    present = [side for side in sides if side.size]
-    lo = min((float(side.min()) for side in present), default=0.0)
-    hi = max((float(side.max()) for side in present), default=1.0)
-    if lo >= 0.0 and hi <= 1.0:
-        lo, hi = 0.0, 1.0
-    elif lo == hi:
-        lo, hi = lo - 0.5, hi + 0.5
-
-    def shares(values: np.ndarray) -> list[float]:
-        counts = np.histogram(values, bins=bins, range=(lo, hi))[0]
-        return [round(float(x), 5) for x in counts / max(values.size, 1)]
-
-    return {
-        "edges": [round(float(x), 6) for x in np.linspace(lo, hi, bins + 1)],
-        "current": shares(sides[0]),
-        "baseline": shares(sides[1]) if baseline is not None else None,
-    }
+    """How well a classifier tells current rows from baseline rows over their common
+    columns: (ROC AUC, its SE), as scoring.quality.adversarial measures it for the runs of
+    a slice. (nan, nan) with fewer than 50 rows a side or no common column. Callers leave
+    out columns that differ by construction, such as the slice date or the entity id."""
+    pair = adversarial.SamplePair(baseline, current, rows=rows, seed=seed)
+    return pair.auc(_common_columns(baseline, current))
 
 
 def compare(
@@ -208,36 +134,81 @@ def compare(
     thresholds: dict,
     baseline: dict | None,
     seconds_start: float | None = None,
-    known_drift: dict | None = None,
+) -> dict:
+    """The quality dict of a run from all its scores and its baseline's (or the reference
+    scores), and feature rows of both with a `score` column: `compare_profiles` of their
+    exact profiles and of the two samples."""
+    baseline_profile = None if baseline_scores is None else profiles.summarize(baseline_scores)
+    against = ((baseline_profile or {}).get("deciles") or {}).get("edges")
+    samples = None
+    if current_sample is not None and baseline_sample is not None:
+        features = [c for c in _common_columns(baseline_sample, current_sample) if c != "score"]
+        scores = None
+        if "score" in baseline_sample and "score" in current_sample:
+            scores = (baseline_sample["score"].to_numpy(), current_sample["score"].to_numpy())
+        samples = Samples(adversarial.SamplePair(baseline_sample, current_sample), features, scores)
+    return compare_profiles(
+        current_profile=profiles.summarize(current_scores, against),
+        baseline_profile=baseline_profile,
+        samples=samples,
+        thresholds=thresholds,
+        baseline=baseline,
+        seconds_start=seconds_start,
+    )
+
+
+@dataclass
+class Samples:
+    """A run's rows of the two slice samples: the pair (shared by the runs of the two
+    slices, with the drift of their columns), its features, and its (baseline, current)
+    scores on the pair's rows, None when a side has none."""
+
+    pair: adversarial.SamplePair
+    features: list[str]
+    scores: tuple[np.ndarray, np.ndarray] | None
+    drift: dict = field(default_factory=dict)  # feature_psi's `known`, shared by the runs
+
+
+def compare_profiles(
+    *,
+    current_profile: dict,
+    baseline_profile: dict | None,
+    samples: Samples | None,
+    thresholds: dict,
+    baseline: dict | None,
+    seconds_start: float | None = None,
 ) -> dict:
     """The quality dict of a run (shape in the module docstring).
 
-    `current_scores` and `baseline_scores` are all scores of the two partitions (or the
-    reference scores); the samples are feature rows with a `score` column. Rows are
-    compared only when the baseline is a run: reference scores are a sample of any size.
+    The scores' checks come from the profiles of the run's scores and of its baseline's
+    (scoring.quality.profiles): nothing is read back or binned again. The features' checks
+    come from `samples`, when the baseline is a run that kept one. Rows are compared only
+    when the baseline is a run: reference scores are a sample of any size.
     `seconds_start` is a time.perf_counter() value, for a caller that wants "seconds" to
-    include loading the inputs; `known_drift` is `feature_psi`'s `known`.
+    include loading the inputs.
     """
     start = time.perf_counter() if seconds_start is None else seconds_start
-    scores = _floats(current_scores)
-    finite = _finite(scores)
-    rows = int(scores.size)
+    rows = current_profile["rows"]
+    finite = profiles.finite_count(current_profile)
 
     baseline_rows = rows_change = None
-    if baseline_scores is not None and (baseline or {}).get("kind") == "run":
-        baseline_rows = len(baseline_scores)
+    if baseline_profile is not None and (baseline or {}).get("kind") == "run":
+        baseline_rows = baseline_profile["rows"]
         if baseline_rows:
             rows_change = rows / baseline_rows - 1.0
 
-    score_psi = psi(baseline_scores, scores) if baseline_scores is not None else None
+    score_psi = None
+    if baseline_profile is not None:
+        score_psi = profiles.psi(baseline_profile, current_profile)
     psi_status = level(score_psi, thresholds["psi_warn"], thresholds["psi_alert"])
 
     auc = stderr = adversarial_rows = None
     features: list[dict] = []
-    if current_sample is not None and baseline_sample is not None:
-        auc, stderr = adversarial_auc(baseline_sample, current_sample)
+    if samples is not None:
+        auc, stderr = samples.pair.auc(samples.features, samples.scores)
         if not math.isnan(auc):
-            adversarial_rows = min(ADVERSARIAL_ROWS, len(baseline_sample), len(current_sample))
+            adversarial_rows = samples.pair.rows
+        pair = samples.pair
         features = [
             {
                 "name": item["name"],
@@ -245,15 +216,13 @@ def compare(
                 "status": level(item["psi"], thresholds["psi_warn"], thresholds["psi_alert"]),
             }
             for item in feature_psi(
-                baseline_sample.drop(columns="score", errors="ignore"),
-                current_sample.drop(columns="score", errors="ignore"),
-                known=known_drift,
+                pair.baseline, pair.current, known=samples.drift, columns=samples.features
             )
         ]
     adversarial_status = level(auc, thresholds["adversarial_warn"], thresholds["adversarial_alert"])
 
-    missing_share = (rows - finite.size) / rows if rows else 0.0
-    constant = bool(finite.size > 1 and finite.min() == finite.max())
+    missing_share = (rows - finite) / rows if rows else 0.0
+    constant = bool(finite > 1 and current_profile["min"] == current_profile["max"])
 
     statuses = {
         "rows_status": above(None if rows_change is None else abs(rows_change), 0.2, 0.5),
@@ -280,7 +249,7 @@ def compare(
         "missing_status": statuses["missing_status"],
         "constant": constant,
         "constant_status": statuses["constant_status"],
-        "histogram": display_histogram(baseline_scores, scores),
+        "histogram": profiles.display_histogram(baseline_profile, current_profile),
         "thresholds": {
             key: float(thresholds[key])
             for key in ("psi_warn", "psi_alert", "adversarial_warn", "adversarial_alert")
@@ -301,19 +270,6 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values if mask.all() else values[mask]  # copy only when something is missing
 
 
-def _bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    # Counting x <= edge per edge is ~10x faster than searchsorted + bincount for a few
-    # edges over a million values.
-    at_or_below = [np.count_nonzero(values <= edge) for edge in edges]
-    return np.diff(np.array([0, *at_or_below, values.size]))
-
-
-def _psi_of_shares(expected: np.ndarray, actual: np.ndarray, epsilon: float) -> float:
-    expected = np.where(expected > 0, expected, epsilon)
-    actual = np.where(actual > 0, actual, epsilon)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
-
-
 def _category_shares(values) -> pd.Series | None:
     series = pd.Series(values).astype(object)
     if series.empty:
@@ -324,55 +280,6 @@ def _category_shares(values) -> pd.Series | None:
 def _common_columns(baseline: pd.DataFrame, current: pd.DataFrame) -> list:
     present = set(baseline.columns)
     return [name for name in current.columns if name in present]
-
-
-def _is_numeric(column: pd.Series) -> bool:
-    dtype = column.dtype
-    return pd.api.types.is_datetime64_any_dtype(dtype) or (
-        pd.api.types.is_numeric_dtype(dtype) and not isinstance(dtype, pd.CategoricalDtype)
-    )
-
-
-def _numeric(column: pd.Series) -> np.ndarray:
-    """Floats, with NaN for missing (datetimes as nanoseconds)."""
-    if pd.api.types.is_datetime64_any_dtype(column.dtype):
-        return column.astype("int64").where(column.notna()).to_numpy(dtype=np.float64)
-    return column.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _design_matrix(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """A float matrix for the classifier and which of its columns are categorical.
-
-    Infinities become NaN, which the trees route as missing. Categories are coded by
-    frequency over both sides together (labels unseen, so nothing leaks), the most
-    frequent first; past _MAX_BINS - 1 they share one code, as the trees take no more.
-    """
-    X = np.empty((len(frame), frame.shape[1]))
-    categorical = np.zeros(frame.shape[1], dtype=bool)
-    for i, name in enumerate(frame.columns):
-        column = frame[name]
-        if _is_numeric(column):
-            X[:, i] = _numeric(column)
-            continue
-        codes, _ = pd.factorize(column.astype(object))
-        counts = np.bincount(codes[codes >= 0])
-        rank = np.empty(counts.size, dtype=np.float64)
-        rank[np.argsort(-counts, kind="stable")] = np.arange(counts.size)
-        rank = np.minimum(rank, _MAX_BINS - 1)
-        X[:, i] = np.where(codes >= 0, rank[np.maximum(codes, 0)], np.nan)
-        categorical[i] = True
-    X[np.isinf(X)] = np.nan
-    return X, categorical
-
-
-def _hanley_mcneil(auc: float, positives: int, negatives: int) -> float:
-    """Standard error of a ROC AUC (Hanley & McNeil, Radiology 1982)."""
-    q1 = auc / (2 - auc)
-    q2 = 2 * auc**2 / (1 + auc)
-    variance = (
-        auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)
-    ) / (positives * negatives)
-    return math.sqrt(max(variance, 0.0))
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

@@ -105,13 +105,14 @@ def heartbeat(runs: list[ScoringRun]) -> None:
         ).update(heartbeat_at=timezone.now())
 
 
-def succeed(run: ScoringRun, rows: int, slice_date: date) -> None:
+def succeed(run: ScoringRun, rows: int, slice_date: date, profile: dict | None = None) -> None:
     now = timezone.now()
-    run.rows = rows  # for the checks, which follow
+    run.rows, run.profile = rows, profile  # for the checks, which follow
     move(
         held(run),
         ScoringRun.Status.SUCCEEDED,
         rows=rows,
+        profile=profile,
         slice_date=slice_date,
         error="",
         finished_at=now,
