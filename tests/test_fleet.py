@@ -80,6 +80,15 @@ class SandboxCounter(threading.Thread):
         self.join()
 
 
+def assert_all_scored_once(models: list, finished: list) -> None:
+    """Every model's run succeeded, and its partition holds each entity exactly once."""
+    assert Counter(run.status for run in finished) == {"succeeded": len(models)}, {
+        run.error for run in finished if run.error
+    }
+    partitions = committed_partitions(finished[0].date)
+    assert all(partitions[m.id] == ENTITIES for m in models)
+
+
 def reported_runs() -> Counter:
     """How many reports each run is in."""
     return Counter(run.id for report in Report.objects.all() for run in report.runs.all())
@@ -104,11 +113,7 @@ def test_a_fleet_beyond_the_workers_descriptor_limit_scores_every_model(
     dispatch.tick()
     finished = wait_for_runs([m.id for m in models], timeout=240)
 
-    assert Counter(run.status for run in finished) == {"succeeded": 300}, {
-        run.error for run in finished if run.error
-    }
-    partitions = committed_partitions(finished[0].date)
-    assert all(partitions[m.id] == ENTITIES for m in models)
+    assert_all_scored_once(models, finished)
     assert set(pool_lines([tmp_path / "fleet.log"])) == {(2, 2)}
     assert_settled()
 
@@ -126,11 +131,7 @@ def test_300_models_of_two_owners_through_two_workers_never_exceed_the_pool(
         dispatch.tick()
         finished = wait_for_runs([m.id for m in models], timeout=240)
 
-    assert Counter(run.status for run in finished) == {"succeeded": 300}, {
-        run.error for run in finished if run.error
-    }
-    partitions = committed_partitions(finished[0].date)
-    assert all(partitions[m.id] == ENTITIES for m in models)
+    assert_all_scored_once(models, finished)
     units = BatchPart.objects.all()
     assert units.count() == 5 and len({unit.worker for unit in units}) == 2, (
         "both workers took units"
@@ -163,12 +164,8 @@ def test_a_worker_killed_mid_fleet_loses_and_doubles_nothing(
     gate.open()
     finished = tick_until([m.id for m in models], timeout=240)
 
-    assert Counter(run.status for run in finished) == {"succeeded": 60}, {
-        run.error for run in finished if run.error
-    }
+    assert_all_scored_once(models, finished)
     assert any(run.attempts == 2 for run in finished), "the killed unit's runs were retried"
-    partitions = committed_partitions(finished[0].date)
-    assert all(partitions[m.id] == ENTITIES for m in models)
     # Each run reported once, in the batch that finished it (the killed one's too, closed
     # by tick); no failure email.
     wait_until(lambda: len(reported_runs()) == 60, "every run is reported")
