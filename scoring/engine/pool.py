@@ -3,7 +3,8 @@
 A worker never has more live sandboxes than its pool (SANDBOX_POOL), whatever the number
 of models: one sandbox serves several models of one owner, loaded once for the whole
 unit, and never the packages of two owners. Only as many sandboxes score at once as the
-machine has cores. Owners beyond the pool are served in waves, each reading the rows again.
+machine has cores. When a unit's owners are more than the pool, their sandboxes take turns
+on each chunk (scoring.engine.pipeline): each loads its models, scores and makes room.
 """
 
 import os
@@ -26,7 +27,7 @@ def busy_limit(pool: int, cores: int | None = None) -> int:
 def waves(runs: list, pool: int, owner=lambda run: run.deployment.owner_id) -> list[list[list]]:
     """The runs in groups that share a sandbox (one owner each), at most `pool` groups a
     wave. An owner with many runs gets as many sandboxes as the pool leaves room for, so
-    the cores share the work; owners beyond the pool wait for a later wave."""
+    the cores share the work; owners beyond the pool fall in a later wave."""
     by_owner = defaultdict(list)
     for run in runs:
         by_owner[owner(run)].append(run)
