@@ -114,7 +114,9 @@ def main() -> int:
             web = subprocess.Popen(
                 [python, "manage.py", "runserver", f"127.0.0.1:{PORT}", "--noreload"],
                 cwd=ROOT,
-                env={**os.environ, **env},
+                # runserver serves each request in a thread of its own: a persistent
+                # connection would outlive it, and a thousand uploads exhaust PostgreSQL.
+                env={**os.environ, **env, "CONN_MAX_AGE": "0"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
