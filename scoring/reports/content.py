@@ -386,7 +386,7 @@ def report_context(report: Report) -> dict:
     return {
         **context,
         "sections": sections,
-        "sections_title": "" if small else "Alerts and failures",
+        "sections_title": "" if small or not sections else "Alerts and failures",
         "attention_more": attention - detailed,
         "lines": lines,
         "lines_more": context["model_count"] - detailed - len(lines),
