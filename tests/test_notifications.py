@@ -90,7 +90,7 @@ def test_score_now_after_giving_up_counts_from_one_again_and_each_attempt_has_it
     run = running_run(owner, attempts=1, max_attempts=1)
     lifecycle.fail(run, "boom")
     lifecycle.request_run(run.deployment, DAY)
-    assert lifecycle.claim(run, batch_id=None)  # the new attempt 1
+    [run] = lifecycle.claim_batch(run.batch_id)  # the new attempt 1
     lifecycle.fail(run, "boom again")
 
     assert list(Notification.objects.order_by("id").values_list("attempt", "error")) == [
@@ -381,7 +381,7 @@ def test_a_run_whose_worker_kept_dying_gives_up_saying_so(owner, mailoutbox):
     for attempt in (1, 2, 3):
         run = ScoringRun.objects.select_related("deployment", "version").get(id=run.id)
         if attempt > 1:
-            assert lifecycle.claim(run, batch_id=None)
+            [run] = lifecycle.claim_batch(run.batch_id)
             run.heartbeat_at = NOW - timedelta(minutes=5)
             ScoringRun.objects.filter(id=run.id).update(heartbeat_at=run.heartbeat_at)
         lifecycle.take_back(run, NOW)

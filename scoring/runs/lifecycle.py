@@ -51,22 +51,6 @@ def create_run(
         return None
 
 
-def claim(run: ScoringRun, batch_id: int) -> bool:
-    """Take a queued run of this batch; False when another worker or batch has it."""
-    now = timezone.now()
-    won = move(
-        ScoringRun.objects.filter(id=run.id, batch_id=batch_id, status=ScoringRun.Status.QUEUED),
-        ScoringRun.Status.RUNNING,
-        attempts=F("attempts") + 1,
-        started_at=now,
-        heartbeat_at=now,
-        finished_at=None,
-    )
-    if won:
-        run.refresh_from_db()
-    return bool(won)
-
-
 def claim_batch(batch_id: int) -> list[ScoringRun]:
     """Take every queued run of this batch at once (a fleet's thousand runs in two
     queries); the runs this worker won, none when another worker or batch has them."""
