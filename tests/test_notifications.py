@@ -216,13 +216,8 @@ def test_an_email_being_sent_is_not_taken_by_tick(owner, mailoutbox):
     assert mailoutbox == []
 
 
-@pytest.mark.django_db(transaction=True)
-def test_two_senders_at_once_send_the_email_once(owner, mailoutbox):
-    run = running_run(owner)
-    # Written as fail() writes it (fail() itself would ask the worker to send it).
-    Notification.objects.create(
-        run=run, attempt=1, started_at=run.started_at, gave_up=False, error="boom"
-    )
+def send_from_two_senders_at_once() -> list[int]:
+    """What each of two senders sent, both reading the queue at the same moment."""
     sent = []
 
     def sender():
@@ -235,6 +230,17 @@ def test_two_senders_at_once_send_the_email_once(owner, mailoutbox):
             thread.start()
     for thread in senders:
         thread.join()
+    return sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_senders_at_once_send_the_email_once(owner, mailoutbox):
+    run = running_run(owner)
+    # Written as fail() writes it (fail() itself would ask the worker to send it).
+    Notification.objects.create(
+        run=run, attempt=1, started_at=run.started_at, gave_up=False, error="boom"
+    )
+    sent = send_from_two_senders_at_once()
 
     assert sorted(sent) == [0, 1]
     assert len(mailoutbox) == 1
@@ -460,18 +466,7 @@ def test_two_senders_at_once_send_the_failures_of_a_batch_in_one_email(owner, ma
         Notification.objects.create(
             run=run, batch=batch, attempt=1, started_at=run.started_at, gave_up=False, error="x"
         )
-    sent = []
-
-    def sender():
-        sent.append(notifications.send_due(NOW))
-        connection.close()  # this thread's own
-
-    senders = [threading.Thread(target=sender) for _ in range(2)]
-    with released_together(Notification, sessions=2):
-        for thread in senders:
-            thread.start()
-    for thread in senders:
-        thread.join()
+    sent = send_from_two_senders_at_once()
 
     assert sorted(sent) == [0, 30]
     assert len(mailoutbox) == 1 and "Models: churn-000" in mailoutbox[0].body

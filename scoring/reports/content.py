@@ -83,6 +83,18 @@ def build_reports(batch: Batch) -> list[Report]:
 # --- what a report says ----------------------------------------------------------------
 
 
+class Light:
+    """The colours of the status light of whatever has a `status`."""
+
+    @property
+    def fg(self) -> str:
+        return LIGHTS[self.status][0]
+
+    @property
+    def bg(self) -> str:
+        return LIGHTS[self.status][1]
+
+
 @dataclass
 class Check:
     """One row of the data-quality table."""
@@ -106,7 +118,7 @@ class Check:
 
 
 @dataclass
-class Section:
+class Section(Light):
     """One model of a report: its run, its status and what the quality checks found."""
 
     run: ScoringRun
@@ -124,14 +136,6 @@ class Section:
     @property
     def word(self) -> str:
         return self.status.upper()
-
-    @property
-    def fg(self) -> str:
-        return LIGHTS[self.status][0]
-
-    @property
-    def bg(self) -> str:
-        return LIGHTS[self.status][1]
 
     @property
     def rows(self) -> str:
@@ -350,19 +354,11 @@ def summary_context(report: Report, runs: QuerySet, counts: dict[str, int]) -> d
 
 
 @dataclass
-class LightCount:
+class LightCount(Light):
     """One light and how many runs have it, for the counts line."""
 
     status: str
     count: int
-
-    @property
-    def fg(self) -> str:
-        return LIGHTS[self.status][0]
-
-    @property
-    def bg(self) -> str:
-        return LIGHTS[self.status][1]
 
 
 def report_context(report: Report) -> dict:
