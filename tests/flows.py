@@ -212,7 +212,9 @@ def assert_settled() -> None:
 WORKER_SANDBOX_TIMEOUT = 8
 
 
-def start_worker(env: dict, queue: str, log: Path) -> services.subprocess.Popen:
+def start_worker(
+    env: dict, queue: str, log: Path, concurrency: int = 2
+) -> services.subprocess.Popen:
     """A real Celery worker process on `queue`, ready when this returns."""
     from portal.celery import app
 
@@ -226,7 +228,7 @@ def start_worker(env: dict, queue: str, log: Path) -> services.subprocess.Popen:
         "-n",
         hostname,
         "-c",
-        "2",
+        str(concurrency),
         "--without-gossip",
         "--without-mingle",
     )

@@ -3,7 +3,8 @@ the union of their models' columns; each model scores each chunk in the worker's
 sandboxes; the runs of a slice commit their partitions of the scores table in one
 transaction; then their quality is checked and each owner gets one report. A fleet of
 models, or a large slice, is planned as units (a shard of the runs × a part of the rows)
-that every free worker takes (scoring.engine.parts).
+that every free worker takes (scoring.engine.parts); with ENGINE=spark, as one Spark job
+(scoring.engine.spark).
 
 A model fails alone (missing columns, a crash in predict, bad output, a timeout): the
 other runs of the batch still commit. An error the engine did not expect fails the runs
@@ -19,7 +20,7 @@ from datetime import date
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import commit, features, parts, plan
+from scoring.engine import commit, features, parts, plan, sources
 from scoring.engine.lease import Heartbeat
 from scoring.engine.pipeline import SlicePipeline
 from scoring.engine.timing import Stopwatch
@@ -51,7 +52,7 @@ def run_batch(batch_id: int) -> None:
 
 def score_date(day: date, group: list[ScoringRun]) -> None:
     """The runs of one date: the slice they read, less the runs that cannot score it."""
-    source = features.source_from_settings()
+    source = sources.configured()
     if source is None:
         for run in group:
             lifecycle.fail(run, "no feature source is configured (FEATURES_URI)")
@@ -83,6 +84,11 @@ def score_date(day: date, group: list[ScoringRun]) -> None:
 
 
 def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
+    if settings.ENGINE == "spark":  # one Spark job: the cluster splits the work itself
+        from scoring.engine.spark import job
+
+        job.score_slice(source, slice_date, ready)
+        return
     shards = plan.shards(ready, settings.SHARD_MODELS)
     row_parts = parts.plan_parts(source, slice_date) or [None]
     if len(shards) * len(row_parts) > 1:

@@ -397,16 +397,11 @@ def source_from_settings():
             id_column=settings.FEATURES_ID_COLUMN,
             date_column=settings.FEATURES_DATE_COLUMN,
         )
-    s3_options = {
-        "endpoint_override": settings.S3_ENDPOINT_URL.split("://", 1)[-1],
-        "access_key": settings.S3_ACCESS_KEY,
-        "secret_key": settings.S3_SECRET_KEY,
-        "region": settings.S3_REGION,
-        "scheme": "https" if settings.S3_ENDPOINT_URL.startswith("https") else "http",
-    }
+    from scoring.packages import storage
+
     return ParquetSource(
         settings.FEATURES_URI,
         id_column=settings.FEATURES_ID_COLUMN,
         date_column=settings.FEATURES_DATE_COLUMN,
-        s3_options=s3_options,
+        s3_options=storage.arrow_filesystem_options(),
     )

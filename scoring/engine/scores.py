@@ -86,8 +86,13 @@ class RunWriter:
     the run's; it stays invisible to every reader until `commit` adds it to the log.
     """
 
-    def __init__(self, run, part_index: int = 0):
+    def __init__(self, run, part_index: int = 0, open_sink=None):
         self.run = run
+        # Where the file goes: by default the table of SCORES_BUCKET, through a PartUpload
+        # (a Spark executor, which has no settings, opens its own: scoring.engine.spark).
+        self.open_sink = open_sink or (
+            lambda path: PartUpload(f"{settings.SCORES_BUCKET}/{TABLE}/{path}")
+        )
         self.partition = {"dt": run.date.isoformat(), "model_id": str(run.deployment_id)}
         self.path = (
             f"dt={self.partition['dt']}/model_id={self.partition['model_id']}/"
@@ -99,14 +104,10 @@ class RunWriter:
         self.low: dict = {}
         self.high: dict = {}
 
-    @property
-    def key(self) -> str:
-        return f"{settings.SCORES_BUCKET}/{TABLE}/{self.path}"
-
     def write(self, entity_ids: pa.Array, scores: pa.Array, scored_at: datetime) -> None:
         part = file_batch(entity_ids, scores, self.run, scored_at)
         if self.writer is None:
-            self.sink = PartUpload(self.key)
+            self.sink = self.open_sink(self.path)
             self.writer = parquet_writer(self.sink, part.schema)
         self.writer.write_batch(part)
         self.rows += part.num_rows

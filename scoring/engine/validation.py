@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from scoring.engine import features
+from scoring.engine import features, sources
 from scoring.engine.limits import sandbox_limits
 from scoring.models import Deployment, PackageVersion
 from scoring.packages import deployments, storage
@@ -54,7 +54,7 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
         check_site_rules(package)
         if package.get("reference_scores_count"):
             keep_reference_scores(version, workdir / REFERENCE_SCORES_FILE)
-        source = features.source_from_settings()
+        source = sources.configured()
         if source is None:
             return package, "not smoke-tested: no feature source is configured"
         try:

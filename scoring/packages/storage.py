@@ -82,13 +82,18 @@ def arrow_filesystem():
     """The S3 server as a pyarrow filesystem, for Parquet read and written in streams."""
     from pyarrow import fs
 
-    return fs.S3FileSystem(
-        endpoint_override=settings.S3_ENDPOINT_URL.split("://", 1)[-1],
-        scheme="https" if settings.S3_ENDPOINT_URL.startswith("https") else "http",
-        access_key=settings.S3_ACCESS_KEY,
-        secret_key=settings.S3_SECRET_KEY,
-        region=settings.S3_REGION,
-    )
+    return fs.S3FileSystem(**arrow_filesystem_options())
+
+
+def arrow_filesystem_options() -> dict:
+    """pyarrow's S3FileSystem arguments for the S3 server (a Spark task opens its own)."""
+    return {
+        "endpoint_override": settings.S3_ENDPOINT_URL.split("://", 1)[-1],
+        "scheme": "https" if settings.S3_ENDPOINT_URL.startswith("https") else "http",
+        "access_key": settings.S3_ACCESS_KEY,
+        "secret_key": settings.S3_SECRET_KEY,
+        "region": settings.S3_REGION,
+    }
 
 
 # --- the package storage ----------------------------------------------------------------

@@ -81,15 +81,15 @@ def sample_folder(batch_id: int, day: date) -> str:
 
 def save(batch_id: int, day: date, part: int, sample: RowSample, run_ids: list[int]) -> None:
     """The slice's sample (or its part's), with the scores of the runs in `run_ids`."""
-    if sample.table is None:
-        return
+    if sample.table is not None:
+        save_table(batch_id, day, part, sample.table, run_ids)
+
+
+def save_table(batch_id: int, day: date, part: int, table: pa.Table, run_ids: list[int]) -> None:
+    """A RowSample's table (or a Spark task's), with the scores of the runs in `run_ids`."""
     keep = {f"score:{run_id}" for run_id in run_ids}
-    table = sample.table.select(
-        [
-            name
-            for name in sample.table.column_names
-            if not name.startswith("score:") or name in keep
-        ]
+    table = table.select(
+        [name for name in table.column_names if not name.startswith("score:") or name in keep]
     )
     pq.write_table(
         table,

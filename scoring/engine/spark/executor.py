@@ -1,0 +1,228 @@
+"""A Spark task's side: the rows of one partition scored by every model of the batch.
+
+It runs in the executor's Python worker, which knows no Django settings and holds no
+secret but the S3 key the scores are written with: everything it needs comes with the task
+(`TaskPlan`) and the packages' bytes with a broadcast. The models run in the same sandboxes
+as on a Celery worker (scoring.engine.chunk_scoring): a zygote of the Python worker's own
+forks them, confined, from a bare environment. A model that fails is reported in the
+task's output and fails alone; an error of the task itself (S3 down, the worker killed)
+fails the task, which Spark tries again; only the output of the attempt that finished
+reaches the driver, so a failed attempt's files never reach the log.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow as pa
+from pyarrow import fs
+
+from scoring.engine import pool, scores
+from scoring.engine.chunk_scoring import ChunkScoring, Group, Scorer, write_chunk
+from scoring.engine.features import encode_strings, rechunk
+from scoring.quality import profiles, samples
+from scoring.sandbox.limits import Limits
+
+# One row per run of the task (its files, profile or error), and one for the task itself
+# (run_id null: its sample of rows and what its sandboxes found of the host).
+RESULT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.int64()),
+        ("error", pa.string()),
+        ("files", pa.string()),
+        ("profile", pa.string()),
+        ("sample", pa.binary()),
+        ("protections", pa.string()),
+        ("host", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Version:
+    number: int
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """What a task knows of a run: all the scores table's writer and the sandboxes need."""
+
+    id: int
+    deployment_id: int
+    date: date
+    attempts: int
+    version: Version
+    owner: int
+    sha256: str
+    baseline_edges: list | None = None
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    runs: list[RunRef]
+    packages: object  # a Broadcast of {sha256: the package's bytes}
+    slice_date: date
+    chunk_rows: int
+    sample_rows: int
+    limits: Limits
+    pool: int
+    table_folder: str  # bucket/prefix of the scores table
+    s3: dict = field(repr=False)  # pyarrow S3FileSystem's arguments
+
+
+def score_partition(plan: TaskPlan):
+    """The function mapInArrow calls with the partition's record batches."""
+
+    def score(batches):
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        index = context.partitionId() if context else 0
+        yield from PartitionScoring(plan, index).run(batches)
+
+    return score
+
+
+class ArrowSink:
+    """A scores file written through pyarrow's own S3 filesystem (no JVM connector)."""
+
+    def __init__(self, filesystem: fs.FileSystem, key: str):
+        self.filesystem, self.key = filesystem, key
+        self.stream = filesystem.open_output_stream(key)
+
+    @property
+    def closed(self) -> bool:
+        return self.stream.closed
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def write(self, data) -> int:
+        return self.stream.write(data)
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.close()
+            self.filesystem.delete_file(self.key)
+
+
+class PartitionScoring(ChunkScoring):
+    def __init__(self, plan: TaskPlan, index: int):
+        self.plan = plan
+        self.index = index
+        self.errors: dict[int, str] = {}
+        self.stack = contextlib.ExitStack()
+        busy = pool.busy_limit(plan.pool, cores=1)  # Spark gives each task a core
+        super().__init__(plan.slice_date, self.stack, plan.limits, busy)
+
+    def fail(self, run: RunRef, error: str) -> None:
+        self.errors.setdefault(run.id, error)
+
+    def run(self, batches):
+        filesystem = fs.S3FileSystem(**self.plan.s3)
+        sample = samples.RowSample(self.plan.sample_rows)
+        scorers = [
+            Scorer(
+                run,
+                scores.RunWriter(
+                    run,
+                    self.index,
+                    lambda path: ArrowSink(filesystem, f"{self.plan.table_folder}/{path}"),
+                ),
+                sample,
+                profiles.ScoreProfile(run.baseline_edges),
+            )
+            for run in self.plan.runs
+        ]
+        with self.stack:
+            try:
+                self.score(scorers, batches, sample)
+            except BaseException:  # the attempt fails: none of its files is wanted
+                for scorer in scorers:
+                    scorer.writer.abort()
+                raise
+        yield self.result(scorers, sample)
+
+    def score(self, scorers: list[Scorer], batches, sample: samples.RowSample) -> None:
+        for scorer in scorers:
+            scorer.package = local_copy(self.plan.packages.value, scorer.run.sha256)
+        waves = pool.waves(scorers, self.plan.pool, owner=lambda s: s.run.owner)
+        groups = [Group(members) for wave in waves for members in wave]
+        chunk_dir = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="chunk-")))
+        self.stack.callback(self.close_all, groups)
+        for index, batch in enumerate(rechunk(batches, self.plan.chunk_rows)):
+            if not any(group.alive() for group in groups):
+                break
+            chunk, path = write_chunk(encode_strings(batch), chunk_dir / f"chunk-{index}.arrow")
+            scored_at = datetime.now(UTC)
+            results = self.score_chunk(groups, path, index, resident=len(waves) == 1)
+            path.unlink()
+            entity_ids = chunk.column(0)
+            for scorer, values in results.items():
+                if not scorer.failed:
+                    scorer.write(entity_ids, values, scored_at)
+            sample.offer(chunk, {s.run.id: v for s, v in results.items() if not s.failed})
+
+    def result(self, scorers: list[Scorer], sample: samples.RowSample) -> pa.RecordBatch:
+        rows = []
+        for scorer in scorers:
+            if scorer.failed:
+                scorer.writer.abort()
+                rows.append(
+                    {"run_id": scorer.run.id, "error": self.errors.get(scorer.run.id, "failed")}
+                )
+                continue
+            files = [scorer.writer.close()] if scorer.writer.rows else []
+            rows.append(
+                {
+                    "run_id": scorer.run.id,
+                    "files": json.dumps(files),
+                    "profile": json.dumps(scorer.profile.to_json()),
+                }
+            )
+        rows.append(
+            {
+                "sample": table_bytes(sample.table),
+                "protections": json.dumps(self.protections),
+                "host": os.uname().nodename,
+            }
+        )
+        return pa.RecordBatch.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+def local_copy(packages: dict[str, bytes], sha256: str) -> Path:
+    """The package as a file of this Python worker's, checked against its sha256 once."""
+    folder = Path(tempfile.gettempdir()) / f"dropscore-spark-packages-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{sha256}.dill"
+    if not path.exists():
+        data = packages[sha256]
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"the package {sha256[:12]} arrived damaged on this executor")
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+    return path
+
+
+def table_bytes(table: pa.Table | None) -> bytes | None:
+    if table is None:
+        return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()

@@ -1,0 +1,137 @@
+"""A batch's slice scored as one Spark job, then committed and checked as by Celery workers.
+
+The driver reads the slice through Spark (the union of the runs' columns, the slice's
+partition only), sends every package once (a broadcast), and has each partition scored by
+every run (scoring.engine.spark.executor). What comes back is metadata: each run's files,
+the profile of its scores, or its error; each task's sample of rows. Runs that failed in
+any task fail alone, their files removed; the others commit in one Delta transaction
+(scoring.engine.commit), are checked, and succeed. A job that fails as a whole (its tasks
+failed Spark's attempts) raises: the batch fails its runs, which are retried as any failure.
+"""
+
+import json
+import logging
+from collections import defaultdict
+from datetime import date
+
+import pyarrow as pa
+from django.conf import settings
+
+from scoring.engine import commit, package_cache, scores, worker_probe
+from scoring.engine.chunk_scoring import union
+from scoring.engine.limits import sandbox_limits
+from scoring.engine.spark import executor, session
+from scoring.engine.spark.source import SparkSource
+from scoring.engine.timing import Stopwatch
+from scoring.models import ScoringRun
+from scoring.packages import storage
+from scoring.quality import assessment, samples
+from scoring.runs import lifecycle
+
+log = logging.getLogger(__name__)
+RESULT_DDL = ", ".join(
+    f"{field.name} {'long' if field.type == pa.int64() else field.type}"
+    for field in executor.RESULT_SCHEMA
+)
+
+
+def score_slice(source: SparkSource, slice_date: date, ready: list[ScoringRun]) -> None:
+    clock = Stopwatch()
+    with clock("fetch"):
+        runs, packages = task_runs(ready, slice_date)
+    if not runs:
+        return
+    spark = session.get()
+    broadcast = spark.sparkContext.broadcast(packages)
+    try:
+        plan = executor.TaskPlan(
+            runs=runs,
+            packages=broadcast,
+            slice_date=slice_date,
+            chunk_rows=min(
+                run.version.package["params"].get("chunk_rows", settings.CHUNK_ROWS)
+                for run in ready
+            ),
+            sample_rows=settings.QUALITY_SAMPLE_ROWS,
+            limits=sandbox_limits(),
+            pool=settings.SANDBOX_POOL,
+            table_folder=f"{settings.SCORES_BUCKET}/{scores.TABLE}",
+            s3=storage.arrow_filesystem_options(),
+        )
+        columns = [source.id_column, *union(run.version.package["features"] for run in ready)]
+        frame = source.slice_frame(slice_date, columns)
+        with clock("score"):
+            results = frame.mapInArrow(executor.score_partition(plan), RESULT_DDL).toArrow()
+    finally:
+        broadcast.unpersist()
+    held = [run for run in ready if run.id in {r.id for r in runs}]
+    commit.reconnect_if_dropped()
+    with clock("commit"):
+        committed = commit_results(held, results, slice_date)
+    with clock("quality"):
+        commit.check_and_succeed(committed, slice_date)
+    log.info("slice %s, %d runs on Spark in %s", slice_date, len(ready), clock)
+
+
+def task_runs(ready: list[ScoringRun], slice_date: date):
+    """What the tasks are told of each run, and the packages' bytes by sha256; a run whose
+    package cannot be fetched fails alone."""
+    copies = package_cache.local_copies(run.version for run in ready)
+    edges = assessment.baseline_edges(ready)
+    runs, packages = [], {}
+    for run in ready:
+        copy = copies[run.version_id]
+        if isinstance(copy, Exception):
+            lifecycle.fail(run, str(copy), slice_date)
+            continue
+        packages[run.version.sha256] = copy.read_bytes()
+        runs.append(
+            executor.RunRef(
+                id=run.id,
+                deployment_id=run.deployment_id,
+                date=run.date,
+                attempts=run.attempts,
+                version=executor.Version(run.version.number),
+                owner=run.deployment.owner_id,
+                sha256=run.version.sha256,
+                baseline_edges=edges[run.id],
+            )
+        )
+    return runs, packages
+
+
+def commit_results(held: list[ScoringRun], results: pa.Table, slice_date: date) -> list[ScoringRun]:
+    """Fail the runs any task failed (their files removed), commit the others with the
+    files every task wrote, and keep the tasks' samples for the checks."""
+    errors, files, kept_profiles = {}, defaultdict(list), []
+    tasks = 0
+    for row in results.to_pylist():
+        if row["run_id"] is None:
+            keep_task_report(held, row, tasks)
+            tasks += 1
+            continue
+        if row["error"] is not None:
+            errors.setdefault(row["run_id"], row["error"])
+        else:
+            files[row["run_id"]] += json.loads(row["files"])
+            kept_profiles.append({row["run_id"]: json.loads(row["profile"])})
+    alive = []
+    for run in held:
+        if run.id in errors:
+            scores.remove_files(files.pop(run.id, []))
+            lifecycle.fail(run, errors[run.id], slice_date)
+        elif not files.get(run.id):
+            lifecycle.fail(run, f"slice {slice_date} has no rows", slice_date)
+        else:
+            alive.append(run)
+    summaries = commit.merged_profiles(kept_profiles, {run.id for run in alive})
+    return commit.commit_files(alive, files, held[0].date, slice_date, summaries)
+
+
+def keep_task_report(held: list[ScoringRun], row: dict, task: int) -> None:
+    """A task's sample of rows (a part of the slice's sample) and what its sandboxes found."""
+    if row["sample"] is not None:
+        table = pa.ipc.open_stream(row["sample"]).read_all()
+        samples.save_table(held[0].batch_id, held[0].date, task, table, [run.id for run in held])
+    if row["protections"] and json.loads(row["protections"]):
+        worker_probe.keep_executor_report(row["host"], json.loads(row["protections"]))
