@@ -33,6 +33,13 @@ non-zero when a split batch's parts were not spread over the workers.
     .venv/bin/python bench/engine_bench.py              # 1,000,000 rows
     .venv/bin/python bench/engine_bench.py --rows 4000000
     .venv/bin/python bench/engine_bench.py --workers 1,2,4   # scale-out
+    .venv/bin/python bench/engine_bench.py --engine celery,spark   # Spark local[2] beside
+
+With `--engine celery,spark` the same batches are scored by each engine in turn (Spark in
+local mode, `--spark-master`, one worker holding the session), each round followed by
+its own measurements of the limit and the naive way, and the engines are printed side by
+side with Spark's tasks (how many, the slowest task's phases, the first chunk's being
+its fixed cost: sandboxes started and models loaded) and what they imply for N executors.
 """
 
 import argparse
@@ -58,7 +65,7 @@ from bench.baselines import (  # noqa: E402
 )
 from bench.engine_data import CATEGORICAL, MODELS, build_slice, model_features, train_packages  # noqa: E402
 from bench.engine_log import check_seconds, phases  # noqa: E402
-from bench.engine_report import report, scale_out  # noqa: E402
+from bench.engine_report import report, scale_out, side_by_side  # noqa: E402
 from bench.sampling import Usage, settle  # noqa: E402
 from bench.workers import log_lines, start_workers, worker_counts  # noqa: E402
 
@@ -92,12 +99,21 @@ def part_rows_for(slice_path: Path, workers: int, asked: int | None) -> int:
 
 
 def score_round(
-    count: int, label: str, days: list[date], versions, state: Path, slice_path, args, after_batch
+    engine: str,
+    count: int,
+    label: str,
+    days: list[date],
+    versions,
+    state: Path,
+    slice_path,
+    args,
+    after_batch,
 ):
-    """Start `count` workers, score the models as one batch for each of `days` (after each,
-    `after_batch()` measures what the batch is compared with), stop the workers."""
-    part_rows = part_rows_for(slice_path, count, args.part_rows)
-    workers = start_workers(count, label, state, {"PART_ROWS": str(part_rows)})
+    """Start `count` workers of `engine`, score the models as one batch for each of `days`
+    (after each, `after_batch()` measures what the batch is compared with), stop the workers."""
+    part_rows = part_rows_for(slice_path, count, args.part_rows) if engine == "celery" else 0
+    env = {"PART_ROWS": str(part_rows), "ENGINE": engine, "SPARK_MASTER": args.spark_master}
+    workers = start_workers(count, label, state, env)
     batches = []
     try:
         while any(v.state == "pending" for v in versions):  # the first round validates
@@ -112,7 +128,14 @@ def score_round(
     finally:
         for worker in workers:
             worker.stop()
-    return {"workers": count, "part_rows": part_rows, "batches": batches}
+    spark_start = [line for line in log_lines(workers) if "Spark session on" in line]
+    return {
+        "engine": engine,
+        "workers": count,
+        "part_rows": part_rows,
+        "batches": batches,
+        "spark_start": spark_start[-1].split("] ", 1)[-1] if spark_start else "",
+    }
 
 
 def score_batch(day: date, versions, workers, slice_path, args) -> dict:
@@ -139,7 +162,9 @@ def score_batch(day: date, versions, workers, slice_path, args) -> dict:
         for part in parts
     ]
     lines = log_lines(workers)
+    tasks = [line for line in lines if "Spark tasks of slice" in line]
     return {
+        "spark_tasks": tasks[-1].split(": ", 1)[-1] if tasks else "",
         "parts": len(parts),
         "largest_part": max(part_sizes, default=metadata.num_rows),
         "part_workers": len({part.worker for part in parts}),
@@ -172,6 +197,13 @@ def main() -> int:
         help="batches per worker count, each followed by a measurement of the limit and the "
         "naive way; the medians are printed (default 3)",
     )
+    parser.add_argument(
+        "--engine",
+        type=lambda text: [e for e in text.split(",") if e],
+        default=["celery"],
+        help="celery, spark, or celery,spark: each scores the same batches, side by side",
+    )
+    parser.add_argument("--spark-master", default="local[2]", help="for --engine spark")
     parser.add_argument(
         "--part-rows",
         type=int,
@@ -273,21 +305,34 @@ def main() -> int:
         # has scored before (the packages' validation), so the limit starts warm too.
         physical_limit(read_union, "entity_id", models, limit_files)
         rounds, next_day = [], day
-        for index, count in enumerate(args.workers):
-            days = [next_day + timedelta(days=k) for k in range(args.repeat)]
-            next_day = days[-1] + timedelta(days=1)
-            after = measure_limit if index == 0 else dict
-            rounds.append(
-                score_round(count, f"r{index}", days, versions, state, slice_path, args, after)
-            )
-            times = ", ".join(f"{b['seconds']:.2f}" for b in rounds[-1]["batches"])
-            print(f"{count} worker(s): batches {times} s", flush=True)
-        report(rounds[0], rows)
-        unchecked = [r.id for b in rounds[0]["batches"] for r in b["runs"] if not r.quality]
+        for engine in args.engine:
+            # Spark splits the slice itself: one worker (its driver) per batch.
+            counts = args.workers if engine == "celery" else [1]
+            for index, count in enumerate(counts):
+                days = [next_day + timedelta(days=k) for k in range(args.repeat)]
+                next_day = days[-1] + timedelta(days=1)
+                after = measure_limit if index == 0 else dict
+                label = f"{engine}{index}"
+                rounds.append(
+                    score_round(
+                        engine, count, label, days, versions, state, slice_path, args, after
+                    )
+                )
+                times = ", ".join(f"{b['seconds']:.2f}" for b in rounds[-1]["batches"])
+                print(f"{engine}, {count} worker(s): batches {times} s", flush=True)
+        firsts = [
+            r for k, r in enumerate(rounds) if k == 0 or r["engine"] != rounds[k - 1]["engine"]
+        ]
+        for first in firsts:
+            print(f"\n=== ENGINE={first['engine']} ===")
+            report(first, rows)
+        if len(firsts) > 1:
+            side_by_side(firsts, rows)
+        unchecked = [r.id for f in firsts for b in f["batches"] for r in b["runs"] if not r.quality]
         if unchecked:
             print(f"BOUND BROKEN: runs {unchecked} have no quality checks; see the worker's log")
             return 1
-        return scale_out(rounds, rows)
+        return scale_out([r for r in rounds if r["engine"] == "celery"] or rounds[:1], rows)
     finally:
         for service in reversed(started):
             service.stop()

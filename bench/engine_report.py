@@ -134,3 +134,44 @@ def scale_out(rounds: list[dict], rows: int) -> int:
     for problem in broken:
         print(f"BOUND BROKEN: {problem}")
     return 1 if broken else 0
+
+
+def side_by_side(firsts: list[dict], rows: int) -> None:
+    """Each engine's median batch against the limit and the naive way of its own round, and
+    for Spark what its tasks say of a cluster."""
+    print("\nengine   batch     limit    batch/limit  naive/batch  rows x models / s")
+    for first in firsts:
+        batches = first["batches"]
+        seconds = statistics.median(b["seconds"] for b in batches)
+        limit = statistics.median(b["limit"].seconds for b in batches)
+        naive = statistics.median(b["naive"] for b in batches)
+        print(
+            f"{first['engine']:<8}{seconds:>6.2f} s{limit:>8.2f} s{seconds / limit:>11.2f}x"
+            f"{naive / seconds:>12.2f}x{rows * MODELS / seconds:>18,.0f}"
+        )
+        if first["engine"] == "spark":
+            print(f"  {first['spark_start']} (in the first batch only)")
+            for k, b in enumerate(batches, start=1):
+                print(f"  batch {k}: {b['spark_tasks']}")
+            print(cluster_estimate(batches))
+
+
+def cluster_estimate(batches: list[dict]) -> str:
+    """What N executor cores would take, from the last batch: the driver's part (fetch,
+    commit, checks) stays; the tasks' work divides; each task pays its fixed cost once."""
+    import re
+
+    last = batches[-1]
+    phases = dict(re.findall(r"(\w+(?: chunk)?) (\d+\.\d+) s", last["phases"]))
+    tasks = re.search(r"(\d+) tasks", last["spark_tasks"])
+    score = float(phases.get("score", 0))
+    driver = last["seconds"] - score
+    fixed = float(
+        dict(re.findall(r"(first chunk) (\d+\.\d+) s", last["spark_tasks"])).get("first chunk", 0)
+    )
+    count = int(tasks.group(1)) if tasks else 1
+    work = max(score - fixed, 0) * min(count, os.cpu_count() or 1)
+    lines = [f"  on N executor cores (driver {driver:.2f} s, task fixed cost {fixed:.2f} s):"]
+    for cores in (2, 4, 8, 16):
+        lines.append(f"    {cores:>2} cores: ~{driver + fixed + work / cores:.1f} s")
+    return "\n".join(lines)

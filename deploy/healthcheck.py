@@ -1,4 +1,4 @@
-"""Container health checks of the compose file: `python deploy/healthcheck.py web|worker|beat`.
+"""Container health checks of the compose file: `python deploy/healthcheck.py <role>`.
 
 Exit 0 when healthy, 1 with the reason on stderr otherwise (Docker keeps the output).
 
@@ -6,7 +6,8 @@ Exit 0 when healthy, 1 with the reason on stderr otherwise (Docker keeps the out
   redirect to https is an answer), asked for with the first ALLOWED_HOSTS name;
 - worker: this container's Celery worker answers a ping through the broker;
 - beat: Celery beat wrote its schedule file recently (it syncs it every few minutes
-  while it sends the tick).
+  while it sends the tick);
+- spark-master, spark-worker: the Spark daemon's web UI answers (8080, 8081).
 """
 
 import glob
@@ -56,8 +57,26 @@ def beat() -> str:
     return f"schedule written {age:.0f} s ago"
 
 
+def spark_ui(port: int):
+    def check() -> str:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/")
+        status = connection.getresponse().status
+        if status != 200:
+            raise RuntimeError(f"the Spark web UI on {port} answered {status}")
+        return f"the Spark web UI on {port} answered"
+
+    return check
+
+
 def main(role: str) -> int:
-    checks = {"web": web, "worker": worker, "beat": beat}
+    checks = {
+        "web": web,
+        "worker": worker,
+        "beat": beat,
+        "spark-master": spark_ui(8080),
+        "spark-worker": spark_ui(8081),
+    }
     if role not in checks:
         print(f"usage: healthcheck.py {'|'.join(checks)}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from pyarrow import fs
 from scoring.engine import pool, scores
 from scoring.engine.chunk_scoring import ChunkScoring, Group, Scorer, write_chunk
 from scoring.engine.features import encode_strings, rechunk
+from scoring.engine.timing import Stopwatch
 from scoring.quality import profiles, samples
 from scoring.sandbox.limits import Limits
 
@@ -39,6 +40,7 @@ RESULT_SCHEMA = pa.schema(
         ("sample", pa.binary()),
         ("protections", pa.string()),
         ("host", pa.string()),
+        ("timing", pa.string()),
     ]
 )
 
@@ -125,6 +127,8 @@ class PartitionScoring(ChunkScoring):
         self.plan = plan
         self.index = index
         self.errors: dict[int, str] = {}
+        self.clock = Stopwatch()
+        self.rows = self.chunks = 0
         self.stack = contextlib.ExitStack()
         busy = pool.busy_limit(plan.pool, cores=1)  # Spark gives each task a core
         super().__init__(plan.slice_date, self.stack, plan.limits, busy)
@@ -164,18 +168,25 @@ class PartitionScoring(ChunkScoring):
         groups = [Group(members) for wave in waves for members in wave]
         chunk_dir = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="chunk-")))
         self.stack.callback(self.close_all, groups)
-        for index, batch in enumerate(rechunk(batches, self.plan.chunk_rows)):
+        chunks = self.clock.each("read", rechunk(batches, self.plan.chunk_rows))
+        for index, batch in enumerate(chunks):
             if not any(group.alive() for group in groups):
                 break
-            chunk, path = write_chunk(encode_strings(batch), chunk_dir / f"chunk-{index}.arrow")
+            with self.clock("read"):
+                chunk, path = write_chunk(encode_strings(batch), chunk_dir / f"chunk-{index}.arrow")
             scored_at = datetime.now(UTC)
-            results = self.score_chunk(groups, path, index, resident=len(waves) == 1)
+            # The first chunk's sandboxes start and load their models: the task's fixed cost.
+            with self.clock("predict" if index else "first chunk"):
+                results = self.score_chunk(groups, path, index, resident=len(waves) == 1)
             path.unlink()
             entity_ids = chunk.column(0)
-            for scorer, values in results.items():
-                if not scorer.failed:
-                    scorer.write(entity_ids, values, scored_at)
-            sample.offer(chunk, {s.run.id: v for s, v in results.items() if not s.failed})
+            with self.clock("write"):
+                for scorer, values in results.items():
+                    if not scorer.failed:
+                        scorer.write(entity_ids, values, scored_at)
+                sample.offer(chunk, {s.run.id: v for s, v in results.items() if not s.failed})
+            self.rows += chunk.num_rows
+            self.chunks += 1
 
     def result(self, scorers: list[Scorer], sample: samples.RowSample) -> pa.RecordBatch:
         rows = []
@@ -186,7 +197,8 @@ class PartitionScoring(ChunkScoring):
                     {"run_id": scorer.run.id, "error": self.errors.get(scorer.run.id, "failed")}
                 )
                 continue
-            files = [scorer.writer.close()] if scorer.writer.rows else []
+            with self.clock("write"):
+                files = [scorer.writer.close()] if scorer.writer.rows else []
             rows.append(
                 {
                     "run_id": scorer.run.id,
@@ -199,6 +211,9 @@ class PartitionScoring(ChunkScoring):
                 "sample": table_bytes(sample.table),
                 "protections": json.dumps(self.protections),
                 "host": os.uname().nodename,
+                "timing": json.dumps(
+                    {**self.clock.seconds, "rows": self.rows, "chunks": self.chunks}
+                ),
             }
         )
         return pa.RecordBatch.from_pylist(rows, schema=RESULT_SCHEMA)

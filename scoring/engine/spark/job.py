@@ -70,7 +70,8 @@ def score_slice(source: SparkSource, slice_date: date, ready: list[ScoringRun]) 
         committed = commit_results(held, results, slice_date)
     with clock("quality"):
         commit.check_and_succeed(committed, slice_date)
-    log.info("slice %s, %d runs on Spark in %s", slice_date, len(ready), clock)
+    log.info("slice %s, %d runs in %s", slice_date, len(ready), clock)
+    log.info("Spark tasks of slice %s: %s", slice_date, task_summary(results))
 
 
 def task_runs(ready: list[ScoringRun], slice_date: date):
@@ -135,3 +136,13 @@ def keep_task_report(held: list[ScoringRun], row: dict, task: int) -> None:
         samples.save_table(held[0].batch_id, held[0].date, task, table, [run.id for run in held])
     if row["protections"] and json.loads(row["protections"]):
         worker_probe.keep_executor_report(row["host"], json.loads(row["protections"]))
+
+
+def task_summary(results: pa.Table) -> str:
+    """The tasks' own account: how many, and the seconds of the slowest in each phase (the
+    first chunk's includes starting the sandboxes and loading the models)."""
+    timings = [json.loads(t) for t in results.column("timing").to_pylist() if t is not None]
+    phases = sorted({name for timing in timings for name in timing} - {"rows", "chunks"})
+    slowest = ", ".join(f"{name} {max(t.get(name, 0) for t in timings):.2f} s" for name in phases)
+    rows = sum(t["rows"] for t in timings)
+    return f"{len(timings)} tasks, {rows} rows; slowest task: {slowest}"

@@ -11,9 +11,11 @@ what a task brings, the S3 key the scores are written with.
 """
 
 import contextlib
+import logging
 import os
 import sys
 import threading
+import time
 
 from django.conf import settings
 
@@ -28,6 +30,7 @@ ENGINE_CONF = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
 
+log = logging.getLogger(__name__)
 _session = None
 _pid = None
 _lock = threading.Lock()
@@ -69,8 +72,13 @@ def start():
     builder = SparkSession.builder.master(settings.SPARK_MASTER).appName("dropscore")
     for key, value in configuration().items():
         builder = builder.config(key, value)
+    started = time.perf_counter()
     with environment_without_secrets():
-        return builder.getOrCreate()
+        spark = builder.getOrCreate()
+    log.info(
+        "Spark session on %s started in %.2f s", settings.SPARK_MASTER, time.perf_counter() - started
+    )
+    return spark
 
 
 @contextlib.contextmanager
