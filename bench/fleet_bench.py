@@ -29,6 +29,10 @@ compare). For each count of `--models` it prints, beside its target:
     .venv/bin/python bench/fleet_bench.py --workdir /tmp/fleet              # 1,000 models
     .venv/bin/python bench/fleet_bench.py --models 100 --rows 20000 --workers 1
     DATABASE_URL=postgresql://... .venv/bin/python bench/fleet_bench.py --source postgresql
+    .venv/bin/python bench/fleet_bench.py --engine celery,spark   # Spark local[2] beside
+
+With `--engine spark`, one worker holds a Spark session (`--spark-master`) and each batch
+is one Spark job; its figures are printed beside Celery's, without targets.
 
 The data and packages are kept in `--workdir` for the next run; the database (and the
 S3 server's data) are thrown away at the end. It exits non-zero when a target is missed.
@@ -81,6 +85,13 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=100_000, help="rows of the slice")
     parser.add_argument("--workers", type=worker_counts, default=[1, 2], help="e.g. 1,2")
     parser.add_argument("--source", choices=("parquet", "postgresql"), default="parquet")
+    parser.add_argument(
+        "--engine",
+        type=lambda text: [e for e in text.split(",") if e],
+        default=["celery"],
+        help="celery, spark, or celery,spark: the same batches, side by side",
+    )
+    parser.add_argument("--spark-master", default="local[2]", help="for --engine spark")
     parser.add_argument("--sample", type=int, default=30, help="models run one process each")
     parser.add_argument("--seed", type=int, default=0, help="of the sample")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds a batch may take")
@@ -168,18 +179,20 @@ class Fleet:
     # -- one round: a batch of every model, on `count` workers --------------------------
 
     def score_round(
-        self, user, versions: list, count: int, label: str, batches: int, after_batch
+        self, user, versions: list, engine: str, count: int, label: str, batches: int, after_batch
     ) -> list:
-        """`batches` batches of every model on `count` workers, one a day; after each,
-        `after_batch()` measures what it is compared with, moments apart on a machine
+        """`batches` batches of every model on `count` workers of `engine`, one a day; after
+        each, `after_batch()` measures what it is compared with, moments apart on a machine
         whose speed drifts."""
-        workers = start_workers(count, label, self.state, self.worker_env)
+        env = {**self.worker_env, "ENGINE": engine, "SPARK_MASTER": self.args.spark_master}
+        workers = start_workers(count, label, self.state, env)
         try:
             self.wait_valid(versions)
             results = []
             for _ in range(batches):
                 settle(workers)
                 results.append(self.one_tick(user, versions, workers, first=self.first))
+                results[-1]["engine"] = engine
                 self.first = False
                 results[-1].update(after_batch())
                 print(
@@ -230,6 +243,10 @@ class Fleet:
             "phases": phases(lines, batch.id),
             "phase_seconds": phase_seconds(lines),
             "units": unit_seconds(lines, batch.id),
+            "spark_tasks": next(
+                (line.split("] ", 1)[-1] for line in reversed(lines) if "Spark tasks of" in line),
+                "",
+            ),
         }
 
     # -- what the batch is compared with -----------------------------------------------
@@ -381,15 +398,19 @@ def main() -> int:
                 # The first batch is the models' first day, whose checks have no day
                 # before; every count of workers then scores a later day, as in daily use.
                 rounds = []
-                for index, workers in enumerate(args.workers):
-                    rounds += fleet.score_round(
-                        user,
-                        versions,
-                        workers,
-                        f"{count}-{index}",
-                        batches=2 if index == 0 else 1,
-                        after_batch=measure,
-                    )
+                for engine in args.engine:
+                    # Spark splits the slice itself: one worker (its driver) per batch.
+                    counts = args.workers if engine == "celery" else [1]
+                    for index, workers in enumerate(counts):
+                        rounds += fleet.score_round(
+                            user,
+                            versions,
+                            engine,
+                            workers,
+                            f"{count}-{engine}-{index}",
+                            batches=2 if not rounds else 1,
+                            after_batch=measure,
+                        )
                 one_process = fleet.one_process(count, packages)
                 results.append({"models": count, "rounds": rounds, "one_process": one_process})
                 from scoring.models import Deployment

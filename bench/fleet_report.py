@@ -55,7 +55,11 @@ def one_count(result: dict, args) -> list[str]:
         print(f"{label:<40}" + "".join(f"{cell:>17}" for cell in cells) + f"   {target}")
 
     print(f"\n{models} models ({', '.join(f'{n} {k}' for k, n in counts(models).items())})")
-    print(f"{'':<40}" + "".join(f"{r['workers']:>7} worker(s)" for r in rounds) + "   target")
+    print(
+        f"{'':<40}"
+        + "".join(f"{r['engine'] + ', ' + str(r['workers']) + ' worker(s)':>17}" for r in rounds)
+        + "   target"
+    )
     print(f"{'':<40}" + "".join(f"{r['day']:>17}" for r in rounds))
     row("batch (tick to finished)", [f"{r['seconds']:.2f} s" for r in rounds])
     print(
@@ -110,14 +114,26 @@ def one_count(result: dict, args) -> list[str]:
         f"{models}: {separate['total']:.0f} s"
     )
     for r in rounds:
-        print(f"{r['workers']} worker(s), {r['day']}, the engine's phases: {r['phases']}")
+        print(f"{r['engine']}, {r['workers']} worker(s), {r['day']}, phases: {r['phases']}")
+        if r.get("spark_tasks"):
+            print(f"  {r['spark_tasks']}")
         for error in r["errors"]:
             print(f"  error: {error[:300]}")
-    daily = [r for r in rounds if r["day"] == "later day" and r["workers"] == rounds[0]["workers"]]
-    if (daily or rounds)[0]["finished"]:
-        critical_path((daily or rounds)[0], models)
+    daily = [
+        r
+        for r in rounds
+        if r["day"] == "later day"
+        and r["workers"] == rounds[0]["workers"]
+        and r["engine"] == "celery"
+    ]
+    if daily and daily[0]["finished"]:
+        critical_path(daily[0], models)
     for r in rounds:
-        where = f"{models} models, {r['workers']} worker(s), {r['day']}"
+        where = f"{models} models, {r['engine']}, {r['workers']} worker(s), {r['day']}"
+        if r["engine"] == "spark":  # local mode on this machine: figures, not targets
+            if r["finished"] and r["statuses"].get("succeeded", 0) != models:
+                broken.append(f"{where}: runs {statuses(r)}")
+            continue
         if not r["finished"]:
             broken.append(
                 f"{where}: the batch did not finish (crashed, or over {args.timeout:.0f} s)"

@@ -104,7 +104,10 @@ def main() -> int:
         setup = set_up_demo(STATE, user_table)
 
         python = sys.executable
-        processes.append(services.celery("worker", env, STATE / "worker.log", "-c", "2"))
+        # With ENGINE=spark one process holds the Spark session (a JVM) and Spark itself
+        # scores on every core: a second process would start a second JVM.
+        concurrency = "1" if os.environ.get("ENGINE") == "spark" else "2"
+        processes.append(services.celery("worker", env, STATE / "worker.log", "-c", concurrency))
         processes.append(
             services.celery(
                 "beat", env, STATE / "beat.log", "-s", str(STATE / "celerybeat-schedule")

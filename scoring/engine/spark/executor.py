@@ -74,6 +74,7 @@ class TaskPlan:
     limits: Limits
     pool: int
     table_folder: str  # bucket/prefix of the scores table
+    chunk_dir: str | None  # where chunks are handed to sandboxes (CHUNK_DIR)
     s3: dict = field(repr=False)  # pyarrow S3FileSystem's arguments
 
 
@@ -166,7 +167,11 @@ class PartitionScoring(ChunkScoring):
             scorer.package = local_copy(self.plan.packages.value, scorer.run.sha256)
         waves = pool.waves(scorers, self.plan.pool, owner=lambda s: s.run.owner)
         groups = [Group(members) for wave in waves for members in wave]
-        chunk_dir = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="chunk-")))
+        chunk_dir = Path(
+            self.stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="dropscore-chunk-", dir=self.plan.chunk_dir)
+            )
+        )
         self.stack.callback(self.close_all, groups)
         chunks = self.clock.each("read", rechunk(batches, self.plan.chunk_rows))
         for index, batch in enumerate(chunks):

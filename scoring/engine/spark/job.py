@@ -56,6 +56,7 @@ def score_slice(source: SparkSource, slice_date: date, ready: list[ScoringRun]) 
             limits=sandbox_limits(),
             pool=settings.SANDBOX_POOL,
             table_folder=f"{settings.SCORES_BUCKET}/{scores.TABLE}",
+            chunk_dir=settings.CHUNK_DIR or None,
             s3=storage.arrow_filesystem_options(),
         )
         columns = [source.id_column, *union(run.version.package["features"] for run in ready)]

@@ -26,6 +26,7 @@ INHERITED_PREFIXES = ("JAVA_", "SPARK_", "PYSPARK_", "HADOOP_", "YARN_", "KRB5")
 # Spark's own defaults that the engine relies on.
 ENGINE_CONF = {
     "spark.ui.enabled": "false",  # a web server the portal does not need
+    "spark.ui.showConsoleProgress": "false",  # progress bars in the worker's log
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
@@ -76,7 +77,9 @@ def start():
     with environment_without_secrets():
         spark = builder.getOrCreate()
     log.info(
-        "Spark session on %s started in %.2f s", settings.SPARK_MASTER, time.perf_counter() - started
+        "Spark session on %s started in %.2f s",
+        settings.SPARK_MASTER,
+        time.perf_counter() - started,
     )
     return spark
 
