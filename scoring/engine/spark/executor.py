@@ -124,6 +124,10 @@ class ArrowSink:
 
 
 class PartitionScoring(ChunkScoring):
+    """A task: its partition's rows in chunks, each scored by every run's model in the
+    task's own sandboxes, the scores streamed into one file per run; a run that fails
+    is reported, never raised."""
+
     def __init__(self, plan: TaskPlan, index: int):
         self.plan = plan
         self.index = index

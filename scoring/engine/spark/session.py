@@ -1,7 +1,7 @@
 """The worker process's Spark session: started at its first Spark batch, kept for the next.
 
-Starting one costs a JVM (about 5 s and 0.5 GB on this kind of machine, more on a cluster
-where executors are requested); a batch then costs a job. The session is configured from
+Starting one costs a JVM (5-6 s and 0.3-0.45 GB on an idle 2-core machine, more on a
+cluster where executors are granted); a batch then costs a job. The session is configured from
 SPARK_MASTER, a cluster's spark-defaults.conf (SPARK_DEFAULTS_FILE) and SPARK_CONF_*
 variables, in that order.
 
