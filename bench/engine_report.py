@@ -157,21 +157,26 @@ def side_by_side(firsts: list[dict], rows: int) -> None:
 
 
 def cluster_estimate(batches: list[dict]) -> str:
-    """What N executor cores would take, from the last batch: the driver's part (fetch,
-    commit, checks) stays; the tasks' work divides; each task pays its fixed cost once."""
+    """What N executor cores would take, from the last batch's own account: the driver's
+    part (fetch, commit, checks) and Spark's overhead around the tasks stay; the tasks'
+    work divides over the cores, the slice split in as many partitions as cores
+    (spark.sql.files.maxPartitionBytes), each paying a task's fixed cost (`start`) once."""
     import re
 
     last = batches[-1]
-    phases = dict(re.findall(r"(\w+(?: chunk)?) (\d+\.\d+) s", last["phases"]))
-    tasks = re.search(r"(\d+) tasks", last["spark_tasks"])
-    score = float(phases.get("score", 0))
+    score = float(dict(re.findall(r"(\w+) (\d+\.\d+) s", last["phases"])).get("score", 0))
+    tasks = re.search(r"(\d+) tasks, \d+ rows, (\d+\.\d+) task-seconds", last["spark_tasks"])
+    start = re.search(r"start (\d+\.\d+) s", last["spark_tasks"])
+    if not tasks or not start:
+        return "  (no account of the Spark tasks in the log)"
+    count, busy, start = int(tasks.group(1)), float(tasks.group(2)), float(start.group(1))
     driver = last["seconds"] - score
-    fixed = float(
-        dict(re.findall(r"(first chunk) (\d+\.\d+) s", last["spark_tasks"])).get("first chunk", 0)
-    )
-    count = int(tasks.group(1)) if tasks else 1
-    work = max(score - fixed, 0) * min(count, os.cpu_count() or 1)
-    lines = [f"  on N executor cores (driver {driver:.2f} s, task fixed cost {fixed:.2f} s):"]
+    overhead = max(score - busy / min(count, os.cpu_count() or 1), 0.0)
+    lines = [
+        f"  on N executor cores: driver {driver:.2f} s + Spark's overhead {overhead:.2f} s"
+        f" + a task's start {start:.2f} s + {busy - count * start:.2f} task-seconds / N"
+    ]
     for cores in (2, 4, 8, 16):
-        lines.append(f"    {cores:>2} cores: ~{driver + fixed + work / cores:.1f} s")
+        estimate = driver + overhead + start + (busy - count * start) / cores
+        lines.append(f"    {cores:>2} cores: ~{estimate:.1f} s")
     return "\n".join(lines)

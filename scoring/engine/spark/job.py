@@ -140,10 +140,11 @@ def keep_task_report(held: list[ScoringRun], row: dict, task: int) -> None:
 
 
 def task_summary(results: pa.Table) -> str:
-    """The tasks' own account: how many, and the seconds of the slowest in each phase (the
-    first chunk's includes starting the sandboxes and loading the models)."""
+    """The tasks' own account: how many, and the seconds of the slowest in each phase
+    (`start`: starting the sandboxes and loading the models, the task's fixed cost)."""
     timings = [json.loads(t) for t in results.column("timing").to_pylist() if t is not None]
     phases = sorted({name for timing in timings for name in timing} - {"rows", "chunks"})
     slowest = ", ".join(f"{name} {max(t.get(name, 0) for t in timings):.2f} s" for name in phases)
     rows = sum(t["rows"] for t in timings)
-    return f"{len(timings)} tasks, {rows} rows; slowest task: {slowest}"
+    busy = sum(t.get(name, 0) for t in timings for name in phases)
+    return f"{len(timings)} tasks, {rows} rows, {busy:.2f} task-seconds; slowest task: {slowest}"

@@ -47,7 +47,8 @@ def get():
 
 
 def configuration() -> dict[str, str]:
-    conf = dict(ENGINE_CONF)
+    # Record batches of a chunk's rows: fewer, larger hand-offs from the JVM to Python.
+    conf = {**ENGINE_CONF, "spark.sql.execution.arrow.maxRecordsPerBatch": str(settings.CHUNK_ROWS)}
     if settings.SPARK_DEFAULTS_FILE:
         conf.update(read_defaults(settings.SPARK_DEFAULTS_FILE))
     conf.update(settings.SPARK_CONF)
