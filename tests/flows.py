@@ -9,6 +9,8 @@ from email.header import decode_header, make_header
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
 from celery.beat import PersistentScheduler
@@ -26,7 +28,7 @@ from scoring.models import (
 )
 from scoring.packages import deployments
 from scoring.runs import dispatch
-from tests.factories import packages
+from tests.factories import features, packages
 
 
 def deploy(user, package: dict, name: str, validated, **settings_):
@@ -120,6 +122,59 @@ def log_lines(logs: list[Path], *parts: str) -> int:
         if path.exists()
         for line in path.read_text().splitlines()
     )
+
+
+def table_rows(deployment_id: int, day: date) -> pl.DataFrame:
+    """A model's partition of a day, as a reader (Polars) sees it."""
+    frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
+    return frame.filter((pl.col("model_id") == deployment_id) & (pl.col("dt") == day.isoformat()))
+
+
+def slice_frame(feature_table, day: date) -> pd.DataFrame:
+    return pd.read_parquet(feature_table / f"dt={day.isoformat()}" / "part-0.parquet")
+
+
+def three_kinds_score_as_their_own_predict(owner, validated, feature_table, timeout=90) -> None:
+    """A CatBoost model with categorical features, a scikit-learn pipeline and a plain
+    function, due in one tick: each model's partition holds every entity once, with the
+    scores of the model's own predict on the slice."""
+    catboost, sklearn, function = (
+        packages.catboost_package(),
+        packages.sklearn_package(),
+        packages.function_package(),
+    )
+    ids = {
+        "catboost": deploy(owner, catboost, "catboost", validated).id,
+        "sklearn": deploy(owner, sklearn, "sklearn", validated).id,
+        "function": deploy(owner, function, "function", validated).id,
+    }
+    make_due(*Deployment.objects.filter(id__in=ids.values()))
+
+    batch = dispatch.tick()
+
+    assert batch is not None and batch.runs.count() == 3
+    finished = wait_for_runs(ids.values(), timeout=timeout)
+    today = date.today()
+    frame = slice_frame(feature_table, today).set_index("entity_id", drop=False).sort_index()
+    expected = {
+        "catboost": catboost["model"].predict_proba(frame[features.FEATURES])[:, 1],
+        "sklearn": sklearn["model"].predict_proba(frame[features.FEATURES])[:, 1],
+        "function": function["model"](frame[["monthly_spend"]]),
+    }
+    for run in finished:
+        assert (run.status, run.rows, run.slice_date, run.attempts) == (
+            "succeeded",
+            500,
+            today,
+            1,
+        ), run.error
+    for name, deployment_id in ids.items():
+        committed = table_rows(deployment_id, today).sort("entity_id")
+        assert committed["entity_id"].to_list() == frame["entity_id"].tolist()
+        np.testing.assert_allclose(
+            committed["score"].to_numpy(), np.asarray(expected[name]), rtol=1e-9
+        )
+        assert committed["run_id"].n_unique() == 1
 
 
 def committed_entities(deployment_id: int, day: date) -> list:

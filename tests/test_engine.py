@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import polars as pl
 import pytest
 from django.db import close_old_connections
 
-from scoring.engine import scores
 from scoring.models import Deployment, ScoringRun
 from scoring.quality import profiles
 from scoring.runs import dispatch, lifecycle
@@ -27,59 +25,18 @@ from tests.flows import (
     start_worker,
     stop_worker,
     subject,
+    table_rows,
+    three_kinds_score_as_their_own_predict,
     wait_for_runs,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def table_rows(deployment_id: int, day: date) -> pl.DataFrame:
-    frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
-    return frame.filter((pl.col("model_id") == deployment_id) & (pl.col("dt") == day.isoformat()))
-
-
-def slice_frame(feature_table, day: date) -> pd.DataFrame:
-    return pd.read_parquet(feature_table / f"dt={day.isoformat()}" / "part-0.parquet")
-
-
 def test_scores_equal_each_models_own_predictions(
     worker, owner, validated, feature_table, bucket, api
 ):
-    catboost, sklearn, function = (
-        packages.catboost_package(),
-        packages.sklearn_package(),
-        packages.function_package(),
-    )
-    ids = {
-        "catboost": deploy(owner, catboost, "catboost", validated).id,
-        "sklearn": deploy(owner, sklearn, "sklearn", validated).id,
-        "function": deploy(owner, function, "function", validated).id,
-    }
-    make_due(*Deployment.objects.all())
-
-    batch = dispatch.tick()
-
-    assert batch is not None and batch.runs.count() == 3
-    finished = wait_for_runs(ids.values())
-    today = date.today()
-    frame = slice_frame(feature_table, today)
-    expected = {
-        "catboost": catboost["model"].predict_proba(frame[features.FEATURES])[:, 1],
-        "sklearn": sklearn["model"].predict_proba(frame[features.FEATURES])[:, 1],
-        "function": function["model"](frame[["monthly_spend"]]),
-    }
-    for run in finished:
-        assert (run.status, run.rows, run.slice_date, run.attempts) == (
-            "succeeded",
-            500,
-            today,
-            1,
-        ), run.error
-    for name, deployment_id in ids.items():
-        committed = table_rows(deployment_id, today).sort("entity_id")
-        assert committed["entity_id"].to_list() == frame["entity_id"].tolist()
-        np.testing.assert_allclose(committed["score"].to_numpy(), expected[name], rtol=1e-9)
-        assert committed["run_id"].n_unique() == 1
+    three_kinds_score_as_their_own_predict(owner, validated, feature_table)
 
 
 def test_a_model_missing_a_column_fails_alone_and_its_owner_is_told(

@@ -16,15 +16,10 @@ import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import polars as pl
 import psutil
 import pytest
 
 from portal import health
-from scoring.engine import scores
-from scoring.models import Deployment
 from scoring.runs import dispatch
 from scoring.sandbox.client import Sandbox
 from scoring.sandbox.limits import Limits
@@ -36,6 +31,8 @@ from tests.flows import (
     notifications_sent,
     start_worker,
     stop_worker,
+    table_rows,
+    three_kinds_score_as_their_own_predict,
     tick_until,
     wait_for_runs,
 )
@@ -84,57 +81,10 @@ def spark_log(state_dir) -> Path:
     return state_dir / "spark-worker.log"
 
 
-def table_rows(deployment_id: int, day: date) -> pl.DataFrame:
-    frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
-    return frame.filter((pl.col("model_id") == deployment_id) & (pl.col("dt") == day.isoformat()))
-
-
-def slice_frame(feature_table, day: date) -> pd.DataFrame:
-    return pd.read_parquet(feature_table / f"dt={day.isoformat()}" / "part-0.parquet")
-
-
 def test_scores_equal_each_models_own_predictions(
     spark_worker, owner, validated, feature_table, bucket
 ):
-    catboost, sklearn, function = (
-        packages.catboost_package(),
-        packages.sklearn_package(),
-        packages.function_package(),
-    )
-    ids = {
-        "catboost": deploy(owner, catboost, "catboost", validated).id,
-        "sklearn": deploy(owner, sklearn, "sklearn", validated).id,
-        "function": deploy(owner, function, "function", validated).id,
-    }
-    make_due(*Deployment.objects.all())
-
-    batch = dispatch.tick()
-
-    assert batch is not None and batch.runs.count() == 3
-    finished = wait_for_runs(ids.values(), timeout=180)
-    today = date.today()
-    frame = slice_frame(feature_table, today)
-    expected = {
-        "catboost": catboost["model"].predict_proba(frame[features.FEATURES])[:, 1],
-        "sklearn": sklearn["model"].predict_proba(frame[features.FEATURES])[:, 1],
-        "function": function["model"](frame[["monthly_spend"]]),
-    }
-    for run in finished:
-        assert (run.status, run.rows, run.slice_date, run.attempts) == (
-            "succeeded",
-            500,
-            today,
-            1,
-        ), run.error
-    for name, deployment_id in ids.items():
-        committed = table_rows(deployment_id, today).sort("entity_id")
-        assert committed["entity_id"].to_list() == frame["entity_id"].tolist()
-        np.testing.assert_allclose(
-            committed["score"].to_numpy(),
-            pd.Series(expected[name], index=frame["entity_id"]).sort_index().to_numpy(),
-            rtol=1e-9,
-        )
-        assert committed["run_id"].n_unique() == 1
+    three_kinds_score_as_their_own_predict(owner, validated, feature_table, timeout=180)
 
 
 def test_a_model_missing_a_column_and_one_that_raises_fail_alone_and_their_owners_are_told(
