@@ -67,7 +67,7 @@ from bench.engine_data import CATEGORICAL, MODELS, build_slice, model_features, 
 from bench.engine_log import check_seconds, phases  # noqa: E402
 from bench.engine_report import report, scale_out, side_by_side  # noqa: E402
 from bench.sampling import Usage, settle  # noqa: E402
-from bench.workers import log_lines, start_workers, worker_counts  # noqa: E402
+from bench.workers import add_engine_arguments, log_lines, start_workers, worker_counts  # noqa: E402
 
 
 def load_models(paths: list[Path], feature_sets) -> list[Loaded]:
@@ -197,13 +197,7 @@ def main() -> int:
         help="batches per worker count, each followed by a measurement of the limit and the "
         "naive way; the medians are printed (default 3)",
     )
-    parser.add_argument(
-        "--engine",
-        type=lambda text: [e for e in text.split(",") if e],
-        default=["celery"],
-        help="celery, spark, or celery,spark: each scores the same batches, side by side",
-    )
-    parser.add_argument("--spark-master", default="local[2]", help="for --engine spark")
+    add_engine_arguments(parser)
     parser.add_argument(
         "--part-rows",
         type=int,

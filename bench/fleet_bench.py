@@ -69,7 +69,7 @@ from bench.engine_log import phase_seconds, phases, unit_seconds  # noqa: E402
 from bench.fleet_report import report  # noqa: E402
 from bench.one_model import one_process_per_model  # noqa: E402
 from bench.sampling import Usage, settle  # noqa: E402
-from bench.workers import log_lines, start_workers, worker_counts  # noqa: E402
+from bench.workers import add_engine_arguments, log_lines, start_workers, worker_counts  # noqa: E402
 
 
 def model_counts(text: str) -> list[int]:
@@ -85,13 +85,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=100_000, help="rows of the slice")
     parser.add_argument("--workers", type=worker_counts, default=[1, 2], help="e.g. 1,2")
     parser.add_argument("--source", choices=("parquet", "postgresql"), default="parquet")
-    parser.add_argument(
-        "--engine",
-        type=lambda text: [e for e in text.split(",") if e],
-        default=["celery"],
-        help="celery, spark, or celery,spark: the same batches, side by side",
-    )
-    parser.add_argument("--spark-master", default="local[2]", help="for --engine spark")
+    add_engine_arguments(parser)
     parser.add_argument("--sample", type=int, default=30, help="models run one process each")
     parser.add_argument("--seed", type=int, default=0, help="of the sample")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds a batch may take")

@@ -15,6 +15,16 @@ def worker_counts(text: str) -> list[int]:
     return counts
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        type=lambda text: [e for e in text.split(",") if e],
+        default=["celery"],
+        help="celery, spark, or celery,spark: each scores the same batches, side by side",
+    )
+    parser.add_argument("--spark-master", default="local[2]", help="for --engine spark")
+
+
 def start_workers(count: int, label: str, state: Path, env: dict[str, str]) -> list:
     """`count` Celery workers of one process each on the bench's queue, answering pings."""
     from deploy import services

@@ -7,7 +7,9 @@ README's test command does so when one is reachable), else a SQLite file.
 """
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from datetime import date, timedelta
@@ -214,6 +216,18 @@ def workers(broker, gate, worker_env, tmp_path):
     gate.open()  # no sandbox left waiting
     for process in started:
         stop_group(process)
+
+
+@pytest.fixture
+def source_down():
+    """A file whose presence says "the source system is down", where a sandbox's own
+    user can look it up (pytest's folders are its owner's only)."""
+    folder = Path(tempfile.mkdtemp(prefix="dropscore-flaky-"))
+    folder.chmod(0o755)
+    down = folder / "down"
+    down.touch()
+    yield down
+    shutil.rmtree(folder)
 
 
 # --- people and clients ------------------------------------------------------

@@ -2,10 +2,8 @@
 
 import io
 import shutil
-import tempfile
 import threading
 from datetime import date, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -132,18 +130,6 @@ def test_a_tick_while_a_batch_runs_sends_no_second_batch(owner, validated, worke
 
 
 # A worker killed mid-batch: tests/test_faults.py, with the other faults.
-
-
-@pytest.fixture
-def source_down():
-    """A file whose presence says "the source system is down", where a sandbox's own
-    user can look it up (pytest's folders are its owner's only)."""
-    folder = Path(tempfile.mkdtemp(prefix="dropscore-flaky-"))
-    folder.chmod(0o755)
-    down = folder / "down"
-    down.touch()
-    yield down
-    shutil.rmtree(folder)
 
 
 def test_a_model_that_fails_twice_then_succeeds_ends_succeeded_after_three_attempts(

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from datetime import date, timedelta
@@ -134,17 +133,6 @@ def test_a_model_missing_a_column_and_one_that_raises_fail_alone_and_their_owner
     assert set(told) == {"risk@bank.example", outsider.email}
     assert "late_payments" in told["risk@bank.example"].get_payload(0).get_payload()
     assert "the model is broken" in told[outsider.email].get_payload(0).get_payload()
-
-
-@pytest.fixture
-def source_down():
-    """A file whose presence says "the source system is down" (packages.flaky_package)."""
-    folder = Path(tempfile.mkdtemp(prefix="dropscore-flaky-"))
-    folder.chmod(0o755)
-    down = folder / "down"
-    down.touch()
-    yield down
-    shutil.rmtree(folder)
 
 
 def test_a_retried_run_and_a_new_version_replace_the_partition_whole(
