@@ -29,7 +29,9 @@ def finish_file(scorer: Scorer) -> list[dict]:
     return [scorer.writer.close()]
 
 
-def keep_files(scorers: list[Scorer], part_index: int, slice_date: date) -> dict[int, list[dict]]:
+def keep_files(
+    scorers: list[Scorer], shard: int, part_index: int, slice_date: date
+) -> dict[int, list[dict]]:
     """Finish each run's scores file and save the slice's sample: what the commit needs.
 
     Finishing is mostly waiting for S3 to complete the uploads, so side by side; a run
@@ -43,6 +45,7 @@ def keep_files(scorers: list[Scorer], part_index: int, slice_date: date) -> dict
             samples.save,
             run.batch_id,
             run.date,
+            shard,
             part_index,
             scorers[0].sample,
             [scorer.run.id for scorer in scorers],
@@ -79,7 +82,7 @@ def reconnect_if_dropped() -> None:
 def commit(scorers: list[Scorer], slice_date: date) -> list[ScoringRun]:
     """All runs of the slice in one Delta transaction; returns the runs that committed."""
     reconnect_if_dropped()
-    files = keep_files(scorers, 0, slice_date)
+    files = keep_files(scorers, 0, 0, slice_date)
     alive = []
     for scorer in scorers:
         if files.get(scorer.run.id):

@@ -92,7 +92,7 @@ def score_part(part_id: int, worker: str) -> None:
             scorers = pipeline.run(held)
             commit.reconnect_if_dropped()
             with clock("stage"):
-                files = commit.keep_files(scorers, part.index, part.slice_date)
+                files = commit.keep_files(scorers, part.shard, part.index, part.slice_date)
             # Profiles: the shard's committer merges them with the other units'.
             kept_profiles = {s.run.id: s.profile.to_json() for s in scorers if s.run.id in files}
     except Exception as exc:  # fail the shard's runs with the error, and retry them

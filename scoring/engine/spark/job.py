@@ -17,7 +17,7 @@ from datetime import date
 import pyarrow as pa
 from django.conf import settings
 
-from scoring.engine import commit, package_cache, scores, worker_probe
+from scoring.engine import commit, package_cache, plan, scores, worker_probe
 from scoring.engine.chunk_scoring import union
 from scoring.engine.limits import sandbox_limits
 from scoring.engine.spark import executor, session
@@ -36,6 +36,14 @@ RESULT_DDL = ", ".join(
 
 
 def score_slice(source: SparkSource, slice_date: date, ready: list[ScoringRun]) -> None:
+    """The runs in shards of models that share columns (scoring.engine.plan), as the Celery
+    engine plans them: a job each, one after the other, so an executor's Python worker
+    holds at most a shard's models whatever the size of the fleet."""
+    for index, shard in enumerate(plan.shards(ready, settings.SHARD_MODELS)):
+        score_shard(source, slice_date, shard, index)
+
+
+def score_shard(source: SparkSource, slice_date: date, ready: list[ScoringRun], shard: int):
     clock = Stopwatch()
     with clock("fetch"):
         runs, packages = task_runs(ready, slice_date)
@@ -44,7 +52,7 @@ def score_slice(source: SparkSource, slice_date: date, ready: list[ScoringRun]) 
     spark = session.get()
     broadcast = spark.sparkContext.broadcast(packages)
     try:
-        plan = executor.TaskPlan(
+        task_plan = executor.TaskPlan(
             runs=runs,
             packages=broadcast,
             slice_date=slice_date,
@@ -62,16 +70,16 @@ def score_slice(source: SparkSource, slice_date: date, ready: list[ScoringRun]) 
         columns = [source.id_column, *union(run.version.package["features"] for run in ready)]
         frame = source.slice_frame(slice_date, columns)
         with clock("score"):
-            results = frame.mapInArrow(executor.score_partition(plan), RESULT_DDL).toArrow()
+            results = frame.mapInArrow(executor.score_partition(task_plan), RESULT_DDL).toArrow()
     finally:
         broadcast.unpersist()
     held = [run for run in ready if run.id in {r.id for r in runs}]
     commit.reconnect_if_dropped()
     with clock("commit"):
-        committed = commit_results(held, results, slice_date)
+        committed = commit_results(held, results, slice_date, shard)
     with clock("quality"):
         commit.check_and_succeed(committed, slice_date)
-    log.info("slice %s, %d runs in %s", slice_date, len(ready), clock)
+    log.info("slice %s, shard %s, %d runs in %s", slice_date, shard, len(ready), clock)
     log.info("Spark tasks of slice %s: %s", slice_date, task_summary(results))
 
 
@@ -102,14 +110,16 @@ def task_runs(ready: list[ScoringRun], slice_date: date):
     return runs, packages
 
 
-def commit_results(held: list[ScoringRun], results: pa.Table, slice_date: date) -> list[ScoringRun]:
+def commit_results(
+    held: list[ScoringRun], results: pa.Table, slice_date: date, shard: int
+) -> list[ScoringRun]:
     """Fail the runs any task failed (their files removed), commit the others with the
     files every task wrote, and keep the tasks' samples for the checks."""
     errors, files, kept_profiles = {}, defaultdict(list), []
     tasks = 0
     for row in results.to_pylist():
         if row["run_id"] is None:
-            keep_task_report(held, row, tasks)
+            keep_task_report(held, row, shard, tasks)
             tasks += 1
             continue
         if row["error"] is not None:
@@ -130,11 +140,12 @@ def commit_results(held: list[ScoringRun], results: pa.Table, slice_date: date) 
     return commit.commit_files(alive, files, held[0].date, slice_date, summaries)
 
 
-def keep_task_report(held: list[ScoringRun], row: dict, task: int) -> None:
+def keep_task_report(held: list[ScoringRun], row: dict, shard: int, task: int) -> None:
     """A task's sample of rows (a part of the slice's sample) and what its sandboxes found."""
     if row["sample"] is not None:
         table = pa.ipc.open_stream(row["sample"]).read_all()
-        samples.save_table(held[0].batch_id, held[0].date, task, table, [run.id for run in held])
+        run_ids = [run.id for run in held]
+        samples.save_table(held[0].batch_id, held[0].date, shard, task, table, run_ids)
     if row["protections"] and json.loads(row["protections"]):
         worker_probe.keep_executor_report(row["host"], json.loads(row["protections"]))
 
