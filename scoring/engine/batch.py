@@ -3,7 +3,7 @@ the union of their models' columns; each model scores each chunk in the worker's
 sandboxes; the runs of a slice commit their partitions of the scores table in one
 transaction; then their quality is checked and each owner gets one report. A fleet of
 models, or a large slice, is planned as units (a shard of the runs × a part of the rows)
-that every free worker takes (scoring.engine.parts); with ENGINE=spark, as one Spark job
+that every free worker takes (scoring.engine.parts); with ENGINE=spark, a Spark job a shard
 (scoring.engine.spark).
 
 A model fails alone (missing columns, a crash in predict, bad output, a timeout): the
@@ -84,7 +84,7 @@ def score_date(day: date, group: list[ScoringRun]) -> None:
 
 
 def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
-    if settings.ENGINE == "spark":  # one Spark job: the cluster splits the work itself
+    if settings.ENGINE == "spark":  # Spark jobs: the cluster splits the rows itself
         from scoring.engine.spark import job
 
         job.score_slice(source, slice_date, ready)

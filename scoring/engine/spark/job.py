@@ -1,8 +1,10 @@
-"""A batch's slice scored as one Spark job, then committed and checked as by Celery workers.
+"""A batch's slice scored by Spark, a job per shard of its runs (at most SHARD_MODELS
+models that share columns, as the Celery engine plans them), then committed and checked as
+by Celery workers.
 
-The driver reads the slice through Spark (the union of the runs' columns, the slice's
-partition only), sends every package once (a broadcast), and has each partition scored by
-every run (scoring.engine.spark.executor). What comes back is metadata: each run's files,
+For each shard the driver reads the slice through Spark (the union of the shard's columns,
+the slice's partition only), sends its packages once (a broadcast), and has each partition
+scored by every run of the shard (scoring.engine.spark.executor). What comes back is metadata: each run's files,
 the profile of its scores, or its error; each task's sample of rows. Runs that failed in
 any task fail alone, their files removed; the others commit in one Delta transaction
 (scoring.engine.commit), are checked, and succeed. A job that fails as a whole (its tasks
