@@ -5,6 +5,7 @@ that sends one names it (scoring.enqueue) instead of importing this module.
 """
 
 import logging
+import threading
 from datetime import timedelta
 
 import redis
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from scoring import enqueue
 from scoring.engine import batch, maintenance, parts, validation
+from scoring.engine.spark import session as spark_session
 from scoring.models import stale_validations
 from scoring.packages.storage import StorageError
 from scoring.reports import mail
@@ -28,8 +30,11 @@ REQUEUE_AFTER = timedelta(minutes=5)
 
 @worker_process_init.connect
 def start_sandbox_zygote(**_) -> None:
-    """Import the packages' libraries once per worker process, before the first batch."""
+    """Import the packages' libraries once per worker process, before the first batch; with
+    ENGINE=spark, start its Spark session (a JVM) meanwhile, for the same reason."""
     spawn.zygote()
+    if settings.ENGINE == "spark":
+        threading.Thread(target=spark_session.get, name="spark-session", daemon=True).start()
 
 
 @shared_task(autoretry_for=(StorageError,), retry_backoff=5, max_retries=10)

@@ -34,6 +34,7 @@ from tests.flows import (
     three_kinds_score_as_their_own_predict,
     tick_until,
     wait_for_runs,
+    wait_until,
 )
 
 pytestmark = [
@@ -66,10 +67,16 @@ def spark_worker(worker_env, celery_app_configured, state_dir):
         "ENGINE": "spark",
         "SPARK_MASTER": SPARK_MASTER,
         "SPARK_CONF_PARTITIONS": "spark.sql.shuffle.partitions=2",
-        # Small files split over both executor threads: a slice is scored by two tasks.
-        "SPARK_CONF_SPLIT": "spark.sql.files.maxPartitionBytes=16k",
+        # A batch of three models is two shards: two jobs, one after the other.
+        "SHARD_MODELS": "2",
     }
     process = start_worker(env, queue, spark_log(state_dir), concurrency=1)
+    # The worker starts its Spark session (a JVM) as it starts: tests begin once it is up.
+    wait_until(
+        lambda: "Spark session on" in spark_log(state_dir).read_text(),
+        "the Spark worker's session started",
+        timeout=240,
+    )
     app.conf.task_default_queue = queue
     yield process
     app.conf.task_default_queue = default_queue
@@ -92,9 +99,11 @@ def test_a_model_missing_a_column_and_one_that_raises_fail_alone_and_their_owner
     day = date.today() + timedelta(days=20)
     folder = feature_table / f"dt={day.isoformat()}"
     folder.mkdir()
-    features.feature_frame(300, seed=7).drop(columns=["late_payments"]).to_parquet(
-        folder / "part-0.parquet"
-    )
+    # Two files: two partitions, two tasks, whose files each run commits together (of
+    # 300 rows each: the broken model raises past 250).
+    frame = features.feature_frame(600, seed=7).drop(columns=["late_payments"])
+    frame.iloc[:300].to_parquet(folder / "part-0.parquet")
+    frame.iloc[300:].to_parquet(folder / "part-1.parquet")
     try:
         good = deploy(owner, packages.function_package(), "spend", validated)
         broken = deploy(outsider, packages.broken_package(), "broken", validated)
@@ -119,8 +128,9 @@ def test_a_model_missing_a_column_and_one_that_raises_fail_alone_and_their_owner
     finally:
         shutil.rmtree(folder)
 
-    assert (finished[good.id].status, finished[good.id].rows) == ("succeeded", 300)
-    assert table_rows(good.id, day).height == 300
+    assert (finished[good.id].status, finished[good.id].rows) == ("succeeded", 600)
+    committed = table_rows(good.id, day)
+    assert committed.height == committed["entity_id"].n_unique() == 600
     assert finished[needs_late.id].status == "retrying"
     assert finished[needs_late.id].error == (
         f"1 features are missing from slice {day}: late_payments"
