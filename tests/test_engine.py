@@ -20,6 +20,7 @@ from tests.flows import (
     make_due,
     notifications_sent,
     report_emails,
+    slice_frame,
     start_worker,
     stop_worker,
     subject,
@@ -35,6 +36,45 @@ def test_scores_equal_each_models_own_predictions(
     worker, owner, validated, feature_table, bucket, api
 ):
     three_kinds_score_as_their_own_predict(owner, validated, feature_table)
+
+
+def test_lightgbm_and_xgboost_models_with_categories_score_as_their_own_predict(
+    worker, owner, validated, feature_table, bucket, api
+):
+    import xgboost
+
+    made = {
+        "lgbm-classifier": packages.lightgbm_package(),
+        "lgbm-booster": packages.lightgbm_booster_package(),
+        "xgb-classifier": packages.xgboost_package(),
+        "xgb-booster": packages.xgboost_booster_package(),
+    }
+    ids = {name: deploy(owner, package, name, validated).id for name, package in made.items()}
+    make_due(*Deployment.objects.all())
+
+    dispatch.tick()
+
+    finished = wait_for_runs(ids.values())
+    today = date.today()
+    # As the user would call each model on the slice: region and plan are pandas categories.
+    frame = slice_frame(feature_table, today)[features.FEATURES]
+    assert {frame["region"].dtype.name, frame["plan"].dtype.name} == {"category"}
+    models = {name: package["model"] for name, package in made.items()}
+    expected = {
+        "lgbm-classifier": models["lgbm-classifier"].predict_proba(frame)[:, 1],
+        "lgbm-booster": models["lgbm-booster"].predict(frame),
+        "xgb-classifier": models["xgb-classifier"].predict_proba(frame)[:, 1],
+        "xgb-booster": models["xgb-booster"].predict(
+            xgboost.DMatrix(frame, enable_categorical=True)
+        ),
+    }
+    assert [run.status for run in finished] == ["succeeded"] * 4, [r.error for r in finished]
+    for name, deployment_id in ids.items():
+        committed = table_rows(deployment_id, today).sort("entity_id")
+        assert committed.height == 500
+        np.testing.assert_allclose(
+            committed["score"].to_numpy(), expected[name], rtol=1e-6, err_msg=name
+        )
 
 
 def test_a_model_missing_a_column_fails_alone_and_its_owner_is_told(

@@ -21,6 +21,10 @@ def deploy_bytes(user, data: bytes, name: str):
         (packages.catboost_package, "predict_proba"),
         (packages.sklearn_package, "predict_proba"),
         (packages.function_package, "__call__"),
+        (packages.lightgbm_package, "predict_proba"),
+        (packages.lightgbm_booster_package, "predict"),
+        (packages.xgboost_package, "predict_proba"),
+        (packages.xgboost_booster_package, "predict"),
     ],
 )
 def test_a_good_package_becomes_valid_with_what_it_declares(worker, owner, validated, make, method):

@@ -37,6 +37,9 @@ KNOWN_KEYS = (
 )
 METHODS = ("predict_proba", "predict", "decision_function")
 CALL = "__call__"  # the method name recorded for a plain callable
+# Models whose own method takes no DataFrame, and the one that does the same on a frame:
+# xgboost.Booster.predict wants a DMatrix; inplace_predict reads the frame (categories too).
+FRAME_METHODS = {("xgboost.core.Booster", "predict"): "inplace_predict"}
 
 # The format's defaults: what a run uses where neither the package nor the site's settings
 # say otherwise (scoring.packages.params). They are never written into a package.
@@ -345,7 +348,7 @@ def score(model: object, method: str, frame: Any, positive_class: Any = None) ->
     if method == CALL:
         raw = model(frame)
     else:
-        raw = getattr(model, method)(frame)
+        raw = getattr(model, FRAME_METHODS.get((type_name(model), method), method))(frame)
     out = np.asarray(raw)
     if method == "predict_proba":
         if out.ndim != 2:

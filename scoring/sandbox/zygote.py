@@ -27,7 +27,17 @@ from pathlib import Path
 from scoring.sandbox.confinement import BASE_UID
 
 # What most packages need; imported once in the zygote, shared by every child.
-PRELOAD = ("numpy", "pandas", "pyarrow", "pyarrow.ipc", "dill", "sklearn", "catboost")
+PRELOAD = (
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pyarrow.ipc",
+    "dill",
+    "sklearn",
+    "catboost",
+    "lightgbm",
+    "xgboost",
+)
 REPLY_FD = 3  # a child's reply pipe, right after stdin, stdout and stderr
 PR_SET_PDEATHSIG = 1
 

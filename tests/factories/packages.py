@@ -41,6 +41,47 @@ def catboost_package(**extra) -> dict:
     }
 
 
+def lightgbm_package(**extra) -> dict:
+    """An LGBMClassifier on the pandas categories as they come (no encoding of its own)."""
+    from lightgbm import LGBMClassifier
+
+    frame = feature_frame(2000, seed=11)
+    model = LGBMClassifier(n_estimators=30, num_leaves=15, n_jobs=1, verbose=-1, random_state=0)
+    model.fit(frame[FEATURES], churn_labels(frame))
+    return {"model": model, "features": FEATURES, **extra}
+
+
+def lightgbm_booster_package(**extra) -> dict:
+    """A bare lightgbm.Booster from lgb.train: predict gives the probability."""
+    import lightgbm
+
+    frame = feature_frame(2000, seed=12)
+    params = {"objective": "binary", "num_leaves": 15, "num_threads": 1, "verbose": -1}
+    booster = lightgbm.train(params, lightgbm.Dataset(frame[FEATURES], churn_labels(frame)), 30)
+    return {"model": booster, "features": FEATURES, **extra}
+
+
+def xgboost_package(**extra) -> dict:
+    from xgboost import XGBClassifier
+
+    frame = feature_frame(2000, seed=13)
+    model = XGBClassifier(
+        n_estimators=30, max_depth=4, enable_categorical=True, tree_method="hist", n_jobs=1
+    )
+    model.fit(frame[FEATURES], churn_labels(frame))
+    return {"model": model, "features": FEATURES, **extra}
+
+
+def xgboost_booster_package(**extra) -> dict:
+    """A bare xgboost.Booster from xgb.train: it predicts on a DMatrix, not a DataFrame."""
+    import xgboost
+
+    frame = feature_frame(2000, seed=14)
+    data = xgboost.DMatrix(frame[FEATURES], churn_labels(frame), enable_categorical=True)
+    params = {"objective": "binary:logistic", "max_depth": 4, "nthread": 1}
+    return {"model": xgboost.train(params, data, 30), "features": FEATURES, **extra}
+
+
 def sklearn_package(**extra) -> dict:
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
