@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from scoring.packages import environment
 from scoring.packages.schedules import ScheduleError, check_schedule, check_timezone
 
 FORMAT = 1
@@ -34,6 +35,7 @@ KNOWN_KEYS = (
     "meta",
     "reference_scores",
     "format",
+    "environment",
 )
 METHODS = ("predict_proba", "predict", "decision_function")
 CALL = "__call__"  # the method name recorded for a plain callable
@@ -88,6 +90,8 @@ class Package:
     format: int = FORMAT
     extra_keys: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # What it was made with beside what the portal runs (scoring.packages.environment).
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,6 +278,12 @@ def parse_package(obj: object) -> Package:
                 f"classes {classes}"
             )
 
+    if obj.get("environment") is not None and not isinstance(obj["environment"], dict):
+        raise ContractError(
+            "'environment' is what save_package records of the libraries the package was made "
+            f"with: a dict, got {type(obj['environment']).__name__}; leave it to save_package"
+        )
+
     meta = {} if obj.get("meta") is None else obj["meta"]
     if not isinstance(meta, dict):
         raise ContractError(f"'meta' must be a dict, got {type(meta).__name__}")
@@ -315,6 +325,17 @@ def parse_package(obj: object) -> Package:
         extra_keys={k: short_repr(obj[k]) for k in extra_keys},
         warnings=warnings,
     )
+
+
+def check_environment(package: Package, obj: dict, modules: set[str], heard: list) -> None:
+    """Compare what the package was made with to what loaded it (in the sandbox): a version
+    too far apart breaks the contract; a smaller gap is one more warning."""
+    try:
+        found = environment.compare(obj.get("environment"), modules, heard)
+    except environment.EnvironmentMismatch as exc:
+        raise ContractError(str(exc)) from None
+    package.warnings += found.pop("warnings")
+    package.environment = found
 
 
 def closest_key(key: str) -> str | None:
@@ -419,10 +440,15 @@ def build_package(model: object, features: Any, **keys: Any) -> dict[str, Any]:
 
 
 def save_package(path: str, model: object, features: Any, **keys: Any) -> dict[str, Any]:
-    """Build, check and write a package file ready to drop on the portal."""
+    """Build, check and write a package file ready to drop on the portal, with the Python
+    and library versions it is made with (those its pickle names)."""
+    import io
+
     import dill
 
     package = build_package(model, features, **keys)
+    modules = environment.referenced_modules(io.BytesIO(dill.dumps(package, recurse=True)))
+    package["environment"] = environment.made_here(modules)
     with open(path, "wb") as file:
         dill.dump(package, file, recurse=True)
     return package

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from scoring.packages import contract
+from scoring.packages import contract, environment
 from scoring.sandbox import confinement
 from scoring.sandbox.limits import FILE_KEYS, MAX_REQUEST_BYTES, Limits
 
@@ -87,8 +87,11 @@ def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]
         import dill
 
         with os.fdopen(files.pop("path"), "rb") as file:
-            obj = dill.load(file)
+            modules = referenced_modules(file)
+            with environment.heard_while_loading() as heard:
+                obj = dill.load(file)
         package = contract.parse_package(obj)
+        contract.check_environment(package, obj, modules, heard)
         state.setdefault("models", {})[request.get("key", 0)] = (obj["model"], package)
         if package.reference_scores_count and "reference" in files:
             with os.fdopen(files.pop("reference"), "wb") as sink:
@@ -98,6 +101,17 @@ def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]
         keys = request.get("keys", [0])
         return score_file(state, files.pop("input"), files.pop("output"), keys, replies)
     raise ValueError(f"unknown request {command!r}")
+
+
+def referenced_modules(file: BinaryIO) -> set[str]:
+    """The libraries the pickle names; the file is left at its start for dill. A pickle that
+    cannot be read through names none: dill.load then says what is wrong with it."""
+    try:
+        return environment.referenced_modules(file)
+    except (ValueError, EOFError):
+        return set()
+    finally:
+        file.seek(0)
 
 
 def score_file(state: dict[str, Any], input_fd: int, output_fd: int, keys: list, replies) -> dict:
