@@ -176,7 +176,7 @@ def test_the_text_and_html_show_each_model_with_its_quality(owner, batch, alice_
     assert "[ALERT] Score PSI: 0.312" in message.body
     assert "[WARNING] Score PSI: 0.140" in message.body
     assert "[OK] Score PSI: 0.012" in message.body
-    assert "[ALERT] income: 0.410" in message.body
+    assert "[ALERT] income: PSI 0.41" in message.body
     assert "[ALERT] Adversarial AUC: 0.710 ± 0.006" in message.body
     # Worst first.
     assert message.body.index("churn") < message.body.index("spend") < message.body.index("limits")

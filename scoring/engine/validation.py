@@ -56,11 +56,13 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
             keep_reference_scores(version, workdir / REFERENCE_SCORES_FILE)
         source = sources.configured()
         if source is None:
+            measure_importance(sandbox, package, None)
             return package, "not smoke-tested: no feature source is configured"
         try:
             slice_date = source.latest_slice(date.today())
             missing = source.missing(slice_date, package["features"])
         except features.FeatureSourceError as exc:
+            measure_importance(sandbox, package, None)
             return package, f"not smoke-tested: {exc}"
         if missing:
             raise SandboxError(
@@ -75,7 +77,17 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
         ):
             writer.write_table(sample)
         rows = sandbox.score(sample_path, scores_path)
+        measure_importance(sandbox, package, sample_path)
     return package, f"smoke test: scored {rows} rows of slice {slice_date}"
+
+
+def measure_importance(sandbox: Sandbox, package: dict, sample_path: Path | None) -> None:
+    """Kept with the package: the quality checks rank drifting features by it. A model
+    whose importance cannot be measured is no less valid: the page says why."""
+    try:
+        package["importance"] = sandbox.importance(sample_path)
+    except SandboxError as exc:
+        package["warnings"].append(f"feature importance was not measured: {exc}")
 
 
 def check_site_rules(package: dict) -> None:

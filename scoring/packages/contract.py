@@ -92,6 +92,8 @@ class Package:
     warnings: list[str] = field(default_factory=list)
     # What it was made with beside what the portal runs (scoring.packages.environment).
     environment: dict[str, Any] = field(default_factory=dict)
+    # Set at validation: {"method", "features": [{"name", "share"}]} (scoring.sandbox.importance).
+    importance: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

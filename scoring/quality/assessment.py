@@ -140,6 +140,7 @@ class SliceSamples:
             [name for name in run.version.package["features"] if name in shared.pair.current],
             None if any(side is None for side in scores) else scores,
             shared.drift,
+            importance_shares(run.version.package),
         )
 
     def score(self, run: ScoringRun) -> np.ndarray | None:
@@ -205,6 +206,12 @@ def reference_edges(version_id: int) -> list[float] | None:
         return None
     finite = None if reference is None else reference[np.isfinite(reference)]
     return profiles.decile_edges(finite).tolist() if finite is not None and finite.size else None
+
+
+def importance_shares(package: dict) -> dict[str, float] | None:
+    """The model's importance of its features as validation measured it, if it did."""
+    measured = (package.get("importance") or {}).get("features")
+    return {item["name"]: item["share"] for item in measured} if measured else None
 
 
 def has_reference(run: ScoringRun) -> bool:

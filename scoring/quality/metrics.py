@@ -90,6 +90,7 @@ def feature_psi(
     top: int = 5,
     known: dict | None = None,
     columns: list | None = None,
+    importance: dict[str, float] | None = None,
 ) -> list[dict]:
     """The `top` most drifting of `columns` (default: all common columns) of both frames
     as {"name", "psi"}, most first.
@@ -97,6 +98,9 @@ def feature_psi(
     Numeric and datetime columns by `psi` (missing values as a bin), others by
     `categorical_psi`. `known` holds PSIs already computed for columns of these same two
     frames and gets the new ones: the runs of a slice share their samples' columns.
+    With the model's `importance` ({name: share of the whole}), each item carries its
+    share and they rank by PSI times share: a feature the model barely uses may move a
+    lot and matter less than one it leans on that moved a little.
     """
     known = {} if known is None else known
     drift = []
@@ -109,8 +113,11 @@ def feature_psi(
                 known[name] = categorical_psi(b, c)
         value = known[name]
         if not math.isnan(value):
-            drift.append({"name": str(name), "psi": value})
-    drift.sort(key=lambda item: item["psi"], reverse=True)
+            item = {"name": str(name), "psi": value}
+            if importance is not None:
+                item["importance"] = float(importance.get(name, 0.0))
+            drift.append(item)
+    drift.sort(key=lambda item: item["psi"] * item.get("importance", 1.0), reverse=True)
     return drift[:top]
 
 
@@ -134,10 +141,11 @@ def compare(
     thresholds: dict,
     baseline: dict | None,
     seconds_start: float | None = None,
+    importance: dict[str, float] | None = None,
 ) -> dict:
     """The quality dict of a run from all its scores and its baseline's (or the reference
     scores), and feature rows of both with a `score` column: `compare_profiles` of their
-    exact profiles and of the two samples."""
+    exact profiles and of the two samples; `importance` weighs the features' drift."""
     baseline_profile = None if baseline_scores is None else profiles.summarize(baseline_scores)
     against = ((baseline_profile or {}).get("deciles") or {}).get("edges")
     samples = None
@@ -146,7 +154,8 @@ def compare(
         scores = None
         if "score" in baseline_sample and "score" in current_sample:
             scores = (baseline_sample["score"].to_numpy(), current_sample["score"].to_numpy())
-        samples = Samples(adversarial.SamplePair(baseline_sample, current_sample), features, scores)
+        pair = adversarial.SamplePair(baseline_sample, current_sample)
+        samples = Samples(pair, features, scores, importance=importance)
     return compare_profiles(
         current_profile=profiles.summarize(current_scores, against),
         baseline_profile=baseline_profile,
@@ -167,6 +176,7 @@ class Samples:
     features: list[str]
     scores: tuple[np.ndarray, np.ndarray] | None
     drift: dict = field(default_factory=dict)  # feature_psi's `known`, shared by the runs
+    importance: dict[str, float] | None = None  # the model's, {name: share}, when measured
 
 
 def compare_profiles(
@@ -211,12 +221,16 @@ def compare_profiles(
         pair = samples.pair
         features = [
             {
-                "name": item["name"],
+                **item,
                 "psi": round(item["psi"], 4),
                 "status": level(item["psi"], thresholds["psi_warn"], thresholds["psi_alert"]),
             }
             for item in feature_psi(
-                pair.baseline, pair.current, known=samples.drift, columns=samples.features
+                pair.baseline,
+                pair.current,
+                known=samples.drift,
+                columns=samples.features,
+                importance=samples.importance,
             )
         ]
     adversarial_status = level(auc, thresholds["adversarial_warn"], thresholds["adversarial_alert"])

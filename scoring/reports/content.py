@@ -231,15 +231,27 @@ def quality_checks(quality: dict) -> list[Check]:
 
 
 def drifting_features(quality: dict) -> list[Check]:
+    """Most drifting first, weighted by the model's importance where it was measured; the
+    detail says how much the model leans on each ('21% of the model's importance')."""
     return [
         Check(
             feature.get("name", "?"),
-            f"{feature['psi']:.3f}" if feature.get("psi") is not None else "—",
-            "",
+            f"PSI {feature['psi']:.2f}" if feature.get("psi") is not None else "—",
+            importance_text(feature.get("importance")),
             feature.get("status"),
         )
         for feature in quality.get("features") or []
     ]
+
+
+def importance_text(share: float | None) -> str:
+    if share is None:
+        return ""
+    return (
+        f"{share:.0%} of the model's importance"
+        if share >= 0.01
+        else "under 1% of the model's importance"
+    )
 
 
 def has_histogram(quality: dict | None) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from scoring.packages import contract, environment
-from scoring.sandbox import confinement
+from scoring.sandbox import confinement, importance
 from scoring.sandbox.limits import FILE_KEYS, MAX_REQUEST_BYTES, Limits
 
 NICE = 10
@@ -97,6 +97,8 @@ def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]
             with os.fdopen(files.pop("reference"), "wb") as sink:
                 write_scores(obj["reference_scores"], sink)
         return {"package": package.to_json()}
+    if command == "importance":
+        return {"importance": feature_importance(state, files.pop("input", None))}
     if command == "score":
         keys = request.get("keys", [0])
         return score_file(state, files.pop("input"), files.pop("output"), keys, replies)
@@ -160,6 +162,27 @@ def score_file(state: dict[str, Any], input_fd: int, output_fd: int, keys: list,
                 scored.append(key)
                 tell(replies, {"ok": True, "key": key, "progress": True})
     return {"rows": table.num_rows, "scored": scored}
+
+
+def feature_importance(state: dict[str, Any], input_fd: int | None) -> dict | None:
+    """The one loaded model's importance of its features (scoring.sandbox.importance), by
+    permutation on the rows of `input_fd` where the model has no measure of its own."""
+    model, package = state["models"][0]
+    frame = None
+    if input_fd is not None:
+        with os.fdopen(input_fd, "rb") as source:
+            frame = read_features(source.read(), package.features)
+
+    def score(rows):
+        return contract.score(model, package.method, rows, package.params.get("positive_class"))
+
+    return importance.measure(model, package.features, frame, score)
+
+
+def read_features(data: bytes, features: list[str]):
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.py_buffer(data)).read_all().select(features).to_pandas()
 
 
 def score_batch(scores):

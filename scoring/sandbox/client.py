@@ -112,6 +112,12 @@ class Sandbox:
             raise SandboxError(progress["error"])
         return self.receive("scoring")["rows"]
 
+    def importance(self, input_path: Path | None) -> dict[str, Any] | None:
+        """The one loaded package's importance of its features, by permutation on the rows
+        of `input_path` (an Arrow IPC file) where the model has no measure of its own."""
+        message = {"cmd": "importance"} | ({"input": str(input_path)} if input_path else {})
+        return self.request(message, "measuring feature importance")["importance"]
+
     def request(self, message: dict[str, Any], stage: str) -> dict[str, Any]:
         self.send(message, stage)
         return self.receive(stage)

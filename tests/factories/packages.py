@@ -496,3 +496,39 @@ def leave_group():
 """
 CELL: dict = {"__name__": "__main__"}
 exec(ATTEMPTS_CELL, CELL)
+
+
+# --- importance ------------------------------------------------------------------
+
+
+def decided_by_spend(frame) -> np.ndarray:
+    """The target of a world where monthly spend alone decides churn."""
+    return (frame["monthly_spend"].to_numpy() > 60).astype(int)
+
+
+def spend_decides(kind: str) -> dict:
+    """A model of `kind` fitted where monthly_spend alone decides the target."""
+    from catboost import CatBoostClassifier
+    from lightgbm import LGBMClassifier
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from xgboost import XGBClassifier
+
+    frame = feature_frame(3000, seed=21)
+    makers = {
+        "catboost": lambda: CatBoostClassifier(
+            iterations=50, depth=3, verbose=False, thread_count=1, cat_features=CATEGORICAL
+        ),
+        "lightgbm": lambda: LGBMClassifier(n_estimators=30, n_jobs=1, verbose=-1),
+        "xgboost": lambda: XGBClassifier(
+            n_estimators=30, max_depth=3, enable_categorical=True, tree_method="hist", n_jobs=1
+        ),
+        "random_forest": lambda: RandomForestClassifier(n_estimators=30, max_depth=4, n_jobs=1),
+        # Seen unscaled: its coefficients are weighed by each column's spread.
+        "logistic": lambda: LogisticRegression(max_iter=1000),
+    }
+    if kind == "function":
+        return function_package()  # a function of monthly_spend alone: by permutation
+    columns = NUMERIC if kind in ("random_forest", "logistic") else FEATURES
+    model = makers[kind]().fit(frame[columns], decided_by_spend(frame))
+    return {"model": model, "features": columns}
