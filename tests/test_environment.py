@@ -17,11 +17,11 @@ import pytest
 
 from scoring.models import PackageVersion
 from scoring.packages import contract, environment
-from tests.conftest import ROOT
 from tests.factories import features, made_elsewhere, packages
 from tests.factories.web import upload
 
 BUILD_TIMEOUT = 600
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def version_of(distribution: str) -> str:

@@ -138,3 +138,28 @@ def test_validation_keeps_the_importance_and_the_api_and_the_page_show_it(
     assert '<canvas id="importance-chart"' in page
     assert "the model's own, by total gain" in page
     assert "js/importance_chart.js" in page
+
+
+@pytest.mark.django_db
+def test_the_model_page_lists_drifting_features_in_the_checks_order_with_their_importance(
+    alice, owner
+):
+    from tests.factories.runs import make_models, make_runs, quality
+
+    model = make_models(owner, 1, prefix="spend")[0]
+    make_runs([model], 2)
+    run = model.runs.exclude(quality_status="").first()
+    run.quality = quality(0.3, 0.6) | {
+        "features": [
+            {"name": "monthly_spend", "psi": 0.35, "status": "alert", "importance": 0.21},
+            {"name": "age", "psi": 1.2, "status": "alert", "importance": 0.004},
+        ]
+    }
+    run.save()
+
+    page = alice.get(f"/models/{model.id}/").content.decode()
+
+    table = page[page.index('id="top-features"') :]
+    assert '<th class="num">Importance</th>' in table
+    assert table.index("monthly_spend") < table.index(">age<")
+    assert '<td class="num mono">21 %</td>' in table

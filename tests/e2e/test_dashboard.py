@@ -7,18 +7,10 @@ import pytest
 from django.utils import timezone
 
 from scoring.models import PackageVersion, ScoringRun
+from tests.factories.browser import DRAWN_PIXELS
 from tests.factories.runs import make_fleet, make_models, make_runs, quality
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-# How many pixels of a canvas are drawn on (not transparent): 0 means a blank chart.
-DRAWN_PIXELS = """(id) => {
-    const canvas = document.getElementById(id);
-    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-    let drawn = 0;
-    for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) drawn += 1;
-    return drawn;
-}"""
 
 
 @pytest.fixture

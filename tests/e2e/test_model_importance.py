@@ -3,9 +3,8 @@ and says what libraries it uses beside the portal's."""
 
 import pytest
 
-from tests.e2e.test_dashboard import DRAWN_PIXELS
-from tests.e2e.test_upload_flow import drop_file, log_in
 from tests.factories import packages
+from tests.factories.browser import DRAWN_PIXELS, drop_file, log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,37 +1,12 @@
 """A new user's first minutes, in a real browser: log in, drop a package, see it validated."""
 
-import base64
-
 import pytest
 
 from scoring.models import PackageVersion
 from tests.factories import packages
+from tests.factories.browser import drop_file, log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-DROP = """([data, name]) => {
-    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
-    const transfer = new DataTransfer();
-    transfer.items.add(new File([bytes], name, { type: "application/octet-stream" }));
-    const zone = document.getElementById("dropzone");
-    zone.dispatchEvent(new DragEvent("dragenter", { dataTransfer: transfer, bubbles: true, cancelable: true }));
-    zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: transfer, bubbles: true, cancelable: true }));
-    zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
-}"""
-
-
-def log_in(page, live_server, username, password):
-    page.goto(live_server.url)
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#dropzone")
-    # The drop zone is parsed before upload.js runs: a drop before "load" went nowhere.
-    page.wait_for_load_state("load")
-
-
-def drop_file(page, data: bytes, name: str):
-    page.evaluate(DROP, [base64.b64encode(data).decode(), name])
 
 
 def test_a_dropped_package_shows_progress_then_its_validation(
