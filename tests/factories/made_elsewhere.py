@@ -13,7 +13,8 @@ from pathlib import Path
 OLD_LIBRARIES = (
     "scikit-learn==1.5.2",
     "lightgbm==4.6.0",
-    "xgboost-cpu==2.1.4",
+    "xgboost-cpu==2.1.4; platform_machine == 'x86_64'",  # as pyproject.toml chooses
+    "xgboost==2.1.4; platform_machine != 'x86_64'",
     "numpy==2.4.6",
     "dill==0.4.1",
     "cronsim==2.8",
