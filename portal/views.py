@@ -131,6 +131,7 @@ def upload(request: HttpRequest) -> JsonResponse:
             email=request.POST.get("email"),
             schedule=posted_schedule(request),
             timezone=request.POST.get("timezone"),
+            max_slice_age_days=request.POST.get("max_slice_age_days"),
         )
     except DeployError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
@@ -151,6 +152,9 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = get_deployment_for_user(request, deployment_id)
     current_version = deployment.current_version
     latest_checked = dashboard.latest_checked_run(deployment)
+    package_params = (current_version or deployment.latest_version or PackageVersion()).package.get(
+        "params"
+    )
     return render(
         request,
         "portal/model.html",
@@ -166,11 +170,8 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
             "latest_checked": latest_checked,
             "top_features": dashboard.top_features(latest_checked and latest_checked.quality),
             "charts": dashboard.chart_data(deployment, latest_checked, current_version),
-            "parameters": params.effective(
-                (current_version or deployment.latest_version or PackageVersion()).package.get(
-                    "params"
-                )
-            ),
+            "parameters": params.effective(package_params),
+            "slice_age_default": params.value(package_params, "max_slice_age_days"),
         },
     )
 
@@ -207,6 +208,7 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
                 email=request.POST.get("email"),
                 schedule=posted_schedule(request),
                 timezone=request.POST.get("timezone"),
+                max_slice_age_days=request.POST.get("max_slice_age_days"),
             )
             messages.success(request, "Settings saved.")
         else:

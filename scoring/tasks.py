@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from scoring import enqueue
-from scoring.engine import batch, maintenance, parts, validation
+from scoring.engine import batch, maintenance, parts, validation, waiting
 from scoring.engine.spark import session as spark_session
 from scoring.models import stale_validations
 from scoring.packages.storage import StorageError
@@ -68,6 +68,7 @@ def tick() -> None:
         version.save(update_fields=["validation_queued_at"])
         enqueue.validate_version(version.id)
     dispatch.tick(now)
+    waiting.recheck(now)
     mail.send_due_reports(now)
     notifications.send_due(now)
 

@@ -38,6 +38,10 @@ class FeatureSourceError(Exception):
     pass
 
 
+class NoSlice(FeatureSourceError):
+    """The source has no slice on or before the date asked: nothing is wrong with it."""
+
+
 @dataclass
 class ParquetSource:
     uri: str
@@ -72,9 +76,7 @@ class ParquetSource:
     def latest_slice(self, on_or_before: date) -> date:
         candidates = [d for d in self.slices() if d <= on_or_before]
         if not candidates:
-            raise FeatureSourceError(
-                f"the feature source {self.uri} has no slice on or before {on_or_before}"
-            )
+            raise NoSlice(f"the feature source {self.uri} has no slice on or before {on_or_before}")
         return candidates[-1]
 
     def files(self, slice_date: date) -> list[str]:
@@ -230,7 +232,7 @@ class PostgresSource:
         )
         found = self.fetch(query)[0][0]
         if found is None:
-            raise FeatureSourceError(f"the feature table has no slice on or before {on_or_before}")
+            raise NoSlice(f"the feature table has no slice on or before {on_or_before}")
         return found
 
     def schema(self, cursor: adbc.Cursor, columns: list[str] | None = None) -> pa.Schema:
