@@ -329,6 +329,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BEAT_SCHEDULE = {
     "tick": {"task": "scoring.tasks.tick", "schedule": 60.0, "options": {"expires": 55}},
+    "check-ground-truth": {
+        "task": "scoring.tasks.check_ground_truth",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
     "maintain-scores-table": {
         "task": "scoring.tasks.maintain_scores_table",
         "schedule": SCORES_MAINTENANCE_SCHEDULE,

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
@@ -18,6 +19,7 @@ from scoring.models import Deployment, PackageVersion, Report, ScoringRun
 from scoring.packages import deployments, params, quotas, schedules
 from scoring.packages.deployments import DeployError
 from scoring.packages.storage import StorageError
+from scoring.quality import ground_truth
 from scoring.runs import dispatch
 from scoring.runs.lifecycle import RunError
 
@@ -172,8 +174,34 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
             "charts": dashboard.chart_data(deployment, latest_checked, current_version),
             "parameters": params.effective(package_params),
             "slice_age_default": params.value(package_params, "max_slice_age_days"),
+            "ground_truth": ground_truth_context(deployment, current_version),
         },
     )
+
+
+def ground_truth_context(deployment: Deployment, version: PackageVersion | None) -> dict:
+    """The model's Gini on matured targets, and why there is none when something is wrong."""
+    package = version.package if version else {}
+    target = params.value(package.get("params"), "target")
+    if not target:
+        return {}
+    matured = deployment.runs.filter(performance__isnull=False).order_by("-date")
+    latest = matured.first()
+    message = ""
+    if not settings.LABELS_URI:
+        message = (
+            "No ground truth is configured on this site (LABELS_URI): its Gini cannot be measured."
+        )
+    elif latest is not None and latest.performance.get("error"):
+        message = f"Run of {latest.date}: {latest.performance['error']}."
+    return {
+        "target": target,
+        "lag": params.value(package.get("params"), "label_lag_days"),
+        "expected": ground_truth.gini_lines(package)["expected_gini"],
+        "history": ground_truth.history(deployment),
+        "latest": matured.exclude(performance__has_key="error").first(),
+        "message": message,
+    }
 
 
 def next_runs_or_none(deployment: Deployment) -> list[datetime]:

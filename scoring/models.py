@@ -310,6 +310,23 @@ class Report(QueuedEmail):
         return f"report of {self.batch} for {self.owner}"
 
 
+class MaturedReport(QueuedEmail):
+    """The email that tells an owner how their runs ranked once the outcomes were known
+    (scoring.quality.ground_truth): runs that matured, or whose Gini status changed."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="matured_reports"
+    )
+    runs = models.ManyToManyField(ScoringRun, related_name="matured_reports")
+    status = models.CharField(max_length=10, help_text="the worst of its runs' Gini statuses")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"ground-truth report {self.id} for {self.owner}"
+
+
 class Notification(QueuedEmail):
     """The email that tells a model's owner one attempt of a run failed, or that it gave up.
 

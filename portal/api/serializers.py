@@ -133,13 +133,20 @@ class RunSerializer(serializers.ModelSerializer):
             "duration_seconds",
             "next_attempt_at",
             "quality",
+            "performance",
+            "performance_status",
         ]
         extra_kwargs = {
             "quality": {
                 "help_text": "Data quality against the previous run or the reference scores "
                 "(null until checked): status, psi, psi_status, adversarial_auc, "
                 "adversarial_status, features, rows_change, histogram, ..."
-            }
+            },
+            "performance": {
+                "help_text": "How the scores ranked the outcomes once they matured (null until "
+                "then): target, gini, gini_interval, auc, ks, positive_share, calibration, "
+                "joined, unlabelled_share, complete, expected_gini, status; or error."
+            },
         }
 
 
