@@ -17,6 +17,7 @@ from scoring.models import MaturedReport, ScoringRun
 from scoring.quality import ground_truth
 from scoring.reports import matured
 from tests.factories import features
+from tests.factories.runs import make_models
 from tests.flows import deploy, wait_for_runs
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -226,3 +227,16 @@ def test_a_labels_table_without_the_models_target_says_so_and_scoring_goes_on(
     page = alice.get(f"/models/{model.id}/").content.decode()
     assert f"Run of {day}: {message}." in page.replace("&#x27;", "'")
     assert 'id="gini-chart"' not in page
+
+
+def test_without_labels_configured_the_model_page_says_why_there_is_no_gini(alice, owner, settings):
+    settings.LABELS_URI = ""
+    [model] = make_models(owner, 1, prefix="churn")
+    version = model.versions.get()
+    version.package = {**version.package, "params": {"target": "churned"}}
+    version.save()
+
+    page = alice.get(f"/models/{model.id}/").content.decode()
+
+    assert "No ground truth is configured on this site (LABELS_URI)" in page
+    assert "target churned, known 30 days after scoring" in page
