@@ -1,6 +1,6 @@
 """Server-rendered pages: my models with the drop zone, a model's page, the API token."""
 
-from datetime import datetime
+from datetime import date, datetime
 
 from django.conf import settings
 from django.contrib import messages
@@ -111,6 +111,17 @@ def posted_schedule(request: HttpRequest) -> str | None:
     if request.POST.get("schedule") == "custom":
         return request.POST.get("cron")
     return request.POST.get("schedule")
+
+
+def posted_date(request: HttpRequest) -> date | None:
+    """The date of "Score now", or None for today; a bad one is a DeployError."""
+    text = request.POST.get("date", "").strip()
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise DeployError(f"{text[:20]!r} is not a date: use YYYY-MM-DD") from None
 
 
 @login_required
@@ -224,8 +235,11 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             deployments.update(deployment, status=Deployment.Status.ACTIVE)
             messages.success(request, f"{deployment.name} is active again.")
         elif action == "score":
-            run = dispatch.score_now(deployment)
-            messages.success(request, f"Run {run.id} for {run.date} is {run.status}.")
+            run = dispatch.score_now(
+                deployment, posted_date(request), bool(request.POST.get("allow_older_slice"))
+            )
+            waiting = f": {run.waiting_for}" if run.waiting_for else ""
+            messages.success(request, f"Run {run.id} for {run.date} is {run.status}{waiting}.")
         elif action == "delete":
             deployments.delete(deployment)
             messages.success(request, f"{deployment.name} and its packages were deleted.")

@@ -232,3 +232,24 @@ def test_the_upload_form_sets_the_slice_age(alice, bucket):
     assert response.status_code == 400
     assert "max_slice_age_days must be a whole number" in response.json()["error"]
     assert not Deployment.objects.filter(name="bad").exists()
+
+
+def test_score_now_on_the_model_page_takes_a_date_and_an_older_slice_when_ticked(
+    worker, owner, validated, bucket, late_slice, alice
+):
+    day, _ = late_slice
+    model = deploy(owner, packages.function_package(), "spend", validated)
+
+    response = alice.post(f"/models/{model.id}/score/", {"date": "03/12/2026"}, follow=True)
+    assert "&#x27;03/12/2026&#x27; is not a date: use YYYY-MM-DD" in response.content.decode()
+    assert not model.runs.exists()
+
+    alice.post(f"/models/{model.id}/score/", {"date": str(day), "allow_older_slice": "1"})
+    [run] = wait_for_runs([model.id])
+    assert (run.date, run.slice_date, run.allow_older_slice) == (
+        day,
+        day - timedelta(days=1),
+        True,
+    )
+    page = alice.get(f"/models/{model.id}/").content.decode()
+    assert "older allowed" in page
