@@ -75,5 +75,9 @@ def test_the_model_page_draws_the_gini_of_its_matured_runs(
     shown = page.inner_text("#ground-truth-latest")
     assert f"{latest.performance['gini']:.3f}" in shown
     assert page.locator("#calibration tbody tr").count() == 10
+    # Beside the other checks of each run in the runs table.
+    assert page.inner_text(f'[data-gini="{latest.id}"]') == (
+        f"Gini {latest.performance['gini']:.3f} alert"
+    )
     page.locator("#ground-truth").screenshot(path=f"{artifacts}/model-gini-chart.png")
     assert errors == []
