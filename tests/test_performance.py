@@ -64,6 +64,25 @@ def test_the_interval_holds_the_estimate():
         assert low < found[name] < high, name
 
 
+def test_a_large_runs_interval_comes_from_a_sample_and_sits_around_the_full_estimate(
+    monkeypatch,
+):
+    rng = np.random.default_rng(5)
+    outcomes = rng.integers(0, 2, 4000)
+    scores = rng.normal(outcomes * 0.8, 1)
+    whole = performance.classification(outcomes=outcomes, scores=scores)
+    monkeypatch.setattr(performance, "BOOTSTRAP_ROWS", 1000)
+    sampled = performance.classification(outcomes=outcomes, scores=scores)
+
+    assert sampled["auc"] == whole["auc"]  # the estimate is of all the pairs
+    for name in ("auc", "ks"):
+        low, high = sampled[f"{name}_interval"]
+        assert low < sampled[name] < high
+        # A quarter of the pairs: about twice as wide (sqrt 4), never narrower.
+        width = whole[f"{name}_interval"][1] - whole[f"{name}_interval"][0]
+        assert 1.5 * width < high - low < 2.7 * width, name
+
+
 def test_the_95_percent_interval_covers_the_true_auc_about_95_times_in_100():
     """Scores of positives ~ N(d, 1) and negatives ~ N(0, 1) have AUC = Phi(d / sqrt 2)."""
     shift, rows = 1.0, 300
