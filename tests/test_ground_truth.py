@@ -240,3 +240,65 @@ def test_without_labels_configured_the_model_page_says_why_there_is_no_gini(alic
 
     assert "No ground truth is configured on this site (LABELS_URI)" in page
     assert "target churned, known 30 days after scoring" in page
+
+
+# --- the labels' sources: the feature sources' kinds --------------------------------
+
+LABEL_DAY = date(2026, 11, 20)
+LABELS = pd.DataFrame({"entity_id": [1, 2, 3, 4], "churned": [1, 0, None, 1]})
+
+
+def labels_in_postgres() -> str:
+    from django.db import connection
+
+    from tests.test_features import postgres_uri
+
+    uri = postgres_uri("labels_test")
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE labels_test (entity_id bigint, dt date, churned int)")
+        cursor.executemany(
+            "INSERT INTO labels_test VALUES (%s, %s, %s)",
+            [
+                (e, LABEL_DAY, None if pd.isna(c) else int(c))
+                for e, c in LABELS.itertuples(index=False)
+            ],
+        )
+    return uri
+
+
+def labels_in_s3(request) -> str:
+    import boto3
+    from django.conf import settings
+
+    from tests.test_features import parquet_bytes
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=request.getfixturevalue("s3_server").url,
+        aws_access_key_id=settings.S3_ACCESS_KEY,
+        aws_secret_access_key=settings.S3_SECRET_KEY,
+        region_name=settings.S3_REGION,
+    )
+    if "labels-test" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="labels-test")
+    key = f"churn/dt={LABEL_DAY}/part-0.parquet"
+    s3.put_object(Bucket="labels-test", Key=key, Body=parquet_bytes(LABELS))
+    return "s3://labels-test/churn"
+
+
+@pytest.mark.parametrize("kind", ["local", "s3", "postgres"])
+def test_labels_are_read_from_each_kind_of_source_like_features(kind, request, settings, tmp_path):
+    if kind == "local":
+        write_labels(tmp_path, LABEL_DAY, LABELS, churned=LABELS["churned"])
+        settings.LABELS_URI = str(tmp_path)
+    elif kind == "s3":
+        settings.LABELS_URI = labels_in_s3(request)
+    else:
+        settings.LABELS_URI = labels_in_postgres()
+    labels = feature_sources.labels_from_settings()
+
+    assert LABEL_DAY in labels.slices()
+    assert labels.missing(LABEL_DAY, ["entity_id", "defaulted"]) == ["defaulted"]
+    found = ground_truth.read_labels(labels, LABEL_DAY, "churned")
+    assert found["entity_id"].tolist() == [1, 2, 4]  # no outcome yet: not a label
+    assert found["outcome"].tolist() == [1, 0, 1]

@@ -67,7 +67,8 @@ def candidates(today: date) -> list[ScoringRun]:
     return [
         run
         for run in runs
-        if matured_on(run) <= today < matured_on(run) + timedelta(days=RECHECK_DAYS)
+        if run.version.package["params"]["target"]  # a JSON null names no column
+        and matured_on(run) <= today < matured_on(run) + timedelta(days=RECHECK_DAYS)
     ]
 
 
