@@ -253,3 +253,34 @@ def test_score_now_on_the_model_page_takes_a_date_and_an_older_slice_when_ticked
     )
     page = alice.get(f"/models/{model.id}/").content.decode()
     assert "older allowed" in page
+
+
+def test_a_waiting_run_still_fails_at_its_deadline_while_the_source_is_down(
+    owner, settings, celery_app_configured
+):
+    from tests.factories.runs import make_models
+    from tests.faults import closed_port
+
+    settings.FEATURES_URI = f"postgresql://postgres@127.0.0.1:{closed_port()}/features?table=x"
+    [model] = make_models(owner, 1, prefix="churn")
+    since = timezone.now() - timedelta(hours=7)  # the site waits 6 hours by default
+    run = ScoringRun.objects.create(
+        deployment=model,
+        version=model.versions.get(),
+        date=date(2026, 12, 3),
+        status=ScoringRun.Status.WAITING,
+        awaited_slice=date(2026, 12, 3),
+        latest_slice=date(2026, 12, 2),
+        waiting_since=since,
+        started_at=since,
+    )
+
+    assert waiting.recheck(timezone.now()) == []
+
+    run.refresh_from_db()
+    assert (run.status, run.attempts) == ("retrying", 1)
+    assert run.error == (
+        "waited 6 h for the slice of 2026-12-03 of the features; "
+        "the latest slice there is 2026-12-02"
+    )
+    assert run.notifications.get().error == run.error

@@ -80,13 +80,18 @@ def recheck(now: datetime) -> list[int]:
     try:
         latest_by_date = {day: latest_slice(source, day) for day in {run.date for run in waiting}}
     except features.FeatureSourceError:
+        # The next tick looks again; meanwhile the deadlines still pass, on what was seen.
         log.exception("cannot look up the feature slices; the next tick looks again")
-        return []
+        latest_by_date = {}
     landed = []
     for run in waiting:
-        latest = latest_by_date[run.date]
+        latest = latest_by_date.get(run.date, run.latest_slice)
         oldest = oldest_accepted(run)
-        if latest is not None and (oldest is None or latest >= oldest):
+        if (
+            run.date in latest_by_date
+            and latest is not None
+            and (oldest is None or latest >= oldest)
+        ):
             landed.append(run.id)
         elif now >= deadline(run):
             lifecycle.give_up_waiting(run, latest, now)
