@@ -18,7 +18,7 @@ from scoring.quality import ground_truth
 from scoring.reports import matured
 from tests.factories import features
 from tests.factories.runs import make_models
-from tests.flows import deploy, wait_for_runs
+from tests.flows import deploy, postgres_uri, wait_for_runs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROWS = 2000
@@ -251,8 +251,6 @@ LABELS = pd.DataFrame({"entity_id": [1, 2, 3, 4], "churned": [1, 0, None, 1]})
 def labels_in_postgres() -> str:
     from django.db import connection
 
-    from tests.test_features import postgres_uri
-
     uri = postgres_uri("labels_test")
     with connection.cursor() as cursor:
         cursor.execute("CREATE TABLE labels_test (entity_id bigint, dt date, churned int)")
@@ -270,8 +268,6 @@ def labels_in_s3(request) -> str:
     import boto3
     from django.conf import settings
 
-    from tests.test_features import parquet_bytes
-
     s3 = boto3.client(
         "s3",
         endpoint_url=request.getfixturevalue("s3_server").url,
@@ -282,7 +278,7 @@ def labels_in_s3(request) -> str:
     if "labels-test" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket="labels-test")
     key = f"churn/dt={LABEL_DAY}/part-0.parquet"
-    s3.put_object(Bucket="labels-test", Key=key, Body=parquet_bytes(LABELS))
+    s3.put_object(Bucket="labels-test", Key=key, Body=LABELS.to_parquet(index=False))
     return "s3://labels-test/churn"
 
 

@@ -8,41 +8,9 @@ from django.utils import timezone
 
 from scoring.models import PackageVersion, ScoringRun
 from tests.factories.runs import make_fleet, make_models, make_runs, quality
+from tests.factories.web import DRAWN_PIXELS, log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-# How many pixels of a canvas are drawn on (not transparent): 0 means a blank chart.
-DRAWN_PIXELS = """(id) => {
-    const canvas = document.getElementById(id);
-    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-    let drawn = 0;
-    for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) drawn += 1;
-    return drawn;
-}"""
-
-
-@pytest.fixture
-def errors(page):
-    """JavaScript errors and failed requests of the page: a chart that throws fails the test."""
-    found = []
-    page.on("pageerror", lambda error: found.append(str(error)))
-    page.on(
-        "console",
-        lambda message: (
-            message.type == "error"
-            and not message.text.startswith("Failed to load resource")  # told by "response" below
-            and found.append(message.text)
-        ),
-    )
-    page.on(
-        "response",
-        lambda response: (
-            response.status >= 400
-            and not response.url.endswith("/favicon.ico")
-            and found.append(f"{response.status} {response.url}")
-        ),
-    )
-    return found
 
 
 @pytest.fixture
@@ -71,14 +39,6 @@ def fleet(owner):
     latest.rows = 101_250
     latest.save()
     return models
-
-
-def log_in(page, live_server, username="alice", password="alice-password-123"):
-    page.goto(live_server.url)
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#dropzone")
 
 
 def test_the_dashboard_shows_last_runs_and_quality_lights(

@@ -5,8 +5,8 @@ import pytest
 
 from scoring.models import ScoringRun
 from scoring.quality import ground_truth, levels, performance
-from tests.e2e.test_dashboard import DRAWN_PIXELS, errors, log_in  # noqa: F401 (a fixture)
 from tests.factories.runs import make_models, make_runs
+from tests.factories.web import DRAWN_PIXELS, log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PACKAGE_PARAMS = {"target": "churned", "label_lag_days": 30}

@@ -42,3 +42,23 @@ def snapshot(deployment_id: int) -> tuple:
         deployment.next_run_at,
         versions,
     )
+
+
+# --- in a real browser (tests/e2e) ---
+
+# How many pixels of a canvas are drawn on (not transparent): 0 means a blank chart.
+DRAWN_PIXELS = """(id) => {
+    const canvas = document.getElementById(id);
+    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    let drawn = 0;
+    for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) drawn += 1;
+    return drawn;
+}"""
+
+
+def log_in(page, live_server, username="alice", password="alice-password-123"):
+    page.goto(live_server.url)
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#dropzone")
