@@ -5,6 +5,10 @@ The table is hive-partitioned Parquet, one folder per daily slice
 customer, varying a little from day to day as real behaviour does — until a
 promotion lifts spending and calls on the last two days, which the data-quality
 checks of the demo model flag.
+
+Beside it, a labels table (the ground truth, LABELS_URI): whether each customer churned,
+known LABEL_LAG_DAYS after the slice, so the demo model's oldest runs have matured and its
+page draws their Gini.
 """
 
 from datetime import date, timedelta
@@ -21,6 +25,8 @@ CATEGORICAL = {
 }
 # Days ago -> how much a promotion lifted spending and calls: yesterday a little, today a lot.
 PROMOTION = {1: 0.15, 0: 0.8}
+LABEL_LAG_DAYS = 3
+TARGET = "churned"
 # 10 numeric and 3 categorical columns of the ~54 in the table.
 MODEL_FEATURES = [
     *[
@@ -94,6 +100,27 @@ def make_feature_table(
     return dates
 
 
+def make_labels_table(
+    root: Path, customers: int = 100_000, days: int = 30, today: date | None = None
+) -> list[date]:
+    """Write the outcomes known by today (the slices at least LABEL_LAG_DAYS old) that are
+    missing: `entity_id` and `churned` per customer; returns their dates."""
+    today = today or date.today()
+    base = customers_base(customers)
+    dates = [today - timedelta(days=offset) for offset in range(days - 1, LABEL_LAG_DAYS - 1, -1)]
+    for day in dates:
+        path = Path(root) / f"dt={day.isoformat()}" / "part-0.parquet"
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame = daily_slice(base, day, PROMOTION.get((today - day).days, 0.0))
+        labels = pd.DataFrame(
+            {"entity_id": frame["entity_id"], TARGET: churn_labels(frame, seed=day.toordinal())}
+        )
+        labels.to_parquet(path, index=False)
+    return dates
+
+
 RETENTION_FEATURES = [
     *["age", "tenure_months", "monthly_spend", "support_tickets"],
     *[f"num_{i:02d}" for i in range(4, 12)],
@@ -109,6 +136,7 @@ def make_demo_package(
 ) -> dict:
     """Train a CatBoost churn model on a demo slice and save it as a package file."""
     from catboost import CatBoostClassifier
+    from sklearn.metrics import roc_auc_score
 
     from scoring.packages.contract import save_package
 
@@ -125,18 +153,22 @@ def make_demo_package(
     )
     model.fit(train[features], labels)
     scores = model.predict_proba(train[features])[:, 1]
+    # The Gini on an out-of-time sample: what the ground-truth checks expect of it.
+    oot = daily_slice(customers_base(customers, seed=98), date.today() - timedelta(days=45))
+    oot_auc = roc_auc_score(churn_labels(oot, seed=5), model.predict_proba(oot[features])[:, 1])
     return save_package(
         str(path),
         model,
         features,
         name=name,
         schedule="daily",
-        params={"positive_class": 1},
+        params={"positive_class": 1, "target": TARGET, "label_lag_days": LABEL_LAG_DAYS},
         meta={
             "author": "demo",
             "algorithm": "CatBoost 200 trees, depth 6",
             "training_rows": customers,
             "target": "churn in 30 days",
+            "gini_oot": round(2 * oot_auc - 1, 3),
         },
         reference_scores=np.round(scores, 6).tolist(),
     )

@@ -58,6 +58,8 @@ def main() -> int:
     user_table = user_feature_table()
     env = {
         "FEATURES_URI": user_table or str(demo_table(STATE)),
+        # The demo's outcomes go with the demo's table; with a table of yours, your LABELS_URI.
+        "LABELS_URI": os.environ.get("LABELS_URI", "") if user_table else str(labels_table(STATE)),
         # Report and failure emails land as files to read, unless a mail server is set up.
         "EMAIL_BACKEND": os.environ.get(
             "EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend"
@@ -156,6 +158,11 @@ def user_feature_table() -> str | None:
     return os.environ.get("FEATURES_URI", "").strip() or None
 
 
+def labels_table(state: Path) -> Path:
+    """The demo's ground truth (LABELS_URI), beside its feature table."""
+    return state / "demo" / "labels"
+
+
 def demo_table(state: Path) -> Path:
     """The demo's feature table: in the state folder, beside the rest of the demo, so that
     `make clean` removes it and no folder of the user's ever receives it."""
@@ -218,6 +225,7 @@ def set_up_demo(
         return Demo(password, user_table=user_table)
     say(f"writing the demo feature table (30 daily slices of {customers:,} customers) ...")
     demo.make_feature_table(demo_table(state), customers)
+    demo.make_labels_table(labels_table(state), customers)
     deployed, package = make_demo_packages(state / "demo", training_rows)
     return Demo(password, deployment=deploy_demo_model(deployed), package=package)
 
@@ -307,6 +315,21 @@ def score_demo_model(deployment: "Deployment") -> None:
     wait(lambda: ScoringRun.objects.get(id=run.id).quality is not None, 60)
     run.refresh_from_db()
     say(f"churn-demo scored {run.rows:,} rows for {run.date}: quality {run.quality_status}")
+    check_ground_truth()
+
+
+def check_ground_truth() -> None:
+    """The hourly ground-truth pass once now, so the demo's matured runs have their Gini."""
+    from django.utils import timezone
+
+    from scoring.engine import features, scores
+    from scoring.quality import ground_truth
+    from scoring.reports import matured
+
+    measured = ground_truth.check_matured(
+        timezone.now(), features.labels_from_settings(), scores.run_scores, matured.announce
+    )
+    say(f"churn-demo: {measured} runs matured (their outcomes are known): Gini on its page")
 
 
 def banner(setup: Demo, mail_folder: str) -> str:

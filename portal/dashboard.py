@@ -238,19 +238,21 @@ def chart_data(
 
 
 def run_counts(runs: QuerySet, now: datetime) -> dict:
-    """Queued, running and retrying runs now, and failed attempts in the last 24 hours: one query.
+    """Waiting, queued, running and retrying runs now, and failed attempts in the last 24 hours: one query.
 
     Filtered on status first, so the (status, next_attempt_at) index narrows it.
     """
     since = now - timedelta(hours=24)
     return runs.filter(
         status__in=[
+            ScoringRun.Status.WAITING,
             ScoringRun.Status.QUEUED,
             ScoringRun.Status.RUNNING,
             ScoringRun.Status.RETRYING,
             ScoringRun.Status.FAILED,
         ]
     ).aggregate(
+        waiting=Count("id", filter=Q(status=ScoringRun.Status.WAITING)),
         queued=Count("id", filter=Q(status=ScoringRun.Status.QUEUED)),
         running=Count("id", filter=Q(status=ScoringRun.Status.RUNNING)),
         retrying=Count("id", filter=Q(status=ScoringRun.Status.RETRYING)),

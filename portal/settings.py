@@ -231,6 +231,14 @@ SCORES_MAINTENANCE_SCHEDULE = env_crontab("SCORES_MAINTENANCE_CRON", "0 3 * * *"
 FEATURES_URI = env_str("FEATURES_URI", "")
 FEATURES_ID_COLUMN = env_str("FEATURES_ID_COLUMN", "entity_id")
 FEATURES_DATE_COLUMN = env_str("FEATURES_DATE_COLUMN", "dt")
+# How long a run waits for a fresh enough slice before it fails (a package's
+# params.wait_for_slice_hours overrides it).
+WAIT_FOR_SLICE_HOURS = env_float("WAIT_FOR_SLICE_HOURS", 6)
+# Ground truth: outcomes by entity and date, in the same kinds of source as FEATURES_URI
+# (blank: no matured-target checks). LABELS_DATE_COLUMN is the date an outcome refers to.
+LABELS_URI = env_str("LABELS_URI", "")
+LABELS_ID_COLUMN = env_str("LABELS_ID_COLUMN", "entity_id")
+LABELS_DATE_COLUMN = env_str("LABELS_DATE_COLUMN", "dt")
 
 # --- Engine -----------------------------------------------------------------
 # Who scores a batch: `celery` (the workers themselves, the default) or `spark` (one Spark
@@ -321,6 +329,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BEAT_SCHEDULE = {
     "tick": {"task": "scoring.tasks.tick", "schedule": 60.0, "options": {"expires": 55}},
+    "check-ground-truth": {
+        "task": "scoring.tasks.check_ground_truth",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
     "maintain-scores-table": {
         "task": "scoring.tasks.maintain_scores_table",
         "schedule": SCORES_MAINTENANCE_SCHEDULE,

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET
 
 from portal import dashboard, health, listing
 from portal.views import deployments_for, runs_for
+from scoring.models import ScoringRun
 
 # The checks that leave the process; the workers ping always waits its whole 1 s timeout.
 REMOTE_CHECKS = {"broker": health.broker, "storage": health.s3, "workers": health.workers}
@@ -116,6 +117,28 @@ def failure_entry(run) -> dict:
     }
 
 
+WAITING_GROUPS = 50
+
+
+def waiting_table(runs) -> list[dict]:
+    """The runs waiting for a feature slice, by what they wait for ("waiting for the slice
+    of 2026-12-03; latest is 2026-12-02"): the models of one slice start together."""
+    groups: dict[str, dict] = {}
+    waiting = runs.filter(status=ScoringRun.Status.WAITING).select_related("deployment")
+    for run in waiting.order_by("date", "waiting_since")[: WAITING_GROUPS * 20]:
+        group = groups.setdefault(
+            run.waiting_for,
+            {"waiting_for": run.waiting_for, "since": run.waiting_since, "models": []},
+        )
+        group["models"].append(
+            {
+                "name": run.deployment.name,
+                "url": reverse("model", args=[run.deployment_id]) + f"#run-{run.id}",
+            }
+        )
+    return list(groups.values())[:WAITING_GROUPS]
+
+
 def quality_table(deployments, query: dict) -> dict:
     """A page of the quality table, worst first, as the query string filters and searches
     it, with the count of each light: four queries however many models."""
@@ -173,6 +196,7 @@ def status_report(request: HttpRequest) -> tuple[dict, dict]:
         services = {"database": health.timed(health.database)}
         runs = runs_for(user)
         counts = dashboard.run_counts(runs, now)
+        waiting = waiting_table(runs)
         failures = failures_table(runs, now, query)
         quality = quality_table(deployments_for(user), query)
         services.update({name: future.result() for name, future in remote.items()})
@@ -188,6 +212,7 @@ def status_report(request: HttpRequest) -> tuple[dict, dict]:
         "services": services,
         "last_tick": tick,
         "runs": counts,
+        "waiting": waiting,
         "failures": failures["rows"],
         "quality": {"counts": quality["counts"], "models": quality["rows"]},
         "pages": {"failures": page_facts(failures), "quality": page_facts(quality)},

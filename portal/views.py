@@ -1,7 +1,8 @@
 """Server-rendered pages: my models with the drop zone, a model's page, the API token."""
 
-from datetime import datetime
+from datetime import date, datetime
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
@@ -18,6 +19,7 @@ from scoring.models import Deployment, PackageVersion, Report, ScoringRun
 from scoring.packages import deployments, params, quotas, schedules
 from scoring.packages.deployments import DeployError
 from scoring.packages.storage import StorageError
+from scoring.quality import ground_truth
 from scoring.runs import dispatch
 from scoring.runs.lifecycle import RunError
 
@@ -111,6 +113,17 @@ def posted_schedule(request: HttpRequest) -> str | None:
     return request.POST.get("schedule")
 
 
+def posted_date(request: HttpRequest) -> date | None:
+    """The date of "Score now", or None for today; a bad one is a DeployError."""
+    text = request.POST.get("date", "").strip()
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise DeployError(f"{text[:20]!r} is not a date: use YYYY-MM-DD") from None
+
+
 @login_required
 @require_POST
 def upload(request: HttpRequest) -> JsonResponse:
@@ -131,6 +144,7 @@ def upload(request: HttpRequest) -> JsonResponse:
             email=request.POST.get("email"),
             schedule=posted_schedule(request),
             timezone=request.POST.get("timezone"),
+            max_slice_age_days=request.POST.get("max_slice_age_days"),
         )
     except DeployError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
@@ -151,6 +165,9 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = get_deployment_for_user(request, deployment_id)
     current_version = deployment.current_version
     latest_checked = dashboard.latest_checked_run(deployment)
+    package_params = (current_version or deployment.latest_version or PackageVersion()).package.get(
+        "params"
+    )
     return render(
         request,
         "portal/model.html",
@@ -166,13 +183,36 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
             "latest_checked": latest_checked,
             "top_features": dashboard.top_features(latest_checked and latest_checked.quality),
             "charts": dashboard.chart_data(deployment, latest_checked, current_version),
-            "parameters": params.effective(
-                (current_version or deployment.latest_version or PackageVersion()).package.get(
-                    "params"
-                )
-            ),
+            "parameters": params.effective(package_params),
+            "slice_age_default": params.value(package_params, "max_slice_age_days"),
+            "ground_truth": ground_truth_context(deployment, current_version),
         },
     )
+
+
+def ground_truth_context(deployment: Deployment, version: PackageVersion | None) -> dict:
+    """The model's Gini on matured targets, and why there is none when something is wrong."""
+    package = version.package if version else {}
+    target = params.value(package.get("params"), "target")
+    if not target:
+        return {}
+    matured = deployment.runs.filter(performance__isnull=False).order_by("-date")
+    latest = matured.first()
+    message = ""
+    if not settings.LABELS_URI:
+        message = (
+            "No ground truth is configured on this site (LABELS_URI): its Gini cannot be measured."
+        )
+    elif latest is not None and latest.performance.get("error"):
+        message = f"Run of {latest.date}: {latest.performance['error']}."
+    return {
+        "target": target,
+        "lag": params.value(package.get("params"), "label_lag_days"),
+        "expected": ground_truth.gini_lines(package)["expected_gini"],
+        "history": ground_truth.history(deployment),
+        "latest": matured.exclude(performance__has_key="error").first(),
+        "message": message,
+    }
 
 
 def next_runs_or_none(deployment: Deployment) -> list[datetime]:
@@ -195,8 +235,11 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             deployments.update(deployment, status=Deployment.Status.ACTIVE)
             messages.success(request, f"{deployment.name} is active again.")
         elif action == "score":
-            run = dispatch.score_now(deployment)
-            messages.success(request, f"Run {run.id} for {run.date} is {run.status}.")
+            run = dispatch.score_now(
+                deployment, posted_date(request), bool(request.POST.get("allow_older_slice"))
+            )
+            waiting = f": {run.waiting_for}" if run.waiting_for else ""
+            messages.success(request, f"Run {run.id} for {run.date} is {run.status}{waiting}.")
         elif action == "delete":
             deployments.delete(deployment)
             messages.success(request, f"{deployment.name} and its packages were deleted.")
@@ -207,6 +250,7 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
                 email=request.POST.get("email"),
                 schedule=posted_schedule(request),
                 timezone=request.POST.get("timezone"),
+                max_slice_age_days=request.POST.get("max_slice_age_days"),
             )
             messages.success(request, "Settings saved.")
         else:

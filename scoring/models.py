@@ -22,6 +22,11 @@ class Deployment(models.Model):
     timezone = models.CharField(max_length=64, default="UTC")
     status = models.CharField(max_length=10, choices=Status, default=Status.ACTIVE)
     next_run_at = models.DateTimeField(null=True, blank=True)
+    max_slice_age_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Days older than its date a run's feature slice may be (blank: the package's).",
+    )
     created_at = models.DateTimeField(default=now)
 
     class Meta:
@@ -163,6 +168,7 @@ class ScoringRun(models.Model):
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         RETRYING = "retrying"
+        WAITING = "waiting"  # for a fresh enough feature slice (scoring.runs.waiting)
 
     class Trigger(models.TextChoices):
         SCHEDULE = "schedule"
@@ -171,10 +177,19 @@ class ScoringRun(models.Model):
     # Every change of status a run may make, in one place (scoring.runs.lifecycle moves
     # runs only along these): a worker claims a queued run; a running one succeeds, fails
     # for good, waits to retry, or is taken back when its worker goes silent; a retry
-    # comes due, and a failed run is asked for again.
+    # comes due, and a failed run is asked for again. A worker that finds no fresh enough
+    # slice puts its run to wait; tick queues it once the slice lands, or fails it at the
+    # deadline (a failed attempt like any other: retried, or given up).
     TRANSITIONS = {
         Status.QUEUED: {Status.RUNNING},
-        Status.RUNNING: {Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.QUEUED},
+        Status.RUNNING: {
+            Status.SUCCEEDED,
+            Status.FAILED,
+            Status.RETRYING,
+            Status.QUEUED,
+            Status.WAITING,
+        },
+        Status.WAITING: {Status.QUEUED, Status.RETRYING, Status.FAILED},
         Status.RETRYING: {Status.QUEUED, Status.FAILED},
         Status.FAILED: {Status.QUEUED},
         Status.SUCCEEDED: set(),
@@ -189,6 +204,14 @@ class ScoringRun(models.Model):
         help_text="The run scores the latest feature slice on or before this date."
     )
     slice_date = models.DateField(null=True, blank=True, help_text="The slice it read.")
+    allow_older_slice = models.BooleanField(
+        default=False,
+        help_text="Score the latest slice on or before the date however old (score now only).",
+    )
+    # While it waits: the oldest slice it accepts, the latest the source had, since when.
+    awaited_slice = models.DateField(null=True, blank=True)
+    latest_slice = models.DateField(null=True, blank=True)
+    waiting_since = models.DateTimeField(null=True, blank=True)
     trigger = models.CharField(max_length=10, choices=Trigger, default=Trigger.SCHEDULE)
     status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
     attempts = models.PositiveIntegerField(default=0)
@@ -208,6 +231,11 @@ class ScoringRun(models.Model):
     # A small profile of its scores, kept while they were written (shape in
     # scoring/quality/profiles.py): the next run's checks compare with it, not the scores.
     profile = models.JSONField(null=True, blank=True)
+    # How well its scores ranked the outcomes once they matured (scoring.quality.ground_truth,
+    # shape documented there), recomputed while more labels land.
+    performance = models.JSONField(null=True, blank=True)
+    performance_status = models.CharField(max_length=10, blank=True)
+    performance_checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -223,10 +251,25 @@ class ScoringRun(models.Model):
         return f"run {self.id} of {self.version} for {self.date}"
 
     @property
+    def waiting_for(self) -> str:
+        """What a waiting run waits for, in the words the page, the API and emails use."""
+        if self.status != self.Status.WAITING or self.awaited_slice is None:
+            return ""
+        wanted = slice_wanted(self.awaited_slice, self.date)
+        return f"waiting for {wanted}; latest is {self.latest_slice or 'none'}"
+
+    @property
     def duration_seconds(self) -> float | None:
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+def slice_wanted(oldest, day) -> str:
+    """ "the slice of 2026-12-03", or a range when a run accepts older ones."""
+    if oldest == day:
+        return f"the slice of {day}"
+    return f"a slice from {oldest} to {day}"
 
 
 class QueuedEmail(models.Model):
@@ -265,6 +308,23 @@ class Report(QueuedEmail):
 
     def __str__(self) -> str:
         return f"report of {self.batch} for {self.owner}"
+
+
+class MaturedReport(QueuedEmail):
+    """The email that tells an owner how their runs ranked once the outcomes were known
+    (scoring.quality.ground_truth): runs that matured, or whose Gini status changed."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="matured_reports"
+    )
+    runs = models.ManyToManyField(ScoringRun, related_name="matured_reports")
+    status = models.CharField(max_length=10, help_text="the worst of its runs' Gini statuses")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"ground-truth report {self.id} for {self.owner}"
 
 
 class Notification(QueuedEmail):

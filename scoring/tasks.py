@@ -15,11 +15,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from scoring import enqueue
-from scoring.engine import batch, maintenance, parts, validation
+from scoring.engine import batch, features, maintenance, parts, scores, validation, waiting
 from scoring.engine.spark import session as spark_session
 from scoring.models import stale_validations
 from scoring.packages.storage import StorageError
-from scoring.reports import mail
+from scoring.quality import ground_truth
+from scoring.reports import mail, matured
 from scoring.runs import dispatch, notifications
 from scoring.sandbox import spawn
 
@@ -68,7 +69,9 @@ def tick() -> None:
         version.save(update_fields=["validation_queued_at"])
         enqueue.validate_version(version.id)
     dispatch.tick(now)
+    waiting.recheck(now)
     mail.send_due_reports(now)
+    matured.send_due(now)
     notifications.send_due(now)
 
 
@@ -76,3 +79,11 @@ def tick() -> None:
 def maintain_scores_table() -> None:
     """Daily (beat, SCORES_MAINTENANCE_CRON): compaction, vacuum, checkpoint, log clean-up."""
     maintenance.maintain()
+
+
+@shared_task
+def check_ground_truth() -> None:
+    """Hourly (beat): the Gini, KS and calibration of runs whose outcomes matured."""
+    ground_truth.check_matured(
+        timezone.now(), features.labels_from_settings(), scores.run_scores, matured.announce
+    )

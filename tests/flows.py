@@ -319,3 +319,12 @@ class EverySecondScheduler(PersistentScheduler):
         tick = self.app.conf.beat_schedule["tick"]
         self.app.conf.beat_schedule = {"tick": {**tick, "schedule": 1.0}}
         super().setup_schedule()
+
+
+def postgres_uri(table: str) -> str:
+    """The test database as a feature source URI (its tests carry the transactional db mark)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgresSource needs PostgreSQL: set DATABASE_URL=postgresql://...")
+    return f"{database_url(connection.settings_dict)}?table={table}"

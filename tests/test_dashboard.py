@@ -27,10 +27,11 @@ QUERY_BOUNDS = {
     # session, user, model, versions, current version, latest check, chart points, 50 runs,
     # their reports
     "/models/{id}/": 9,
-    # session, user, SELECT 1, run counts, the failures' count and page, the count of each
-    # light, a page of models with their latest-check subquery, those checks' PSI and AUC
-    "/status/": 9,
-    "/status.json": 9,
+    # session, user, SELECT 1, run counts, the runs waiting for a slice, the failures' count
+    # and page, the count of each light, a page of models with their latest-check subquery,
+    # those checks' PSI and AUC
+    "/status/": 10,
+    "/status.json": 10,
 }
 STATUS_PAGES = ("/status/", "/status.json")
 
@@ -308,7 +309,8 @@ def test_the_status_json_has_every_field(client, owner, two_users_runs, fake_rem
     body = logged_in(client, owner).get("/status.json").json()
 
     assert set(body) == {
-        "ok", "checked_at", "scope", "services", "last_tick", "runs", "failures", "quality", "pages"
+        "ok", "checked_at", "scope", "services", "last_tick", "runs", "waiting", "failures",
+        "quality", "pages",
     }  # fmt: skip
     assert body["ok"] is True
     assert body["scope"] == "own"
@@ -318,7 +320,10 @@ def test_the_status_json_has_every_field(client, owner, two_users_runs, fake_rem
     assert {"ok", "detail", "ms", "name"} <= set(body["services"]["broker"])
     assert body["last_tick"]["ok"] is True
     assert 29 <= body["last_tick"]["age_seconds"] <= 40
-    assert body["runs"] == {"queued": 1, "running": 1, "retrying": 1, "failed_24h": 2}
+    assert body["runs"] == {
+        "waiting": 0, "queued": 1, "running": 1, "retrying": 1, "failed_24h": 2
+    }  # fmt: skip
+    assert body["waiting"] == []
     assert [f["status"] for f in body["failures"]] == ["retrying", "failed"]
     failure = body["failures"][1]
     assert set(failure) == {

@@ -19,6 +19,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -370,13 +371,21 @@ def test_the_demo_never_writes_into_your_feature_table(your_table, tmp_path, buc
 def test_without_a_table_of_yours_the_demo_table_is_in_the_state_folder_and_churn_demo_deployed(
     tmp_path, bucket, db
 ):
-    from deploy import run_local
+    from deploy import demo, run_local
 
     state = tmp_path / "state"
     setup = run_local.set_up_demo(state, None, **SMALL_DEMO)
 
     table = state / "demo" / "features"
     assert len(list(table.glob("dt=*/part-0.parquet"))) == 30
+    # The outcomes known by today: all but the last LABEL_LAG_DAYS slices, for the same customers.
+    labels = state / "demo" / "labels"
+    assert run_local.labels_table(state) == labels  # what the processes' LABELS_URI names
+    known = sorted(p.parent.name for p in labels.glob("dt=*/part-0.parquet"))
+    assert known == sorted(p.name for p in table.glob("dt=*"))[: 30 - demo.LABEL_LAG_DAYS]
+    first = pd.read_parquet(labels / known[0] / "part-0.parquet")
+    assert list(first.columns) == ["entity_id", demo.TARGET] and len(first) == 300
+    assert set(first[demo.TARGET]) == {0, 1}
     assert run_local.demo_table(state) == table  # what the worker's FEATURES_URI names
     deployment = demo_models().get()
     assert setup.deployment == deployment

@@ -22,7 +22,7 @@ from scoring.engine.features import (
     source_from_settings,
 )
 from tests.factories import features
-from tests.flows import database_url
+from tests.flows import postgres_uri
 
 BUCKET = "features-test"
 COLUMNS = ["entity_id", "age", "monthly_spend", "region"]
@@ -79,15 +79,6 @@ def s3_root(s3):
         key = f"churn/dt={day}/part-0.parquet"
         s3.put_object(Bucket=BUCKET, Key=key, Body=parquet_bytes(frame(day)))
     return f"s3://{BUCKET}/churn"
-
-
-def postgres_uri(table: str) -> str:
-    """The test database as a feature source URI (its tests carry the transactional db mark)."""
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgresSource needs PostgreSQL: set DATABASE_URL=postgresql://...")
-    return f"{database_url(connection.settings_dict)}?table={table}"
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "timezone",
             "email",
             "next_run_at",
+            "max_slice_age_days",
             "created_at",
             "latest_version",
             "current_version",
@@ -75,6 +76,13 @@ class UploadSerializer(serializers.Serializer):
     email = serializers.CharField(required=False, allow_blank=True)
     schedule = serializers.CharField(required=False, allow_blank=True)
     timezone = serializers.CharField(required=False, allow_blank=True)
+    max_slice_age_days = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=366,
+        help_text="How old a feature slice a run accepts, in days (0: its own date's slice); "
+        "by default the package's params.max_slice_age_days.",
+    )
 
 
 class DeploymentUpdateSerializer(serializers.Serializer):
@@ -82,12 +90,23 @@ class DeploymentUpdateSerializer(serializers.Serializer):
     schedule = serializers.CharField(required=False)
     timezone = serializers.CharField(required=False)
     status = serializers.ChoiceField(choices=Deployment.Status.values, required=False)
+    max_slice_age_days = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=366,
+        help_text="How old a feature slice a run accepts, in days (0: its own date's slice); "
+        "by default the package's params.max_slice_age_days.",
+    )
 
 
 class RunSerializer(serializers.ModelSerializer):
     model = serializers.IntegerField(source="deployment_id", read_only=True)
     version = serializers.IntegerField(source="version.number", read_only=True)
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
+    waiting_for = serializers.CharField(
+        read_only=True,
+        help_text='While waiting: "waiting for the slice of 2026-12-03; latest is 2026-12-02".',
+    )
 
     class Meta:
         model = ScoringRun
@@ -100,6 +119,11 @@ class RunSerializer(serializers.ModelSerializer):
             "max_attempts",
             "date",
             "slice_date",
+            "allow_older_slice",
+            "waiting_for",
+            "awaited_slice",
+            "latest_slice",
+            "waiting_since",
             "rows",
             "error",
             "trigger",
@@ -109,17 +133,30 @@ class RunSerializer(serializers.ModelSerializer):
             "duration_seconds",
             "next_attempt_at",
             "quality",
+            "performance",
+            "performance_status",
         ]
         extra_kwargs = {
             "quality": {
                 "help_text": "Data quality against the previous run or the reference scores "
                 "(null until checked): status, psi, psi_status, adversarial_auc, "
                 "adversarial_status, features, rows_change, histogram, ..."
-            }
+            },
+            "performance": {
+                "help_text": "How the scores ranked the outcomes once they matured (null until "
+                "then): target, gini, gini_interval, auc, ks, positive_share, calibration, "
+                "joined, unlabelled_share, complete, expected_gini, status; or error."
+            },
         }
 
 
 class RunRequestSerializer(serializers.Serializer):
     date = serializers.DateField(
-        required=False, help_text="Score the latest slice on or before this date (default: today)."
+        required=False,
+        help_text="Score the slice of this date (default: today), or one as old as the "
+        "package accepts; the run waits for it if it has not landed.",
+    )
+    allow_older_slice = serializers.BooleanField(
+        default=False,
+        help_text="Score the latest slice on or before the date, however old, instead of waiting.",
     )

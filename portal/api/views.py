@@ -59,6 +59,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             email=form.validated_data.get("email"),
             schedule=form.validated_data.get("schedule"),
             timezone=form.validated_data.get("timezone"),
+            max_slice_age_days=form.validated_data.get("max_slice_age_days"),
         )
         deployment = self.get_queryset().get(id=version.deployment_id)
         return Response(DeploymentDetailSerializer(deployment).data, status=status.HTTP_201_CREATED)
@@ -83,7 +84,8 @@ class DeploymentViewSet(viewsets.GenericViewSet):
     @extend_schema(methods=["POST"], request=RunRequestSerializer, responses={202: RunSerializer})
     @action(detail=True, methods=["get", "post"])
     def runs(self, request, pk=None):
-        """GET: the run history. POST: score now, optionally for {"date": "YYYY-MM-DD"}."""
+        """GET: the run history. POST: score now, optionally for {"date": "YYYY-MM-DD"}
+        (and "allow_older_slice": true to take an older slice than the package accepts)."""
         deployment = self.get_object()
         if request.method == "GET":
             return Response(
@@ -91,7 +93,9 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             )
         form = RunRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        run = dispatch.score_now(deployment, form.validated_data.get("date"))
+        run = dispatch.score_now(
+            deployment, form.validated_data.get("date"), form.validated_data["allow_older_slice"]
+        )
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 

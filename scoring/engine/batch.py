@@ -20,7 +20,7 @@ from datetime import date
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import commit, features, parts, plan, sources
+from scoring.engine import commit, features, parts, plan, sources, waiting
 from scoring.engine.lease import Heartbeat
 from scoring.engine.pipeline import SlicePipeline
 from scoring.engine.timing import Stopwatch
@@ -58,7 +58,9 @@ def score_date(day: date, group: list[ScoringRun]) -> None:
             lifecycle.fail(run, "no feature source is configured (FEATURES_URI)")
         return
     try:
-        slice_date = source.latest_slice(day)
+        slice_date, group = waiting.hold_stale(source, day, group)
+        if not group:
+            return
         available = set(source.columns(slice_date))
     except features.FeatureSourceError as exc:
         for run in group:

@@ -38,6 +38,10 @@ class FeatureSourceError(Exception):
     pass
 
 
+class NoSlice(FeatureSourceError):
+    """The source has no slice on or before the date asked: nothing is wrong with it."""
+
+
 @dataclass
 class ParquetSource:
     uri: str
@@ -72,9 +76,7 @@ class ParquetSource:
     def latest_slice(self, on_or_before: date) -> date:
         candidates = [d for d in self.slices() if d <= on_or_before]
         if not candidates:
-            raise FeatureSourceError(
-                f"the feature source {self.uri} has no slice on or before {on_or_before}"
-            )
+            raise NoSlice(f"the feature source {self.uri} has no slice on or before {on_or_before}")
         return candidates[-1]
 
     def files(self, slice_date: date) -> list[str]:
@@ -230,7 +232,7 @@ class PostgresSource:
         )
         found = self.fetch(query)[0][0]
         if found is None:
-            raise FeatureSourceError(f"the feature table has no slice on or before {on_or_before}")
+            raise NoSlice(f"the feature table has no slice on or before {on_or_before}")
         return found
 
     def schema(self, cursor: adbc.Cursor, columns: list[str] | None = None) -> pa.Schema:
@@ -389,19 +391,32 @@ def source_from_settings():
     """The configured feature source, or None when FEATURES_URI is blank."""
     from django.conf import settings
 
-    if not settings.FEATURES_URI:
+    return source_for(
+        settings.FEATURES_URI, settings.FEATURES_ID_COLUMN, settings.FEATURES_DATE_COLUMN
+    )
+
+
+def labels_from_settings():
+    """The configured ground truth (LABELS_URI), or None when it is blank: the same kinds of
+    table as the features, one slice per date the outcomes refer to. Another engine may hand
+    the ground-truth checks any object with the same `slices`, `missing` and `batches`
+    (a Spark table, say)."""
+    from django.conf import settings
+
+    return source_for(settings.LABELS_URI, settings.LABELS_ID_COLUMN, settings.LABELS_DATE_COLUMN)
+
+
+def source_for(uri: str, id_column: str, date_column: str):
+    """A Parquet (local or s3://) or PostgreSQL source of this URI, or None when it is blank."""
+    if not uri:
         return None
-    if settings.FEATURES_URI.startswith(("postgres://", "postgresql://")):
-        return PostgresSource(
-            settings.FEATURES_URI,
-            id_column=settings.FEATURES_ID_COLUMN,
-            date_column=settings.FEATURES_DATE_COLUMN,
-        )
+    if uri.startswith(("postgres://", "postgresql://")):
+        return PostgresSource(uri, id_column=id_column, date_column=date_column)
     from scoring.packages import storage
 
     return ParquetSource(
-        settings.FEATURES_URI,
-        id_column=settings.FEATURES_ID_COLUMN,
-        date_column=settings.FEATURES_DATE_COLUMN,
+        uri,
+        id_column=id_column,
+        date_column=date_column,
         s3_options=storage.arrow_filesystem_options(),
     )

@@ -55,6 +55,17 @@ PARAM_DEFAULTS: dict[str, Any] = {
     "psi_alert": 0.25,
     "adversarial_warn": 0.6,
     "adversarial_alert": 0.65,
+    # Fresh slices: a run scores a slice at most this many days older than its date, and
+    # waits this long for it before failing (WAIT_FOR_SLICE_HOURS on the site by default).
+    "max_slice_age_days": 0,
+    "wait_for_slice_hours": 6,
+    # Ground truth: the column of LABELS_URI holding the outcome, how many days after the
+    # scoring date it is known, and the Gini levels below which a matured run warns or
+    # alerts (default: meta.gini_oot, and 0.1 below it).
+    "target": None,
+    "label_lag_days": 30,
+    "gini_warn": None,
+    "gini_alert": None,
 }
 THRESHOLD_PAIRS = (("psi_warn", "psi_alert"), ("adversarial_warn", "adversarial_alert"))
 THRESHOLD_PAIRS_FLAT = tuple(key for pair in THRESHOLD_PAIRS for key in pair)
@@ -158,13 +169,34 @@ def check_params(params: object) -> tuple[dict[str, Any], list[str]]:
     method = checked.get("method")
     if method is not None and method not in METHODS:
         raise ContractError(f"params.method must be one of {', '.join(METHODS)}, got {method!r}")
-    for key, low, high in (("chunk_rows", 1_000, 10_000_000), ("max_attempts", 1, 20)):
+    integers = (
+        ("chunk_rows", 1_000, 10_000_000),
+        ("max_attempts", 1, 20),
+        ("max_slice_age_days", 0, 366),
+        ("label_lag_days", 0, 3660),
+    )
+    for key, low, high in integers:
         if key in checked:
             _check_int(checked, key, low, high)
-    numbers = ("retry_delay_minutes", 7 * 24 * 60), *((key, 10) for key in THRESHOLD_PAIRS_FLAT)
+    numbers = (
+        ("retry_delay_minutes", 7 * 24 * 60),
+        ("wait_for_slice_hours", 7 * 24),
+        ("gini_warn", 1),
+        ("gini_alert", 1),
+        *((key, 10) for key in THRESHOLD_PAIRS_FLAT),
+    )
     for key, high in numbers:
         if key in checked:
             _check_number(checked, key, 0, high)
+    target = checked.get("target")
+    if "target" in checked and (not isinstance(target, str) or not target.strip()):
+        raise ContractError(f"params.target must be a column name, got {target!r}")
+    if "gini_warn" in checked and "gini_alert" in checked:
+        if checked["gini_alert"] > checked["gini_warn"]:
+            raise ContractError(
+                f"params.gini_alert ({checked['gini_alert']}) must not exceed "
+                f"params.gini_warn ({checked['gini_warn']}): an alert is a lower Gini"
+            )
     for warn, alert in THRESHOLD_PAIRS:
         if warn in checked and alert in checked and checked[warn] > checked[alert]:
             raise ContractError(f"params.{warn} ({checked[warn]}) must not exceed params.{alert}")

@@ -26,9 +26,19 @@ class DeployError(ValueError):
     """Bad input: the message says what to fix; nothing was changed."""
 
 
-def clean_settings(email: str | None, schedule: str | None, timezone: str | None) -> dict:
+MAX_SLICE_AGE_DAYS = 366
+
+
+def clean_settings(
+    email: str | None,
+    schedule: str | None,
+    timezone: str | None,
+    max_slice_age_days: int | str | None = None,
+) -> dict:
     """Check the user-given settings of a deployment; blank ones are left out."""
     cleaned = {}
+    if max_slice_age_days not in (None, ""):
+        cleaned["max_slice_age_days"] = check_slice_age(max_slice_age_days)
     try:
         if email:
             cleaned["email"] = check_email(email)
@@ -41,6 +51,24 @@ def clean_settings(email: str | None, schedule: str | None, timezone: str | None
     return cleaned
 
 
+def check_slice_age(value: int | str) -> int:
+    """Days as a whole number from 0 (the slice of the run's own date) to a year."""
+    try:
+        days = int(value)
+    except (TypeError, ValueError):
+        days = -1
+    if (
+        isinstance(value, bool)
+        or not 0 <= days <= MAX_SLICE_AGE_DAYS
+        or str(days) != str(value).strip()
+    ):
+        raise DeployError(
+            f"max_slice_age_days must be a whole number of days from 0 to {MAX_SLICE_AGE_DAYS}, "
+            f"got {value!r}"
+        )
+    return days
+
+
 def deploy(
     user,
     file: BinaryIO,
@@ -50,6 +78,7 @@ def deploy(
     email: str | None = None,
     schedule: str | None = None,
     timezone: str | None = None,
+    max_slice_age_days: int | str | None = None,
 ) -> PackageVersion:
     """Store a package as a new deployment, or as a new version of the one with that name."""
     try:
@@ -57,7 +86,7 @@ def deploy(
     except ContractError as exc:
         raise DeployError(str(exc)) from None
     slug = Deployment.slug_for(name)
-    fields = clean_settings(email, schedule, timezone)
+    fields = clean_settings(email, schedule, timezone, max_slice_age_days)
     file.seek(0)
     try:
         storage.check_pickle_header(file.read(2))
@@ -132,9 +161,14 @@ def discard_object(key: str) -> None:
 
 
 def update(
-    deployment: Deployment, email=None, schedule=None, timezone=None, status=None
+    deployment: Deployment,
+    email=None,
+    schedule=None,
+    timezone=None,
+    status=None,
+    max_slice_age_days=None,
 ) -> Deployment:
-    fields = clean_settings(email, schedule, timezone)
+    fields = clean_settings(email, schedule, timezone, max_slice_age_days)
     with transaction.atomic():
         deployment = Deployment.objects.select_for_update().get(id=deployment.id)
         if status is not None and status != deployment.status:

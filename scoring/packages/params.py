@@ -18,6 +18,7 @@ SITE_SETTINGS = {
     "psi_alert": "PSI_ALERT",
     "adversarial_warn": "ADVERSARIAL_WARN",
     "adversarial_alert": "ADVERSARIAL_ALERT",
+    "wait_for_slice_hours": "WAIT_FOR_SLICE_HOURS",
 }
 
 

@@ -33,6 +33,15 @@ def above(value: float | None, warn: float, alert: float) -> str | None:
     return ALERT if value > alert else WARNING if value > warn else OK
 
 
+def below(value: float | None, warn: float | None, alert: float | None) -> str | None:
+    """alert below `alert`, warning below `warn`, else ok; None without a value or lines."""
+    if value is None or warn is None:
+        return None
+    if alert is not None and value < alert:
+        return ALERT
+    return WARNING if value < warn else OK
+
+
 def site_thresholds() -> dict[str, float]:
     """The site's thresholds (PSI_WARN, ...), read when asked: the environment decides."""
     from scoring.packages import params  # Django's settings: the metrics need none

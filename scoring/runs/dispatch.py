@@ -154,10 +154,13 @@ def claim_each(candidates, **changes) -> list[int]:
     return [run_id for run_id in ids if candidates.filter(id=run_id).update(**changes)]
 
 
-def score_now(deployment: Deployment, day: date | None = None) -> ScoringRun:
-    """Queue the run of `day` (default: today in the deployment's time zone) and send it at once."""
+def score_now(
+    deployment: Deployment, day: date | None = None, allow_older_slice: bool = False
+) -> ScoringRun:
+    """Queue the run of `day` (default: today in the deployment's time zone) and send it at
+    once; with allow_older_slice it may score an older slice than its package accepts."""
     day = day or timezone.now().astimezone(ZoneInfo(deployment.timezone)).date()
-    run = lifecycle.request_run(deployment, day)
+    run = lifecycle.request_run(deployment, day, allow_older_slice)
     if run.status == ScoringRun.Status.QUEUED:
         send_batch([run.id])
     return run

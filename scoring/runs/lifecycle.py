@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.models import Deployment, PackageVersion, ScoringRun, slice_wanted
 from scoring.packages import params
 from scoring.runs import notifications, worker_loss
 
@@ -35,7 +35,11 @@ def max_attempts(version: PackageVersion) -> int:
 
 
 def create_run(
-    deployment: Deployment, version: PackageVersion, day: date, trigger: str
+    deployment: Deployment,
+    version: PackageVersion,
+    day: date,
+    trigger: str,
+    allow_older_slice: bool = False,
 ) -> ScoringRun | None:
     """A new queued run, or None when this version already has one for that date."""
     try:
@@ -46,6 +50,7 @@ def create_run(
                 date=day,
                 trigger=trigger,
                 max_attempts=max_attempts(version),
+                allow_older_slice=allow_older_slice,
             )
     except IntegrityError:
         return None
@@ -106,23 +111,72 @@ def succeed(run: ScoringRun, rows: int, slice_date: date, profile: dict | None =
 
 def fail(run: ScoringRun, error: str, slice_date: date | None = None) -> None:
     """Record a failed attempt: retry after the package's delay, or give up; tell the owner."""
-    now = timezone.now()
+    record_failure(held(run), run, error, timezone.now(), slice_date=slice_date)
+
+
+def record_failure(this: QuerySet, run: ScoringRun, error: str, now: datetime, **changes) -> None:
+    """The failed attempt of `run`, if `this` (its row as the caller holds it) still matches."""
     gave_up = run.attempts >= run.max_attempts
     delay = timedelta(
         minutes=params.value(run.version.package.get("params"), "retry_delay_minutes")
     )
     with transaction.atomic():
         updated = move(
-            held(run),
+            this,
             ScoringRun.Status.FAILED if gave_up else ScoringRun.Status.RETRYING,
             error=error[:4000],
-            slice_date=slice_date,
             finished_at=now,
             next_attempt_at=None if gave_up else now + delay,
+            **changes,
         )
         if updated:
             run.refresh_from_db()
             notifications.queue(run)
+
+
+def wait_for_slice(run: ScoringRun, awaited: date, latest: date | None) -> None:
+    """The slice is too old: the run waits for a fresh one (scoring.engine.waiting), out of
+    its batch. The wait is no attempt yet: it counts as one only if it fails."""
+    move(
+        held(run),
+        ScoringRun.Status.WAITING,
+        attempts=F("attempts") - 1,
+        batch=None,
+        awaited_slice=awaited,
+        latest_slice=latest,
+        waiting_since=timezone.now(),
+        heartbeat_at=None,
+    )
+
+
+def stop_waiting(run_ids: list[int], now: datetime) -> list[int]:
+    """Waiting runs whose slice has landed, queued again; those this caller moved."""
+    waiting = ScoringRun.objects.filter(id__in=run_ids, status=ScoringRun.Status.WAITING)
+    ids = list(waiting.values_list("id", flat=True))
+    move(waiting, ScoringRun.Status.QUEUED, queued_at=now, waiting_since=None)
+    return list(
+        ScoringRun.objects.filter(
+            id__in=ids, status=ScoringRun.Status.QUEUED, queued_at=now
+        ).values_list("id", flat=True)
+    )
+
+
+def give_up_waiting(run: ScoringRun, latest: date | None, now: datetime) -> None:
+    """The deadline passed: a failed attempt like any other, whose email names the slice
+    it waited for and the latest there is."""
+    hours = params.value(run.version.package.get("params"), "wait_for_slice_hours")
+    wanted = slice_wanted(run.awaited_slice, run.date)
+    error = (
+        f"waited {hours:g} h for {wanted} of the features; "
+        f"the latest slice there is {latest or 'none'}"
+    )
+    this = ScoringRun.objects.filter(
+        id=run.id, status=ScoringRun.Status.WAITING, waiting_since=run.waiting_since
+    )
+    run.attempts += 1  # the wait was this attempt
+    record_failure(
+        this, run, error, now, attempts=run.attempts, latest_slice=latest, waiting_since=None
+    )
 
 
 def newer_run(run: ScoringRun) -> ScoringRun | None:
@@ -165,12 +219,18 @@ def take_back(run: ScoringRun, now: datetime) -> bool:
     return bool(move(stale, ScoringRun.Status.QUEUED, error=message, queued_at=now))
 
 
-def request_run(deployment: Deployment, day: date) -> ScoringRun:
-    """Score now: the run for that date, queued unless it is running or already scored."""
+def request_run(deployment: Deployment, day: date, allow_older_slice: bool = False) -> ScoringRun:
+    """Score now: the run for that date, queued unless it is running or already scored.
+
+    It scores the slice of that date (or as old as the package accepts) and waits for it;
+    with allow_older_slice, the latest slice on or before the date, however old.
+    """
     version = deployment.current_version
     if version is None:
         raise RunError(f"{deployment.name} has no valid version to score")
-    run = create_run(deployment, version, day, ScoringRun.Trigger.MANUAL)
+    run = create_run(
+        deployment, version, day, ScoringRun.Trigger.MANUAL, allow_older_slice=allow_older_slice
+    )
     if run is not None:
         return run
     run = ScoringRun.objects.get(version=version, date=day)
@@ -178,8 +238,17 @@ def request_run(deployment: Deployment, day: date) -> ScoringRun:
         raise RunError(
             f"version {version.number} already scored {day} (run {run.id}): its scores are committed"
         )
-    # Queued or running: nothing to do. Retrying: now instead of later. Failed: a fresh set of attempts.
+    # Queued or running: nothing to do. Retrying: now instead of later. Failed: a fresh set
+    # of attempts. Waiting: it goes on waiting, unless it may now take an older slice.
     this = ScoringRun.objects.filter(id=run.id)
+    if allow_older_slice:
+        this.exclude(status=ScoringRun.Status.RUNNING).update(allow_older_slice=True)
+        move(
+            this.filter(status=ScoringRun.Status.WAITING),
+            ScoringRun.Status.QUEUED,
+            queued_at=timezone.now(),
+            waiting_since=None,
+        )
     move(
         this.filter(status=ScoringRun.Status.RETRYING),
         ScoringRun.Status.QUEUED,

@@ -48,3 +48,27 @@ def artifacts() -> str:
     path = os.environ.get("TEST_ARTIFACTS", "test-artifacts")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+@pytest.fixture
+def errors(page):
+    """JavaScript errors and failed requests of the page: a chart that throws fails the test."""
+    found = []
+    page.on("pageerror", lambda error: found.append(str(error)))
+    page.on(
+        "console",
+        lambda message: (
+            message.type == "error"
+            and not message.text.startswith("Failed to load resource")  # told by "response" below
+            and found.append(message.text)
+        ),
+    )
+    page.on(
+        "response",
+        lambda response: (
+            response.status >= 400
+            and not response.url.endswith("/favicon.ico")
+            and found.append(f"{response.status} {response.url}")
+        ),
+    )
+    return found

@@ -7,34 +7,10 @@ import pytest
 from django.utils import timezone
 
 from scoring.models import PackageVersion, ScoringRun
-from tests.factories.browser import DRAWN_PIXELS
+from tests.factories.browser import DRAWN_PIXELS, log_in
 from tests.factories.runs import make_fleet, make_models, make_runs, quality
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def errors(page):
-    """JavaScript errors and failed requests of the page: a chart that throws fails the test."""
-    found = []
-    page.on("pageerror", lambda error: found.append(str(error)))
-    page.on(
-        "console",
-        lambda message: (
-            message.type == "error"
-            and not message.text.startswith("Failed to load resource")  # told by "response" below
-            and found.append(message.text)
-        ),
-    )
-    page.on(
-        "response",
-        lambda response: (
-            response.status >= 400
-            and not response.url.endswith("/favicon.ico")
-            and found.append(f"{response.status} {response.url}")
-        ),
-    )
-    return found
 
 
 @pytest.fixture
@@ -63,14 +39,6 @@ def fleet(owner):
     latest.rows = 101_250
     latest.save()
     return models
-
-
-def log_in(page, live_server, username="alice", password="alice-password-123"):
-    page.goto(live_server.url)
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#dropzone")
 
 
 def test_the_dashboard_shows_last_runs_and_quality_lights(

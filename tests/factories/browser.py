@@ -24,7 +24,7 @@ DROP = """([data, name]) => {
 }"""
 
 
-def log_in(page, live_server, username, password):
+def log_in(page, live_server, username="alice", password="alice-password-123"):
     page.goto(live_server.url)
     page.fill("#id_username", username)
     page.fill("#id_password", password)

@@ -14,7 +14,7 @@ import pyarrow as pa
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, functions
 
-from scoring.engine.features import FeatureSourceError, encode_strings, joined
+from scoring.engine.features import FeatureSourceError, NoSlice, encode_strings, joined
 from scoring.engine.spark import session
 
 
@@ -57,9 +57,7 @@ class SparkSource:
                 f"Spark cannot read the feature table {self.name}: {exc}"
             ) from exc
         if found is None:
-            raise FeatureSourceError(
-                f"the feature table {self.name} has no slice on or before {on_or_before}"
-            )
+            raise NoSlice(f"the feature table {self.name} has no slice on or before {on_or_before}")
         return found
 
     def columns(self, slice_date: date) -> list[str]:
