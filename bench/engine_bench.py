@@ -63,6 +63,7 @@ from bench.baselines import (  # noqa: E402
     parquet_reader,
     physical_limit,
 )
+from bench.common import ANY_SLICE_AGE  # noqa: E402
 from bench.engine_data import CATEGORICAL, MODELS, build_slice, model_features, train_packages  # noqa: E402
 from bench.engine_log import check_seconds, phases  # noqa: E402
 from bench.engine_report import report, scale_out, side_by_side  # noqa: E402
@@ -278,7 +279,14 @@ def main() -> int:
         for path in paths:
             data = path.read_bytes()
             versions.append(
-                deployments.deploy(user, io.BytesIO(data), path.name, len(data), name=path.stem)
+                deployments.deploy(
+                    user,
+                    io.BytesIO(data),
+                    path.name,
+                    len(data),
+                    name=path.stem,
+                    max_slice_age_days=ANY_SLICE_AGE,
+                )
             )
 
         # Each batch is for a later date: its runs are new, they all read the same slice

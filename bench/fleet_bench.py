@@ -63,7 +63,7 @@ from bench.baselines import (  # noqa: E402
     physical_limit,
     sql_reader,
 )
-from bench.common import database_url_for, throwaway_database  # noqa: E402
+from bench.common import ANY_SLICE_AGE, database_url_for, throwaway_database  # noqa: E402
 from bench.engine_data import CATEGORICAL, build_slice  # noqa: E402
 from bench.engine_log import phase_seconds, phases, unit_seconds  # noqa: E402
 from bench.fleet_report import report  # noqa: E402
@@ -152,7 +152,14 @@ class Fleet:
         user = User.objects.create(username=f"fleet-{count}", email=f"fleet-{count}@example.com")
         started = time.perf_counter()
         versions = [
-            deployments.deploy(user, io.BytesIO(data), path.name, len(data), name=spec.name)
+            deployments.deploy(
+                user,
+                io.BytesIO(data),
+                path.name,
+                len(data),
+                name=spec.name,
+                max_slice_age_days=ANY_SLICE_AGE,
+            )
             for spec, path in packages
             for data in [path.read_bytes()]
         ]

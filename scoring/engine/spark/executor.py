@@ -230,8 +230,10 @@ class PartitionScoring(ChunkScoring):
         the first chunk's time beyond what the later chunks took on average."""
         seconds = dict(self.clock.seconds)
         first = seconds.pop("first chunk", 0.0)
+        if self.chunks < 2:  # one chunk: its start and its predict cannot be told apart
+            return {**seconds, "start+predict": first}
         later = seconds.get("predict", 0.0)
-        start = max(first - later / (self.chunks - 1), 0.0) if self.chunks > 1 else first
+        start = max(first - later / (self.chunks - 1), 0.0)
         return {**seconds, "start": start, "predict": later + first - start}
 
 
