@@ -44,10 +44,14 @@ def fleet(owner, validated, count: int, prefix: str, package=None) -> list:
 
 
 def limit_descriptors(worker, limit: int) -> None:
-    """Lower the open-files limit of a running worker and of every process it started."""
+    """Lower the open-files limit of a running worker and of every process it started.
+
+    A sandbox alive at that moment (a user of its own, confined) refuses, and one may
+    have ended since it was listed: sandboxes set their own, lower limit anyway."""
     root = psutil.Process(worker.pid)
     for process in [root, *root.children(recursive=True)]:
-        process.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
+        with contextlib.suppress(psutil.AccessDenied, psutil.NoSuchProcess):
+            process.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
 
 
 class SandboxCounter(threading.Thread):

@@ -68,6 +68,16 @@ class DeploymentDetailSerializer(DeploymentSerializer):
         fields = [*DeploymentSerializer.Meta.fields, "versions"]
 
 
+def slice_age_field() -> serializers.IntegerField:
+    return serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=366,
+        help_text="How old a feature slice a run accepts, in days (0: its own date's slice); "
+        "by default the package's params.max_slice_age_days.",
+    )
+
+
 class UploadSerializer(serializers.Serializer):
     """POST /api/v1/models/: a package file and optional settings (they override the package's)."""
 
@@ -76,13 +86,7 @@ class UploadSerializer(serializers.Serializer):
     email = serializers.CharField(required=False, allow_blank=True)
     schedule = serializers.CharField(required=False, allow_blank=True)
     timezone = serializers.CharField(required=False, allow_blank=True)
-    max_slice_age_days = serializers.IntegerField(
-        required=False,
-        min_value=0,
-        max_value=366,
-        help_text="How old a feature slice a run accepts, in days (0: its own date's slice); "
-        "by default the package's params.max_slice_age_days.",
-    )
+    max_slice_age_days = slice_age_field()
 
 
 class DeploymentUpdateSerializer(serializers.Serializer):
@@ -90,13 +94,7 @@ class DeploymentUpdateSerializer(serializers.Serializer):
     schedule = serializers.CharField(required=False)
     timezone = serializers.CharField(required=False)
     status = serializers.ChoiceField(choices=Deployment.Status.values, required=False)
-    max_slice_age_days = serializers.IntegerField(
-        required=False,
-        min_value=0,
-        max_value=366,
-        help_text="How old a feature slice a run accepts, in days (0: its own date's slice); "
-        "by default the package's params.max_slice_age_days.",
-    )
+    max_slice_age_days = slice_age_field()
 
 
 class RunSerializer(serializers.ModelSerializer):
