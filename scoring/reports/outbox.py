@@ -61,11 +61,16 @@ def claim_all(rows: QuerySet, now: datetime) -> list[QueuedEmail]:
 
     Rows another sender is claiming at this moment are skipped, never waited for: that
     sender sends them. The lease is the backoff of the most tried row.
+
+    The group's first due row is its lock: of two senders scanning the group at once, each
+    would otherwise lock the rows it reached first (SKIP LOCKED) and the group would go out
+    as two emails. The one that holds the first row takes them all; the other takes none.
     """
     with transaction.atomic():
-        claimed = list(
-            rows.filter(due(now)).select_for_update(skip_locked=True, of=("self",)).order_by("id")
-        )
+        first = rows.filter(due(now)).order_by("id").values_list("id", flat=True)[:1]
+        if not rows.model.objects.filter(id__in=list(first)).select_for_update(skip_locked=True):
+            return []
+        claimed = list(rows.filter(due(now)).select_for_update(of=("self",)).order_by("id"))
         if claimed:
             attempts = max(row.send_attempts for row in claimed)
             next_attempt_at = now + retry_delay(attempts + 1)
