@@ -322,6 +322,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # claimed in the database, so the batch finishes and a redelivery finds nothing to redo.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker process starts the sandboxes' zygote, and with ENGINE=spark a JVM, before its first
+# task (scoring.tasks.start_sandbox_zygote): 4 s, Celery's default wait, is too short for a JVM.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = 120 if ENGINE == "spark" else 4.0
 # Longer than any batch: Redis redelivers an unacknowledged task after this (runs are
 # claimed in the database, so a redelivery never doubles one).
 CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -5,7 +5,6 @@ that sends one names it (scoring.enqueue) instead of importing this module.
 """
 
 import logging
-import threading
 from datetime import timedelta
 
 import redis
@@ -32,10 +31,12 @@ REQUEUE_AFTER = timedelta(minutes=5)
 @worker_process_init.connect
 def start_sandbox_zygote(**_) -> None:
     """Import the packages' libraries once per worker process, before the first batch; with
-    ENGINE=spark, start its Spark session (a JVM) meanwhile, for the same reason."""
+    ENGINE=spark, start its Spark session (a JVM) too, for the same reason. Both run before
+    the process takes a task, while it has no other thread: the JVM starts from an environment
+    scrubbed of the worker's secrets for that moment (spark.session), which no task may see."""
     spawn.zygote()
     if settings.ENGINE == "spark":
-        threading.Thread(target=spark_session.get, name="spark-session", daemon=True).start()
+        spark_session.get()
 
 
 @shared_task(autoretry_for=(StorageError,), retry_backoff=5, max_retries=10)

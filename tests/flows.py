@@ -1,7 +1,9 @@
 """Helpers of the tests that drive whole runs through the real worker: deploying, waiting for
 runs and emails, what a batch left, and the workers. The faults they inject: tests/faults.py."""
 
+import contextlib
 import io
+import shutil
 import time
 import uuid
 from datetime import date, timedelta
@@ -128,6 +130,30 @@ def table_rows(deployment_id: int, day: date) -> pl.DataFrame:
     """A model's partition of a day, as a reader (Polars) sees it."""
     frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
     return frame.filter((pl.col("model_id") == deployment_id) & (pl.col("dt") == day.isoformat()))
+
+
+@contextlib.contextmanager
+def slice_without(feature_table, day: date, column: str, rows: int, seed: int, files: int = 1):
+    """A slice of `day` that lacks `column`, in `files` Parquet files of equal rows, for the
+    time of the block."""
+    folder = feature_table / f"dt={day.isoformat()}"
+    folder.mkdir()
+    frame = features.feature_frame(rows, seed=seed).drop(columns=[column])
+    each = rows // files
+    try:
+        for index in range(files):
+            frame.iloc[index * each : (index + 1) * each].to_parquet(
+                folder / f"part-{index}.parquet"
+            )
+        yield
+    finally:
+        shutil.rmtree(folder)
+
+
+def deploy_needing(user, column: str, validated, **settings_) -> Deployment:
+    """ "late": a model that needs `column` beside age."""
+    package = {"model": packages.Proba(0.3), "features": ["age", column]}
+    return deploy(user, package, "late", validated, **settings_)
 
 
 def slice_frame(feature_table, day: date) -> pd.DataFrame:

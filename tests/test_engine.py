@@ -16,11 +16,13 @@ from scoring.runs import dispatch, lifecycle
 from tests.factories import features, packages
 from tests.flows import (
     deploy,
+    deploy_needing,
     failure_emails,
     make_due,
     notifications_sent,
     report_emails,
     slice_frame,
+    slice_without,
     start_worker,
     stop_worker,
     subject,
@@ -81,23 +83,12 @@ def test_a_model_missing_a_column_fails_alone_and_its_owner_is_told(
     worker, owner, validated, feature_table, bucket, api, mailbox
 ):
     day = date.today() + timedelta(days=10)
-    folder = feature_table / f"dt={day.isoformat()}"
-    folder.mkdir()
-    features.feature_frame(300, seed=5).drop(columns=["late_payments"]).to_parquet(
-        folder / "part-0.parquet"
-    )
-    try:
+    with slice_without(feature_table, day, "late_payments", rows=300, seed=5):
         good = deploy(owner, packages.function_package(), "spend", validated)
         also_good = deploy(
             owner, {"model": packages.Proba(0.7), "features": ["age", "region"]}, "churn", validated
         )
-        needs_late = deploy(
-            owner,
-            {"model": packages.Proba(0.3), "features": ["age", "late_payments"]},
-            "late",
-            validated,
-            email="risk@bank.example",
-        )
+        needs_late = deploy_needing(owner, "late_payments", validated, email="risk@bank.example")
         responses = [
             api.post(f"/api/v1/models/{d.id}/runs/", {"date": day.isoformat()}, format="json")
             for d in (good, also_good, needs_late)
@@ -110,8 +101,6 @@ def test_a_model_missing_a_column_fails_alone_and_its_owner_is_told(
                 [good.id, also_good.id, needs_late.id], ("succeeded", "failed", "retrying")
             )
         }
-    finally:
-        shutil.rmtree(folder)
 
     assert [finished[d.id].status for d in (good, also_good)] == ["succeeded", "succeeded"]
     assert table_rows(good.id, day).height == table_rows(also_good.id, day).height == 300

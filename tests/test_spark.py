@@ -22,12 +22,14 @@ from portal import health
 from scoring.runs import dispatch
 from scoring.sandbox.client import Sandbox
 from scoring.sandbox.limits import Limits
-from tests.factories import features, packages
+from tests.factories import packages
 from tests.flows import (
     deploy,
+    deploy_needing,
     failure_emails,
     make_due,
     notifications_sent,
+    slice_without,
     start_worker,
     stop_worker,
     table_rows,
@@ -97,23 +99,12 @@ def test_a_model_missing_a_column_and_one_that_raises_fail_alone_and_their_owner
     spark_worker, owner, outsider, validated, feature_table, bucket, api, outsider_api, mailbox
 ):
     day = date.today() + timedelta(days=20)
-    folder = feature_table / f"dt={day.isoformat()}"
-    folder.mkdir()
     # Two files: two partitions, two tasks, whose files each run commits together (of
     # 300 rows each: the broken model raises past 250).
-    frame = features.feature_frame(600, seed=7).drop(columns=["late_payments"])
-    frame.iloc[:300].to_parquet(folder / "part-0.parquet")
-    frame.iloc[300:].to_parquet(folder / "part-1.parquet")
-    try:
+    with slice_without(feature_table, day, "late_payments", rows=600, seed=7, files=2):
         good = deploy(owner, packages.function_package(), "spend", validated)
         broken = deploy(outsider, packages.broken_package(), "broken", validated)
-        needs_late = deploy(
-            owner,
-            {"model": packages.Proba(0.3), "features": ["age", "late_payments"]},
-            "late",
-            validated,
-            email="risk@bank.example",
-        )
+        needs_late = deploy_needing(owner, "late_payments", validated, email="risk@bank.example")
         for client, deployment in ((api, good), (outsider_api, broken), (api, needs_late)):
             response = client.post(
                 f"/api/v1/models/{deployment.id}/runs/", {"date": day.isoformat()}, format="json"
@@ -125,8 +116,6 @@ def test_a_model_missing_a_column_and_one_that_raises_fail_alone_and_their_owner
                 [good.id, broken.id, needs_late.id], ("succeeded", "retrying"), timeout=180
             )
         }
-    finally:
-        shutil.rmtree(folder)
 
     assert (finished[good.id].status, finished[good.id].rows) == ("succeeded", 600)
     committed = table_rows(good.id, day)

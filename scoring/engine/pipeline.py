@@ -14,10 +14,8 @@ a model fails alone, is scoring.engine.chunk_scoring's.
 
 import contextlib
 import logging
-import tempfile
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from datetime import date
-from pathlib import Path
 
 import pyarrow as pa
 from django.conf import settings
@@ -37,6 +35,7 @@ from scoring.engine.timing import Stopwatch
 from scoring.models import ScoringRun
 from scoring.quality import assessment, profiles, samples
 from scoring.runs import lifecycle
+from scoring.sandbox import scratch
 
 log = logging.getLogger(__name__)
 WRITING_THREADS = 4
@@ -109,13 +108,7 @@ class SlicePipeline(ChunkScoring):
         return [s for s in scorers if not s.failed]
 
     def score(self, groups: list[Group], resident: bool) -> None:
-        chunk_dir = Path(
-            self.stack.enter_context(
-                tempfile.TemporaryDirectory(
-                    prefix="dropscore-chunk-", dir=settings.CHUNK_DIR or None
-                )
-            )
-        )
+        chunk_dir = self.stack.enter_context(scratch.folder("chunk", settings.CHUNK_DIR or None))
         self.stack.callback(self.close_all, groups)
         scorers = [s for group in groups for s in group.scorers]
         columns = [

@@ -15,10 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
+from scoring.sandbox import scratch
 from scoring.sandbox.confinement import bare_environment
 
 
@@ -64,7 +64,7 @@ class Zygote:
 
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.home = tempfile.mkdtemp(prefix="dropscore-zygote-")
+        self.home = str(scratch.make("zygote"))
         env = {**bare_environment(self.home), "DROPSCORE_CONTROL_FD": str(theirs.fileno())}
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-c", "from scoring.sandbox.zygote import main; main()"],

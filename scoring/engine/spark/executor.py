@@ -27,6 +27,7 @@ from scoring.engine.chunk_scoring import ChunkScoring, Group, Scorer, write_chun
 from scoring.engine.features import encode_strings, rechunk
 from scoring.engine.timing import Stopwatch
 from scoring.quality import profiles, samples
+from scoring.sandbox import scratch
 from scoring.sandbox.limits import Limits
 
 # One row per run of the task (its files, profile or error), and one for the task itself
@@ -171,11 +172,7 @@ class PartitionScoring(ChunkScoring):
             scorer.package = local_copy(self.plan.packages.value, scorer.run.sha256)
         waves = pool.waves(scorers, self.plan.pool, owner=lambda s: s.run.owner)
         groups = [Group(members) for wave in waves for members in wave]
-        chunk_dir = Path(
-            self.stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="dropscore-chunk-", dir=self.plan.chunk_dir)
-            )
-        )
+        chunk_dir = self.stack.enter_context(scratch.folder("chunk", self.plan.chunk_dir))
         self.stack.callback(self.close_all, groups)
         chunks = self.clock.each("read", rechunk(batches, self.plan.chunk_rows))
         for index, batch in enumerate(chunks):

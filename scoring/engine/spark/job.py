@@ -75,7 +75,8 @@ def score_shard(source: SparkSource, slice_date: date, ready: list[ScoringRun], 
             results = frame.mapInArrow(executor.score_partition(task_plan), RESULT_DDL).toArrow()
     finally:
         broadcast.unpersist()
-    held = [run for run in ready if run.id in {r.id for r in runs}]
+    held_ids = {run.id for run in runs}
+    held = [run for run in ready if run.id in held_ids]
     commit.reconnect_if_dropped()
     with clock("commit"):
         committed = commit_results(held, results, slice_date, shard)
