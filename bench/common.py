@@ -51,8 +51,3 @@ def verdict(broken: list[str]) -> int:
         print(f"  BOUND BROKEN: {problem}")
     print("  within bounds" if not broken else "")
     return 1 if broken else 0
-
-
-# The benches score later days on the one slice they built: their models accept a slice
-# this many days old (a run waits for a fresher one otherwise: scoring.engine.waiting).
-ANY_SLICE_AGE = 3650

@@ -63,7 +63,7 @@ from bench.baselines import (  # noqa: E402
     physical_limit,
     sql_reader,
 )
-from bench.common import ANY_SLICE_AGE, database_url_for, throwaway_database  # noqa: E402
+from bench.common import database_url_for, throwaway_database  # noqa: E402
 from bench.engine_data import CATEGORICAL, build_slice  # noqa: E402
 from bench.engine_log import phase_seconds, phases, unit_seconds  # noqa: E402
 from bench.fleet_report import report  # noqa: E402
@@ -158,7 +158,8 @@ class Fleet:
                 path.name,
                 len(data),
                 name=spec.name,
-                max_slice_age_days=ANY_SLICE_AGE,
+                # Later days score the one slice built: the oldest it may be.
+                max_slice_age_days=deployments.MAX_SLICE_AGE_DAYS,
             )
             for spec, path in packages
             for data in [path.read_bytes()]
