@@ -250,7 +250,8 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
                 email=request.POST.get("email"),
                 schedule=posted_schedule(request),
                 timezone=request.POST.get("timezone"),
-                max_slice_age_days=request.POST.get("max_slice_age_days"),
+                # Emptied: the package's again; a form without the field leaves it.
+                max_slice_age_days=request.POST.get("max_slice_age_days", deployments.UNCHANGED),
             )
             messages.success(request, "Settings saved.")
         else:

@@ -3,6 +3,7 @@ waits for its slice, starts when it lands, and fails (and retries) past its dead
 
 Time is the tick's `now`: the tests move it on instead of sleeping for an hour."""
 
+import re
 import shutil
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -232,6 +233,48 @@ def test_the_upload_form_sets_the_slice_age(alice, bucket):
     assert response.status_code == 400
     assert "max_slice_age_days must be a whole number" in response.json()["error"]
     assert not Deployment.objects.filter(name="bad").exists()
+
+
+def slice_age_input(page: str) -> str:
+    [field] = re.findall(r'<input id="id_max_slice_age_days"[^>]*>', page)
+    return field
+
+
+def test_the_slice_age_set_on_the_model_page_is_cleared_by_emptying_it(alice, bucket, deployment):
+    form = {"email": "", "schedule": "daily", "timezone": "UTC"}
+    url = f"/models/{deployment.id}/settings/"
+    alice.post(url, {**form, "max_slice_age_days": "5"})
+    alice.post(url, form)  # a form without the field leaves it
+    deployment.refresh_from_db()
+    assert deployment.max_slice_age_days == 5
+
+    response = alice.post(url, {**form, "max_slice_age_days": ""}, follow=True)
+
+    deployment.refresh_from_db()
+    assert deployment.max_slice_age_days is None
+    field = slice_age_input(response.content.decode())
+    assert 'value=""' in field and "the package's: 0" in field
+    run = ScoringRun(
+        deployment=deployment, version=PackageVersion(package={}), date=date(2026, 12, 3)
+    )
+    assert waiting.oldest_accepted(run) == date(2026, 12, 3)  # the package's default again
+
+
+def test_the_slice_age_set_through_the_api_is_cleared_by_null(api, bucket, deployment):
+    url = f"/api/v1/models/{deployment.id}/"
+    assert (
+        api.patch(url, {"max_slice_age_days": 3}, format="json").json()["max_slice_age_days"] == 3
+    )
+    kept = api.patch(url, {"email": "risk@bank.example"}, format="json")
+    assert kept.json()["max_slice_age_days"] == 3
+
+    response = api.patch(url, {"max_slice_age_days": None}, format="json")
+
+    assert response.status_code == 200 and response.json()["max_slice_age_days"] is None
+    deployment.refresh_from_db()
+    assert deployment.max_slice_age_days is None
+    refused = api.patch(url, {"max_slice_age_days": ""}, format="json")
+    assert refused.status_code == 400 and "max_slice_age_days" in refused.json()["errors"]
 
 
 def test_score_now_on_the_model_page_takes_a_date_and_an_older_slice_when_ticked(

@@ -68,13 +68,18 @@ class DeploymentDetailSerializer(DeploymentSerializer):
         fields = [*DeploymentSerializer.Meta.fields, "versions"]
 
 
-def slice_age_field() -> serializers.IntegerField:
+SLICE_AGE = "How old a feature slice a run accepts, in days (0: its own date's slice)"
+
+
+def slice_age_field(
+    default: str = "by default the package's params.max_slice_age_days", allow_null=False
+) -> serializers.IntegerField:
     return serializers.IntegerField(
         required=False,
+        allow_null=allow_null,
         min_value=0,
         max_value=366,
-        help_text="How old a feature slice a run accepts, in days (0: its own date's slice); "
-        "by default the package's params.max_slice_age_days.",
+        help_text=f"{SLICE_AGE}; {default}.",
     )
 
 
@@ -94,7 +99,9 @@ class DeploymentUpdateSerializer(serializers.Serializer):
     schedule = serializers.CharField(required=False)
     timezone = serializers.CharField(required=False)
     status = serializers.ChoiceField(choices=Deployment.Status.values, required=False)
-    max_slice_age_days = slice_age_field()
+    max_slice_age_days = slice_age_field(
+        "null: the package's params.max_slice_age_days again", allow_null=True
+    )
 
 
 class RunSerializer(serializers.ModelSerializer):

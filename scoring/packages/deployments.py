@@ -27,6 +27,9 @@ class DeployError(ValueError):
 
 
 MAX_SLICE_AGE_DAYS = 366
+# `update`'s max_slice_age_days when it is not to change: None (or "") clears the
+# deployment's own setting, so its runs take the package's again.
+UNCHANGED = object()
 
 
 def clean_settings(
@@ -166,9 +169,12 @@ def update(
     schedule=None,
     timezone=None,
     status=None,
-    max_slice_age_days=None,
+    max_slice_age_days=UNCHANGED,
 ) -> Deployment:
-    fields = clean_settings(email, schedule, timezone, max_slice_age_days)
+    fields = clean_settings(email, schedule, timezone)
+    if max_slice_age_days is not UNCHANGED:
+        cleared = max_slice_age_days in (None, "")
+        fields["max_slice_age_days"] = None if cleared else check_slice_age(max_slice_age_days)
     with transaction.atomic():
         deployment = Deployment.objects.select_for_update().get(id=deployment.id)
         if status is not None and status != deployment.status:
