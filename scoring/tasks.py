@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from scoring import enqueue
-from scoring.engine import batch, features, maintenance, parts, scores, validation, waiting
+from scoring.engine import batch, maintenance, parts, scores, sources, validation, waiting
 from scoring.engine.spark import session as spark_session
 from scoring.models import stale_validations
 from scoring.packages.storage import StorageError
@@ -86,5 +86,5 @@ def maintain_scores_table() -> None:
 def check_ground_truth() -> None:
     """Hourly (beat): the Gini, KS and calibration of runs whose outcomes matured."""
     ground_truth.check_matured(
-        timezone.now(), features.labels_from_settings(), scores.run_scores, matured.announce
+        timezone.now(), sources.labels(), scores.run_scores, matured.announce
     )

@@ -294,9 +294,10 @@ WORKER_SANDBOX_TIMEOUT = 8
 
 
 def start_worker(
-    env: dict, queue: str, log: Path, concurrency: int = 2
+    env: dict, queue: str, log: Path, concurrency: int = 2, include: tuple[str, ...] = ()
 ) -> services.subprocess.Popen:
-    """A real Celery worker process on `queue`, ready when this returns."""
+    """A real Celery worker process on `queue`, ready when this returns; `include`: modules
+    of tasks of the tests' own it imports too."""
     from portal.celery import app
 
     hostname = f"{queue}-{uuid.uuid4().hex[:4]}@localhost"
@@ -312,6 +313,7 @@ def start_worker(
         str(concurrency),
         "--without-gossip",
         "--without-mingle",
+        *(["--include", ",".join(include)] if include else []),
     )
     deadline = time.monotonic() + 60
     while not (app.control.inspect(destination=[hostname], timeout=1).ping() or {}):

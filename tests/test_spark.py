@@ -1,9 +1,11 @@
 """ENGINE=spark: batches scored by one Spark job each (local mode), through the real parts:
-tick, Redis, a Celery worker holding the Spark session, sandboxes on the executors, S3
-and the Delta table.
+tick, Redis, a Celery worker holding the Spark session, a Hive metastore, sandboxes on the
+executors, S3 and the Delta table.
 
 One Spark worker serves the whole module, on a queue of its own: its session (one JVM)
-starts at the first batch and is kept, as in production."""
+starts at the first batch and is kept, as in production. It reads the features from a
+catalog table of its Hive metastore (embedded Derby, in the module's temporary folder) and
+the labels from a path."""
 
 import contextlib
 import json
@@ -15,21 +17,28 @@ import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
+from django.utils import timezone
 
 from portal import health
+from scoring.engine import features as feature_sources
+from scoring.engine import scores
+from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.quality import ground_truth
+from scoring.reports import matured
 from scoring.runs import dispatch
 from scoring.sandbox.client import Sandbox
 from scoring.sandbox.limits import Limits
-from tests.factories import packages
+from tests import spark_tables
+from tests.factories import features, packages
+from tests.factories.runs import make_models
 from tests.flows import (
     deploy,
-    deploy_needing,
     failure_emails,
     make_due,
     notifications_sent,
-    slice_without,
     start_worker,
     stop_worker,
     table_rows,
@@ -50,6 +59,7 @@ pytestmark = [
 # nothing in local mode unless told).
 SPARK_MASTER = "local[2,4]"
 WORKER_SECRET = "worker-secret-that-packages-must-not-see"  # conftest's worker_env
+FEATURES_TABLE = "features.daily"  # FEATURES_URI of the Spark worker
 # Validates on 200 rows; on a whole slice (500) tries `attempts` and raises what happened.
 SNOOP = """
 def model(frame):
@@ -61,7 +71,23 @@ def model(frame):
 
 
 @pytest.fixture(scope="module")
-def spark_worker(worker_env, celery_app_configured, state_dir):
+def spark_catalog(tmp_path_factory) -> Path:
+    """The Spark worker's Hive metastore (embedded Derby) and warehouse."""
+    return tmp_path_factory.mktemp("spark-catalog")
+
+
+@pytest.fixture(scope="module")
+def spark_labels(tmp_path_factory) -> Path:
+    """LABELS_URI of the Spark worker: a path Spark reads, hive-partitioned by dt."""
+    return tmp_path_factory.mktemp("spark-labels")
+
+
+@pytest.fixture(scope="module")
+def spark_worker(
+    worker_env, celery_app_configured, state_dir, feature_table, spark_catalog, spark_labels
+):
+    """The module's Spark worker (the suite's one JVM), reading FEATURES_TABLE: a table of
+    its Hive metastore that it made of the feature table's two slices with saveAsTable."""
     app, default_queue = celery_app_configured
     queue = f"spark-{uuid.uuid4().hex[:8]}"
     env = {
@@ -69,10 +95,19 @@ def spark_worker(worker_env, celery_app_configured, state_dir):
         "ENGINE": "spark",
         "SPARK_MASTER": SPARK_MASTER,
         "SPARK_CONF_PARTITIONS": "spark.sql.shuffle.partitions=2",
+        "SPARK_CONF_CATALOG": "spark.sql.catalogImplementation=hive",
+        "SPARK_CONF_WAREHOUSE": f"spark.sql.warehouse.dir={spark_catalog / 'warehouse'}",
+        "SPARK_CONF_METASTORE": "spark.hadoop.javax.jdo.option.ConnectionURL="
+        f"jdbc:derby:;databaseName={spark_catalog / 'metastore_db'};create=true",
+        "SPARK_CONF_DERBY": f"spark.driver.extraJavaOptions=-Dderby.system.home={spark_catalog}",
+        "FEATURES_URI": FEATURES_TABLE,
+        "LABELS_URI": str(spark_labels),
         # A batch of three models is two shards: two jobs, one after the other.
         "SHARD_MODELS": "2",
     }
-    process = start_worker(env, queue, spark_log(state_dir), concurrency=1)
+    process = start_worker(
+        env, queue, spark_log(state_dir), concurrency=1, include=("tests.spark_tables",)
+    )
     # The worker starts its Spark session (a JVM) as it starts: tests begin once it is up.
     wait_until(
         lambda: "Spark session on" in spark_log(state_dir).read_text(),
@@ -80,9 +115,23 @@ def spark_worker(worker_env, celery_app_configured, state_dir):
         timeout=240,
     )
     app.conf.task_default_queue = queue
+    today = date.today()
+    append_slices(feature_table, [today - timedelta(days=1), today])
     yield process
     app.conf.task_default_queue = default_queue
     stop_worker(process)
+
+
+def append_slices(root: Path, days: list[date], files: int = 1) -> None:
+    """Another job adds these slices of `root` to the worker's feature table."""
+    from portal.celery import app
+
+    spark_tables.append_slices(app, FEATURES_TABLE, root, days, files)
+
+
+def table_folder(spark_catalog: Path, day: date) -> Path:
+    """Where the metastore keeps a slice of the feature table (a managed table's folder)."""
+    return spark_catalog / "warehouse" / "features.db" / "daily" / f"dt={day.isoformat()}"
 
 
 def spark_log(state_dir) -> Path:
@@ -95,43 +144,108 @@ def test_scores_equal_each_models_own_predictions(
     three_kinds_score_as_their_own_predict(owner, validated, feature_table, timeout=180)
 
 
+def validated_before_the_table_lost(owner, column: str, email: str) -> int:
+    """A model validated while the feature table still had `column`, which its owners
+    dropped since (a catalog table has one set of columns for all its slices)."""
+    [model] = make_models(owner, 1, prefix="bureau")
+    Deployment.objects.filter(id=model.id).update(email=email)
+    PackageVersion.objects.filter(deployment=model).update(
+        package={"features": ["age", column], "method": "predict_proba", "params": {}}
+    )
+    return model.id
+
+
 def test_a_model_missing_a_column_and_one_that_raises_fail_alone_and_their_owners_are_told(
-    spark_worker, owner, outsider, validated, feature_table, bucket, api, outsider_api, mailbox
+    spark_worker, owner, outsider, validated, bucket, api, outsider_api, mailbox, tmp_path
 ):
     day = date.today() + timedelta(days=20)
+    folder = tmp_path / f"dt={day.isoformat()}"
+    folder.mkdir()
+    features.feature_frame(600, seed=7).to_parquet(folder / "part-0.parquet")
     # Two files: two partitions, two tasks, whose files each run commits together (of
     # 300 rows each: the broken model raises past 250).
-    with slice_without(feature_table, day, "late_payments", rows=600, seed=7, files=2):
-        good = deploy(owner, packages.function_package(), "spend", validated)
-        broken = deploy(outsider, packages.broken_package(), "broken", validated)
-        needs_late = deploy_needing(owner, "late_payments", validated, email="risk@bank.example")
-        for client, deployment in ((api, good), (outsider_api, broken), (api, needs_late)):
-            response = client.post(
-                f"/api/v1/models/{deployment.id}/runs/", {"date": day.isoformat()}, format="json"
-            )
-            assert response.status_code == 202
-        finished = {
-            run.deployment_id: run
-            for run in wait_for_runs(
-                [good.id, broken.id, needs_late.id], ("succeeded", "retrying"), timeout=180
-            )
-        }
+    append_slices(tmp_path, [day], files=2)
+    good = deploy(owner, packages.function_package(), "spend", validated)
+    broken = deploy(outsider, packages.broken_package(), "broken", validated)
+    needs_bureau = validated_before_the_table_lost(owner, "bureau_score", "risk@bank.example")
+    for client, model in ((api, good.id), (outsider_api, broken.id), (api, needs_bureau)):
+        response = client.post(f"/api/v1/models/{model}/runs/", {"date": str(day)}, format="json")
+        assert response.status_code == 202
+
+    finished = {
+        run.deployment_id: run
+        for run in wait_for_runs(
+            [good.id, broken.id, needs_bureau], ("succeeded", "retrying"), timeout=180
+        )
+    }
 
     assert (finished[good.id].status, finished[good.id].rows) == ("succeeded", 600)
     committed = table_rows(good.id, day)
     assert committed.height == committed["entity_id"].n_unique() == 600
-    assert finished[needs_late.id].status == "retrying"
-    assert finished[needs_late.id].error == (
-        f"1 features are missing from slice {day}: late_payments"
+    assert finished[needs_bureau].status == "retrying"
+    assert finished[needs_bureau].error == (
+        f"1 features are missing from slice {day}: bureau_score"
     )
     assert finished[broken.id].status == "retrying"
     assert "RuntimeError: the model is broken while predicting" in finished[broken.id].error
-    assert table_rows(broken.id, day).height == table_rows(needs_late.id, day).height == 0
+    assert table_rows(broken.id, day).height == table_rows(needs_bureau, day).height == 0
     notifications_sent()
     told = {message["To"]: message for message in failure_emails(mailbox())}
     assert set(told) == {"risk@bank.example", outsider.email}
-    assert "late_payments" in told["risk@bank.example"].get_payload(0).get_payload()
+    assert "bureau_score" in told["risk@bank.example"].get_payload(0).get_payload()
     assert "the model is broken" in told[outsider.email].get_payload(0).get_payload()
+
+
+def test_a_run_scores_the_tables_latest_slice_on_or_before_its_date_as_it_is_now(
+    spark_worker, owner, validated, bucket, api, tmp_path, spark_catalog
+):
+    landed = date.today() + timedelta(days=30)
+    features.write_feature_slice(tmp_path, landed, rows=500)
+    append_slices(tmp_path, [landed])
+    model = deploy(owner, packages.function_package(), "weekly", validated)
+    api.patch(f"/api/v1/models/{model.id}/", {"max_slice_age_days": 3}, format="json")
+
+    api.post(f"/api/v1/models/{model.id}/runs/", {"date": str(landed + timedelta(days=2))})
+    [first] = wait_for_runs([model.id], timeout=180)
+    assert (first.status, first.slice_date, first.rows) == ("succeeded", landed, 500), first.error
+
+    # Another job rewrites the slice in place, after this session read it: the next run
+    # reads it as it is now (a session that kept its listing would read deleted files).
+    folder = table_folder(spark_catalog, landed)
+    for path in folder.glob("*.parquet"):
+        path.unlink()
+    features.feature_frame(123, seed=5).to_parquet(folder / "rewritten.parquet", index=False)
+    later = landed + timedelta(days=1)
+    api.post(f"/api/v1/models/{model.id}/runs/", {"date": str(later)})
+    runs = {run.date: run for run in wait_for_runs([model.id], timeout=180)}
+    assert (runs[later].status, runs[later].slice_date, runs[later].rows) == (
+        "succeeded",
+        landed,
+        123,
+    ), runs[later].error
+
+
+def test_a_run_waiting_for_the_tables_slice_starts_when_a_spark_workers_tick_finds_it(
+    spark_worker, owner, validated, bucket, api, tmp_path
+):
+    from portal.celery import app
+
+    day = date.today() + timedelta(days=40)
+    model = deploy(owner, packages.function_package(), "spend", validated)
+    api.post(f"/api/v1/models/{model.id}/runs/", {"date": str(day)}, format="json")
+    wait_until(
+        lambda: model.runs.filter(status=ScoringRun.Status.WAITING).exists(),
+        "the run waits for its slice",
+        timeout=120,
+    )
+    assert model.runs.get().awaited_slice == day
+
+    features.write_feature_slice(tmp_path, day, rows=321)
+    append_slices(tmp_path, [day])
+    app.send_task("scoring.tasks.tick")  # beat's, taken by the Spark worker
+
+    [run] = wait_for_runs([model.id], timeout=180)
+    assert (run.status, run.slice_date, run.rows) == ("succeeded", day, 321), run.error
 
 
 def test_a_retried_run_and_a_new_version_replace_the_partition_whole(
@@ -237,3 +351,80 @@ def test_a_package_cannot_read_the_workers_secrets_on_the_executor(
     ]
     assert executors["protections"]["files"]["active"]
     assert executors["protections"]["environment"]["active"]
+
+
+# --- the ground truth read through Spark ---------------------------------------------
+
+LAG = 7
+
+
+def write_labels(root: Path, day: date, labels: pd.DataFrame) -> None:
+    folder = root / f"dt={day.isoformat()}"
+    folder.mkdir(parents=True)
+    labels.to_parquet(folder / "part-0.parquet", index=False)
+
+
+def measured(run_ids: list[int]) -> dict[int, tuple[dict, str]]:
+    """Each run's performance and status, but the moment it was measured."""
+    return {
+        run.id: ({**run.performance, "checked_at": None}, run.performance_status)
+        for run in ScoringRun.objects.filter(id__in=run_ids)
+    }
+
+
+def test_the_labels_read_through_spark_give_the_figures_of_the_parquet_reader(
+    spark_worker, owner, validated, bucket, api, tmp_path, spark_labels, settings
+):
+    from portal.celery import app
+
+    day = date.today() - timedelta(days=2 * LAG)  # its outcomes were known a week ago
+    features.write_feature_slice(tmp_path, day, rows=2000)
+    append_slices(tmp_path, [day])
+    churn_params = {"target": "churned", "label_lag_days": LAG}
+    churn = deploy(
+        owner,
+        packages.sklearn_package(params=churn_params, meta={"gini_oot": 0.3}),
+        "churn",
+        validated,
+    )
+    credit_params = {"target": "defaulted", "label_lag_days": LAG}
+    credit = deploy(owner, packages.function_package(params=credit_params), "credit", validated)
+    for model in (churn, credit):
+        api.post(f"/api/v1/models/{model.id}/runs/", {"date": str(day)}, format="json")
+    runs = {run.deployment_id: run.id for run in wait_for_runs([churn.id, credit.id], timeout=180)}
+    scored = pd.read_parquet(tmp_path / f"dt={day.isoformat()}")
+    # Three in four customers' outcomes are known; the day before's labels have a target
+    # more, which Spark's read of the whole folder must not lend to this day's.
+    labels = pd.DataFrame(
+        {"entity_id": scored["entity_id"], "churned": features.churn_labels(scored)}
+    )
+    write_labels(spark_labels, day, labels.iloc[:1500])
+    write_labels(spark_labels, day - timedelta(days=1), labels.assign(defaulted=0))
+
+    # The Celery engine's reader of the same folder, in this process.
+    settings.LABELS_URI = str(spark_labels)
+    ground_truth.check_matured(
+        timezone.now(), feature_sources.labels_from_settings(), scores.run_scores, matured.announce
+    )
+    by_parquet = measured(list(runs.values()))
+    ScoringRun.objects.filter(id__in=runs.values()).update(performance=None, performance_status="")
+    # The Spark worker's hourly pass (ENGINE=spark): Spark reads the labels.
+    app.send_task("scoring.tasks.check_ground_truth")
+    wait_until(
+        lambda: (
+            not ScoringRun.objects.filter(id__in=runs.values(), performance__isnull=True).exists()
+        ),
+        "the Spark worker measured the runs",
+        timeout=120,
+    )
+    by_spark = measured(list(runs.values()))
+
+    assert by_spark == by_parquet
+    churned, status = by_spark[runs[churn.id]]
+    assert (churned["scored"], churned["labels"], churned["joined"]) == (2000, 1500, 1500)
+    assert churned["gini"] > 0.2 and status in ("ok", "warning", "alert")
+    defaulted, _ = by_spark[runs[credit.id]]
+    assert defaulted["error"] == (
+        f"the labels table has no column 'defaulted' (the package's params.target) for {day}: "
+        "its Gini cannot be measured"
+    )

@@ -397,10 +397,9 @@ def source_from_settings():
 
 
 def labels_from_settings():
-    """The configured ground truth (LABELS_URI), or None when it is blank: the same kinds of
-    table as the features, one slice per date the outcomes refer to. Another engine may hand
-    the ground-truth checks any object with the same `slices`, `missing` and `batches`
-    (a Spark table, say)."""
+    """The configured ground truth (LABELS_URI) as the worker reads it, or None when it is
+    blank: the same kinds of table as the features, one slice per date the outcomes refer
+    to. With ENGINE=spark, Spark reads it (scoring.engine.sources.labels)."""
     from django.conf import settings
 
     return source_for(settings.LABELS_URI, settings.LABELS_ID_COLUMN, settings.LABELS_DATE_COLUMN)

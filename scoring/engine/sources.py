@@ -1,6 +1,5 @@
-"""The feature source the configured engine reads: with ENGINE=spark, the table as Spark
-knows it (scoring.engine.spark.source); else the worker's own reader of FEATURES_URI
-(scoring.engine.features)."""
+"""The tables the configured engine reads: with ENGINE=spark, as Spark knows them
+(scoring.engine.spark.source); else the worker's own readers (scoring.engine.features)."""
 
 from django.conf import settings
 
@@ -8,13 +7,24 @@ from scoring.engine import features
 
 
 def configured():
-    """The configured feature source, or None when FEATURES_URI is blank."""
+    """The feature source (FEATURES_URI), or None when it is blank."""
     if settings.ENGINE == "spark" and settings.FEATURES_URI:
-        from scoring.engine.spark.source import SparkSource
-
-        return SparkSource(
-            settings.FEATURES_URI,
-            id_column=settings.FEATURES_ID_COLUMN,
-            date_column=settings.FEATURES_DATE_COLUMN,
+        return spark_source(
+            settings.FEATURES_URI, settings.FEATURES_ID_COLUMN, settings.FEATURES_DATE_COLUMN
         )
     return features.source_from_settings()
+
+
+def labels():
+    """The ground truth (LABELS_URI), or None when it is blank."""
+    if settings.ENGINE == "spark" and settings.LABELS_URI:
+        return spark_source(
+            settings.LABELS_URI, settings.LABELS_ID_COLUMN, settings.LABELS_DATE_COLUMN
+        )
+    return features.labels_from_settings()
+
+
+def spark_source(name: str, id_column: str, date_column: str):
+    from scoring.engine.spark.source import SparkSource  # pyspark: only where ENGINE=spark
+
+    return SparkSource(name, id_column=id_column, date_column=date_column)

@@ -66,7 +66,11 @@ def hold_stale(source, day: date, runs: list[ScoringRun]) -> tuple[date | None, 
 
 def recheck(now: datetime) -> list[int]:
     """Look again at the waiting runs (one lookup per date they wait for): queue those
-    whose slice is there, in one batch; fail those past their deadline. The ids queued."""
+    whose slice is there, in one batch; fail those past their deadline. The ids queued.
+
+    The lookups ask the engine's own reader, so a slice counts as landed when the batch
+    will find it: with ENGINE=spark, the Spark session of the worker running the tick
+    (each Spark worker process holds one), which reads only metadata for it."""
     waiting = list(
         ScoringRun.objects.filter(status=ScoringRun.Status.WAITING).select_related(
             "deployment", "version"

@@ -18,8 +18,9 @@ RECHECK_DAYS after it matured. Its status: a warning when the upper end of its G
 interval is below `gini_warn` (default: the package's meta.gini_oot), an alert below
 `gini_alert` (default: 0.1 below that) — a drop larger than the interval allows.
 
-The labels and the scores come from the engine (the source's `slices`, `missing` and
-`batches`; the scores table's reader), so another engine may supply either.
+The labels and the scores come from the engine (the source's `slices`, `columns` and
+`batches`: Parquet, PostgreSQL, or with ENGINE=spark a table Spark reads; the scores table's
+reader), so another engine may supply either.
 """
 
 import logging
@@ -80,11 +81,11 @@ def check_matured(now: datetime, labels, read_scores: ScoreReader, announce: Ann
     runs = candidates(now.date())
     if not runs:
         return 0
-    landed = set(labels.slices())
+    landed = PassLabels(labels)
     measured, told = 0, []
     for run in runs:
         try:
-            result = measure(run, labels, landed, read_scores, now)
+            result = measure(run, landed, read_scores, now)
         except Exception:
             log.exception(
                 "the ground-truth check of run %s failed; the next pass tries again", run.id
@@ -105,17 +106,45 @@ def check_matured(now: datetime, labels, read_scores: ScoreReader, announce: Ann
     return measured
 
 
+class PassLabels:
+    """The labels as one pass sees them: the dates landed, listed once, and each date's
+    columns and each (date, target)'s outcomes read once for all the runs of that date (a
+    Spark read is a job). Runs come in date order, so one date's are kept at a time."""
+
+    def __init__(self, source):
+        self.source = source
+        self.dates = set(source.slices())
+        self.day: date | None = None
+        self.columns: set[str] = set()
+        self.outcomes: dict[str, pd.DataFrame] = {}
+
+    def on(self, day: date) -> None:
+        if day != self.day:
+            self.columns = set(self.source.columns(day))
+            self.day, self.outcomes = day, {}
+
+    def missing(self, day: date, columns: list[str]) -> list[str]:
+        self.on(day)
+        return [name for name in columns if name not in self.columns]
+
+    def read(self, day: date, target: str) -> pd.DataFrame:
+        self.on(day)
+        if target not in self.outcomes:
+            self.outcomes[target] = read_labels(self.source, day, target)
+        return self.outcomes[target]
+
+
 def measure(
-    run: ScoringRun, labels, landed: set[date], read_scores: ScoreReader, now: datetime
+    run: ScoringRun, labels: PassLabels, read_scores: ScoreReader, now: datetime
 ) -> dict | None:
     """The run's performance on the labels there are now; None when they are the same
     as last time (nothing to recompute)."""
     package = run.version.package
     target = package["params"]["target"]
     head = {"target": target, "matured_on": str(matured_on(run)), "checked_at": now.isoformat()}
-    if run.date not in landed:
+    if run.date not in labels.dates:
         return unchanged_or(run, {**head, "error": f"no labels for {run.date} have landed yet"})
-    missing = labels.missing(run.date, [labels.id_column, target])
+    missing = labels.missing(run.date, [labels.source.id_column, target])
     if missing:
         return unchanged_or(
             run,
@@ -125,7 +154,7 @@ def measure(
                 f"(the package's params.target) for {run.date}: its Gini cannot be measured",
             },
         )
-    outcomes = read_labels(labels, run.date, target)
+    outcomes = labels.read(run.date, target)
     previous = run.performance or {}
     if "error" not in previous and previous.get("labels") == len(outcomes):
         return None
