@@ -72,14 +72,14 @@ SLICE_AGE = "How old a feature slice a run accepts, in days (0: its own date's s
 
 
 def slice_age_field(
-    default: str = "by default the package's params.max_slice_age_days", allow_null=False
+    unset: str = "by default the package's params.max_slice_age_days", allow_null=False
 ) -> serializers.IntegerField:
     return serializers.IntegerField(
         required=False,
         allow_null=allow_null,
         min_value=0,
         max_value=366,
-        help_text=f"{SLICE_AGE}; {default}.",
+        help_text=f"{SLICE_AGE}; {unset}.",
     )
 
 

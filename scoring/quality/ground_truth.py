@@ -81,11 +81,11 @@ def check_matured(now: datetime, labels, read_scores: ScoreReader, announce: Ann
     runs = candidates(now.date())
     if not runs:
         return 0
-    landed = PassLabels(labels)
+    seen = PassLabels(labels)
     measured, told = 0, []
     for run in runs:
         try:
-            result = measure(run, landed, read_scores, now)
+            result = measure(run, seen, read_scores, now)
         except Exception:
             log.exception(
                 "the ground-truth check of run %s failed; the next pass tries again", run.id
