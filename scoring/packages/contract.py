@@ -1,6 +1,8 @@
 """The model package format (format 1): parsing, checks, defaults, and a notebook helper.
 
-A package is a dict serialized with dill. This module never unpickles anything
+A package is a dict serialized with dill. Its optional `requirements` pin libraries
+("scikit-learn==1.5.2") it runs with, in an environment of its own
+(scoring.sandbox.environments); `check_requirements` says what is accepted. This module never unpickles anything
 itself: `parse_package` takes the dict after the sandbox has loaded it. It has
 no Django import, so the sandbox child can use it.
 
