@@ -9,6 +9,7 @@ import importlib.metadata
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -216,7 +217,7 @@ def scores_in(environment: Environment, package: Path, frame_path: Path) -> list
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("bucket", "default_quotas")
 def test_a_package_pinning_another_scikit_learn_validates_and_scores_with_that_version(
-    worker, api, validated, made_with_old_libraries, pinned_environment, feature_table
+    worker, api, alice, validated, made_with_old_libraries, pinned_environment, feature_table
 ):
     pinned = made_with_old_libraries / "sklearn-pinned.dill"
     built = (pinned_environment.path / environments.READY).read_text()
@@ -254,6 +255,11 @@ def test_a_package_pinning_another_scikit_learn_validates_and_scores_with_that_v
         [expected[entity] for entity in committed["entity_id"].to_list()],
         rtol=1e-9,
     )
+    page = alice.get(f"/models/{version.deployment_id}/").content.decode()
+    assert re.search(
+        r"made with [^<]*scikit-learn 1\.5\.2 · its environment runs [^<]*1\.5\.2", page
+    )
+    assert '<dd id="requirements">scikit-learn==1.5.2' in page
     # Warm: the session's environment was used as built, not built again.
     store = environments.Store(pinned_environment.path.parent)
     assert (pinned_environment.path / environments.READY).read_text() == built

@@ -107,7 +107,10 @@ class ChunkScoring:
         """The environment a group's sandbox starts from (None: the worker's own). Raises
         SandboxError when it cannot be had; an engine that builds none refuses pins."""
         if requirements:
-            raise SandboxError("this engine scores no package that pins libraries")
+            raise SandboxError(
+                f"the package pins {', '.join(requirements)}: packages with requirements score "
+                "on the Celery engine (ENGINE=celery), whose workers build their environments"
+            )
         return None
 
     def score_chunk(self, groups: list[Group], path: Path, index: int, resident: bool) -> dict:
