@@ -76,6 +76,15 @@ def sandbox_protections() -> dict[str, dict]:
     return reports
 
 
+def sandbox_environments() -> dict[str, dict]:
+    """Each live worker's environments of pinned libraries: {worker: {"environments": [...],
+    "error"}} (scoring.engine.environments). They live on each worker's disk."""
+    from portal.celery import app
+
+    replies = app.control.broadcast("sandbox_environments", reply=True, timeout=1.0) or []
+    return {worker: report for reply in replies for worker, report in reply.items()}
+
+
 def check_all() -> dict:
     checks = {"database": database, "broker": broker, "storage": s3, "workers": workers}
     report = {name: timed(check) for name, check in checks.items()}

@@ -272,6 +272,20 @@ SMOKE_SAMPLE_ROWS = env_int("SMOKE_SAMPLE_ROWS", 200)
 # Live sandboxes per worker process at most, whatever the number of models: one sandbox
 # serves several models of one owner. By default one a core (fewer below a GiB a core).
 SANDBOX_POOL = env_int("SANDBOX_POOL", default_pool_size())
+# Packages that pin libraries (`requirements`) run in environments built once with uv, kept
+# here on each worker, from this index (uv's or pip's usual variable, else PyPI). Removed by a
+# daily beat task when unused this many days, or beyond the count or bytes (least used first).
+SANDBOX_ENVIRONMENTS_DIR = Path(
+    env_str("SANDBOX_ENVIRONMENTS_DIR", str(STATE_DIR / "environments"))
+)
+SANDBOX_INDEX_URL = env_str("UV_INDEX_URL", env_str("PIP_INDEX_URL", "https://pypi.org/simple"))
+SANDBOX_ENVIRONMENT_BUILD_SECONDS = env_int("SANDBOX_ENVIRONMENT_BUILD_SECONDS", 900)
+SANDBOX_ENVIRONMENTS_MAX_AGE_DAYS = env_float("SANDBOX_ENVIRONMENTS_MAX_AGE_DAYS", 30)
+SANDBOX_ENVIRONMENTS_MAX_COUNT = env_int("SANDBOX_ENVIRONMENTS_MAX_COUNT", 20)
+SANDBOX_ENVIRONMENTS_MAX_BYTES = env_int("SANDBOX_ENVIRONMENTS_MAX_BYTES", 10 * 1024**3)
+SANDBOX_ENVIRONMENTS_CLEANUP_SCHEDULE = env_crontab(
+    "SANDBOX_ENVIRONMENTS_CLEANUP_CRON", "30 3 * * *"
+)
 # The worker keeps local copies of packages (by sha256) up to this size.
 PACKAGE_CACHE_DIR = env_str("PACKAGE_CACHE_DIR", "")
 PACKAGE_CACHE_BYTES = env_int("PACKAGE_CACHE_BYTES", 2 * 1024**3)
@@ -311,8 +325,9 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "dropscore")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-# Beside the tasks, workers load the command the status page asks for their sandboxes' protections.
-CELERY_IMPORTS = ["scoring.engine.worker_probe"]
+# Beside the tasks, workers load the commands the status page asks for their sandboxes'
+# protections and their environments.
+CELERY_IMPORTS = ["scoring.engine.worker_probe", "scoring.engine.environments"]
 CELERY_TASK_IGNORE_RESULT = True
 # A task is acknowledged when done, so a killed worker's task is delivered again.
 CELERY_TASK_ACKS_LATE = True
@@ -341,6 +356,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "scoring.tasks.maintain_scores_table",
         "schedule": SCORES_MAINTENANCE_SCHEDULE,
         "options": {"expires": 3600},  # a late one waits for the next day
+    },
+    "remove-unused-environments": {
+        "task": "scoring.tasks.remove_unused_environments",
+        "schedule": SANDBOX_ENVIRONMENTS_CLEANUP_SCHEDULE,
+        "options": {"expires": 3600},
     },
 }
 

@@ -100,6 +100,28 @@ def host_entry(report: dict) -> dict:
     }
 
 
+def environments_report() -> dict:
+    """The environments of pinned libraries on the workers' disks; workers sharing a folder
+    (one host) report the same ones, listed once with every worker that reported them."""
+    try:
+        reports = health.sandbox_environments()
+    except Exception as exc:  # Redis is down: the broker check says so too
+        return {"detail": f"unknown: {type(exc).__name__}: {exc}", "environments": []}
+    found: dict[tuple, dict] = {}
+    for worker, report in sorted(reports.items()):
+        for environment in report.get("environments", []):
+            key = (environment["key"], environment["built_at"])
+            entry = found.setdefault(key, {**environment, "workers": []})
+            entry["workers"].append(worker)
+            entry["last_used"] = max(entry["last_used"], environment["last_used"])
+    rows = sorted(found.values(), key=lambda row: row["last_used"], reverse=True)
+    for row in rows:
+        row["last_used"] = datetime.fromisoformat(row["last_used"])
+        row["built_at"] = datetime.fromisoformat(row["built_at"])
+    errors = [f"{worker}: {r['error']}" for worker, r in sorted(reports.items()) if r.get("error")]
+    return {"detail": "; ".join(errors), "environments": rows}
+
+
 def failure_entry(run) -> dict:
     return {
         "run": run.id,
@@ -193,6 +215,7 @@ def status_report(request: HttpRequest) -> tuple[dict, dict]:
         remote = {name: pool.submit(health.timed, check) for name, check in REMOTE_CHECKS.items()}
         tick = pool.submit(tick_report, now)
         sandbox = pool.submit(sandbox_report)
+        environments = pool.submit(environments_report)
         services = {"database": health.timed(health.database)}
         runs = runs_for(user)
         counts = dashboard.run_counts(runs, now)
@@ -203,6 +226,7 @@ def status_report(request: HttpRequest) -> tuple[dict, dict]:
         tick = tick.result()
         # The workers report them: beside the workers' check, not a service of its own.
         services["workers"]["sandbox"] = sandbox.result()
+        services["workers"]["environments"] = environments.result()
     for name, check in services.items():
         check["name"] = SERVICE_NAMES[name]
     return {

@@ -14,7 +14,16 @@ from django.conf import settings
 from django.utils import timezone
 
 from scoring import enqueue
-from scoring.engine import batch, maintenance, parts, scores, sources, validation, waiting
+from scoring.engine import (
+    batch,
+    environments,
+    maintenance,
+    parts,
+    scores,
+    sources,
+    validation,
+    waiting,
+)
 from scoring.engine.spark import session as spark_session
 from scoring.models import stale_validations
 from scoring.packages.storage import StorageError
@@ -80,6 +89,15 @@ def tick() -> None:
 def maintain_scores_table() -> None:
     """Daily (beat, SCORES_MAINTENANCE_CRON): compaction, vacuum, checkpoint, log clean-up."""
     maintenance.maintain()
+
+
+@shared_task
+def remove_unused_environments() -> None:
+    """Daily (beat, SANDBOX_ENVIRONMENTS_CLEANUP_CRON): environments of pinned libraries
+    unused for long, or beyond the limits, go; never one a zygote runs from."""
+    removed = environments.remove_unused()
+    if removed:
+        log.info("removed %d unused sandbox environments: %s", len(removed), ", ".join(removed))
 
 
 @shared_task

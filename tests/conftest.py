@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from deploy import services  # noqa: E402
 from scoring.models import Deployment  # noqa: E402
-from tests.factories import cast, features, packages  # noqa: E402
+from scoring.sandbox.environments import Environment, Store  # noqa: E402
+from tests.factories import cast, features, made_elsewhere, packages  # noqa: E402
 from tests.factories.web import SECRET_NAME, upload  # noqa: E402
 from tests.faults import Broker, Gate, closed_port, publishing_to, stop_group  # noqa: E402
 from tests.flows import WORKER_SANDBOX_TIMEOUT, database_url, start_worker, stop_worker  # noqa: E402
@@ -143,7 +144,16 @@ def worker_env(django_db_setup, s3_server, celery_app_configured, feature_table,
         "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
         "EMAIL_FILE_PATH": str(state_dir / "mail"),
         "SECRET_KEY": "worker-secret-that-packages-must-not-see",
+        "SANDBOX_ENVIRONMENTS_DIR": str(state_dir / "environments"),
     }
+
+
+@pytest.fixture(scope="session")
+def pinned_environment(state_dir) -> Environment:
+    """The environment of scikit-learn==1.5.2 (the worker runs another), built once a
+    session where the session's worker keeps its environments, from the real index. uv's
+    downloads are cached there too (Store), so the build is a few seconds."""
+    return Store(state_dir / "environments").ready([made_elsewhere.OLD_SKLEARN])
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,26 @@ module builds from the package index once a session (tests/factories/made_elsewh
 
 import importlib.metadata
 import io
+import json
 import os
+import re
 import subprocess
 import sys
+import time
+from datetime import date
 from pathlib import Path
 
 import dill
+import numpy as np
 import pytest
 
+from scoring import tasks
 from scoring.models import PackageVersion
 from scoring.packages import contract, environment
+from scoring.runs import dispatch
+from scoring.sandbox import environments
+from scoring.sandbox.environments import Environment
+from tests import flows
 from tests.factories import features, made_elsewhere, packages
 from tests.factories.web import upload
 
@@ -181,3 +191,145 @@ def test_a_plain_dill_dump_shows_the_libraries_it_uses_and_that_versions_are_not
         in page
     )
     assert "does not record the versions it was made with" in page
+
+
+# --- packages that pin libraries: an environment of their own ------------------------
+
+
+def scores_in(environment: Environment, package: Path, frame_path: Path) -> list[float]:
+    """The package's own predict_proba on a slice, run by the environment's interpreter."""
+    script = (
+        "import json, sys, dill, pandas\n"
+        "package = dill.load(open(sys.argv[1], 'rb'))\n"
+        "frame = pandas.read_parquet(sys.argv[2])[package['features']]\n"
+        "print(json.dumps(package['model'].predict_proba(frame)[:, 1].tolist()))\n"
+    )
+    done = subprocess.run(
+        [environment.python, "-I", "-c", script, str(package), str(frame_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(done.stdout)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("bucket", "default_quotas")
+def test_a_package_pinning_another_scikit_learn_validates_and_scores_with_that_version(
+    worker, api, alice, validated, made_with_old_libraries, pinned_environment, feature_table
+):
+    pinned = made_with_old_libraries / "sklearn-pinned.dill"
+    built = (pinned_environment.path / environments.READY).read_text()
+    used_before = environments.last_used(pinned_environment)
+
+    version, latest = validate_file(api, pinned, validated)
+    flows.make_due(version.deployment)
+    batch = dispatch.tick()
+    [run] = flows.wait_for_runs([version.deployment_id])
+
+    assert version.state == "valid", version.message
+    assert latest["package"]["requirements"] == [made_elsewhere.OLD_SKLEARN]
+    # What the sandbox found it runs: the environment's scikit-learn, not the worker's.
+    [sklearn] = [
+        lib for lib in latest["package"]["environment"]["libraries"] if lib["module"] == "sklearn"
+    ]
+    assert sklearn == {
+        "module": "sklearn",
+        "name": "scikit-learn",
+        "made": "1.5.2",
+        "runs": "1.5.2",
+    }
+    assert version_of("scikit-learn") != "1.5.2"
+    assert batch is not None and (run.status, run.rows) == ("succeeded", 500), run.error
+    today = date.today()
+    slice_path = feature_table / f"dt={today.isoformat()}" / "part-0.parquet"
+    frame = flows.slice_frame(feature_table, today)
+    expected = dict(
+        zip(frame["entity_id"], scores_in(pinned_environment, pinned, slice_path), strict=True)
+    )
+    committed = flows.table_rows(version.deployment_id, today)
+    assert len(committed) == 500
+    np.testing.assert_allclose(
+        committed["score"].to_numpy(),
+        [expected[entity] for entity in committed["entity_id"].to_list()],
+        rtol=1e-9,
+    )
+    page = alice.get(f"/models/{version.deployment_id}/").content.decode()
+    assert re.search(
+        r"made with [^<]*scikit-learn 1\.5\.2 · its environment runs [^<]*1\.5\.2", page
+    )
+    assert '<dd id="requirements">scikit-learn==1.5.2' in page
+    # Warm: the session's environment was used as built, not built again.
+    store = environments.Store(pinned_environment.path.parent)
+    assert (pinned_environment.path / environments.READY).read_text() == built
+    assert [e.path for e in store.environments()] == [pinned_environment.path]
+    assert environments.last_used(pinned_environment) > used_before
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("bucket", "default_quotas")
+@pytest.mark.parametrize(
+    "requirements, message",
+    [
+        (
+            ["scikit-learn>=1.5"],
+            "'requirements': 'scikit-learn>=1.5' is not pinned: name exactly one version, as in "
+            "'scikit-learn==1.2.3' (no ranges, wildcards, URLs or markers)",
+        ),
+        (
+            "scikit-learn==1.5.2",
+            "'requirements' must be a list of pinned requirements such as "
+            "['scikit-learn==1.5.2'], got str",
+        ),
+    ],
+)
+def test_requirements_that_are_not_pins_make_the_version_invalid(
+    worker, alice, validated, requirements, message
+):
+    package = packages.sklearn_package() | {"requirements": requirements}
+
+    response = upload(alice, packages.dumps(package), name="pins")
+    version = validated(PackageVersion.objects.get(deployment_id=response.json()["deployment"]))
+
+    assert (version.state, version.message) == ("invalid", message)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("bucket", "default_quotas")
+def test_a_version_the_index_does_not_have_makes_the_version_invalid_with_uvs_message(
+    worker, alice, validated
+):
+    package = packages.sklearn_package() | {"requirements": ["scikit-learn==0.0.99"]}
+
+    response = upload(alice, packages.dumps(package), name="no-such-version")
+    version = validated(PackageVersion.objects.get(deployment_id=response.json()["deployment"]))
+
+    assert version.state == "invalid"
+    assert version.message.startswith(
+        "the environment of its requirements (scikit-learn==0.0.99) could not be built: "
+    )
+    # uv's own words: which version it could not find.
+    assert "there is no version of scikit-learn==0.0.99" in version.message
+
+
+@pytest.mark.django_db
+def test_the_clean_up_removes_environments_unused_for_long_but_never_one_in_use(tmp_path, settings):
+    settings.SANDBOX_ENVIRONMENTS_DIR = tmp_path
+    store = environments.Store(tmp_path)
+    old, held, recent = (store.ready([f"idna=={v}"]) for v in ("3.4", "3.6", "3.7"))
+    long_ago = time.time() - 40 * 86400
+    for unused in (old, held):
+        os.utime(unused.path / environments.LAST_USED, (long_ago, long_ago))
+    holding = held.hold()  # as a zygote running from it does
+    try:
+        tasks.remove_unused_environments()
+    finally:
+        os.close(holding)
+
+    assert not old.path.exists()
+    assert held.complete() and recent.complete()
+    assert sorted(row["requirements"][0] for row in store.listing()) == ["idna==3.6", "idna==3.7"]
+    # Freed, the old one goes at the next clean-up; the one in use meanwhile is kept.
+    tasks.remove_unused_environments()
+    assert not held.path.exists() and recent.complete()

@@ -8,16 +8,19 @@ in production; a package reports what it could see in the message of its failed 
 import io
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import pytest
 from django.conf import settings
+from django.template.defaultfilters import filesizeformat
 
 from portal import health
 from scoring.models import PackageVersion
 from scoring.packages import deployments
 from scoring.sandbox.client import Sandbox
+from scoring.sandbox.environments import last_used, size_of
 from scoring.sandbox.limits import Limits
 from tests.factories import packages
 from tests.factories.packages import CELL
@@ -175,3 +178,27 @@ def test_the_status_page_says_when_no_worker_reported(client, owner, monkeypatch
         "hosts": [],
     }
     assert "No worker reported its sandboxes' protections: no worker answered." in page
+
+
+def test_the_status_page_lists_the_workers_environments_with_pins_size_and_last_use(
+    client, owner, worker, pinned_environment, celery_app_configured
+):
+    _, queue = celery_app_configured
+    client.force_login(owner)
+    pinned_environment.touch()  # a sandbox started from it just now
+
+    body = client.get("/status.json").json()
+    page = client.get("/status/").content.decode()
+
+    listed = body["services"]["workers"]["environments"]["environments"]
+    [entry] = [e for e in listed if e["key"] == pinned_environment.path.name]
+    assert entry["requirements"] == ["scikit-learn==1.5.2"]
+    assert entry["installed"] == ["scikit-learn==1.5.2"]  # the rest is the worker's
+    assert entry["bytes"] == size_of(pinned_environment.path) > 10 * 1024**2
+    assert entry["last_used"].startswith(
+        datetime.fromtimestamp(last_used(pinned_environment), UTC).strftime("%Y-%m-%dT%H:%M")
+    )
+    assert any(name.startswith(f"{queue}-") for name in entry["workers"])
+    row = re.search(rf'<tr data-environment="{entry["key"]}">.*?</tr>', page, re.S)
+    assert row and "<td>scikit-learn==1.5.2</td>" in row.group(0)
+    assert f"<td>{filesizeformat(entry['bytes'])}</td>" in row.group(0)

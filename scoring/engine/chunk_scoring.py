@@ -29,6 +29,7 @@ import pyarrow as pa
 from scoring.engine import scores
 from scoring.quality import profiles, samples
 from scoring.sandbox.client import Sandbox
+from scoring.sandbox.environments import Environment
 from scoring.sandbox.limits import Limits, SandboxError
 
 WATCH_SECONDS = 0.2  # how often busy sandboxes are checked for time and memory
@@ -70,10 +71,12 @@ class Job:
 
 
 class Group:
-    """A sandbox of the pool and the runs of one owner it serves."""
+    """A sandbox of the pool and the runs of one owner it serves, all pinning the same
+    libraries (`requirements`: the environment its sandbox starts from)."""
 
-    def __init__(self, scorers: list[Scorer]):
+    def __init__(self, scorers: list[Scorer], requirements: tuple[str, ...] = ()):
         self.scorers = scorers
+        self.requirements = requirements
         self.sandbox: Sandbox | None = None
         self.workdir: Path | None = None
         self.job: Job | None = None
@@ -99,6 +102,16 @@ class ChunkScoring:
     def fail(self, run, error: str) -> None:
         """A run failed: the engine records it."""
         raise NotImplementedError
+
+    def environment(self, requirements: tuple[str, ...]) -> Environment | None:
+        """The environment a group's sandbox starts from (None: the worker's own). Raises
+        SandboxError when it cannot be had; an engine that builds none refuses pins."""
+        if requirements:
+            raise SandboxError(
+                f"the package pins {', '.join(requirements)}: packages with requirements score "
+                "on the Celery engine (ENGINE=celery), whose workers build their environments"
+            )
+        return None
 
     def score_chunk(self, groups: list[Group], path: Path, index: int, resident: bool) -> dict:
         """Every group's models score the chunk, at most `busy_limit` sandboxes at once;
@@ -172,7 +185,7 @@ class ChunkScoring:
             )
         # The CPU limit is the sandbox's, and a sandbox serves several models.
         limits = self.limits.scaled(len(group.alive()))
-        group.sandbox = Sandbox(group.workdir, limits)
+        group.sandbox = Sandbox(group.workdir, limits, self.environment(group.requirements))
         group.sandbox.start()
         self.live += 1
         self.peak = max(self.peak, self.live)

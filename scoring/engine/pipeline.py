@@ -21,7 +21,7 @@ import pyarrow as pa
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import features, package_cache, pool, scores
+from scoring.engine import environments, features, package_cache, pool, scores
 from scoring.engine.chunk_scoring import (
     ChunkScoring,
     Group,
@@ -36,6 +36,7 @@ from scoring.models import ScoringRun
 from scoring.quality import assessment, profiles, samples
 from scoring.runs import lifecycle
 from scoring.sandbox import scratch
+from scoring.sandbox.environments import Environment
 
 log = logging.getLogger(__name__)
 WRITING_THREADS = 4
@@ -68,6 +69,9 @@ class SlicePipeline(ChunkScoring):
     def fail(self, run: ScoringRun, error: str) -> None:
         lifecycle.fail(run, error, self.slice_date)
 
+    def environment(self, requirements: tuple[str, ...]) -> Environment | None:
+        return environments.prepare(list(requirements))
+
     def run(self, ready: list[ScoringRun]) -> list[Scorer]:
         """Score the rows with every run that can; the scorers that succeeded."""
         sample = samples.RowSample(settings.QUALITY_SAMPLE_ROWS)
@@ -91,8 +95,9 @@ class SlicePipeline(ChunkScoring):
             else:
                 scorer.package = copy
         alive = [s for s in scorers if not s.failed]
-        waves = pool.waves(alive, self.pool, owner=lambda s: s.run.deployment.owner_id)
-        groups = [Group(scorers) for wave in waves for scorers in wave]
+        # A sandbox serves one owner's models that pin the same libraries (one environment).
+        waves = pool.waves(alive, self.pool, owner=lambda s: (s.run.deployment.owner_id, pins(s)))
+        groups = [Group(scorers, pins(scorers[0])) for wave in waves for scorers in wave]
         if groups:
             self.score(groups, resident=len(waves) == 1)
         for scorer in scorers:
@@ -176,3 +181,8 @@ class SlicePipeline(ChunkScoring):
                 self.drop(scorer, f"writing the scores failed: {future.exception()}")
         if sampled is not None and sampled.exception() is not None:
             raise sampled.exception()
+
+
+def pins(scorer: Scorer) -> tuple[str, ...]:
+    """The libraries the run's package pins, as validation read them."""
+    return tuple(scorer.run.version.package.get("requirements") or ())

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from scoring.engine import features, sources
+from scoring.engine import environments, features, sources
 from scoring.engine.limits import sandbox_limits
 from scoring.models import Deployment, PackageVersion
 from scoring.packages import deployments, storage
@@ -49,7 +49,7 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
     package_path = workdir / "package.dill"
     with open(package_path, "wb") as file:
         storage.download(version.file.name, version.sha256, file)
-    with Sandbox(workdir, sandbox_limits()) as sandbox:
+    with package_sandbox(package_path, workdir) as sandbox:
         package = sandbox.load(package_path)
         check_site_rules(package)
         if package.get("reference_scores_count"):
@@ -79,6 +79,15 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
         rows = sandbox.score(sample_path, scores_path)
         measure_importance(sandbox, package, sample_path)
     return package, f"smoke test: scored {rows} rows of slice {slice_date}"
+
+
+def package_sandbox(package_path: Path, workdir: Path) -> Sandbox:
+    """The sandbox the package runs in: the worker's own, or one started from the environment
+    of the libraries it pins (built now if this worker has none yet). The pins are read in a
+    sandbox too, without running the package: it may not load anywhere but its environment."""
+    with Sandbox(workdir, sandbox_limits()) as reader:
+        requirements = reader.requirements(package_path)
+    return Sandbox(workdir, sandbox_limits(), environments.prepare(requirements))
 
 
 def measure_importance(sandbox: Sandbox, package: dict, sample_path: Path | None) -> None:

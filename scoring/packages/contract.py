@@ -1,6 +1,8 @@
 """The model package format (format 1): parsing, checks, defaults, and a notebook helper.
 
-A package is a dict serialized with dill. This module never unpickles anything
+A package is a dict serialized with dill. Its optional `requirements` pin libraries
+("scikit-learn==1.5.2") it runs with, in an environment of its own
+(scoring.sandbox.environments); `check_requirements` says what is accepted. This module never unpickles anything
 itself: `parse_package` takes the dict after the sandbox has loaded it. It has
 no Django import, so the sandbox child can use it.
 
@@ -19,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from scoring.packages import environment
 from scoring.packages.schedules import ScheduleError, check_schedule, check_timezone
@@ -36,6 +40,7 @@ KNOWN_KEYS = (
     "reference_scores",
     "format",
     "environment",
+    "requirements",
 )
 METHODS = ("predict_proba", "predict", "decision_function")
 CALL = "__call__"  # the method name recorded for a plain callable
@@ -70,6 +75,7 @@ PARAM_DEFAULTS: dict[str, Any] = {
 THRESHOLD_PAIRS = (("psi_warn", "psi_alert"), ("adversarial_warn", "adversarial_alert"))
 THRESHOLD_PAIRS_FLAT = tuple(key for pair in THRESHOLD_PAIRS for key in pair)
 MAX_NAME_LENGTH = 100
+MAX_REQUIREMENTS = 50
 MAX_FEATURES = 10_000
 # One address, no display name: anything with a line break or a comma is refused,
 # so a package can never smuggle extra mail headers or recipients.
@@ -105,6 +111,8 @@ class Package:
     environment: dict[str, Any] = field(default_factory=dict)
     # Set at validation: {"method", "features": [{"name", "share"}]} (scoring.sandbox.importance).
     importance: dict[str, Any] | None = None
+    # Pinned libraries it runs with, in an environment of its own ("scikit-learn==1.5.2").
+    requirements: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -358,7 +366,59 @@ def parse_package(obj: object) -> Package:
         format=version,
         extra_keys={k: short_repr(obj[k]) for k in extra_keys},
         warnings=warnings,
+        requirements=check_requirements(obj.get("requirements")),
     )
+
+
+def check_requirements(requirements: object) -> list[str]:
+    """The libraries a package pins, each `name==version`, normalized and sorted: the key of
+    the environment it runs in (scoring.sandbox.environments). Ranges are refused: the same
+    package must get the same libraries on every worker and every day."""
+    if requirements is None:
+        return []
+    example = "a list of pinned requirements such as ['scikit-learn==1.5.2']"
+    if isinstance(requirements, str | bytes | dict) or not isinstance(requirements, list | tuple):
+        raise ContractError(f"'requirements' must be {example}, got {type(requirements).__name__}")
+    if len(requirements) > MAX_REQUIREMENTS:
+        raise ContractError(
+            f"'requirements' has {len(requirements)} entries; at most {MAX_REQUIREMENTS}"
+        )
+    pins: dict[str, str] = {}
+    for item in requirements:
+        if not isinstance(item, str):
+            raise ContractError(
+                f"'requirements' must be {example}; {short_repr(item, 40)} is not text"
+            )
+        name, pin = check_pin(item)
+        if name in pins:
+            raise ContractError(f"'requirements' pins {name} twice: {pins[name]} and {pin}")
+        pins[name] = pin
+    return sorted(pins.values())
+
+
+def check_pin(item: str) -> tuple[str, str]:
+    """(canonical name, normalized pin) of one `name==version`; ContractError otherwise."""
+    try:
+        requirement = Requirement(item)
+    except InvalidRequirement as exc:
+        raise ContractError(
+            f"'requirements': {item!r} is not a valid requirement: {str(exc).splitlines()[0]}"
+        ) from None
+    name = canonicalize_name(requirement.name)
+    specifiers = list(requirement.specifier)
+    if (
+        requirement.url
+        or requirement.marker
+        or len(specifiers) != 1
+        or specifiers[0].operator != "=="
+        or "*" in specifiers[0].version
+    ):
+        raise ContractError(
+            f"'requirements': {item!r} is not pinned: name exactly one version, as in "
+            f"'{name}==1.2.3' (no ranges, wildcards, URLs or markers)"
+        )
+    extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+    return name, f"{name}{extras}=={specifiers[0].version}"
 
 
 def check_environment(package: Package, obj: dict, modules: set[str], heard: list) -> None:
@@ -370,6 +430,15 @@ def check_environment(package: Package, obj: dict, modules: set[str], heard: lis
         raise ContractError(str(exc)) from None
     package.warnings += found.pop("warnings")
     package.environment = found
+    unmet = environment.unmet_pins(package.requirements)
+    if unmet:
+        raise ContractError(
+            f"the package pins {', '.join(unmet)} but its sandbox runs "
+            + ", ".join(
+                f"{pin.split('==')[0]} {environment.installed_version(pin)}" for pin in unmet
+            )
+            + ": its pins could not be read before it was loaded, so its environment was not used"
+        )
 
 
 def closest_key(key: str) -> str | None:

@@ -14,6 +14,7 @@ the sandbox uses it.
 """
 
 import importlib.metadata
+import pickle
 import pickletools
 import re
 import sys
@@ -73,6 +74,68 @@ def referenced_modules(file: IO[bytes]) -> set[str]:
             modules.add(value[0])
         pushed = [pushed[-1], value]
     return {module.split(".")[0] for module in modules} - NOT_LIBRARIES - stdlib()
+
+
+class StandIn:
+    """What every global a pickle names becomes when it is read without running it: called,
+    built, filled or updated, it takes everything and does nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(StandIn)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return StandIn()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class InertUnpickler(pickle._Unpickler):
+    """Python's own unpickler (the C one insists on real classes) with every global a
+    stand-in: the package's plain values come back, none of its code runs or is imported."""
+
+    def find_class(self, module, name):
+        return StandIn()
+
+    def persistent_load(self, pid):
+        return StandIn()
+
+
+def declared_requirements(file: IO[bytes]) -> object:
+    """The package's `requirements` as written, read before any of it can run: its own
+    environment must exist before it is loaded. None when it has none, or is no dict."""
+    try:
+        package = InertUnpickler(file).load()
+    except Exception:  # a broken pickle: loading it says what is wrong
+        return None
+    finally:
+        file.seek(0)
+    return package.get("requirements") if isinstance(package, dict) else None
+
+
+def unmet_pins(pins: list[str]) -> list[str]:
+    """The pins ("name==version") this interpreter does not run at that version."""
+    return [pin for pin in pins if installed_version(pin) != pin.split("==", 1)[1]]
+
+
+def installed_version(pin: str) -> str | None:
+    """The version of the pin's library this interpreter runs (None: it has none)."""
+    try:
+        return importlib.metadata.version(re.split(r"[\[=]", pin, maxsplit=1)[0])
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def stdlib() -> frozenset[str]:

@@ -97,6 +97,10 @@ def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]
             with os.fdopen(files.pop("reference"), "wb") as sink:
                 write_scores(obj["reference_scores"], sink)
         return {"package": package.to_json()}
+    if command == "requirements":
+        with os.fdopen(files.pop("path"), "rb") as file:
+            declared = environment.declared_requirements(file)
+        return {"requirements": contract.check_requirements(declared)}
     if command == "importance":
         return {"importance": feature_importance(state, files.pop("input", None))}
     if command == "score":

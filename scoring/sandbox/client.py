@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from scoring.sandbox.environments import Environment
 from scoring.sandbox.limits import FILE_KEYS, REFERENCE_SCORES_FILE, Limits, SandboxError
 from scoring.sandbox.spawn import Child, fork_sandbox
 
@@ -40,11 +41,14 @@ MEMORY_CHECK_SECONDS = 0.2
 
 
 class Sandbox:
-    """One child process serving one package: load once, then score many inputs."""
+    """One child process serving one package: load once, then score many inputs.
 
-    def __init__(self, workdir: Path, limits: Limits):
+    A package that pins libraries gets a sandbox forked from its environment's zygote."""
+
+    def __init__(self, workdir: Path, limits: Limits, environment: Environment | None = None):
         self.workdir = Path(workdir)
         self.limits = limits
+        self.environment = environment
         self.process: Child | None = None
         self.stderr_path = self.workdir / "sandbox-stderr.log"
         self.stderr: Any = None
@@ -65,7 +69,11 @@ class Sandbox:
         self.stderr = open(self.stderr_path, "w+b")
         try:
             self.process = fork_sandbox(
-                self.workdir, self.limits.__dict__, reply_write, self.stderr.fileno()
+                self.workdir,
+                self.limits.__dict__,
+                reply_write,
+                self.stderr.fileno(),
+                self.environment,
             )
         except OSError as exc:
             os.close(reply_read)
@@ -96,6 +104,13 @@ class Sandbox:
         reference = str(self.workdir / REFERENCE_SCORES_FILE)
         message = {"cmd": "load", "path": str(package_path), "reference": reference}
         return self.request(message, "loading")["package"]
+
+    def requirements(self, package_path: Path) -> list[str]:
+        """The libraries the package pins, read without running any of it (so before its
+        own environment exists), checked: [] when it pins none."""
+        return self.request({"cmd": "requirements", "path": str(package_path)}, "reading")[
+            "requirements"
+        ]
 
     def send_load(self, key: int, package_path: Path) -> None:
         """Ask for one more package to be loaded, under `key`: a sandbox may serve several

@@ -153,7 +153,17 @@ def environment(parent_variables: list[str]) -> dict:
 def readable_paths() -> list[Path]:
     import scoring
 
-    paths = [*SYSTEM_PATHS, sys.base_prefix, sys.prefix, Path(scoring.__file__).parent]
+    # An environment of pinned libraries appends the worker's site-packages to its own
+    # (scoring.sandbox.environments): those are its libraries too. Only site-packages: other
+    # entries of sys.path may be the project's folder.
+    site_packages = [path for path in sys.path if Path(path).name == "site-packages"]
+    paths = [
+        *SYSTEM_PATHS,
+        sys.base_prefix,
+        sys.prefix,
+        *site_packages,
+        Path(scoring.__file__).parent,
+    ]
     return [Path(path) for path in dict.fromkeys(map(str, paths)) if os.path.exists(path)]
 
 

@@ -6,6 +6,10 @@ worker process starts one zygote (scoring.sandbox.zygote) that imports them once
 every sandbox is forked from it. The parent hands each child its request socket and pipes
 over a Unix socket (SCM_RIGHTS) and gets its pid back; the child belongs to the zygote,
 which writes its exit status to a pipe the parent reads (`Child`).
+
+A package that pins libraries runs in a zygote of its own, started from its environment's
+interpreter (scoring.sandbox.environments) the same way, so it gets the same protections;
+that zygote holds the environment in use while it lives.
 """
 
 import json
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from scoring.sandbox import scratch
 from scoring.sandbox.confinement import bare_environment
+from scoring.sandbox.environments import Environment
 
 
 class Child:
@@ -62,12 +67,15 @@ def readable(fd: int, timeout: float | None) -> bool:
 class Zygote:
     """The parent's handle on its zygote process."""
 
-    def __init__(self):
+    def __init__(self, environment: Environment | None = None):
+        # Held before the interpreter starts from it: a clean-up never removes it under us.
+        self.holding = environment.hold() if environment else None
+        python = str(environment.python) if environment else sys.executable
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.home = str(scratch.make("zygote"))
         env = {**bare_environment(self.home), "DROPSCORE_CONTROL_FD": str(theirs.fileno())}
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-c", "from scoring.sandbox.zygote import main; main()"],
+            [python, "-I", "-c", "from scoring.sandbox.zygote import main; main()"],
             stdin=subprocess.DEVNULL,
             cwd=self.home,
             env=env,
@@ -116,31 +124,53 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self.holding is not None:
+            os.close(self.holding)
 
 
-_zygote: Zygote | None = None
-_zygote_pid: int | None = None
+# This process's zygotes: the default one (None) and one per environment used.
+_zygotes: dict[Environment | None, Zygote] = {}
+_zygotes_pid: int | None = None
 _zygote_lock = threading.Lock()
 
 
-def zygote() -> Zygote:
-    """This process's zygote, started at first use or again if it died."""
-    global _zygote, _zygote_pid
+def zygote(environment: Environment | None = None) -> Zygote:
+    """This process's zygote for the environment, started at first use or again if it died."""
+    global _zygotes_pid
     with _zygote_lock:
-        # A forked process (a Celery pool process) must not share its parent's zygote.
-        if _zygote is None or _zygote_pid != os.getpid() or not _zygote.alive():
-            _zygote, _zygote_pid = Zygote(), os.getpid()
-        return _zygote
+        # A forked process (a Celery pool process) must not share its parent's zygotes.
+        if _zygotes_pid != os.getpid():
+            _zygotes.clear()
+            _zygotes_pid = os.getpid()
+        found = _zygotes.get(environment)
+        if found is None or not found.alive():
+            if found is not None:
+                found.close()
+            found = _zygotes[environment] = Zygote(environment)
+        return found
 
 
-def fork_sandbox(workdir: Path, limits: dict, reply_fd: int, stderr_fd: int) -> Child:
-    """A new sandbox process; requests go on the returned Child's socket, replies to reply_fd."""
+def fork_sandbox(
+    workdir: Path,
+    limits: dict,
+    reply_fd: int,
+    stderr_fd: int,
+    environment: Environment | None = None,
+) -> Child:
+    """A new sandbox process, forked from the environment's zygote (the worker's own for
+    None); requests go on the returned Child's socket, replies to reply_fd."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if environment is not None:
+        environment.touch()
     try:
         try:
-            pid, status_fd = zygote().spawn(workdir, limits, theirs.fileno(), reply_fd, stderr_fd)
+            pid, status_fd = zygote(environment).spawn(
+                workdir, limits, theirs.fileno(), reply_fd, stderr_fd
+            )
         except OSError:  # the zygote died since we looked: one fresh start
-            pid, status_fd = zygote().spawn(workdir, limits, theirs.fileno(), reply_fd, stderr_fd)
+            pid, status_fd = zygote(environment).spawn(
+                workdir, limits, theirs.fileno(), reply_fd, stderr_fd
+            )
     except BaseException:
         ours.close()
         raise

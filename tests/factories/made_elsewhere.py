@@ -9,15 +9,18 @@ It needs no pandas: the models are fitted on numpy arrays, as the features' orde
 import sys
 from pathlib import Path
 
+# The scikit-learn the throwaway environment installs, which sklearn-pinned.dill pins.
+OLD_SKLEARN = "scikit-learn==1.5.2"
 # What the throwaway environment installs: older than the portal's pins (pyproject.toml).
 OLD_LIBRARIES = (
-    "scikit-learn==1.5.2",
+    OLD_SKLEARN,
     "lightgbm==4.6.0",
     "xgboost-cpu==2.1.4; platform_machine == 'x86_64'",  # as pyproject.toml chooses
     "xgboost==2.1.4; platform_machine != 'x86_64'",
     "numpy==2.4.6",
     "dill==0.4.1",
     "cronsim==2.8",
+    "packaging==26.3",
 )
 FEATURES = ["age", "tenure_months", "monthly_spend"]
 
@@ -35,6 +38,7 @@ def training_data():
 def main(folder: Path) -> None:
     import dill
     import lightgbm
+    import sklearn
     import xgboost
     from sklearn.linear_model import LogisticRegression
 
@@ -45,6 +49,9 @@ def main(folder: Path) -> None:
     save_package(str(folder / "sklearn-saved.dill"), logistic, FEATURES)
     with open(folder / "sklearn-dumped.dill", "wb") as file:
         dill.dump({"model": logistic, "features": FEATURES}, file, recurse=True)
+    # Pins the version it was made with: it runs in an environment of its own.
+    pins = [f"scikit-learn=={sklearn.__version__}"]
+    save_package(str(folder / "sklearn-pinned.dill"), logistic, FEATURES, requirements=pins)
     params = {"objective": "binary", "num_threads": 1, "verbose": -1}
     booster = lightgbm.train(params, lightgbm.Dataset(X, y, feature_name=FEATURES), 10)
     save_package(str(folder / "lightgbm-saved.dill"), booster, FEATURES)

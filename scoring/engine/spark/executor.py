@@ -63,6 +63,7 @@ class RunRef:
     owner: int
     sha256: str
     baseline_edges: list | None = None
+    requirements: tuple[str, ...] = ()  # the libraries its package pins
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,11 @@ class PartitionScoring(ChunkScoring):
     def score(self, scorers: list[Scorer], batches, sample: samples.RowSample) -> None:
         for scorer in scorers:
             scorer.package = local_copy(self.plan.packages.value, scorer.run.sha256)
-        waves = pool.waves(scorers, self.plan.pool, owner=lambda s: s.run.owner)
-        groups = [Group(members) for wave in waves for members in wave]
+        # A sandbox serves one owner's models that pin the same libraries.
+        waves = pool.waves(
+            scorers, self.plan.pool, owner=lambda s: (s.run.owner, s.run.requirements)
+        )
+        groups = [Group(members, members[0].run.requirements) for wave in waves for members in wave]
         chunk_dir = self.stack.enter_context(scratch.folder("chunk", self.plan.chunk_dir))
         self.stack.callback(self.close_all, groups)
         chunks = self.clock.each("read", rechunk(batches, self.plan.chunk_rows))

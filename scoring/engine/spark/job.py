@@ -108,6 +108,7 @@ def task_runs(ready: list[ScoringRun], slice_date: date):
                 owner=run.deployment.owner_id,
                 sha256=run.version.sha256,
                 baseline_edges=edges[run.id],
+                requirements=tuple(run.version.package.get("requirements") or ()),
             )
         )
     return runs, packages
