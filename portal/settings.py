@@ -101,6 +101,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "axes",
+    "auditlog",
     "scoring",
     "portal",
 ]
@@ -112,6 +113,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who made each change, and from where, for the record of changes (portal/recording.py).
+    "portal.recording.RecordMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: it turns a login refused for too many failures into the lockout page.
@@ -224,6 +227,11 @@ S3_CONDITIONAL_PUT = env_bool("S3_CONDITIONAL_PUT", True)
 SCORES_RETENTION_HOURS = env_int("SCORES_RETENTION_HOURS", 168)
 if SCORES_RETENTION_HOURS < 0:
     raise ImproperlyConfigured("SCORES_RETENTION_HOURS must be 0 or more hours")
+# A deleted model's scores stay in the table this many days (its record stays for good);
+# then the daily maintenance removes its partitions in a Delta commit (README, "Deleting").
+DELETED_SCORES_RETENTION_DAYS = env_int("DELETED_SCORES_RETENTION_DAYS", 90)
+if DELETED_SCORES_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("DELETED_SCORES_RETENTION_DAYS must be 0 or more days")
 # When beat sends it: a 5-field cron in TIME_ZONE (minute hour day month weekday).
 SCORES_MAINTENANCE_SCHEDULE = env_crontab("SCORES_MAINTENANCE_CRON", "0 3 * * *")
 

@@ -19,6 +19,11 @@ urlpatterns = [
     path("models/status/", views.models_status, name="models-status"),
     path("models/upload/", views.upload, name="upload"),
     path("models/<int:deployment_id>/", views.model_page, name="model"),
+    path(
+        "models/<int:deployment_id>/versions/<int:number>/download/",
+        views.version_download,
+        name="version-download",
+    ),
     path("models/<int:deployment_id>/<str:action>/", views.model_action, name="model-action"),
     path("runs/<int:run_id>/scores.<str:kind>", views.run_scores, name="run-scores"),
     path("reports/<int:report_id>/", report_views.report_page, name="report"),

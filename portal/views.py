@@ -14,7 +14,8 @@ from django.views.decorators.http import require_GET, require_POST
 from rest_framework.authtoken.models import Token
 
 from portal import dashboard, listing
-from portal.downloads import stream_scores
+from portal.downloads import stream_package, stream_scores
+from scoring import record
 from scoring.models import Deployment, PackageVersion, Report, ScoringRun
 from scoring.packages import deployments, params, quotas, schedules
 from scoring.packages.deployments import DeployError
@@ -186,8 +187,29 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
             "parameters": params.effective(package_params),
             "slice_age_default": params.value(package_params, "max_slice_age_days"),
             "ground_truth": ground_truth_context(deployment, current_version),
+            **history_context(request, deployment),
         },
     )
+
+
+def history_context(request: HttpRequest, deployment: Deployment) -> dict:
+    """A page of the model's record of changes (`?history=N`), newest first."""
+    pager = listing.page_of(
+        record.history(deployment.id), request.GET.get("history", ""), {}, param="history"
+    )
+    return {"history": [record.describe(e) for e in pager["rows"]], "history_pager": pager}
+
+
+@login_required
+@require_GET
+def version_download(request: HttpRequest, deployment_id: int, number: int) -> HttpResponse:
+    """The version's package file, exactly as uploaded (its sha256 in the headers)."""
+    deployment = get_deployment_for_user(request, deployment_id)
+    version = get_object_or_404(deployment.versions, number=number)
+    try:
+        return stream_package(version)
+    except StorageError as exc:
+        return HttpResponse(str(exc), status=503, content_type="text/plain")
 
 
 def ground_truth_context(deployment: Deployment, version: PackageVersion | None) -> dict:

@@ -1,6 +1,8 @@
 from django.contrib import admin
+from django.template.loader import render_to_string
 
-from scoring.models import Deployment, PackageVersion, Quota
+from scoring import record
+from scoring.models import DeletedDeployment, Deployment, PackageVersion, Quota
 
 
 class VersionInline(admin.TabularInline):
@@ -23,3 +25,23 @@ class DeploymentAdmin(admin.ModelAdmin):
 class QuotaAdmin(admin.ModelAdmin):
     list_display = ["user", "active_models", "bytes"]
     search_fields = ["user__username"]
+
+
+@admin.register(DeletedDeployment)
+class DeletedDeploymentAdmin(admin.ModelAdmin):
+    """Deleted models, with their record of changes (it outlives them)."""
+
+    list_display = ["name", "deployment_id", "deleted_at", "scores_removed_at"]
+    search_fields = ["name", "owner__username"]
+    fields = ["name", "deployment_id", "owner", "deleted_at", "scores_removed_at", "history"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="History")
+    def history(self, tombstone: DeletedDeployment) -> str:
+        entries = record.history(tombstone.deployment_id)
+        return render_to_string(
+            "portal/_history.html", {"history": [record.describe(e) for e in entries]}
+        )

@@ -4,6 +4,8 @@ from django.db import models
 from django.utils.text import slugify
 from django.utils.timezone import now
 
+from scoring import record
+
 
 class Deployment(models.Model):
     """A model a user put on scheduled scoring; its packages are its versions."""
@@ -394,3 +396,34 @@ def stale_validations(older_than):
     return PackageVersion.objects.filter(
         state=PackageVersion.State.PENDING, validation_queued_at__lt=older_than
     )
+
+
+class DeletedDeployment(models.Model):
+    """What stays of a deleted deployment beside its record (django-auditlog's entries, which
+    name its id and who deleted it): when, and whether its scores' partitions, kept for
+    DELETED_SCORES_RETENTION_DAYS after the deletion, were removed from the table."""
+
+    deployment_id = models.BigIntegerField(
+        unique=True, help_text="Its id: the model_id of its partitions and of its record."
+    )
+    name = models.CharField(max_length=220, help_text="owner/name when it was deleted")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    deleted_at = models.DateTimeField(default=now)
+    scores_removed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-deleted_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (deleted)"
+
+
+# What the record of changes holds (scoring.record): a field left out never makes an entry.
+record.register(
+    Deployment,
+    ["name", "email", "schedule", "timezone", "status", "max_slice_age_days"],
+    deployment="id",
+)
+record.register(PackageVersion, ["number", "filename", "size", "sha256", "state", "message"])

@@ -19,6 +19,7 @@ from scoring.engine import (
     environments,
     maintenance,
     parts,
+    retention,
     scores,
     sources,
     validation,
@@ -87,7 +88,9 @@ def tick() -> None:
 
 @shared_task
 def maintain_scores_table() -> None:
-    """Daily (beat, SCORES_MAINTENANCE_CRON): compaction, vacuum, checkpoint, log clean-up."""
+    """Daily (beat, SCORES_MAINTENANCE_CRON): deleted models' scores past their retention
+    removed, then compaction, vacuum, checkpoint, log clean-up."""
+    retention.remove_expired()
     maintenance.maintain()
 
 

@@ -165,3 +165,21 @@ class RunRequestSerializer(serializers.Serializer):
         default=False,
         help_text="Score the latest slice on or before the date, however old, instead of waiting.",
     )
+
+
+class ChangeSerializer(serializers.Serializer):
+    field = serializers.CharField()
+    before = serializers.CharField(allow_null=True)
+    after = serializers.CharField(allow_null=True)
+
+
+class HistoryEntrySerializer(serializers.Serializer):
+    """One change of a model's record (portal.history.describe)."""
+
+    at = serializers.DateTimeField()
+    actor = serializers.CharField(help_text='The username, or "system" for a task\'s change.')
+    via = serializers.CharField(help_text="web, api, admin or system")
+    action = serializers.CharField(help_text="create, update or delete")
+    object = serializers.CharField(help_text='What changed: the model, or one version ("v2").')
+    changes = ChangeSerializer(many=True)
+    reason = serializers.CharField(allow_blank=True)

@@ -1,8 +1,10 @@
+from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,12 +14,14 @@ from portal.api.serializers import (
     DeploymentDetailSerializer,
     DeploymentSerializer,
     DeploymentUpdateSerializer,
+    HistoryEntrySerializer,
     RunRequestSerializer,
     RunSerializer,
     UploadSerializer,
 )
-from portal.downloads import stream_scores
+from portal.downloads import stream_package, stream_scores
 from portal.views import deployments_for, runs_for
+from scoring import record
 from scoring.models import Deployment, ScoringRun
 from scoring.packages import deployments
 from scoring.packages.deployments import DeployError
@@ -97,6 +101,33 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             deployment, form.validated_data.get("date"), form.validated_data["allow_older_slice"]
         )
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=HistoryEntrySerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def history(self, request, pk=None):
+        """The model's record of changes, newest first, a page (`?page=N`) at a time."""
+        deployment = self.get_object()
+        pages = HistoryPagination()
+        page = pages.paginate_queryset(record.history(deployment.id), request, view=self)
+        rows = [record.describe(entry) for entry in page]
+        return pages.get_paginated_response(HistoryEntrySerializer(rows, many=True).data)
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"versions/(?P<number>[0-9]+)/download",
+        url_name="version-download",
+    )
+    def download(self, request, pk=None, number=None):
+        """The version's package file, exactly as uploaded; its sha256 in the headers
+        X-Package-SHA256 (hex) and Repr-Digest."""
+        version = get_object_or_404(self.get_object().versions, number=int(number))
+        return stream_package(version)
+
+
+class HistoryPagination(PageNumberPagination):
+    page_size = 50
 
 
 class RunViewSet(viewsets.GenericViewSet):

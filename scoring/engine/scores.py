@@ -203,40 +203,65 @@ def partition_predicate(day: date, model_ids: list[int]) -> str:
 
 def commit(day: date, model_ids: list[int], files: list[dict]) -> None:
     """Replace the (day, model) partitions of these runs with their written files, in one
-    Delta transaction: each run's partition is replaced whole, or nothing changes.
+    Delta transaction: each run's partition is replaced whole, or nothing changes."""
+    adds = [AddAction(**{k: v for k, v in f.items() if k != "id_type"}) for f in files]
+    added = {f["path"] for f in files}
+
+    def actions(table: DeltaTable) -> list:
+        removes = replaced_files(table, day, model_ids)
+        return [*adds, *(r for r in removes if r.path not in added)]  # committed already: kept
+
+    transact(actions, schema(pa.type_for_alias(files[0]["id_type"])))
+
+
+def remove_models(model_ids: list[int]) -> int:
+    """Remove every partition of these models (deleted ones) in one Delta transaction; how
+    many files it removed. Only the log changes: a reader's snapshot keeps its files until
+    vacuum deletes them, SCORES_RETENTION_HOURS later."""
+    removed: list[RemoveAction] = []
+
+    def actions(table: DeltaTable) -> list:
+        removed[:] = replaced_files(table, None, model_ids)
+        return removed
+
+    transact(actions)
+    return len(removed)
+
+
+def transact(actions_of, table_schema: pa.Schema | None = None) -> None:
+    """Commit the actions `actions_of(table)` finds on the table as it is now (a table not
+    made yet is made with `table_schema`, or left alone without one).
 
     delta-rs takes a commit that read the table before another one removed files as a
-    conflict, even when the two replace disjoint partitions (two shards of a batch):
-    such a commit is tried again on the table as it is then, a few times.
+    conflict, even when the two touch disjoint partitions (two shards of a batch): such a
+    commit is tried again on the table as it is then, a few times.
 
     The table is opened afresh each time: a commit must see every file its partitions
     hold, and delta-rs 1.6.6 brings a table up to date (and itself after a commit) by
     replaying the log from the last checkpoint, as long as opening it."""
-    adds = [AddAction(**{k: v for k, v in f.items() if k != "id_type"}) for f in files]
-    added = {f["path"] for f in files}
-    table_schema = schema(pa.type_for_alias(files[0]["id_type"]))
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             with commit_lock():
-                table = open_table() or create_table(table_schema)
-                removes = [
-                    remove
-                    for remove in replaced_files(table, day, model_ids)
-                    if remove.path not in added  # committed already: kept, not doubled
-                ]
-                table.create_write_transaction(
-                    [*adds, *removes], mode="append", schema=table_schema, partition_by=PARTITIONS
-                )
+                table = open_table() or (table_schema and create_table(table_schema))
+                actions = actions_of(table) if table else []
+                if actions:
+                    table.create_write_transaction(
+                        actions,
+                        mode="append",
+                        schema=table_schema or table.schema(),
+                        partition_by=PARTITIONS,
+                    )
             return
         except CommitFailedError as exc:
             if attempt == COMMIT_ATTEMPTS - 1:
                 raise
-            log.warning("commit of %s runs for %s conflicted, again: %s", len(files), day, exc)
+            log.warning("a commit to the scores table conflicted, again: %s", exc)
             time.sleep(COMMIT_BACKOFF_SECONDS * 2**attempt * (1 + random.random()))
 
 
-def replaced_files(table: DeltaTable, day: date, model_ids: list[int]) -> list[RemoveAction]:
-    """The files the (day, model) partitions hold now, to remove in the commit.
+def replaced_files(table: DeltaTable, day: date | None, model_ids: list[int]) -> list[RemoveAction]:
+    """The files the (day, model) partitions hold now (every day's with no day), to remove
+    in a commit.
 
     Found with Arrow over the table's file list: delta-rs' own partition filter (an
     overwrite's) tests each of a year's 365,000 files against each of 1,000 model ids, 3 s."""
@@ -244,12 +269,10 @@ def replaced_files(table: DeltaTable, day: date, model_ids: list[int]) -> list[R
         ["path", "size_bytes", "partition.dt", "partition.model_id"]
     )
     ids = pa.array([int(model_id) for model_id in model_ids], files["partition.model_id"].type)
-    held = files.filter(
-        pc.and_(
-            pc.equal(files["partition.dt"], day.isoformat()),
-            pc.is_in(files["partition.model_id"], value_set=ids),
-        )
-    )
+    held = pc.is_in(files["partition.model_id"], value_set=ids)
+    if day is not None:
+        held = pc.and_(pc.equal(files["partition.dt"], day.isoformat()), held)
+    held = files.filter(held)
     now = int(time.time() * 1000)
     return [
         RemoveAction(
@@ -257,11 +280,12 @@ def replaced_files(table: DeltaTable, day: date, model_ids: list[int]) -> list[R
             data_change=True,
             deletion_timestamp=now,  # vacuum keeps the file SCORES_RETENTION_HOURS from now
             size=size,
-            partition_values={"dt": day.isoformat(), "model_id": str(model_id)},
+            partition_values={"dt": dt, "model_id": str(model_id)},
         )
-        for path, size, model_id in zip(
+        for path, size, dt, model_id in zip(
             held["path"].to_pylist(),
             held["size_bytes"].to_pylist(),
+            held["partition.dt"].to_pylist(),
             held["partition.model_id"].to_pylist(),
             strict=True,
         )

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from scoring import record
 from scoring.engine import environments, features, sources
 from scoring.engine.limits import sandbox_limits
 from scoring.models import Deployment, PackageVersion
@@ -122,10 +123,19 @@ def finish(version: PackageVersion, state: str, message: str, package: dict) -> 
         ).update(state=state, message=message, package=package, validated_at=timezone.now())
         if not updated:
             return
+        record.log_update(version, validation_changes(version, state, message))
         deployment = Deployment.objects.select_for_update().get(id=version.deployment_id)
         if state == PackageVersion.State.VALID:
             apply_package_defaults(version, deployment, package)
         keep_schedule(deployment)
+
+
+def validation_changes(version: PackageVersion, state: str, message: str) -> dict:
+    """The pending version's state and message before, and what validation found."""
+    changes = {"state": (version.state, state)}
+    if message != version.message:
+        changes["message"] = (version.message, message)
+    return changes
 
 
 def apply_package_defaults(version: PackageVersion, deployment: Deployment, package: dict) -> None:

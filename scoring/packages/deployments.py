@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils.timezone import now
 
 from scoring import enqueue
-from scoring.models import Deployment, PackageVersion, Quota
+from scoring.models import DeletedDeployment, Deployment, PackageVersion, Quota
 from scoring.packages import quotas, schedules, storage
 from scoring.packages.contract import ContractError, check_email, check_name
 from scoring.packages.schedules import ScheduleError, check_interval, check_schedule, check_timezone
@@ -217,7 +217,16 @@ def can_score(deployment: Deployment) -> bool:
 
 
 def delete(deployment: Deployment) -> None:
-    """Remove the packages from storage first: if S3 fails, the deployment stays whole."""
+    """Remove the packages from storage first: if S3 fails, the deployment stays whole.
+
+    Its rows go; its record of changes stays (the entries name it by id, django-auditlog
+    keeps them), and so do its scores' partitions for DELETED_SCORES_RETENTION_DAYS: the
+    tombstone left here tells the daily maintenance when to remove them
+    (scoring.engine.retention)."""
     keys = list(deployment.versions.values_list("file", flat=True))
     storage.delete_objects(keys)
-    deployment.delete()
+    with transaction.atomic():
+        DeletedDeployment.objects.create(
+            deployment_id=deployment.id, name=str(deployment), owner=deployment.owner
+        )
+        deployment.delete()

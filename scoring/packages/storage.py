@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import BinaryIO
 
@@ -324,6 +325,27 @@ def download(key: str, sha256: str, destination: BinaryIO) -> None:
             f"{key} does not match its sha256: the stored object was changed or damaged"
         )
     destination.flush()
+
+
+def read_blocks(key: str, sha256: str) -> Iterator[bytes]:
+    """A package's bytes as they come from S3, for a download: the object is opened at once
+    (a missing one or S3 down is a StorageError before any byte), and a stream that does not
+    end with `sha256` stops with one instead of ending (the client sees a cut download)."""
+    try:
+        package = packages().open(key)
+    except (*S3_ERRORS, FileNotFoundError) as exc:
+        raise StorageError(f"could not read {key} from storage: {exc}") from exc
+
+    def blocks() -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        with package:
+            while block := package.read(READ_BLOCK):
+                digest.update(block)
+                yield block
+        if digest.hexdigest() != sha256:
+            raise StorageError(f"{key} does not match its sha256: the stored object was changed")
+
+    return blocks()
 
 
 def delete_objects(keys: list[str]) -> None:

@@ -1,0 +1,21 @@
+"""API tokens made and revoked, in the record of changes: by the token page, the admin or
+any other way (signals of DRF's Token model)."""
+
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+from rest_framework.authtoken.models import Token
+
+from scoring import record
+
+FIELD = "API token"
+
+
+@receiver(post_save, sender=Token)
+def token_made(sender, instance: Token, created: bool, **_) -> None:
+    if created:
+        record.log_about(instance.user, {FIELD: ("none", "made")})
+
+
+@receiver(post_delete, sender=Token)
+def token_revoked(sender, instance: Token, **_) -> None:
+    record.log_about(instance.user, {FIELD: ("made", "revoked")})
