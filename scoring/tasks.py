@@ -9,8 +9,9 @@ from datetime import timedelta
 
 import redis
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import task_prerun, worker_process_init
 from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
 
 from scoring import enqueue
@@ -47,6 +48,13 @@ def start_sandbox_zygote(**_) -> None:
     spawn.zygote()
     if settings.ENGINE == "spark":
         spark_session.get()
+
+
+@task_prerun.connect
+def forget_content_types(**_) -> None:
+    """The record of changes names each model by its content type, whose ids a process
+    caches: a database restored (or a test's flushed) under a running worker renumbers them."""
+    ContentType.objects.clear_cache()
 
 
 @shared_task(autoretry_for=(StorageError,), retry_backoff=5, max_retries=10)

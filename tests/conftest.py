@@ -93,6 +93,16 @@ def bucket(s3_server, celery_app_configured):
     return keys
 
 
+@pytest.fixture
+def table(s3_server, settings):
+    """A scores table of the test's own: a bucket no other test commits to."""
+    from scoring.packages import storage
+
+    settings.SCORES_BUCKET = f"test-scores-{uuid.uuid4().hex[:8]}"
+    storage.client().create_bucket(Bucket=settings.SCORES_BUCKET)
+    return settings.SCORES_BUCKET
+
+
 @pytest.fixture(scope="session")
 def redis_url(state_dir):
     if services.redis_reachable(settings.REDIS_URL):

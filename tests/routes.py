@@ -108,6 +108,9 @@ OWNED_IDS: dict[str, Callable] = {
     "report-chart": lambda o: [{"report_id": o.report, "run_id": o.run}],
     "api-model-detail": lambda o: [{"pk": o.deployment}],
     "api-model-runs": lambda o: [{"pk": o.deployment}],
+    "api-model-history": lambda o: [{"pk": o.deployment}],
+    "api-model-version-download": lambda o: [{"pk": o.deployment, "number": 1}],
+    "version-download": lambda o: [{"deployment_id": o.deployment, "number": 1}],
     "api-run-detail": lambda o: [{"pk": o.run}],
     "api-run-scores": lambda o: [{"pk": o.run}],
 }

@@ -4,7 +4,6 @@ partition whole."""
 
 import io
 import threading
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -38,14 +37,6 @@ class Run:
     date: date
     attempts: int = 1
     version: Version = Version(1)
-
-
-@pytest.fixture
-def table(s3_server, settings):
-    """A scores table of this test's own: a bucket no other test commits to."""
-    settings.SCORES_BUCKET = f"test-scores-{uuid.uuid4().hex[:8]}"
-    storage.client().create_bucket(Bucket=settings.SCORES_BUCKET)
-    return settings.SCORES_BUCKET
 
 
 def written(run_id: int, model_id: int, day: date = DAY, rows: int = 50, parts: int = 1):
