@@ -3,6 +3,7 @@ from django.template.loader import render_to_string
 
 from scoring import record
 from scoring.models import DeletedDeployment, Deployment, PackageVersion, Quota
+from scoring.packages import deployments
 
 
 class VersionInline(admin.TabularInline):
@@ -19,6 +20,14 @@ class DeploymentAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     search_fields = ["name", "owner__username"]
     inlines = [VersionInline]
+
+    # Deleted as the portal deletes: packages removed from S3, a tombstone for the scores.
+    def delete_model(self, request, deployment: Deployment) -> None:
+        deployments.delete(deployment)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for deployment in queryset:
+            deployments.delete(deployment)
 
 
 @admin.register(Quota)

@@ -20,7 +20,6 @@ from scoring.engine import (
     environments,
     maintenance,
     parts,
-    retention,
     scores,
     sources,
     validation,
@@ -97,8 +96,7 @@ def tick() -> None:
 @shared_task
 def maintain_scores_table() -> None:
     """Daily (beat, SCORES_MAINTENANCE_CRON): deleted models' scores past their retention
-    removed, then compaction, vacuum, checkpoint, log clean-up."""
-    retention.remove_expired()
+    removed, compaction, vacuum, checkpoint, log clean-up."""
     maintenance.maintain()
 
 

@@ -173,3 +173,20 @@ def test_a_change_by_a_user_deleted_since_still_names_them(bucket, deployment, a
     paused = record.history(deployment.id).filter(action=LogEntry.Action.UPDATE).first()
     assert paused.actor is None
     assert record.describe(paused)["actor"] == "alice@bank.example"
+
+
+def test_a_model_deleted_in_the_admin_goes_as_in_the_portal_and_is_recorded(bucket, api, superuser):
+    model = upload_by_api(api)
+
+    root = session(superuser)
+    response = root.post(f"/admin/scoring/deployment/{model['id']}/delete/", {"post": "yes"})
+
+    assert response.status_code == 302
+    assert bucket() == []  # its package left S3
+    assert DeletedDeployment.objects.filter(deployment_id=model["id"]).exists()
+    entry = record.history(model["id"]).first()
+    assert (entry.actor, entry.action, entry.additional_data["via"]) == (
+        superuser,
+        LogEntry.Action.DELETE,
+        "admin",
+    )

@@ -2,10 +2,12 @@
 by a Delta commit while readers read every other partition whole (and a reader's older
 snapshot still reads the removed ones until vacuum)."""
 
+import io
 from datetime import timedelta
 
 import polars as pl
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from scoring.engine import retention, scores
@@ -69,13 +71,13 @@ def test_a_shorter_retention_applies_to_models_deleted_before(table, settings):
     assert {model for _, model in partitions()} == {2, 3}
 
 
-def test_the_daily_maintenance_task_removes_expired_scores(table, settings):
-    from scoring import tasks
-
+def test_the_daily_maintenance_removes_expired_scores_first_and_says_so(table, settings):
     settings.DELETED_SCORES_RETENTION_DAYS = 0
     scored_three_models_for_two_days()
     deleted(3, days_ago=0.01)
+    out = io.StringIO()
 
-    tasks.maintain_scores_table()
+    call_command("maintain_scores", stdout=out)  # what beat's maintain_scores_table runs
 
     assert {model for _, model in partitions()} == {1, 2}
+    assert out.getvalue().endswith("removed the scores of 1 models deleted more than 0 days ago\n")

@@ -1,6 +1,8 @@
 """Keeping the scores table healthy as runs accumulate (a beat task, daily by default).
 
 A fleet adds 365,000 (dt, model_id) partitions a year, and each commit a log entry:
+- retention: the partitions of models deleted more than DELETED_SCORES_RETENTION_DAYS ago
+  are removed (scoring.engine.retention), first, so compaction never rewrites them;
 - compaction: a run scored in parts leaves a file per part in its partition; partitions
   of days before today with more than one file are rewritten as one (delta-rs' optimize,
   a commit of its own that changes no data, one per day);
@@ -32,7 +34,7 @@ from deltalake.exceptions import CommitFailedError
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import scores
+from scoring.engine import retention, scores
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class Report:
     files_vacuumed: int = 0
     bytes_vacuumed: int = 0
     checkpoint_version: int | None = None
+    deleted_models_removed: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -57,12 +60,15 @@ class Report:
             + (f", skipped {', '.join(self.days_skipped)}" if self.days_skipped else "")
             + f"; vacuumed {self.files_vacuumed} files ({self.bytes_vacuumed:,} B) older than "
             f"{settings.SCORES_RETENTION_HOURS} h; checkpoint at version {self.checkpoint_version}"
+            f"; removed the scores of {len(self.deleted_models_removed)} models deleted more "
+            f"than {settings.DELETED_SCORES_RETENTION_DAYS} days ago"
         )
 
 
 def maintain(today: date | None = None) -> Report:
-    """Compact, vacuum, checkpoint and clean up the log; a table not made yet is left."""
-    report = Report()
+    """Remove deleted models' expired scores, compact, vacuum, checkpoint and clean up the
+    log; a table not made yet is left."""
+    report = Report(deleted_models_removed=retention.remove_expired())
     table = scores.open_table()
     if table is None:
         return report

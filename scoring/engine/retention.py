@@ -1,5 +1,6 @@
 """The scores of deleted models: kept DELETED_SCORES_RETENTION_DAYS after the deletion (a
-model deleted by mistake, an audit), then removed from the table by a Delta commit.
+model deleted by mistake, an audit), then removed from the table by a Delta commit, the
+first step of the daily maintenance (scoring.engine.maintenance).
 
 The commit only changes the log (scores.remove_models): readers holding an older snapshot
 still read those files until vacuum deletes them, SCORES_RETENTION_HOURS later, and every

@@ -7,7 +7,8 @@ from scoring.engine import maintenance
 
 class Command(BaseCommand):
     help = (
-        "Compact the scores table's small files, vacuum the files no version references "
+        "Remove the partitions of models deleted more than DELETED_SCORES_RETENTION_DAYS "
+        "ago, compact the scores table's small files, vacuum the files no version references "
         "older than SCORES_RETENTION_HOURS, write a checkpoint and clean up expired log "
         "entries: what beat's maintain_scores_table does every day."
     )
