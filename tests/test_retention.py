@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from scoring.engine import retention, scores
 from scoring.models import DeletedDeployment
-from tests.test_scores_table import DAY, commit_runs, entities, partitions, table_objects
+from tests.factories.scores_table import DAY, commit_runs, entities, partitions, table_objects
 
 pytestmark = pytest.mark.django_db(transaction=True)
 NEXT_DAY = DAY + timedelta(days=1)
