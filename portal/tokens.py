@@ -1,6 +1,7 @@
 """API tokens made and revoked, in the record of changes: by the token page, the admin or
 any other way (signals of DRF's Token model)."""
 
+from auditlog.models import LogEntry
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from rest_framework.authtoken.models import Token
@@ -8,6 +9,13 @@ from rest_framework.authtoken.models import Token
 from scoring import record
 
 FIELD = "API token"
+SHOWN = 10
+
+
+def token_history(user) -> list[dict]:
+    """The user's latest tokens made and revoked, newest first, as the record tells them."""
+    entries = LogEntry.objects.get_for_object(user).filter(changes__has_key=FIELD)
+    return [record.describe(entry) for entry in entries.select_related("actor")[:SHOWN]]
 
 
 @receiver(post_save, sender=Token)

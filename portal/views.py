@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework.authtoken.models import Token
 
-from portal import dashboard, listing
+from portal import dashboard, listing, tokens
 from portal.downloads import stream_package, stream_scores
 from scoring import record
 from scoring.models import Deployment, PackageVersion, Report, ScoringRun
@@ -322,7 +322,11 @@ def token_page(request: HttpRequest) -> HttpResponse:
         messages.success(request, "A new token was made; the old one no longer works.")
         return redirect("token")
     token = Token.objects.filter(user=request.user).first()
-    return render(request, "portal/token.html", {"token": token})
+    return render(
+        request,
+        "portal/token.html",
+        {"token": token, "history": tokens.token_history(request.user)},
+    )
 
 
 @login_required

@@ -98,6 +98,10 @@ def test_a_token_made_and_revoked_is_recorded_and_its_key_never_is(owner):
     ]
     assert not LogEntry.objects.filter(object_pk=key).exists()
     assert key not in str(list(LogEntry.objects.values()))
+    shown = alice.get("/token/").content.decode()
+    rows = shown[shown.index('id="token-history"') :].split("<tr>")[1:]
+    assert ["revoked" in rows[0], "made" in rows[1]] == [True, True]  # newest first
+    assert all("by alice via web" in row for row in rows)
 
 
 def test_a_reason_goes_with_the_changes_made_under_it(bucket, api, owner):
