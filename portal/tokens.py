@@ -21,9 +21,9 @@ def token_history(user) -> list[dict]:
 @receiver(post_save, sender=Token)
 def token_made(sender, instance: Token, created: bool, **_) -> None:
     if created:
-        record.log_about(instance.user, {FIELD: ("none", "made")})
+        record.log_update(instance.user, {FIELD: ("none", "made")})
 
 
 @receiver(post_delete, sender=Token)
 def token_revoked(sender, instance: Token, **_) -> None:
-    record.log_about(instance.user, {FIELD: ("made", "revoked")})
+    record.log_update(instance.user, {FIELD: ("made", "revoked")})

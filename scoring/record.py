@@ -68,23 +68,16 @@ def register(model: type[models.Model], fields: list[str], deployment: str = "de
 
 
 def log_update(instance: models.Model, changes: dict[str, tuple]) -> LogEntry:
-    """Record `changes` (field -> (before, after)) of a row written by `QuerySet.update`."""
+    """Record `changes` (field -> (before, after)) that sent no signal: a row written by
+    `QuerySet.update`, or something that is not a row of its own, as a change of `instance`
+    (a user's API token, of its user: the key is the token's primary key, so a token is
+    never an entry's object)."""
+    data = getattr(instance, "get_additional_data", None)
     return LogEntry.objects.log_create(
         instance,
         action=LogEntry.Action.UPDATE,
         changes={field: [str(before), str(after)] for field, (before, after) in changes.items()},
-    )
-
-
-def log_about(instance: models.Model, changes: dict[str, tuple]) -> LogEntry:
-    """Record a change of something that is not a row of its own (a user's API token) as a
-    change of `instance` (the user): the token's key is its primary key, so it is never the
-    entry's object."""
-    return LogEntry.objects.log_create(
-        instance,
-        action=LogEntry.Action.UPDATE,
-        changes={field: [str(before), str(after)] for field, (before, after) in changes.items()},
-        additional_data=entry_data(None),
+        additional_data=data() if data else entry_data(None),
     )
 
 

@@ -218,19 +218,12 @@ def remove_models(model_ids: list[int]) -> int:
     """Remove every partition of these models (deleted ones) in one Delta transaction; how
     many files it removed. Only the log changes: a reader's snapshot keeps its files until
     vacuum deletes them, SCORES_RETENTION_HOURS later."""
-    removed: list[RemoveAction] = []
-
-    def actions(table: DeltaTable) -> list:
-        removed[:] = replaced_files(table, None, model_ids)
-        return removed
-
-    transact(actions)
-    return len(removed)
+    return len(transact(lambda table: replaced_files(table, None, model_ids)))
 
 
-def transact(actions_of, table_schema: pa.Schema | None = None) -> None:
-    """Commit the actions `actions_of(table)` finds on the table as it is now (a table not
-    made yet is made with `table_schema`, or left alone without one).
+def transact(actions_of, table_schema: pa.Schema | None = None) -> list:
+    """Commit the actions `actions_of(table)` finds on the table as it is now, and return
+    them (a table not made yet is made with `table_schema`, or left alone without one).
 
     delta-rs takes a commit that read the table before another one removed files as a
     conflict, even when the two touch disjoint partitions (two shards of a batch): such a
@@ -251,7 +244,7 @@ def transact(actions_of, table_schema: pa.Schema | None = None) -> None:
                         schema=table_schema or table.schema(),
                         partition_by=PARTITIONS,
                     )
-            return
+            return actions
         except CommitFailedError as exc:
             if attempt == COMMIT_ATTEMPTS - 1:
                 raise

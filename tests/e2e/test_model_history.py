@@ -11,10 +11,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_the_history_shows_each_change_newest_first_and_pages_back_to_the_upload(
-    page, live_server, bucket, owner, artifacts, errors
+    page, live_server, worker, bucket, owner, validated, artifacts, errors
 ):
     response = upload(logged_in(owner), name="churn", schedule="daily")
     deployment = Deployment.objects.get(id=response.json()["deployment"])
+    validated(deployment.versions.get())  # its entry comes before the test's changes
     for number in range(55):  # more than a page of changes
         deployments.update(deployment, email=f"owner{number}@bank.example")
 
