@@ -38,6 +38,7 @@ class Run:
     date: date
     attempts: int = 1
     version: Version = Version(1)
+    role: str = "champion"
 
 
 @pytest.fixture
@@ -60,10 +61,14 @@ def written(run_id: int, model_id: int, day: date = DAY, rows: int = 50, parts: 
     return files
 
 
+def champions(model_ids) -> list[tuple[int, str]]:
+    return [(model_id, "champion") for model_id in model_ids]
+
+
 def commit_runs(runs: dict[int, int], day: date = DAY, parts: int = 1, rows: int = 50) -> None:
     """Commit {model_id: run_id} for `day` in one transaction, as a shard does."""
     files = [f for model, run in runs.items() for f in written(run, model, day, rows, parts)]
-    scores.commit(day, list(runs), files)
+    scores.commit(day, champions(runs), files)
 
 
 def partitions() -> dict[tuple[str, int], tuple[list[int], list[int]]]:
@@ -124,8 +129,8 @@ def test_a_thousand_runs_commit_in_one_transaction(table):
     fleet = {model: 1000 + model for model in range(1, 1001)}
     files = [f for model, run in fleet.items() for f in written(run, model, rows=3)]
 
-    scores.commit(DAY, list(fleet), files)
-    scores.commit(DAY, list(fleet)[:500], files[:500])  # a retried half: replaced, not doubled
+    scores.commit(DAY, champions(fleet), files)
+    scores.commit(DAY, champions(fleet)[:500], files[:500])  # a retried half: replaced, not doubled
 
     seen = partitions()
     assert len(seen) == 1000
@@ -141,7 +146,7 @@ def shards_at_once(shards: list[dict[int, int]], files: list[list[dict]]) -> lis
     def commit(shard, shard_files):
         start.wait()
         try:
-            scores.commit(DAY, list(shard), shard_files)
+            scores.commit(DAY, champions(shard), shard_files)
         except Exception as exc:
             errors.append(exc)
         finally:
