@@ -224,6 +224,10 @@ def roles_context(request: HttpRequest, deployment: Deployment) -> dict:
             and waiting.requested_by_id != request.user.id
             and roles.can_approve(request.user)
         ),
+        "can_withdraw": bool(
+            waiting
+            and (waiting.requested_by_id == request.user.id or roles.can_approve(request.user))
+        ),
         "earlier": [
             v
             for v in deployment.versions.all()
@@ -298,6 +302,12 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             change = get_object_or_404(deployment.champion_changes, id=request.POST.get("change"))
             change = roles.approve(change, request.user)
             messages.success(request, change_message(change))
+        elif action == "withdraw":
+            change = get_object_or_404(deployment.champion_changes, id=request.POST.get("change"))
+            change = roles.withdraw(change, request.user)
+            messages.success(
+                request, f"The {change.kind} to v{change.version.number} was withdrawn."
+            )
         elif action == "settings":
             deployments.update(
                 deployment,

@@ -472,6 +472,7 @@ class ChampionChange(models.Model):
     class Status(models.TextChoices):
         WAITING = "waiting"  # for approval
         DONE = "done"  # the version is champion from the next run on
+        WITHDRAWN = "withdrawn"  # while waiting, by the one who asked or an approver
 
     deployment = models.ForeignKey(
         Deployment, on_delete=models.CASCADE, related_name="champion_changes"
@@ -492,7 +493,14 @@ class ChampionChange(models.Model):
         related_name="+",
         help_text="Blank when no approval was required.",
     )
-    done_at = models.DateTimeField(null=True, blank=True)
+    withdrawn_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    done_at = models.DateTimeField(null=True, blank=True, help_text="When done or withdrawn.")
     # The champion it replaced, once done: what a rollback of this change goes back to.
     replaced = models.ForeignKey(
         PackageVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"

@@ -34,6 +34,7 @@ ACTIONS = (
     "promote",
     "rollback",
     "approve",
+    "withdraw",
     "no-such-action",
 )
 MISSING = 987_654_321  # an id no object has
@@ -125,10 +126,16 @@ OWNED_IDS: dict[str, Callable] = {
     "api-model-promote": lambda o: [{"pk": o.deployment, "number": o.version}],
     "api-model-rollback": lambda o: [{"pk": o.deployment, "number": o.version}],
     "api-model-approve": lambda o: [{"pk": o.deployment, "change_id": o.change}],
+    "api-model-withdraw": lambda o: [{"pk": o.deployment, "change_id": o.change}],
 }
 # Requests that change a model's champion: only POST reaches them (their owner's own use
 # is tested in tests/test_champion_changes.py).
-CHAMPION_CHANGES = {"api-model-promote", "api-model-rollback", "api-model-approve"}
+CHAMPION_CHANGES = {
+    "api-model-promote",
+    "api-model-rollback",
+    "api-model-approve",
+    "api-model-withdraw",
+}
 
 
 def admin_values(route: Route, alice: User) -> dict:

@@ -136,3 +136,24 @@ def test_the_model_page_promotes_with_a_reason_and_shows_the_record(model, owner
     assert 'id="champion">v2' in page
     assert "promote to v2" in page and "stable for 3 weeks" in page
     assert 'id="rollback-form"' in page and '<option value="1">v1</option>' in page
+
+
+def test_a_waiting_change_is_withdrawn_by_the_one_who_asked_and_then_another_may_be_asked(
+    model, settings, approvers, owner, outsider
+):
+    settings.REQUIRE_APPROVAL = True
+    alice = api_client_for(owner)
+    asked = alice.post(f"/api/v1/models/{model.id}/versions/2/promote/", {"reason": "try it"})
+    second = alice.post(f"/api/v1/models/{model.id}/versions/2/promote/", {"reason": "again"})
+    assert second.status_code == 409 and "waiting for approval" in second.json()["detail"]
+    withdraw = f"/api/v1/models/{model.id}/changes/{asked.json()['id']}/withdraw/"
+
+    withdrawn = alice.post(withdraw)
+
+    assert withdrawn.status_code == 200, withdrawn.json()
+    assert (withdrawn.json()["status"], withdrawn.json()["withdrawn_by"]) == ("withdrawn", "alice")
+    assert alice.post(withdraw).status_code == 409  # once
+    model.refresh_from_db()
+    assert model.champion.number == 1
+    again = alice.post(f"/api/v1/models/{model.id}/versions/2/promote/", {"reason": "again"})
+    assert (again.status_code, again.json()["status"]) == (200, "waiting")

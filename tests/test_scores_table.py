@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
@@ -49,9 +50,16 @@ def table(s3_server, settings):
     return settings.SCORES_BUCKET
 
 
-def written(run_id: int, model_id: int, day: date = DAY, rows: int = 50, parts: int = 1):
+def written(
+    run_id: int,
+    model_id: int,
+    day: date = DAY,
+    rows: int = 50,
+    parts: int = 1,
+    role: str = "champion",
+):
     """A run's scores files (one per part), on S3 but not in the table yet."""
-    run = Run(id=run_id, deployment_id=model_id, date=day)
+    run = Run(id=run_id, deployment_id=model_id, date=day, role=role)
     files = []
     for part in range(parts):
         writer = scores.RunWriter(run, part)
@@ -165,6 +173,42 @@ def shards_at_once(shards: list[dict[int, int]], files: list[list[dict]]) -> lis
 
 def shard_files(shard: dict[int, int]) -> list[dict]:
     return [f for model, run in shard.items() for f in written(run, model)]
+
+
+def test_a_table_made_before_roles_gains_them_and_each_role_replaces_only_its_own_rows(table):
+    before_roles = pa.table(
+        {
+            "entity_id": pa.array(range(50), pa.int64()),
+            "score": pa.array([0.5] * 50),
+            "model_id": pa.array([1] * 50, pa.int64()),
+            "model_version": pa.array([1] * 50, pa.int32()),
+            "run_id": pa.array([10] * 50, pa.int64()),
+            "scored_at": pa.array([datetime.now(UTC)] * 50, pa.timestamp("us", tz="UTC")),
+            "dt": [DAY.isoformat()] * 50,
+        }
+    )
+    write_deltalake(
+        scores.table_uri(),
+        before_roles,
+        partition_by=scores.PARTITIONS,
+        storage_options=scores.storage_options(),
+    )
+
+    def runs_by_role() -> dict:
+        frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
+        return {
+            role: (sorted(set(rows["run_id"].to_list())), rows.height)
+            for (role,), rows in frame.group_by("role")
+        }
+
+    scores.commit(DAY, [(1, "challenger")], written(12, 1, role="challenger"))
+    assert runs_by_role() == {None: ([10], 50), "challenger": ([12], 50)}
+
+    scores.commit(DAY, [(1, "champion")], written(11, 1))  # the old rows were the champion's
+    assert runs_by_role() == {"champion": ([11], 50), "challenger": ([12], 50)}
+
+    scores.commit(DAY, [(1, "challenger")], written(13, 1, role="challenger", rows=20))
+    assert runs_by_role() == {"champion": ([11], 50), "challenger": ([13], 20)}
 
 
 def test_two_shards_replacing_partitions_at_once_both_land(table, monkeypatch, caplog):

@@ -24,12 +24,5 @@ def test_a_ten_percent_split_is_disjoint_covers_the_slice_and_holds_each_entity(
     assert np.array_equal(next_day, challenger[order])
 
 
-def test_an_entity_has_one_side_whether_its_id_is_read_as_a_number_or_as_text():
-    as_numbers = traffic.kept(pa.array(np.arange(5000)), 0.3, "challenger")
-    as_text = traffic.kept(pa.array([str(n) for n in range(5000)]), 0.3, "challenger")
-
-    assert np.array_equal(as_numbers, as_text)
-
-
 def test_without_a_share_each_side_keeps_every_entity():
     assert traffic.kept(pa.array([1, 2, 3]), None, "challenger") is None

@@ -153,6 +153,7 @@ class RunSerializer(serializers.ModelSerializer):
             "error",
             "trigger",
             "role",
+            "split_share",
             "created_at",
             "started_at",
             "finished_at",
@@ -163,6 +164,11 @@ class RunSerializer(serializers.ModelSerializer):
             "performance_status",
         ]
         extra_kwargs = {
+            "role": {"help_text": "champion (the model's scores) or challenger (beside them)."},
+            "split_share": {
+                "help_text": "Under a traffic split, the challenger's share of the entities "
+                "(the champion scored the rest); null: each scored every entity."
+            },
             "quality": {
                 "help_text": "Data quality against the previous run or the reference scores "
                 "(null until checked): status, psi, psi_status, adversarial_auc, "
@@ -240,6 +246,7 @@ class ChampionChangeSerializer(serializers.ModelSerializer):
     )
     requested_by = serializers.CharField(source="requested_by.username", default=None)
     approved_by = serializers.CharField(source="approved_by.username", default=None)
+    withdrawn_by = serializers.CharField(source="withdrawn_by.username", default=None)
     waiting_for = serializers.SerializerMethodField(
         help_text="While waiting: who may approve it (staff of the approvers' group)."
     )
@@ -256,6 +263,7 @@ class ChampionChangeSerializer(serializers.ModelSerializer):
             "requested_by",
             "requested_at",
             "approved_by",
+            "withdrawn_by",
             "done_at",
             "waiting_for",
         ]

@@ -145,6 +145,13 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         change = get_object_or_404(self.get_object().champion_changes, id=change_id)
         return Response(ChampionChangeSerializer(roles.approve(change, request.user)).data)
 
+    @extend_schema(request=None, responses={200: ChampionChangeSerializer})
+    @action(detail=True, methods=["post"], url_path=r"changes/(?P<change_id>\d+)/withdraw")
+    def withdraw(self, request, pk=None, change_id=None):
+        """The one who asked, or an approver, drops a waiting change: the champion stays."""
+        change = get_object_or_404(self.get_object().champion_changes, id=change_id)
+        return Response(ChampionChangeSerializer(roles.withdraw(change, request.user)).data)
+
     @extend_schema(responses=ComparisonSerializer(many=True))
     @action(detail=True, methods=["get"])
     def comparisons(self, request, pk=None):

@@ -284,11 +284,20 @@ def replaced_files(table: DeltaTable, day: date, kept: list[tuple[int, str]]) ->
 def with_roles(table: DeltaTable | None) -> DeltaTable | None:
     """The table with its `role` column: a table made before roles existed gains it once
     (a change of the log only; its files' rows read it as null, the champion's)."""
-    if table is None or "role" in {field.name for field in table.schema().fields}:
+    if table is None or has_roles(table):
         return table
-    with contextlib.suppress(Exception):  # another writer added it meanwhile
+    try:
         table.alter.add_columns([Field("role", "string", nullable=True)])
-    return open_table()
+    except Exception:  # another writer may have added it meanwhile: looked at again below
+        log.warning("adding the role column to the scores table failed", exc_info=True)
+    table = open_table()
+    if not has_roles(table):  # never commit rows whose role the table would drop
+        raise RuntimeError("the scores table has no role column, and it could not be added")
+    return table
+
+
+def has_roles(table: DeltaTable) -> bool:
+    return "role" in {field.name for field in table.schema().fields}
 
 
 def create_table(table_schema: pa.Schema) -> DeltaTable:

@@ -5,8 +5,9 @@ the share, the champion the rest: the two sets are disjoint, cover the slice, an
 stays on the same side every day (the hash of its id, not of its row's place). Both models
 still score the whole chunk they share in memory; only the kept rows are written.
 
-The hash is pandas' SipHash of the id's text with its fixed key: the same in every process,
-on every host, and for an id read as an integer or as its digits.
+The hash is pandas' `hash_array` with its fixed key: the same in every process and on every
+host. Integer ids are mixed as numbers (0.15 s a million), others as text (SipHash, about
+2 s a million): an id column keeps its type from day to day, and so its entities' sides.
 """
 
 import numpy as np
@@ -19,8 +20,11 @@ CHALLENGER = "challenger"
 
 def buckets(entity_ids: pa.Array) -> np.ndarray:
     """Each entity's bucket, 0 to BUCKETS - 1, from its id alone."""
-    text = np.asarray(entity_ids.cast(pa.string()).to_pylist(), dtype=object)
-    return (pd.util.hash_array(text) % BUCKETS).astype(np.int64)
+    if pa.types.is_integer(entity_ids.type) and entity_ids.null_count == 0:
+        values = entity_ids.cast(pa.int64()).to_numpy()
+    else:
+        values = entity_ids.cast(pa.string()).to_numpy(zero_copy_only=False)
+    return (pd.util.hash_array(values) % BUCKETS).astype(np.int64)
 
 
 def kept(entity_ids: pa.Array, share: float | None, role: str) -> np.ndarray | None:

@@ -13,6 +13,8 @@ from django.utils import timezone
 
 from scoring.models import ChampionChange, Deployment, PackageVersion, Role
 
+MAX_REASON = 500  # characters: a short reason, kept with the change
+
 
 class RoleError(ValueError):
     """A role change that cannot be made: the message says why; nothing changed."""
@@ -77,9 +79,6 @@ def scoring_versions(deployment: Deployment) -> list[tuple[PackageVersion, str]]
     if deployment.challenger is not None:
         scored.append((deployment.challenger, Role.CHALLENGER))
     return scored
-
-
-MAX_REASON = 500
 
 
 def request_change(
@@ -148,6 +147,19 @@ def approve(change: ChampionChange, user) -> ChampionChange:
         if kind_now != change.kind:
             raise RoleError(f"v{change.version.number} can no longer be a {change.kind}")
         apply(change, deployment)
+    return change
+
+
+def withdraw(change: ChampionChange, user) -> ChampionChange:
+    """A waiting change dropped, by the one who asked or an approver: the champion stays."""
+    if change.requested_by_id != user.id and not can_approve(user):
+        raise RoleError("only the one who asked or an approver may withdraw a change")
+    withdrawn = ChampionChange.objects.filter(
+        id=change.id, status=ChampionChange.Status.WAITING
+    ).update(status=ChampionChange.Status.WITHDRAWN, withdrawn_by=user, done_at=timezone.now())
+    if not withdrawn:
+        raise RoleError("this change is no longer waiting for approval")
+    change.refresh_from_db()
     return change
 
 
