@@ -406,6 +406,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "DeploymentStatusEnum": "scoring.models.Deployment.Status",
         "RunStatusEnum": "scoring.models.ScoringRun.Status",
+        # A version's dropped_as and a run's role share their choices: one enum.
+        "RoleEnum": "scoring.models.Role",
     },
 }
 

@@ -211,10 +211,16 @@ def three_kinds_score_as_their_own_predict(owner, validated, feature_table, time
         assert committed["run_id"].n_unique() == 1
 
 
+def champion_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The models' own scores, as a downstream reader takes them (README: a challenger's
+    rows sit beside them under role "challenger")."""
+    return frame.filter(pl.col("role").fill_null("champion") == "champion")
+
+
 def committed_entities(deployment_id: int, day: date) -> list:
     """The entity ids of a model's committed partition, as a reader of the table sees them."""
     frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
-    partition = frame.filter(
+    partition = champion_rows(frame).filter(
         (pl.col("model_id") == deployment_id) & (pl.col("dt") == day.isoformat())
     )
     assert partition["run_id"].n_unique() <= 1, "two runs' rows in one partition"
@@ -224,7 +230,7 @@ def committed_entities(deployment_id: int, day: date) -> list:
 def committed_partitions(day: date) -> dict[int, list]:
     """{model id: the sorted entity ids of its committed partition of `day`}, in one read."""
     frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
-    partitions = frame.filter(pl.col("dt") == day.isoformat())
+    partitions = champion_rows(frame).filter(pl.col("dt") == day.isoformat())
     found = {}
     for (model_id,), rows in partitions.group_by("model_id"):
         assert rows["run_id"].n_unique() == 1, f"two runs' rows in the partition of {model_id}"
