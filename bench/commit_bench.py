@@ -50,6 +50,7 @@ class Run:
     date: date
     attempts: int = 1
     version: Version = Version(1)
+    role: str = "champion"
 
 
 def written_files(day: date, model_ids: range, rows: int, attempt: int) -> list[dict]:
@@ -90,7 +91,7 @@ def timed_commit(day: date, model_ids: range, files: list[dict]) -> float:
     from scoring.engine import scores
 
     start = time.perf_counter()
-    scores.commit(day, list(model_ids), files)
+    scores.commit(day, [(m, "champion") for m in model_ids], files)
     return time.perf_counter() - start
 
 
@@ -132,7 +133,7 @@ def main() -> int:
         template = written_files(today - timedelta(days=args.days + 1), range(1, 2), 10, 1)[0]
         for back in range(args.days, 0, -1):
             day = today - timedelta(days=back)
-            scores.commit(day, list(fleet), logged_only(template, day, fleet))
+            scores.commit(day, [(m, "champion") for m in fleet], logged_only(template, day, fleet))
         table = scores.open_table()
         version = table.version() if table else -1
         print(

@@ -23,7 +23,7 @@ from django.db.models import (
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, NullIf
 
-from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.models import Deployment, PackageVersion, Role, ScoringRun
 from scoring.quality import levels
 
 LIGHTS = (levels.ALERT, levels.WARNING, levels.OK)  # worst first
@@ -48,11 +48,12 @@ def metric(name: str) -> Cast:
 
 
 def latest_finished_runs() -> QuerySet:
-    """The runs of the deployment of the outer query, its latest finished first: a subquery
-    read through the (deployment, -finished_at) index."""
-    return ScoringRun.objects.filter(deployment=OuterRef("pk"), finished_at__isnull=False).order_by(
-        "-finished_at", "-id"
-    )
+    """The champion's runs of the deployment of the outer query, its latest finished first: a
+    subquery read through the (deployment, -finished_at) index. A challenger's runs are on
+    the model page, beside the champion's."""
+    return ScoringRun.objects.filter(
+        deployment=OuterRef("pk"), finished_at__isnull=False, role=Role.CHAMPION
+    ).order_by("-finished_at", "-id")
 
 
 def run_level() -> Case:
@@ -122,10 +123,11 @@ def attach_last_runs(deployments: Iterable[Deployment]) -> list[Deployment]:
 
 
 def latest_checked_runs() -> QuerySet:
-    """The runs of the outer query's deployment that have a quality light, latest first."""
-    return ScoringRun.objects.filter(deployment=OuterRef("pk"), quality_status__in=LIGHTS).order_by(
-        "-finished_at", "-id"
-    )
+    """The champion's runs of the outer query's deployment that have a quality light, latest
+    first."""
+    return ScoringRun.objects.filter(
+        deployment=OuterRef("pk"), quality_status__in=LIGHTS, role=Role.CHAMPION
+    ).order_by("-finished_at", "-id")
 
 
 def checked_level() -> Coalesce:
@@ -183,9 +185,10 @@ def thresholds(quality: dict | None, version: PackageVersion | None) -> dict:
 
 
 def latest_checked_run(deployment: Deployment) -> ScoringRun | None:
-    """The deployment's latest run with quality results: its histogram and features are drawn."""
+    """The champion's latest run with quality results: its histogram and features are drawn."""
     return (
-        deployment.runs.exclude(quality_status="")
+        deployment.runs.filter(role=Role.CHAMPION)
+        .exclude(quality_status="")
         .filter(quality__isnull=False)
         .order_by("-finished_at", "-id")
         .first()
@@ -203,7 +206,8 @@ def chart_data(
 ) -> dict:
     """What model_charts.js draws: PSI and AUC per checked run, the lines, the latest histogram."""
     points = list(
-        deployment.runs.exclude(quality_status="")
+        deployment.runs.filter(role=Role.CHAMPION)
+        .exclude(quality_status="")
         .order_by("-date", "-id")
         .values(
             "id",

@@ -264,6 +264,12 @@ SPARK_CONF = dict(
     if name.startswith("SPARK_CONF_") and "=" in value
 )
 
+# --- Champion changes ------------------------------------------------------
+# Four eyes: a promotion or rollback waits until a member of APPROVERS_GROUP (staff) other
+# than the one who asked approves it (scoring.packages.roles).
+REQUIRE_APPROVAL = env_bool("REQUIRE_APPROVAL", False)
+APPROVERS_GROUP = env_str("APPROVERS_GROUP", "approvers")
+
 # --- Quotas and limits ------------------------------------------------------
 QUOTA_ACTIVE_MODELS = env_int("QUOTA_ACTIVE_MODELS", 10)
 QUOTA_BYTES = env_int("QUOTA_BYTES", 1024**3)
@@ -408,6 +414,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "DeploymentStatusEnum": "scoring.models.Deployment.Status",
         "RunStatusEnum": "scoring.models.ScoringRun.Status",
+        # A version's dropped_as and a run's role share their choices: one enum.
+        "RoleEnum": "scoring.models.Role",
     },
 }
 

@@ -16,8 +16,8 @@ from rest_framework.authtoken.models import Token
 from portal import dashboard, listing, tokens
 from portal.downloads import stream_package, stream_scores
 from scoring import record
-from scoring.models import Deployment, PackageVersion, Report, ScoringRun
-from scoring.packages import deployments, params, quotas, schedules
+from scoring.models import ChampionChange, Deployment, PackageVersion, Report, Role, ScoringRun
+from scoring.packages import deployments, params, quotas, roles, schedules
 from scoring.packages.deployments import DeployError
 from scoring.packages.storage import StorageError
 from scoring.quality import ground_truth
@@ -27,10 +27,22 @@ from scoring.runs.lifecycle import RunError
 
 def deployments_for(user):
     """The deployments a user may see: their own, or all of them for staff."""
-    queryset = Deployment.objects.select_related("owner").prefetch_related(
-        Prefetch("versions", queryset=PackageVersion.objects.order_by("-number"))
-    )
+    queryset = Deployment.objects.select_related(
+        "owner", "champion", "challenger"
+    ).prefetch_related(Prefetch("versions", queryset=PackageVersion.objects.order_by("-number")))
     return queryset if user.is_staff else queryset.filter(owner=user)
+
+
+def comparisons_of(deployment: Deployment):
+    """A model's comparisons of challenger and champion, newest first."""
+    return deployment.comparisons.select_related("champion_run__version", "challenger_run__version")
+
+
+def changes_of(deployment: Deployment):
+    """A model's promotions and rollbacks, newest first."""
+    return deployment.champion_changes.select_related(
+        "version", "replaced", "requested_by", "approved_by"
+    )
 
 
 def runs_for(user):
@@ -146,6 +158,8 @@ def upload(request: HttpRequest) -> JsonResponse:
             schedule=posted_schedule(request),
             timezone=request.POST.get("timezone"),
             max_slice_age_days=request.POST.get("max_slice_age_days"),
+            role=request.POST.get("role"),
+            share=request.POST.get("share"),
         )
     except DeployError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
@@ -164,7 +178,7 @@ def upload(request: HttpRequest) -> JsonResponse:
 @login_required
 def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = get_deployment_for_user(request, deployment_id)
-    current_version = deployment.current_version
+    current_version = deployment.champion
     latest_checked = dashboard.latest_checked_run(deployment)
     package_params = (current_version or deployment.latest_version or PackageVersion()).package.get(
         "params"
@@ -188,6 +202,7 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
             "slice_age_default": params.value(package_params, "max_slice_age_days"),
             "ground_truth": ground_truth_context(deployment, current_version),
             **history_context(request, deployment),
+            "roles": roles_context(request, deployment),
         },
     )
 
@@ -212,13 +227,46 @@ def version_download(request: HttpRequest, deployment_id: int, number: int) -> H
         return HttpResponse(str(exc), status=503, content_type="text/plain")
 
 
+def roles_context(request: HttpRequest, deployment: Deployment) -> dict:
+    """The champion, its challenger, how they compare by day, and the changes of champion."""
+    changes = list(changes_of(deployment)[:20])
+    waiting = next((c for c in changes if c.status == ChampionChange.Status.WAITING), None)
+    champion = deployment.champion
+    compared = list(comparisons_of(deployment)[:90])
+    return {
+        "champion": champion,
+        "challenger": deployment.challenger,
+        "comparisons": compared,
+        "chart": [{"date": c.date.isoformat(), **c.metrics} for c in reversed(compared)],
+        "changes": changes,
+        "waiting": waiting,
+        "approvers": roles.approvers(waiting) if waiting else [],
+        "can_approve": bool(
+            waiting
+            and waiting.requested_by_id != request.user.id
+            and roles.can_approve(request.user)
+        ),
+        "can_withdraw": bool(
+            waiting
+            and (waiting.requested_by_id == request.user.id or roles.can_approve(request.user))
+        ),
+        "earlier": [
+            v
+            for v in deployment.versions.all()
+            if champion and v.state == PackageVersion.State.VALID and v.number < champion.number
+        ],
+    }
+
+
 def ground_truth_context(deployment: Deployment, version: PackageVersion | None) -> dict:
     """The model's Gini on matured targets, and why there is none when something is wrong."""
     package = version.package if version else {}
     target = params.value(package.get("params"), "target")
     if not target:
         return {}
-    matured = deployment.runs.filter(performance__isnull=False).order_by("-date")
+    matured = deployment.runs.filter(performance__isnull=False, role=Role.CHAMPION).order_by(
+        "-date"
+    )
     latest = matured.first()
     message = ""
     if not settings.LABELS_URI:
@@ -266,6 +314,22 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             deployments.delete(deployment)
             messages.success(request, f"{deployment.name} and its packages were deleted.")
             return redirect("models")
+        elif action in ("promote", "rollback"):
+            version = get_object_or_404(deployment.versions, number=request.POST.get("version"))
+            change = roles.request_change(
+                deployment, version, request.POST.get("reason"), request.user
+            )
+            messages.success(request, change_message(change))
+        elif action == "approve":
+            change = get_object_or_404(deployment.champion_changes, id=request.POST.get("change"))
+            change = roles.approve(change, request.user)
+            messages.success(request, change_message(change))
+        elif action == "withdraw":
+            change = get_object_or_404(deployment.champion_changes, id=request.POST.get("change"))
+            change = roles.withdraw(change, request.user)
+            messages.success(
+                request, f"The {change.kind} to v{change.version.number} was withdrawn."
+            )
         elif action == "settings":
             deployments.update(
                 deployment,
@@ -278,9 +342,16 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             messages.success(request, "Settings saved.")
         else:
             return HttpResponse(status=404)
-    except (DeployError, StorageError, RunError) as exc:
+    except (DeployError, StorageError, RunError, roles.RoleError) as exc:
         messages.error(request, str(exc))
     return redirect("model", deployment_id=deployment.id)
+
+
+def change_message(change: ChampionChange) -> str:
+    if change.status == ChampionChange.Status.WAITING:
+        who = ", ".join(roles.approvers(change)) or f"a member of {settings.APPROVERS_GROUP}"
+        return f"The {change.kind} to v{change.version.number} is waiting for approval by {who}."
+    return f"v{change.version.number} is the champion from the next run on."
 
 
 @login_required

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.template.loader import render_to_string
 
 from scoring import record
-from scoring.models import DeletedDeployment, Deployment, PackageVersion, Quota
+from scoring.models import ChampionChange, DeletedDeployment, Deployment, PackageVersion, Quota
 from scoring.packages import deployments
 
 
@@ -54,3 +54,22 @@ class DeletedDeploymentAdmin(admin.ModelAdmin):
         return render_to_string(
             "portal/_history.html", {"history": [record.describe(e) for e in entries]}
         )
+
+
+@admin.register(ChampionChange)
+class ChampionChangeAdmin(admin.ModelAdmin):
+    """Every promotion and rollback, for approvers to find the waiting ones: read only, as
+    they are made and approved on the model page or through the API."""
+
+    list_display = ["deployment", "kind", "version", "status", "requested_by", "approved_by"]
+    list_filter = ["status", "kind"]
+    search_fields = ["deployment__name", "requested_by__username", "reason"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -30,6 +30,23 @@ class Deployment(models.Model):
         help_text="Days older than its date a run's feature slice may be (blank: the package's).",
     )
     created_at = models.DateTimeField(default=now)
+    # The live version: its scores are the model's (role "champion" in the scores table). An
+    # explicit choice, made by a validated upload, a promotion or a rollback
+    # (scoring.packages.roles), never implied by version numbers.
+    champion = models.ForeignKey(
+        "PackageVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # At most one challenger at a time: scored beside the champion in the same batches and
+    # compared with it (scoring.quality.comparison), until promoted or replaced.
+    challenger = models.ForeignKey(
+        "PackageVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    challenger_share = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="A traffic split: the share of entities (by a stable hash of their id) the "
+        "challenger scores, the champion the rest. Blank: both score every entity (shadow).",
+    )
 
     class Meta:
         constraints = [
@@ -50,11 +67,20 @@ class Deployment(models.Model):
         versions = list(self.versions.all())  # uses prefetch_related when present
         return max(versions, key=lambda v: v.number) if versions else None
 
-    @property
-    def current_version(self) -> "PackageVersion | None":
-        """The version that scores: the latest valid one."""
-        valid = [v for v in self.versions.all() if v.state == PackageVersion.State.VALID]
-        return max(valid, key=lambda v: v.number, default=None)
+    def role_of(self, version: "PackageVersion") -> str:
+        """The role a version plays now: champion, challenger, or none (an earlier one)."""
+        if version.id == self.champion_id:
+            return Role.CHAMPION
+        if version.id == self.challenger_id:
+            return Role.CHALLENGER
+        return ""
+
+
+class Role(models.TextChoices):
+    """What a version's scores are: the model's (champion) or a candidate's beside them."""
+
+    CHAMPION = "champion"
+    CHALLENGER = "challenger"
 
 
 def package_storage():
@@ -87,6 +113,15 @@ class PackageVersion(models.Model):
     # Values the upload form gave; the package's own email/schedule apply only where these are blank.
     form_email = models.CharField(max_length=254, blank=True)
     form_schedule = models.CharField(max_length=100, blank=True)
+    dropped_as = models.CharField(
+        max_length=10,
+        choices=Role,
+        default=Role.CHAMPION,
+        help_text="The role the upload asked for; it takes it once valid.",
+    )
+    dropped_share = models.FloatField(
+        null=True, blank=True, help_text="A challenger's traffic split the upload asked for."
+    )
     validation_queued_at = models.DateTimeField(default=now)
     validated_at = models.DateTimeField(null=True, blank=True)
 
@@ -215,6 +250,11 @@ class ScoringRun(models.Model):
     latest_slice = models.DateField(null=True, blank=True)
     waiting_since = models.DateTimeField(null=True, blank=True)
     trigger = models.CharField(max_length=10, choices=Trigger, default=Trigger.SCHEDULE)
+    # The role its version had when the run was made: its rows carry it in the scores table.
+    role = models.CharField(max_length=10, choices=Role, default=Role.CHAMPION)
+    # The challenger's share under a traffic split when the run was made (scoring.engine.
+    # traffic): the challenger keeps the entities hashed below it, the champion the rest.
+    split_share = models.FloatField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)
@@ -420,10 +460,111 @@ class DeletedDeployment(models.Model):
         return f"{self.name} (deleted)"
 
 
+class Comparison(models.Model):
+    """A challenger's scores of a day against the champion's of the same day and slice
+    (scoring.quality.comparison documents `metrics`); their Ginis, once the outcomes
+    matured, are the two runs' own `performance`."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="comparisons")
+    date = models.DateField()
+    champion_run = models.ForeignKey(ScoringRun, on_delete=models.CASCADE, related_name="+")
+    challenger_run = models.ForeignKey(ScoringRun, on_delete=models.CASCADE, related_name="+")
+    metrics = models.JSONField()
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["champion_run", "challenger_run"], name="one_comparison_per_pair"
+            )
+        ]
+        ordering = ["-date", "-id"]
+
+    def __str__(self) -> str:
+        return f"comparison of {self.deployment} on {self.date}"
+
+
+class ChampionChange(models.Model):
+    """A request to make another version the champion, with its reason: a promotion of the
+    challenger, or a rollback to an earlier valid version. With REQUIRE_APPROVAL it waits
+    for a second person of the approvers' group (scoring.packages.roles): four eyes."""
+
+    class Kind(models.TextChoices):
+        PROMOTE = "promote"
+        ROLLBACK = "rollback"
+
+    class Status(models.TextChoices):
+        WAITING = "waiting"  # for approval
+        DONE = "done"  # the version is champion from the next run on
+        WITHDRAWN = "withdrawn"  # while waiting, by the one who asked or an approver
+
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="champion_changes"
+    )
+    version = models.ForeignKey(PackageVersion, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=10, choices=Kind)
+    reason = models.CharField(max_length=500)
+    status = models.CharField(max_length=10, choices=Status, default=Status.WAITING)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    requested_at = models.DateTimeField(default=now)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Blank when no approval was required.",
+    )
+    withdrawn_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    done_at = models.DateTimeField(null=True, blank=True, help_text="When done or withdrawn.")
+    # The champion it replaced, once done: what a rollback of this change goes back to.
+    replaced = models.ForeignKey(
+        PackageVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment"],
+                condition=models.Q(status="waiting"),
+                name="one_waiting_change_per_deployment",
+            )
+        ]
+        ordering = ["-requested_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.deployment} to v{self.version.number}"
+
+
 # What the record of changes holds (scoring.record): a field left out never makes an entry.
 record.register(
     Deployment,
-    ["name", "email", "schedule", "timezone", "status", "max_slice_age_days"],
+    [
+        "name",
+        "email",
+        "schedule",
+        "timezone",
+        "status",
+        "max_slice_age_days",
+        "champion",
+        "challenger",
+        "challenger_share",
+    ],
     deployment="id",
 )
-record.register(PackageVersion, ["number", "filename", "size", "sha256", "state", "message"])
+record.register(
+    PackageVersion,
+    ["number", "filename", "size", "sha256", "state", "message", "dropped_as", "dropped_share"],
+)
+record.register(
+    ChampionChange,
+    ["version", "kind", "reason", "status", "requested_by", "approved_by", "withdrawn_by"],
+)

@@ -31,6 +31,7 @@ from scoring.models import (
 from scoring.packages import deployments
 from scoring.runs import dispatch
 from tests.factories import features, packages
+from tests.factories import runs as runs_factory
 
 
 def deploy(user, package: dict, name: str, validated, **settings_):
@@ -58,6 +59,13 @@ def wait_for_runs(deployment_ids, statuses=("succeeded", "failed"), timeout=90) 
 
 def subject(message) -> str:
     return str(make_header(decode_header(message["Subject"])))
+
+
+def text_of(message) -> str:
+    plain = next(part for part in message.walk() if part.get_content_type() == "text/plain")
+    if plain.get("Content-Transfer-Encoding", "8bit").lower() in ("7bit", "8bit"):
+        return plain.get_payload()  # parsed from text: already a str
+    return plain.get_payload(decode=True).decode()
 
 
 def failure_emails(messages) -> list:
@@ -203,10 +211,16 @@ def three_kinds_score_as_their_own_predict(owner, validated, feature_table, time
         assert committed["run_id"].n_unique() == 1
 
 
+def champion_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The models' own scores, as a downstream reader takes them (README: a challenger's
+    rows sit beside them under role "challenger")."""
+    return frame.filter(pl.col("role").fill_null("champion") == "champion")
+
+
 def committed_entities(deployment_id: int, day: date) -> list:
     """The entity ids of a model's committed partition, as a reader of the table sees them."""
     frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
-    partition = frame.filter(
+    partition = champion_rows(frame).filter(
         (pl.col("model_id") == deployment_id) & (pl.col("dt") == day.isoformat())
     )
     assert partition["run_id"].n_unique() <= 1, "two runs' rows in one partition"
@@ -216,7 +230,7 @@ def committed_entities(deployment_id: int, day: date) -> list:
 def committed_partitions(day: date) -> dict[int, list]:
     """{model id: the sorted entity ids of its committed partition of `day`}, in one read."""
     frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
-    partitions = frame.filter(pl.col("dt") == day.isoformat())
+    partitions = champion_rows(frame).filter(pl.col("dt") == day.isoformat())
     found = {}
     for (model_id,), rows in partitions.group_by("model_id"):
         assert rows["run_id"].n_unique() == 1, f"two runs' rows in the partition of {model_id}"
@@ -259,7 +273,7 @@ def clone_models(deployment: Deployment, owner, count: int, prefix: str) -> list
             )
         )
     PackageVersion.objects.bulk_create(copies)
-    return made
+    return runs_factory.with_champions(made)
 
 
 def owner_emails(mailbox, address: str, day: date, reports: int) -> tuple[list, list]:
@@ -356,3 +370,43 @@ def postgres_uri(table: str) -> str:
     if connection.vendor != "postgresql":
         pytest.skip("PostgresSource needs PostgreSQL: set DATABASE_URL=postgresql://...")
     return f"{database_url(connection.settings_dict)}?table={table}"
+
+
+def a_split_challenger_and_its_champion(
+    owner, validated, feature_table, mailbox, timeout: float = 90
+) -> None:
+    """A challenger taking 10 % of the entities beside its champion, scored on the feature
+    table's two days: each day the two sides are disjoint and cover the slice, an entity
+    stays on its side, and the comparison and the report say how many each scored."""
+    from scoring.models import Comparison, Role
+
+    deployment = deploy(owner, packages.function_package(), "split", validated)
+    deploy(owner, packages.sklearn_package(), "split", validated, role="challenger", share="0.1")
+    deployment.refresh_from_db()
+    assert deployment.challenger_share == 0.1
+    days = [date.today() - timedelta(days=1), date.today()]
+
+    for day in days:
+        dispatch.score_now(deployment, day)
+        finished = wait_for_runs([deployment.id], timeout=timeout)
+        assert {run.status for run in finished} == {"succeeded"}, [r.error for r in finished]
+
+    sides = {}
+    for day in days:
+        rows = table_rows(deployment.id, day)
+        by_role = {
+            role: set(rows.filter(rows["role"] == role)["entity_id"].to_list()) for role in Role
+        }
+        assert not by_role[Role.CHAMPION] & by_role[Role.CHALLENGER]
+        assert by_role[Role.CHAMPION] | by_role[Role.CHALLENGER] == set(
+            slice_frame(feature_table, day)["entity_id"]
+        )
+        assert 0.05 < len(by_role[Role.CHALLENGER]) / len(rows) < 0.15
+        sides[day] = by_role
+    assert sides[days[0]][Role.CHALLENGER] == sides[days[1]][Role.CHALLENGER]
+    compared = Comparison.objects.get(deployment=deployment, date=days[1])
+    counts = compared.metrics["challenger_rows"], compared.metrics["champion_rows"]
+    assert counts == (len(sides[days[1]][Role.CHALLENGER]), len(sides[days[1]][Role.CHAMPION]))
+    assert compared.metrics["shared_rows"] == 0 and compared.metrics["spearman"] is None
+    (report,) = report_emails(mailbox, days[1], 1)
+    assert f"rows {counts[0]} and {counts[1]}" in text_of(report)

@@ -25,7 +25,18 @@ from tests.factories import packages
 
 # What an attacker would send to change a model if a view forgot to check its owner.
 CHANGES = {"email": "mallory@telco.example", "schedule": "weekly", "status": "paused"}
-ACTIONS = ("pause", "resume", "score", "delete", "settings", "no-such-action")
+ACTIONS = (
+    "pause",
+    "resume",
+    "score",
+    "delete",
+    "settings",
+    "promote",
+    "rollback",
+    "approve",
+    "withdraw",
+    "no-such-action",
+)
 MISSING = 987_654_321  # an id no object has
 
 
@@ -113,6 +124,20 @@ OWNED_IDS: dict[str, Callable] = {
     "version-download": lambda o: [{"deployment_id": o.deployment, "number": 1}],
     "api-run-detail": lambda o: [{"pk": o.run}],
     "api-run-scores": lambda o: [{"pk": o.run}],
+    "api-model-comparisons": lambda o: [{"pk": o.deployment}],
+    "api-model-changes": lambda o: [{"pk": o.deployment}],
+    "api-model-promote": lambda o: [{"pk": o.deployment, "number": o.version}],
+    "api-model-rollback": lambda o: [{"pk": o.deployment, "number": o.version}],
+    "api-model-approve": lambda o: [{"pk": o.deployment, "change_id": o.change}],
+    "api-model-withdraw": lambda o: [{"pk": o.deployment, "change_id": o.change}],
+}
+# Requests that change a model's champion: only POST reaches them (their owner's own use
+# is tested in tests/test_champion_changes.py).
+CHAMPION_CHANGES = {
+    "api-model-promote",
+    "api-model-rollback",
+    "api-model-approve",
+    "api-model-withdraw",
 }
 
 

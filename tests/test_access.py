@@ -18,13 +18,22 @@ from django.contrib.auth.models import User
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from scoring.models import Batch, Deployment, PackageVersion, Report, ScoringRun
+from scoring.models import (
+    Batch,
+    ChampionChange,
+    Comparison,
+    Deployment,
+    PackageVersion,
+    Report,
+    ScoringRun,
+)
 from scoring.packages import storage
 from scoring.runs import dispatch, lifecycle
 from tests.factories import cast, packages
 from tests.factories.cast import api_client_for, session
 from tests.flows import deploy, wait_for_runs
 from tests.routes import (
+    CHAMPION_CHANGES,
     MISSING,
     OWNED_IDS,
     admin_values,
@@ -58,7 +67,17 @@ def state() -> dict:
     """Every row and stored object a request could change."""
     rows = {
         model.__name__: list(model.objects.order_by("pk").values())
-        for model in (User, Token, Deployment, PackageVersion, Batch, ScoringRun, Report)
+        for model in (
+            User,
+            Token,
+            Deployment,
+            PackageVersion,
+            Batch,
+            ScoringRun,
+            Report,
+            ChampionChange,
+            Comparison,
+        )
     }
     rows["report runs"] = list(Report.runs.through.objects.order_by("pk").values())
     rows["packages"] = bucket_keys(settings.MODELS_BUCKET)
@@ -95,12 +114,29 @@ def world(worker, bucket, owner, outsider, validated):
 
     def ids(deployment):
         run = deployment.runs.get()
-        return SimpleNamespace(deployment=deployment.id, run=run.id, report=run.reports.get().id)
+        champion = Deployment.objects.get(id=deployment.id).champion
+        # A promotion waiting for approval: its approve URL names it.
+        change = ChampionChange.objects.create(
+            deployment=deployment,
+            version=champion,
+            kind=ChampionChange.Kind.PROMOTE,
+            reason="better on new clients",
+            requested_by=deployment.owner,
+        )
+        return SimpleNamespace(
+            deployment=deployment.id,
+            run=run.id,
+            report=run.reports.get().id,
+            version=champion.number,
+            change=change.id,
+        )
 
     return SimpleNamespace(alice=ids(alice_model), mallory=ids(mallory_model))
 
 
-MISSING_IDS = SimpleNamespace(deployment=MISSING, run=MISSING, report=MISSING)
+MISSING_IDS = SimpleNamespace(
+    deployment=MISSING, run=MISSING, report=MISSING, version=MISSING, change=MISSING
+)
 
 
 # --- another user's objects --------------------------------------------------------------
@@ -144,7 +180,7 @@ def test_every_url_of_alices_objects_is_a_404_to_mallory_for_every_method(world,
             if route.name == "model-action":
                 if values["action"] == "pause":
                     assert alice.post(path).status_code == 302, path
-            else:
+            elif route.name not in CHAMPION_CHANGES:
                 response = alice.get(path)
                 assert response.status_code == 200, (path, response.status_code)
                 if path.endswith("scores.csv"):  # her scores, read back from S3

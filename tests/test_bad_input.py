@@ -307,7 +307,7 @@ def test_a_bad_new_version_leaves_the_valid_one_scoring(
     assert_reads(second.message, expected(case, channel))
     deployment.refresh_from_db()
     assert (deployment.status, deployment.schedule, deployment.next_run_at) == settings_before
-    assert deployment.current_version == first
+    assert deployment.champion == first
     shown = api_client_for(owner).get(f"/api/v1/models/{deployment.id}/").json()
     assert (shown["current_version"], shown["latest_version"]["number"]) == (1, 2)
     page = drop_zone_client(owner).get(f"/models/{deployment.id}/").content.decode()

@@ -24,9 +24,9 @@ QUERY_BOUNDS = {
     # (override, active models, stored bytes)
     "/": 9,
     "/models/status/": 9,
-    # session, user, model, versions, current version, latest check, chart points, 50 runs,
-    # their reports
-    "/models/{id}/": 9,
+    # session, user, model with its champion and challenger, versions, latest check, chart
+    # points, 50 runs, their reports, the changes of champion, the challenger's comparisons
+    "/models/{id}/": 10,
     # session, user, SELECT 1, run counts, the runs waiting for a slice, the failures' count
     # and page, the count of each light, a page of models with their latest-check subquery,
     # those checks' PSI and AUC

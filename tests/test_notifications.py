@@ -17,7 +17,7 @@ from portal.celery import app
 from scoring.models import Batch, Deployment, Notification, PackageVersion, ScoringRun
 from scoring.reports import outbox
 from scoring.runs import lifecycle, notifications
-from tests.factories.runs import make_models
+from tests.factories.runs import make_models, with_champions
 from tests.faults import closed_port, publishing_to, released_together
 
 pytestmark = pytest.mark.django_db
@@ -44,6 +44,7 @@ def running_run(user, attempts: int = 1, max_attempts: int = 3) -> ScoringRun:
         state=PackageVersion.State.VALID,
         package={"features": ["age"], "params": {"retry_delay_minutes": 45}},
     )
+    with_champions([deployment])
     return ScoringRun.objects.create(
         deployment=deployment,
         version=version,

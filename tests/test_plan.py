@@ -9,7 +9,10 @@ from scoring.engine import plan, pool
 
 def model(run_id: int, features: list[str], owner: int = 1):
     return SimpleNamespace(
-        id=run_id, owner=owner, version=SimpleNamespace(package={"features": features})
+        id=run_id,
+        deployment_id=run_id,
+        owner=owner,
+        version=SimpleNamespace(package={"features": features}),
     )
 
 
@@ -89,3 +92,15 @@ def test_the_pool_size_follows_cores_and_memory_and_the_setting(settings):
     assert pool.default_pool_size(cores=2, memory_bytes=gib // 2) == 1
     assert pool.busy_limit(8, cores=2) == 2
     assert pool.busy_limit(1, cores=2) == 1
+
+
+def test_a_challenger_lands_in_its_champions_shard_to_share_the_read():
+    others = [model(i, [f"f{i}"]) for i in range(6)]
+    champion = model(100, ["age", "tenure"])
+    challenger = SimpleNamespace(**{**vars(model(101, ["calls", "sms"])), "deployment_id": 100})
+
+    shards = plan.shards([champion, *others, challenger], size=2)
+
+    together = [shard for shard in shards if champion in shard]
+    assert together == [[champion, challenger]]
+    assert sorted(r.id for shard in shards for r in shard) == [0, 1, 2, 3, 4, 5, 100, 101]

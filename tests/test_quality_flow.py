@@ -11,7 +11,7 @@ from scoring.models import Report, ScoringRun
 from scoring.packages import storage
 from scoring.runs import dispatch, lifecycle
 from tests.factories import features, packages
-from tests.flows import deploy, report_emails, subject, wait_for_runs
+from tests.flows import deploy, report_emails, subject, text_of, wait_for_runs
 
 ROWS = 3000
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,13 +34,6 @@ def score_day(day: date, deployments_) -> dict[str, ScoringRun]:
     by_name = {run.deployment.name: run for run in finished if run.date == day}
     assert {run.status for run in by_name.values()} == {"succeeded"}, by_name
     return by_name
-
-
-def text_of(message) -> str:
-    plain = next(part for part in message.walk() if part.get_content_type() == "text/plain")
-    if plain.get("Content-Transfer-Encoding", "8bit").lower() in ("7bit", "8bit"):
-        return plain.get_payload()  # parsed from text: already a str
-    return plain.get_payload(decode=True).decode()
 
 
 def test_two_calm_days_then_a_drifted_one_alerts_and_each_user_gets_one_report_per_batch(

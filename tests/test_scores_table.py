@@ -4,9 +4,12 @@ partition whole."""
 
 import io
 import threading
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
+import polars as pl
+import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
@@ -16,6 +19,7 @@ from scoring.engine import maintenance, scores
 from scoring.packages import storage
 from tests.factories.scores_table import (
     DAY,
+    champions,
     commit_runs,
     entities,
     files_per_partition,
@@ -46,8 +50,8 @@ def test_a_thousand_runs_commit_in_one_transaction(table):
     fleet = {model: 1000 + model for model in range(1, 1001)}
     files = [f for model, run in fleet.items() for f in written(run, model, rows=3)]
 
-    scores.commit(DAY, list(fleet), files)
-    scores.commit(DAY, list(fleet)[:500], files[:500])  # a retried half: replaced, not doubled
+    scores.commit(DAY, champions(fleet), files)
+    scores.commit(DAY, champions(fleet)[:500], files[:500])  # a retried half: replaced, not doubled
 
     seen = partitions()
     assert len(seen) == 1000
@@ -63,7 +67,7 @@ def shards_at_once(shards: list[dict[int, int]], files: list[list[dict]]) -> lis
     def commit(shard, shard_files):
         start.wait()
         try:
-            scores.commit(DAY, list(shard), shard_files)
+            scores.commit(DAY, champions(shard), shard_files)
         except Exception as exc:
             errors.append(exc)
         finally:
@@ -82,6 +86,42 @@ def shards_at_once(shards: list[dict[int, int]], files: list[list[dict]]) -> lis
 
 def shard_files(shard: dict[int, int]) -> list[dict]:
     return [f for model, run in shard.items() for f in written(run, model)]
+
+
+def test_a_table_made_before_roles_gains_them_and_each_role_replaces_only_its_own_rows(table):
+    before_roles = pa.table(
+        {
+            "entity_id": pa.array(range(50), pa.int64()),
+            "score": pa.array([0.5] * 50),
+            "model_id": pa.array([1] * 50, pa.int64()),
+            "model_version": pa.array([1] * 50, pa.int32()),
+            "run_id": pa.array([10] * 50, pa.int64()),
+            "scored_at": pa.array([datetime.now(UTC)] * 50, pa.timestamp("us", tz="UTC")),
+            "dt": [DAY.isoformat()] * 50,
+        }
+    )
+    write_deltalake(
+        scores.table_uri(),
+        before_roles,
+        partition_by=scores.PARTITIONS,
+        storage_options=scores.storage_options(),
+    )
+
+    def runs_by_role() -> dict:
+        frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
+        return {
+            role: (sorted(set(rows["run_id"].to_list())), rows.height)
+            for (role,), rows in frame.group_by("role")
+        }
+
+    scores.commit(DAY, [(1, "challenger")], written(12, 1, role="challenger"))
+    assert runs_by_role() == {None: ([10], 50), "challenger": ([12], 50)}
+
+    scores.commit(DAY, [(1, "champion")], written(11, 1))  # the old rows were the champion's
+    assert runs_by_role() == {"champion": ([11], 50), "challenger": ([12], 50)}
+
+    scores.commit(DAY, [(1, "challenger")], written(13, 1, role="challenger", rows=20))
+    assert runs_by_role() == {"champion": ([11], 50), "challenger": ([13], 20)}
 
 
 def test_two_shards_replacing_partitions_at_once_both_land(table, monkeypatch, caplog):

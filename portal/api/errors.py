@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from scoring.packages.deployments import DeployError
+from scoring.packages.roles import RoleError
 from scoring.packages.storage import StorageError
 from scoring.runs.lifecycle import RunError
 
@@ -13,6 +14,8 @@ from scoring.runs.lifecycle import RunError
 def exception_handler(exc, context):
     if isinstance(exc, DeployError):
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, RoleError):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, RunError):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, StorageError):

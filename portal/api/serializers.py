@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
-from scoring.models import Deployment, PackageVersion, ScoringRun
+from scoring.models import ChampionChange, Comparison, Deployment, PackageVersion, ScoringRun
+from scoring.packages import roles
 
 
 class ValidationSerializer(serializers.Serializer):
@@ -21,6 +22,7 @@ class VersionSerializer(serializers.ModelSerializer):
             "uploaded_at",
             "validated_at",
             "validation",
+            "dropped_as",
             "package",
         ]
 
@@ -32,7 +34,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     latest_version = serializers.SerializerMethodField()
     current_version = serializers.SerializerMethodField(
-        help_text="The number of the version that scores: the latest valid one (null: none yet)."
+        help_text="The number of the live version, the champion (null: none yet)."
+    )
+    challenger_version = serializers.SerializerMethodField(
+        help_text="The number of the challenger scored beside it (null: none)."
     )
 
     class Meta:
@@ -50,6 +55,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "created_at",
             "latest_version",
             "current_version",
+            "challenger_version",
+            "challenger_share",
         ]
 
     def get_latest_version(self, deployment: Deployment) -> dict | None:
@@ -57,8 +64,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
         return VersionSerializer(version).data if version else None
 
     def get_current_version(self, deployment: Deployment) -> int | None:
-        version = deployment.current_version
-        return version.number if version else None
+        return deployment.champion.number if deployment.champion else None
+
+    def get_challenger_version(self, deployment: Deployment) -> int | None:
+        return deployment.challenger.number if deployment.challenger else None
 
 
 class DeploymentDetailSerializer(DeploymentSerializer):
@@ -92,6 +101,17 @@ class UploadSerializer(serializers.Serializer):
     schedule = serializers.CharField(required=False, allow_blank=True)
     timezone = serializers.CharField(required=False, allow_blank=True)
     max_slice_age_days = slice_age_field()
+    role = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="'champion' (default: live once valid) or 'challenger' (scored beside it).",
+    )
+    share = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="With role 'challenger': the share of entities it scores (0 < share <= 1, "
+        "by a stable hash of their id), the champion the rest. Blank: both score all.",
+    )
 
 
 class DeploymentUpdateSerializer(serializers.Serializer):
@@ -132,6 +152,8 @@ class RunSerializer(serializers.ModelSerializer):
             "rows",
             "error",
             "trigger",
+            "role",
+            "split_share",
             "created_at",
             "started_at",
             "finished_at",
@@ -142,6 +164,11 @@ class RunSerializer(serializers.ModelSerializer):
             "performance_status",
         ]
         extra_kwargs = {
+            "role": {"help_text": "champion (the model's scores) or challenger (beside them)."},
+            "split_share": {
+                "help_text": "Under a traffic split, the challenger's share of the entities "
+                "(the champion scored the rest); null: each scored every entity."
+            },
             "quality": {
                 "help_text": "Data quality against the previous run or the reference scores "
                 "(null until checked): status, psi, psi_status, adversarial_auc, "
@@ -183,3 +210,83 @@ class HistoryEntrySerializer(serializers.Serializer):
     object = serializers.CharField(help_text='What changed: the model, or one version ("v2").')
     changes = ChangeSerializer(many=True)
     reason = serializers.CharField(allow_blank=True)
+
+
+class ComparisonSerializer(serializers.ModelSerializer):
+    champion_version = serializers.IntegerField(source="champion_run.version.number")
+    challenger_version = serializers.IntegerField(source="challenger_run.version.number")
+    ginis = serializers.SerializerMethodField(
+        help_text="Each side's Gini with its interval once the outcomes matured (else null)."
+    )
+
+    class Meta:
+        model = Comparison
+        fields = [
+            "date",
+            "champion_version",
+            "challenger_version",
+            "champion_run",
+            "challenger_run",
+            "metrics",
+            "ginis",
+        ]
+        extra_kwargs = {
+            "metrics": {
+                "help_text": "champion_rows, challenger_rows, shared_rows, psi, spearman, "
+                "top_decile_overlap, top_percent_overlap, decile_moved_2"
+            }
+        }
+
+    def get_ginis(self, compared: Comparison) -> dict:
+        return {
+            "champion": gini_of(compared.champion_run),
+            "challenger": gini_of(compared.challenger_run),
+        }
+
+
+def gini_of(run: ScoringRun) -> dict | None:
+    performance = run.performance or {}
+    if performance.get("gini") is None:
+        return None
+    return {"gini": performance["gini"], "interval": performance["gini_interval"]}
+
+
+class ChangeRequestSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        max_length=roles.MAX_REASON, help_text="Why: kept with the change, shown to approvers."
+    )
+
+
+class ChampionChangeSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.number")
+    replaced_version = serializers.IntegerField(
+        source="replaced.number", allow_null=True, default=None
+    )
+    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    approved_by = serializers.CharField(source="approved_by.username", default=None)
+    withdrawn_by = serializers.CharField(source="withdrawn_by.username", default=None)
+    waiting_for = serializers.SerializerMethodField(
+        help_text="While waiting: who may approve it (staff of the approvers' group)."
+    )
+
+    class Meta:
+        model = ChampionChange
+        fields = [
+            "id",
+            "kind",
+            "version",
+            "replaced_version",
+            "reason",
+            "status",
+            "requested_by",
+            "requested_at",
+            "approved_by",
+            "withdrawn_by",
+            "done_at",
+            "waiting_for",
+        ]
+
+    def get_waiting_for(self, change: ChampionChange) -> list[str]:
+        if change.status != ChampionChange.Status.WAITING:
+            return []
+        return roles.approvers(change)

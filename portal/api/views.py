@@ -11,6 +11,9 @@ from rest_framework.views import APIView
 
 from portal import health
 from portal.api.serializers import (
+    ChampionChangeSerializer,
+    ChangeRequestSerializer,
+    ComparisonSerializer,
     DeploymentDetailSerializer,
     DeploymentSerializer,
     DeploymentUpdateSerializer,
@@ -20,11 +23,12 @@ from portal.api.serializers import (
     UploadSerializer,
 )
 from portal.downloads import stream_package, stream_scores
-from portal.views import deployments_for, runs_for
+from portal.views import changes_of, comparisons_of, deployments_for, runs_for
 from scoring import record
-from scoring.models import Deployment, ScoringRun
-from scoring.packages import deployments
+from scoring.models import ChampionChange, Deployment, ScoringRun
+from scoring.packages import deployments, roles
 from scoring.packages.deployments import DeployError
+from scoring.packages.roles import RoleError
 from scoring.runs import dispatch
 
 
@@ -64,6 +68,8 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             schedule=form.validated_data.get("schedule"),
             timezone=form.validated_data.get("timezone"),
             max_slice_age_days=form.validated_data.get("max_slice_age_days"),
+            role=form.validated_data.get("role"),
+            share=form.validated_data.get("share"),
         )
         deployment = self.get_queryset().get(id=version.deployment_id)
         return Response(DeploymentDetailSerializer(deployment).data, status=status.HTTP_201_CREATED)
@@ -124,6 +130,60 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         X-Package-SHA256 (hex) and Repr-Digest."""
         version = get_object_or_404(self.get_object().versions, number=int(number))
         return stream_package(version)
+
+    @extend_schema(request=ChangeRequestSerializer, responses={200: ChampionChangeSerializer})
+    @action(detail=True, methods=["post"], url_path=r"versions/(?P<number>\d+)/promote")
+    def promote(self, request, pk=None, number=None):
+        """Make the challenger (version `number`) the champion from the next run on."""
+        return self.change_champion(request, number, ChampionChange.Kind.PROMOTE)
+
+    @extend_schema(request=ChangeRequestSerializer, responses={200: ChampionChangeSerializer})
+    @action(detail=True, methods=["post"], url_path=r"versions/(?P<number>\d+)/rollback")
+    def rollback(self, request, pk=None, number=None):
+        """Make an earlier valid version (`number`) the champion again from the next run on."""
+        return self.change_champion(request, number, ChampionChange.Kind.ROLLBACK)
+
+    def change_champion(self, request, number: str, kind: str) -> Response:
+        deployment = self.get_object()
+        version = deployment.versions.filter(number=number).first()
+        if version is None:
+            raise NotFound(f"{deployment.name} has no version {number}")
+        form = ChangeRequestSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        if roles.change_kind(deployment, version) != kind:
+            raise RoleError(f"v{version.number} cannot be a {kind}: use the other action")
+        change = roles.request_change(
+            deployment, version, form.validated_data["reason"], request.user
+        )
+        return Response(ChampionChangeSerializer(change).data)
+
+    @extend_schema(responses=ChampionChangeSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def changes(self, request, pk=None):
+        """Promotions and rollbacks of the champion, newest first, with who and why."""
+        deployment = self.get_object()
+        return Response(ChampionChangeSerializer(changes_of(deployment), many=True).data)
+
+    @extend_schema(request=None, responses={200: ChampionChangeSerializer})
+    @action(detail=True, methods=["post"], url_path=r"changes/(?P<change_id>\d+)/approve")
+    def approve(self, request, pk=None, change_id=None):
+        """A second person approves a waiting change (REQUIRE_APPROVAL)."""
+        change = get_object_or_404(self.get_object().champion_changes, id=change_id)
+        return Response(ChampionChangeSerializer(roles.approve(change, request.user)).data)
+
+    @extend_schema(request=None, responses={200: ChampionChangeSerializer})
+    @action(detail=True, methods=["post"], url_path=r"changes/(?P<change_id>\d+)/withdraw")
+    def withdraw(self, request, pk=None, change_id=None):
+        """The one who asked, or an approver, drops a waiting change: the champion stays."""
+        change = get_object_or_404(self.get_object().champion_changes, id=change_id)
+        return Response(ChampionChangeSerializer(roles.withdraw(change, request.user)).data)
+
+    @extend_schema(responses=ComparisonSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def comparisons(self, request, pk=None):
+        """The challenger against the champion, for each day both scored (newest first)."""
+        deployment = self.get_object()
+        return Response(ComparisonSerializer(comparisons_of(deployment)[:500], many=True).data)
 
 
 class HistoryPagination(PageNumberPagination):

@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from scoring.engine import scores
+from scoring.engine import scores, traffic
 from scoring.quality import profiles, samples
 from scoring.sandbox.client import Sandbox
 from scoring.sandbox.environments import Environment
@@ -49,7 +49,13 @@ class Scorer:
     failed: bool = False
 
     def write(self, entity_ids: pa.Array, values: pa.Array, scored_at) -> None:
-        """A chunk of the run's scores: into its file, and counted in its profile."""
+        """A chunk of the run's scores: into its file, and counted in its profile; under a
+        traffic split, only its side's entities."""
+        mask = traffic.kept(entity_ids, self.run.split_share, self.run.role)
+        if mask is not None:
+            entity_ids, values = entity_ids.filter(mask), values.filter(mask)
+            if not len(entity_ids):
+                return
         self.writer.write(entity_ids, values, scored_at)
         self.profile.add(values)
 

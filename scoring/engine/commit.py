@@ -15,7 +15,7 @@ from django.db import connection
 from scoring.engine import scores
 from scoring.engine.pipeline import Scorer
 from scoring.models import ScoringRun
-from scoring.quality import assessment, profiles, samples
+from scoring.quality import assessment, challengers, profiles, samples
 from scoring.runs import lifecycle
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,9 @@ def commit_files(
         return []
     try:
         scores.commit(
-            day, [run.deployment_id for run in held], [f for r in held for f in files[r.id]]
+            day,
+            [(run.deployment_id, run.role) for run in held],
+            [f for r in held for f in files[r.id]],
         )
     except Exception as exc:  # S3 down or a conflicting commit: the runs are retried
         log.exception("commit of runs %s failed", [run.id for run in held])
@@ -141,6 +143,9 @@ def check_and_succeed(committed: list[ScoringRun], slice_date: date) -> None:
     """Check the committed runs' quality, then mark them succeeded: a run is at work until
     both are done, so its batch's report never goes out without its checks."""
     assessment.check_runs(committed, scores.score_reader())
+    # A challenger and its champion commit together (one shard): their day is compared
+    # before they succeed, so before the batch's report goes out.
+    challengers.compare_days(committed, scores.score_reader(("entity_id", "score")))
     for run in committed:
         lifecycle.succeed(run, run.rows, slice_date, run.profile)
 

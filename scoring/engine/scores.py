@@ -1,13 +1,18 @@
 """The unified scores table: one Delta Lake table on S3, partitioned by date and model.
 
 `s3://SCORES_BUCKET/scores` with columns entity_id, score, model_id,
-model_version, run_id, scored_at and the partition columns dt and model_id.
+model_version, run_id, scored_at, role and the partition columns dt and model_id.
 A run writes its Parquet files into its partition's folder while it scores
 (invisible: not yet in the log), then commits by one Delta transaction that adds
-them and removes whatever the (dt, model_id) partition held: a reader sees the
-partition whole or not at all, and a retried run replaces, never adds. Only the
-log entry is written at commit time. Spark, Trino, DuckDB and Polars read the
-table as it is.
+them and removes whatever the (dt, model_id) partition held in the run's role: a
+reader sees the run's rows whole or not at all, and a retried run replaces, never
+adds. Only the log entry is written at commit time. Spark, Trino, DuckDB and Polars
+read the table as it is.
+
+`role` is "champion" (the live version: the model's scores) or "challenger" (a version
+scored beside it). It is a plain column, not a partition: a challenger's rows sit in the
+champion's (dt, model_id) folder, so the table's partitioning, and the champion's paths,
+stay as they were. Rows written before roles existed have no role (null): champion's.
 """
 
 import contextlib
@@ -25,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from deltalake import DeltaTable
+from deltalake import DeltaTable, Field
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 from django.conf import settings
@@ -36,6 +41,7 @@ from scoring.packages import storage
 
 TABLE = "scores"
 PARTITIONS = ["dt", "model_id"]
+ROLES = ("champion", "challenger")  # the values of `role` (scoring.models.Role)
 # The PostgreSQL advisory lock writers of the table's log take (see `commit_lock`).
 COMMIT_LOCK_KEY = 7_301_977
 # A commit that conflicts with another writer's (see `commit`) is tried this many times.
@@ -75,6 +81,7 @@ def schema(id_type: pa.DataType) -> pa.Schema:
             ("run_id", pa.int64()),
             ("scored_at", pa.timestamp("us", tz="UTC")),
             ("dt", pa.string()),
+            ("role", pa.string()),
         ]
     )
 
@@ -125,7 +132,11 @@ class RunWriter:
         self.sink.close()  # the file appears on S3, still outside the table
         # Full statistics: readers (and delta-rs itself) prune files on them, and a
         # column without them would be taken as all-null.
-        constants = {"model_version": self.run.version.number, "run_id": self.run.id}
+        constants = {
+            "model_version": self.run.version.number,
+            "run_id": self.run.id,
+            "role": self.run.role,
+        }
         low = {**self.low, **constants, "scored_at": delta_time(self.low["scored_at"])}
         high = {**self.high, **constants, "scored_at": delta_time(self.high["scored_at"])}
         return {
@@ -161,7 +172,7 @@ def parquet_writer(sink, file_schema: pa.Schema) -> pq.ParquetWriter:
         sink,
         file_schema,
         compression="snappy",
-        use_dictionary=["model_version", "run_id", "scored_at"],
+        use_dictionary=["model_version", "run_id", "scored_at", "role"],
         column_encoding=encodings,
     )
 
@@ -191,8 +202,9 @@ def file_batch(entity_ids: pa.Array, scores: pa.Array, run, scored_at: datetime)
                 np.full(rows, np.datetime64(scored_at.replace(tzinfo=None), "us")),
                 pa.timestamp("us", tz="UTC"),
             ),
+            pa.array([run.role] * rows, pa.string()),
         ],
-        names=["entity_id", "score", "model_version", "run_id", "scored_at"],
+        names=["entity_id", "score", "model_version", "run_id", "scored_at", "role"],
     )
 
 
@@ -201,14 +213,14 @@ def partition_predicate(day: date, model_ids: list[int]) -> str:
     return f"dt = '{day.isoformat()}' AND model_id IN ({ids})"
 
 
-def commit(day: date, model_ids: list[int], files: list[dict]) -> None:
-    """Replace the (day, model) partitions of these runs with their written files, in one
-    Delta transaction: each run's partition is replaced whole, or nothing changes."""
+def commit(day: date, kept: list[tuple[int, str]], files: list[dict]) -> None:
+    """Replace the rows of these (model, role)s on that day with the runs' written files, in
+    one Delta transaction: each run's rows are replaced whole, or nothing changes."""
     adds = [AddAction(**{k: v for k, v in f.items() if k != "id_type"}) for f in files]
     added = {f["path"] for f in files}
 
     def actions(table: DeltaTable) -> list:
-        removes = replaced_files(table, day, model_ids)
+        removes = replaced_files(table, day, kept)
         return [*adds, *(r for r in removes if r.path not in added)]  # committed already: kept
 
     transact(actions, schema(pa.type_for_alias(files[0]["id_type"])))
@@ -218,7 +230,8 @@ def remove_models(model_ids: list[int]) -> int:
     """Remove every partition of these models (deleted ones) in one Delta transaction; how
     many files it removed. Only the log changes: a reader's snapshot keeps its files until
     vacuum deletes them, SCORES_RETENTION_HOURS later."""
-    return len(transact(lambda table: replaced_files(table, None, model_ids)))
+    every_role = [(model_id, role) for model_id in model_ids for role in ROLES]
+    return len(transact(lambda table: replaced_files(table, None, every_role)))
 
 
 def transact(actions_of, table_schema: pa.Schema | None = None) -> list:
@@ -235,7 +248,7 @@ def transact(actions_of, table_schema: pa.Schema | None = None) -> list:
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             with commit_lock():
-                table = open_table() or (table_schema and create_table(table_schema))
+                table = with_roles(open_table()) or (table_schema and create_table(table_schema))
                 actions = actions_of(table) if table else []
                 if actions:
                     table.create_write_transaction(
@@ -252,20 +265,27 @@ def transact(actions_of, table_schema: pa.Schema | None = None) -> list:
             time.sleep(COMMIT_BACKOFF_SECONDS * 2**attempt * (1 + random.random()))
 
 
-def replaced_files(table: DeltaTable, day: date | None, model_ids: list[int]) -> list[RemoveAction]:
-    """The files the (day, model) partitions hold now (every day's with no day), to remove
-    in a commit.
+def replaced_files(
+    table: DeltaTable, day: date | None, kept: list[tuple[int, str]]
+) -> list[RemoveAction]:
+    """The files of these (model, role)s on that day (every day's with no day) now, to
+    remove in a commit.
 
     Found with Arrow over the table's file list: delta-rs' own partition filter (an
-    overwrite's) tests each of a year's 365,000 files against each of 1,000 model ids, 3 s."""
+    overwrite's) tests each of a year's 365,000 files against each of 1,000 model ids, 3 s.
+    A file's role is its statistics' (each file holds one run's rows); none: champion's."""
     files = pa.table(table.get_add_actions(flatten=True)).select(
-        ["path", "size_bytes", "partition.dt", "partition.model_id"]
+        ["path", "size_bytes", "partition.dt", "partition.model_id", "min.role"]
     )
-    ids = pa.array([int(model_id) for model_id in model_ids], files["partition.model_id"].type)
-    held = pc.is_in(files["partition.model_id"], value_set=ids)
     if day is not None:
-        held = pc.and_(pc.equal(files["partition.dt"], day.isoformat()), held)
-    held = files.filter(held)
+        files = files.filter(pc.equal(files["partition.dt"], day.isoformat()))
+    keys = pc.binary_join_element_wise(
+        pc.cast(files["partition.model_id"], pa.string()),
+        pc.fill_null(files["min.role"], "champion"),
+        "/",
+    )
+    wanted = pa.array([f"{int(model_id)}/{role}" for model_id, role in kept], pa.string())
+    held = files.filter(pc.is_in(keys, value_set=wanted))
     now = int(time.time() * 1000)
     return [
         RemoveAction(
@@ -283,6 +303,25 @@ def replaced_files(table: DeltaTable, day: date | None, model_ids: list[int]) ->
             strict=True,
         )
     ]
+
+
+def with_roles(table: DeltaTable | None) -> DeltaTable | None:
+    """The table with its `role` column: a table made before roles existed gains it once
+    (a change of the log only; its files' rows read it as null, the champion's)."""
+    if table is None or has_roles(table):
+        return table
+    try:
+        table.alter.add_columns([Field("role", "string", nullable=True)])
+    except Exception:  # another writer may have added it meanwhile: looked at again below
+        log.warning("adding the role column to the scores table failed", exc_info=True)
+    table = open_table()
+    if not has_roles(table):  # never commit rows whose role the table would drop
+        raise RuntimeError("the scores table has no role column, and it could not be added")
+    return table
+
+
+def has_roles(table: DeltaTable) -> bool:
+    return "role" in {field.name for field in table.schema().fields}
 
 
 def create_table(table_schema: pa.Schema) -> DeltaTable:
@@ -333,10 +372,11 @@ def run_scores(run, columns=("entity_id", "score"), table=None) -> Iterator[pa.R
     yield from dataset.to_batches(columns=list(columns), filter=ds.field("run_id") == run.id)
 
 
-def score_reader():
-    """A reader of runs' score columns from one view of the table, for the quality checks.
+def score_reader(columns=("score",)):
+    """A reader of runs' score columns from one view of the table, for the quality checks
+    and the comparisons.
 
     The table is opened at the first read: a slice that committed nothing reads nothing
     (S3 may be why it committed nothing)."""
     table = functools.cache(open_table)
-    return lambda run: run_scores(run, columns=("score",), table=table())
+    return lambda run: run_scores(run, columns=columns, table=table())

@@ -17,7 +17,7 @@ from scoring import record
 from scoring.engine import environments, features, sources
 from scoring.engine.limits import sandbox_limits
 from scoring.models import Deployment, PackageVersion
-from scoring.packages import deployments, storage
+from scoring.packages import deployments, roles, storage
 from scoring.packages.schedules import ScheduleError
 from scoring.quality import samples
 from scoring.sandbox.client import Sandbox
@@ -127,6 +127,7 @@ def finish(version: PackageVersion, state: str, message: str, package: dict) -> 
         deployment = Deployment.objects.select_for_update().get(id=version.deployment_id)
         if state == PackageVersion.State.VALID:
             apply_package_defaults(version, deployment, package)
+            roles.take_role(PackageVersion.objects.get(id=version.id), deployment)
         keep_schedule(deployment)
 
 

@@ -15,7 +15,7 @@ from django.utils.timezone import now
 
 from scoring import enqueue
 from scoring.models import DeletedDeployment, Deployment, PackageVersion, Quota
-from scoring.packages import quotas, schedules, storage
+from scoring.packages import quotas, roles, schedules, storage
 from scoring.packages.contract import ContractError, check_email, check_name
 from scoring.packages.schedules import ScheduleError, check_interval, check_schedule, check_timezone
 
@@ -82,8 +82,11 @@ def deploy(
     schedule: str | None = None,
     timezone: str | None = None,
     max_slice_age_days: int | str | None = None,
+    role: str | None = None,
+    share: float | str | None = None,
 ) -> PackageVersion:
-    """Store a package as a new deployment, or as a new version of the one with that name."""
+    """Store a package as a new deployment, or as a new version of the one with that name,
+    dropped as the live version (champion, the default) or as a challenger beside it."""
     try:
         name = check_name(name or PurePath(filename).stem)
     except ContractError as exc:
@@ -111,6 +114,11 @@ def deploy(
                     f"are stored as {slug!r}. Use {deployment.name!r} to add a version to it, "
                     "or a name that differs in its letters or digits"
                 )
+            try:
+                dropped_as = roles.check_dropped_as(role, deployment)
+                dropped_share = roles.check_share(share, dropped_as)
+            except roles.RoleError as exc:
+                raise DeployError(str(exc)) from None
             latest = deployment.versions.order_by("-number").first() if deployment else None
             if latest and latest.sha256 == sha256:
                 raise DeployError(
@@ -138,6 +146,8 @@ def deploy(
                 sha256=sha256,
                 form_email=fields.get("email", ""),
                 form_schedule=fields.get("schedule", ""),
+                dropped_as=dropped_as,
+                dropped_share=dropped_share,
             )
             transaction.on_commit(lambda: enqueue_validation(version.id))
     except quotas.QuotaError as exc:

@@ -152,11 +152,13 @@ class SliceSamples:
 
 
 def previous_runs(runs: list[ScoringRun]) -> dict[int, ScoringRun | None]:
-    """Each run's baseline run: its model's latest succeeded run of an earlier date.
-    Two queries for any number of runs."""
+    """Each run's baseline run: its model's latest succeeded run of an earlier date in the
+    same role (a challenger is compared with the challengers before it, the champion's
+    partition with the champion's). Two queries for any number of runs."""
     latest = (
         ScoringRun.objects.filter(
             deployment_id=OuterRef("deployment_id"),
+            role=OuterRef("role"),
             status=ScoringRun.Status.SUCCEEDED,
             date__lt=OuterRef("date"),
         )

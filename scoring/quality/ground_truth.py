@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 from django.db import transaction
 
-from scoring.models import ScoringRun
+from scoring.models import Role, ScoringRun
 from scoring.packages import params
 from scoring.quality import levels, performance
 
@@ -236,8 +236,11 @@ def number(value) -> float | None:
 
 
 def history(deployment) -> list[dict]:
-    """The matured runs of a model by scoring date, for its chart: Gini and its interval."""
-    runs = deployment.runs.filter(performance__gini__isnull=False).order_by("date")
+    """The champion's matured runs of a model by scoring date, for its chart: Gini and its
+    interval (a challenger's are in its comparison with the champion)."""
+    runs = deployment.runs.filter(performance__gini__isnull=False, role=Role.CHAMPION).order_by(
+        "date"
+    )
     return [
         {
             "date": str(run.date),

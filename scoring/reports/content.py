@@ -26,7 +26,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Lower
 
-from scoring.models import Batch, Report, ScoringRun
+from scoring.models import Batch, Comparison, Report, ScoringRun
 from scoring.quality import levels
 from scoring.quality.levels import ALERT, FAILED, OK, SEVERITY, WARNING, worst
 
@@ -311,6 +311,7 @@ SMALL_REPORT = 10  # up to this many models, each is in detail, as a small team 
 CHARTS_IN_EMAIL = 5
 LINES_IN_EMAIL = 100
 PER_PAGE = 25
+COMPARISONS_IN_EMAIL = 50
 ATTENTION = (FAILED, ALERT)
 
 
@@ -362,7 +363,18 @@ def summary_context(report: Report, runs: QuerySet, counts: dict[str, int]) -> d
         "counts": [LightCount(name, count) for name, count in counts.items()],
         "summary": ", ".join(f"{count} {name}" for name, count in counts.items() if count),
         "url": report_url(report),
+        "comparisons": comparisons(report),
     }
+
+
+def comparisons(report: Report) -> list[Comparison]:
+    """The challengers of the report's runs against their champions, for the days scored."""
+    runs = report.runs.all()
+    return list(
+        Comparison.objects.filter(challenger_run__in=runs)
+        .select_related("deployment", "champion_run__version", "challenger_run__version")
+        .order_by("deployment__name", "date")[:COMPARISONS_IN_EMAIL]
+    )
 
 
 @dataclass

@@ -5,18 +5,18 @@ Redis restart or a killed worker delays a run, never loses it, because every
 tick looks again at what is due, retrying, stale or queued too long.
 """
 
+import contextlib
 import logging
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from scoring import enqueue
-from scoring.models import Batch, BatchPart, Deployment, PackageVersion, ScoringRun
-from scoring.packages import schedules
+from scoring.models import Batch, BatchPart, Deployment, PackageVersion, Role, ScoringRun
+from scoring.packages import roles, schedules
 from scoring.runs import batches, lifecycle
 
 log = logging.getLogger(__name__)
@@ -39,18 +39,13 @@ def tick(now: datetime | None = None) -> Batch | None:
 def due_schedules(now: datetime) -> list[int]:
     """A run for each active deployment whose fire time has come, in a fixed number of
     queries however many are due: a thousand models on a daily schedule fire together."""
-    current = (
-        PackageVersion.objects.filter(deployment=OuterRef("pk"), state=PackageVersion.State.VALID)
-        .order_by("-number")
-        .values("id")[:1]
-    )
     with transaction.atomic():
         # Claim the fire times: rows another tick has locked are its own (skip, never wait),
         # and once next_run_at moves on no later tick sees them due.
         due = list(
             Deployment.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(status=Deployment.Status.ACTIVE, next_run_at__lte=now)
-            .annotate(current_version_id=Subquery(current))
+            .select_related("champion", "challenger")
         )
         due_at = {deployment.id: deployment.next_run_at for deployment in due}
         for deployment in due:
@@ -58,21 +53,20 @@ def due_schedules(now: datetime) -> list[int]:
                 deployment.schedule, deployment.timezone, now
             )[0]
         Deployment.objects.bulk_update(due, ["next_run_at"], batch_size=BULK_ROWS)
-        versions = PackageVersion.objects.in_bulk(
-            [d.current_version_id for d in due if d.current_version_id]
-        )
         wanted = {}
         for deployment in due:
-            version = versions.get(deployment.current_version_id)
-            if version is None:
+            scored = roles.scoring_versions(deployment)
+            if not scored:
                 log.info("%s is due but has no valid version; skipped", deployment)
-                continue
             day = due_at[deployment.id].astimezone(ZoneInfo(deployment.timezone)).date()
-            wanted[(version.id, day)] = (deployment, version)
+            for version, role in scored:  # the challenger beside the champion, same batch
+                wanted[(version.id, day)] = (deployment, version, role)
         return create_runs(wanted)
 
 
-def create_runs(wanted: dict[tuple[int, date], tuple[Deployment, PackageVersion]]) -> list[int]:
+def create_runs(
+    wanted: dict[tuple[int, date], tuple[Deployment, PackageVersion, str]],
+) -> list[int]:
     """Scheduled runs for these (version, date)s, skipping those that exist (a score-now of
     the same date): at most one run per version and date, as the unique constraint says."""
     if not wanted:
@@ -88,9 +82,11 @@ def create_runs(wanted: dict[tuple[int, date], tuple[Deployment, PackageVersion]
             version=version,
             date=day,
             trigger=ScoringRun.Trigger.SCHEDULE,
+            role=role,
+            split_share=roles.split_share(deployment),
             max_attempts=lifecycle.max_attempts(version),
         )
-        for (version_id, day), (deployment, version) in wanted.items()
+        for (version_id, day), (deployment, version, role) in wanted.items()
         if (version_id, day) not in existing
     ]
     try:
@@ -98,8 +94,15 @@ def create_runs(wanted: dict[tuple[int, date], tuple[Deployment, PackageVersion]
             return [run.id for run in ScoringRun.objects.bulk_create(new, batch_size=BULK_ROWS)]
     except IntegrityError:  # one was made since (a score-now): one at a time, skipping it
         made = [
-            lifecycle.create_run(deployment, version, day, ScoringRun.Trigger.SCHEDULE)
-            for (_, day), (deployment, version) in wanted.items()
+            lifecycle.create_run(
+                deployment,
+                version,
+                day,
+                ScoringRun.Trigger.SCHEDULE,
+                role=role,
+                split_share=roles.split_share(deployment),
+            )
+            for (_, day), (deployment, version, role) in wanted.items()
         ]
         return [run.id for run in made if run is not None]
 
@@ -161,8 +164,15 @@ def score_now(
     once; with allow_older_slice it may score an older slice than its package accepts."""
     day = day or timezone.now().astimezone(ZoneInfo(deployment.timezone)).date()
     run = lifecycle.request_run(deployment, day, allow_older_slice)
-    if run.status == ScoringRun.Status.QUEUED:
-        send_batch([run.id])
+    queued = [run]
+    if deployment.challenger_id is not None:  # beside the champion, in the same batch
+        with contextlib.suppress(lifecycle.RunError):  # it has scored that day already
+            queued.append(
+                lifecycle.request_run(deployment, day, allow_older_slice, Role.CHALLENGER)
+            )
+    ready = [r.id for r in queued if r.status == ScoringRun.Status.QUEUED]
+    if ready:
+        send_batch(ready)
     return run
 
 

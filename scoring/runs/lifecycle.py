@@ -13,8 +13,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from scoring.models import Deployment, PackageVersion, ScoringRun, slice_wanted
-from scoring.packages import params
+from scoring.models import Deployment, PackageVersion, Role, ScoringRun, slice_wanted
+from scoring.packages import params, roles
 from scoring.runs import notifications, worker_loss
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ def create_run(
     day: date,
     trigger: str,
     allow_older_slice: bool = False,
+    role: str = Role.CHAMPION,
+    split_share: float | None = None,
 ) -> ScoringRun | None:
     """A new queued run, or None when this version already has one for that date."""
     try:
@@ -49,6 +51,8 @@ def create_run(
                 version=version,
                 date=day,
                 trigger=trigger,
+                role=role,
+                split_share=split_share,
                 max_attempts=max_attempts(version),
                 allow_older_slice=allow_older_slice,
             )
@@ -180,13 +184,15 @@ def give_up_waiting(run: ScoringRun, latest: date | None, now: datetime) -> None
 
 
 def newer_run(run: ScoringRun) -> ScoringRun | None:
-    """A run of a newer version of the same model for the same date: it owns the partition."""
+    """A run made later, of another version in the same role of the same model for the same
+    date (a newer upload, a promotion or a rollback since): it owns the role's rows."""
     return (
         ScoringRun.objects.filter(
-            deployment_id=run.deployment_id, date=run.date, version__number__gt=run.version.number
+            deployment_id=run.deployment_id, date=run.date, role=run.role, id__gt=run.id
         )
+        .exclude(version_id=run.version_id)
         .exclude(status=ScoringRun.Status.FAILED)
-        .order_by("-version__number")
+        .order_by("-id")
         .first()
     )
 
@@ -219,17 +225,30 @@ def take_back(run: ScoringRun, now: datetime) -> bool:
     return bool(move(stale, ScoringRun.Status.QUEUED, error=message, queued_at=now))
 
 
-def request_run(deployment: Deployment, day: date, allow_older_slice: bool = False) -> ScoringRun:
-    """Score now: the run for that date, queued unless it is running or already scored.
+def request_run(
+    deployment: Deployment,
+    day: date,
+    allow_older_slice: bool = False,
+    role: str = Role.CHAMPION,
+) -> ScoringRun:
+    """Score now: the run of the version in that role for that date, queued unless it is
+    running or already scored.
 
     It scores the slice of that date (or as old as the package accepts) and waits for it;
     with allow_older_slice, the latest slice on or before the date, however old.
     """
-    version = deployment.current_version
+    version = deployment.champion if role == Role.CHAMPION else deployment.challenger
     if version is None:
-        raise RunError(f"{deployment.name} has no valid version to score")
+        kind = "version" if role == Role.CHAMPION else "challenger"
+        raise RunError(f"{deployment.name} has no valid {kind} to score")
     run = create_run(
-        deployment, version, day, ScoringRun.Trigger.MANUAL, allow_older_slice=allow_older_slice
+        deployment,
+        version,
+        day,
+        ScoringRun.Trigger.MANUAL,
+        allow_older_slice=allow_older_slice,
+        role=role,
+        split_share=roles.split_share(deployment),
     )
     if run is not None:
         return run

@@ -4,7 +4,7 @@ given light (or failed, or retrying) with a quality dict as the checks write it.
 from datetime import UTC, date, datetime, timedelta
 
 from scoring.models import Batch, Deployment, PackageVersion, ScoringRun
-from tests.factories.runs import histogram
+from tests.factories.runs import histogram, with_champions
 
 DAY = date(2026, 11, 23)
 SLICE = date(2026, 11, 22)
@@ -68,7 +68,7 @@ def deployment(user, name: str, email: str | None = None) -> Deployment:
         sha256="0" * 64,
         state=PackageVersion.State.VALID,
     )
-    return made
+    return with_champions([made])[0]
 
 
 def run(batch: Batch, deployment_: Deployment, status: str = "ok", **fields) -> ScoringRun:

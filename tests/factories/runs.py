@@ -111,6 +111,19 @@ def make_models(owner, count: int, prefix: str = "model", **fields) -> list[Depl
         )
         for d in deployments
     )
+    return with_champions(deployments)
+
+
+def with_champions(deployments: list[Deployment]) -> list[Deployment]:
+    """Their valid version 1 is their champion, as a validated upload makes it."""
+    versions = dict(
+        PackageVersion.objects.filter(
+            deployment__in=deployments, number=1, state=PackageVersion.State.VALID
+        ).values_list("deployment_id", "id")
+    )
+    for deployment in deployments:
+        deployment.champion_id = versions.get(deployment.id)
+    Deployment.objects.bulk_update(deployments, ["champion"], batch_size=1000)
     return deployments
 
 

@@ -29,11 +29,19 @@ class Run:
     date: date
     attempts: int = 1
     version: Version = Version(1)
+    role: str = "champion"
 
 
-def written(run_id: int, model_id: int, day: date = DAY, rows: int = 50, parts: int = 1):
+def written(
+    run_id: int,
+    model_id: int,
+    day: date = DAY,
+    rows: int = 50,
+    parts: int = 1,
+    role: str = "champion",
+):
     """A run's scores files (one per part), on S3 but not in the table yet."""
-    run = Run(id=run_id, deployment_id=model_id, date=day)
+    run = Run(id=run_id, deployment_id=model_id, date=day, role=role)
     files = []
     for part in range(parts):
         writer = scores.RunWriter(run, part)
@@ -46,7 +54,11 @@ def written(run_id: int, model_id: int, day: date = DAY, rows: int = 50, parts: 
 def commit_runs(runs: dict[int, int], day: date = DAY, parts: int = 1, rows: int = 50) -> None:
     """Commit {model_id: run_id} for `day` in one transaction, as a shard does."""
     files = [f for model, run in runs.items() for f in written(run, model, day, rows, parts)]
-    scores.commit(day, list(runs), files)
+    scores.commit(day, champions(runs), files)
+
+
+def champions(model_ids) -> list[tuple[int, str]]:
+    return [(model_id, "champion") for model_id in model_ids]
 
 
 def partitions() -> dict[tuple[str, int], tuple[list[int], list[int]]]:

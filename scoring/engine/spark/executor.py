@@ -62,6 +62,8 @@ class RunRef:
     version: Version
     owner: int
     sha256: str
+    role: str
+    split_share: float | None = None
     baseline_edges: list | None = None
     requirements: tuple[str, ...] = ()  # the libraries its package pins
 

@@ -107,6 +107,8 @@ def task_runs(ready: list[ScoringRun], slice_date: date):
                 version=executor.Version(run.version.number),
                 owner=run.deployment.owner_id,
                 sha256=run.version.sha256,
+                role=run.role,
+                split_share=run.split_share,
                 baseline_edges=edges[run.id],
                 requirements=tuple(run.version.package.get("requirements") or ()),
             )

@@ -1,0 +1,35 @@
+"""A traffic split between a champion and its challenger: which entities each scores.
+
+With a `split_share` on its runs, the challenger keeps the entities whose hash falls below
+the share, the champion the rest: the two sets are disjoint, cover the slice, and an entity
+stays on the same side every day (the hash of its id, not of its row's place). Both models
+still score the whole chunk they share in memory; only the kept rows are written.
+
+The hash is pandas' `hash_array` with its fixed key: the same in every process and on every
+host. Integer ids are mixed as numbers (0.15 s a million), others as text (SipHash, about
+2 s a million): an id column keeps its type from day to day, and so its entities' sides.
+"""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+BUCKETS = 10_000
+CHALLENGER = "challenger"
+
+
+def buckets(entity_ids: pa.Array) -> np.ndarray:
+    """Each entity's bucket, 0 to BUCKETS - 1, from its id alone."""
+    if pa.types.is_integer(entity_ids.type) and entity_ids.null_count == 0:
+        values = entity_ids.cast(pa.int64()).to_numpy()
+    else:
+        values = entity_ids.cast(pa.string()).to_numpy(zero_copy_only=False)
+    return (pd.util.hash_array(values) % BUCKETS).astype(np.int64)
+
+
+def kept(entity_ids: pa.Array, share: float | None, role: str) -> np.ndarray | None:
+    """The rows a run of this role keeps under the split; None: all of them."""
+    if share is None:
+        return None
+    challenger_side = buckets(entity_ids) < round(share * BUCKETS)
+    return challenger_side if role == CHALLENGER else ~challenger_side

@@ -1,0 +1,170 @@
+"""Promote a challenger, roll back to an earlier version, and the four-eyes approval: the
+runs made next score the version the record says, and the record says who, why and when."""
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Group
+from django.utils import timezone
+
+from scoring.models import ChampionChange, PackageVersion, Role, ScoringRun
+from scoring.packages import roles
+from scoring.runs import dispatch
+from tests.factories.cast import api_client_for, session
+from tests.factories.runs import make_models
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def model(owner):
+    """alice's model: v1 the champion, v2 a valid challenger beside it."""
+    (deployment,) = make_models(owner, 1, prefix="churn")
+    v2 = PackageVersion.objects.create(
+        deployment=deployment,
+        number=2,
+        file=f"{owner.username}/{deployment.slug}/v2.dill",
+        filename="churn-v2.dill",
+        size=20_000,
+        sha256="2" * 64,
+        state=PackageVersion.State.VALID,
+        package=deployment.champion.package,
+        dropped_as=Role.CHALLENGER,
+    )
+    roles.take_role(v2, deployment)
+    return deployment
+
+
+@pytest.fixture
+def approvers(staff, superuser):
+    """sam and root are staff of the approvers' group."""
+    group = Group.objects.create(name="approvers")
+    group.user_set.add(staff, superuser)
+    return group
+
+
+def next_runs(deployment, day_offset: int) -> dict[str, int]:
+    """The runs the schedule makes when the model is next due: {role: version number}."""
+    due = timezone.now().replace(hour=6, minute=0) + timedelta(days=day_offset)
+    deployment.__class__.objects.filter(id=deployment.id).update(next_run_at=due)
+    ids = dispatch.due_schedules(due + timedelta(minutes=1))
+    runs = ScoringRun.objects.filter(id__in=ids).select_related("version")
+    return {run.role: run.version.number for run in runs}
+
+
+def test_promote_then_roll_back_the_next_runs_score_what_the_record_says(model, api, owner):
+    assert next_runs(model, 1) == {"champion": 1, "challenger": 2}
+
+    promoted = api.post(
+        f"/api/v1/models/{model.id}/versions/2/promote/", {"reason": "Gini +4 pts on OOT"}
+    )
+    assert promoted.status_code == 200, promoted.json()
+    assert promoted.json()["status"] == "done"
+    assert next_runs(model, 2) == {"champion": 2}  # promoted: no challenger until a new one
+
+    rolled = api.post(
+        f"/api/v1/models/{model.id}/versions/1/rollback/", {"reason": "v2 misranks new clients"}
+    )
+    assert rolled.status_code == 200, rolled.json()
+    assert next_runs(model, 3) == {"champion": 1}
+
+    record = api.get(f"/api/v1/models/{model.id}/changes/").json()
+    assert [
+        (c["kind"], c["version"], c["replaced_version"], c["reason"], c["requested_by"])
+        for c in record
+    ] == [
+        ("rollback", 1, 2, "v2 misranks new clients", "alice"),
+        ("promote", 2, 1, "Gini +4 pts on OOT", "alice"),
+    ]
+    assert all(c["status"] == "done" and c["approved_by"] is None for c in record)
+    shown = api.get(f"/api/v1/models/{model.id}/").json()
+    assert (shown["current_version"], shown["challenger_version"]) == (1, None)
+    # The model's record of changes holds both, with who, from where and why.
+    history = api.get(f"/api/v1/models/{model.id}/history/").json()["results"]
+    champion_set = [
+        (entry["actor"], entry["via"], entry["reason"])
+        for entry in history
+        if entry["reason"] and any(change["field"] == "champion" for change in entry["changes"])
+    ]
+    assert champion_set == [
+        ("alice", "api", "v2 misranks new clients"),
+        ("alice", "api", "Gini +4 pts on OOT"),
+    ]
+
+
+def test_a_change_needs_a_reason_and_a_sensible_target(model, api):
+    refusals = {
+        "versions/2/promote/": ({"reason": "  "}, "reason"),
+        "versions/1/promote/": ({"reason": "try"}, "neither the challenger nor earlier"),
+        "versions/2/rollback/": ({"reason": "try"}, "cannot be a rollback"),
+        "versions/9/rollback/": ({"reason": "try"}, "has no version 9"),
+    }
+    for path, (body, message) in refusals.items():
+        response = api.post(f"/api/v1/models/{model.id}/{path}", body)
+        assert response.status_code in (400, 404, 409), path
+        assert message in str(response.json()), (path, response.json())
+
+    model.refresh_from_db()
+    assert (model.champion.number, model.challenger.number) == (1, 2)
+    assert not ChampionChange.objects.exists()
+
+
+def test_with_approval_required_a_promotion_waits_for_another_approver(
+    model, settings, approvers, staff, superuser, owner
+):
+    settings.REQUIRE_APPROVAL = True
+    sam, root, alice = api_client_for(staff), api_client_for(superuser), api_client_for(owner)
+
+    asked = sam.post(f"/api/v1/models/{model.id}/versions/2/promote/", {"reason": "better KS"})
+
+    assert asked.status_code == 200, asked.json()
+    assert (asked.json()["status"], asked.json()["waiting_for"]) == ("waiting", ["root"])
+    assert next_runs(model, 1)["champion"] == 1  # nothing changes while it waits
+    page = session(owner).get(f"/models/{model.id}/").content.decode()
+    assert "waiting for approval by root" in page
+    change = asked.json()["id"]
+    approve = f"/api/v1/models/{model.id}/changes/{change}/approve/"
+    by_requester = sam.post(approve)
+    assert by_requester.status_code == 409
+    assert "someone other than the one who asked" in by_requester.json()["detail"]
+    by_owner = alice.post(approve)
+    assert by_owner.status_code == 409 and "approvers" in by_owner.json()["detail"]
+    assert ChampionChange.objects.get(id=change).status == "waiting"
+
+    approved = root.post(approve)
+
+    assert approved.status_code == 200, approved.json()
+    assert (approved.json()["status"], approved.json()["approved_by"]) == ("done", "root")
+    assert next_runs(model, 2) == {"champion": 2}
+
+
+def test_the_model_page_promotes_with_a_reason_and_shows_the_record(model, owner):
+    browser = session(owner)
+
+    browser.post(f"/models/{model.id}/promote/", {"version": 2, "reason": "stable for 3 weeks"})
+
+    page = browser.get(f"/models/{model.id}/").content.decode()
+    assert 'id="champion">v2' in page
+    assert "promote to v2" in page and "stable for 3 weeks" in page
+    assert 'id="rollback-form"' in page and '<option value="1">v1</option>' in page
+
+
+def test_a_waiting_change_is_withdrawn_by_the_one_who_asked_and_then_another_may_be_asked(
+    model, settings, approvers, owner, outsider
+):
+    settings.REQUIRE_APPROVAL = True
+    alice = api_client_for(owner)
+    asked = alice.post(f"/api/v1/models/{model.id}/versions/2/promote/", {"reason": "try it"})
+    second = alice.post(f"/api/v1/models/{model.id}/versions/2/promote/", {"reason": "again"})
+    assert second.status_code == 409 and "waiting for approval" in second.json()["detail"]
+    withdraw = f"/api/v1/models/{model.id}/changes/{asked.json()['id']}/withdraw/"
+
+    withdrawn = alice.post(withdraw)
+
+    assert withdrawn.status_code == 200, withdrawn.json()
+    assert (withdrawn.json()["status"], withdrawn.json()["withdrawn_by"]) == ("withdrawn", "alice")
+    assert alice.post(withdraw).status_code == 409  # once
+    model.refresh_from_db()
+    assert model.champion.number == 1
+    again = alice.post(f"/api/v1/models/{model.id}/versions/2/promote/", {"reason": "again"})
+    assert (again.status_code, again.json()["status"]) == (200, "waiting")
