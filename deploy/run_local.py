@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 STATE = Path(os.environ.get("DROPSCORE_STATE_DIR", ROOT / ".dropscore"))
 PORT = int(os.environ.get("PORT", "8000"))
+# The links in the emails go where the portal runs.
+os.environ.setdefault("SITE_URL", f"http://127.0.0.1:{PORT}")
 DEMO_USER = "demo"
 DEMO_MODEL = "churn-demo"
 DEMO_CUSTOMERS = 100_000
@@ -296,6 +298,7 @@ def score_demo_model(deployment: "Deployment") -> None:
         return
     if deployment.runs.filter(status=ScoringRun.Status.SUCCEEDED).exists():
         return
+    deployment.refresh_from_db()  # validation made its version the champion meanwhile
     # A week of history, a day at a time (each run is checked against the day before),
     # so the model page has charts and the last day shows the promotion's drift.
     say(f"scoring churn-demo on the last {BACKFILL_DAYS} days (100,000 customers each) ...")

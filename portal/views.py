@@ -250,10 +250,12 @@ def roles_context(request: HttpRequest, deployment: Deployment) -> dict:
             waiting
             and (waiting.requested_by_id == request.user.id or roles.can_approve(request.user))
         ),
-        "earlier": [
+        "earlier": [  # what a rollback may go to: any other valid version but the challenger
             v
             for v in deployment.versions.all()
-            if champion and v.state == PackageVersion.State.VALID and v.number < champion.number
+            if champion
+            and v.state == PackageVersion.State.VALID
+            and v.id not in (champion.id, deployment.challenger_id)
         ],
     }
 

@@ -134,6 +134,7 @@ def describe(entry: LogEntry) -> dict:
                 "after": readable(entry, field, after),
             }
             for field, (before, after) in entry.changes_dict.items()
+            if before != after  # a create lists every field, unset ones too
         ],
         "reason": data.get("reason", ""),
     }

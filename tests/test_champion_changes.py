@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from scoring.models import ChampionChange, PackageVersion, Role, ScoringRun
 from scoring.packages import roles
-from scoring.runs import dispatch
+from scoring.runs import dispatch, lifecycle
 from tests.factories.cast import api_client_for, session
 from tests.factories.runs import make_models
 
@@ -95,8 +95,8 @@ def test_promote_then_roll_back_the_next_runs_score_what_the_record_says(model, 
 def test_a_change_needs_a_reason_and_a_sensible_target(model, api):
     refusals = {
         "versions/2/promote/": ({"reason": "  "}, "reason"),
-        "versions/1/promote/": ({"reason": "try"}, "neither the challenger nor earlier"),
-        "versions/2/rollback/": ({"reason": "try"}, "cannot be a rollback"),
+        "versions/1/promote/": ({"reason": "try"}, "the champion already"),
+        "versions/2/rollback/": ({"reason": "try"}, "is the challenger: promote it instead"),
         "versions/9/rollback/": ({"reason": "try"}, "has no version 9"),
     }
     for path, (body, message) in refusals.items():
@@ -168,3 +168,34 @@ def test_a_waiting_change_is_withdrawn_by_the_one_who_asked_and_then_another_may
     assert model.champion.number == 1
     again = alice.post(f"/api/v1/models/{model.id}/versions/2/promote/", {"reason": "again"})
     assert (again.status_code, again.json()["status"]) == (200, "waiting")
+
+
+def test_a_version_a_rollback_left_behind_can_be_made_champion_again(model, api):
+    for path, reason in (("2/promote", "better on OOT"), ("1/rollback", "v2 misranks")):
+        response = api.post(f"/api/v1/models/{model.id}/versions/{path}/", {"reason": reason})
+        assert response.status_code == 200, response.json()
+
+    again = api.post(
+        f"/api/v1/models/{model.id}/versions/2/rollback/", {"reason": "the bug was upstream"}
+    )
+    assert again.status_code == 200, again.json()
+    assert (again.json()["kind"], again.json()["replaced_version"]) == ("rollback", 1)
+    assert next_runs(model, 1) == {"champion": 2}
+
+
+def test_score_now_scores_the_challenger_on_a_day_the_champion_already_scored(model):
+    day = timezone.now().date() - timedelta(days=3)
+    ScoringRun.objects.create(
+        deployment=model,
+        version=model.champion,
+        date=day,
+        trigger=ScoringRun.Trigger.SCHEDULE,
+        status=ScoringRun.Status.SUCCEEDED,
+    )
+
+    run = dispatch.score_now(model, day)
+    assert (run.role, run.version.number, run.status) == ("challenger", 2, "queued")
+
+    ScoringRun.objects.filter(id=run.id).update(status=ScoringRun.Status.SUCCEEDED)
+    with pytest.raises(lifecycle.RunError, match="version 1 already scored"):
+        dispatch.score_now(model, day)  # both scored: the champion's refusal is said

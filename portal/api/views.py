@@ -151,7 +151,9 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         form = ChangeRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         if roles.change_kind(deployment, version) != kind:
-            raise RoleError(f"v{version.number} cannot be a {kind}: use the other action")
+            if kind == ChampionChange.Kind.PROMOTE:
+                raise RoleError(f"v{version.number} is not the challenger: roll back to it instead")
+            raise RoleError(f"v{version.number} is the challenger: promote it instead")
         change = roles.request_change(
             deployment, version, form.validated_data["reason"], request.user
         )

@@ -58,6 +58,14 @@ def split_share(deployment: Deployment) -> float | None:
     return deployment.challenger_share if deployment.challenger_id else None
 
 
+def kept_share(run) -> float:
+    """The share of the slice's entities a run scores: all, or its side of a traffic split
+    (the challenger the hashes below the share, the champion the rest: scoring.engine.traffic)."""
+    if run.split_share is None:
+        return 1.0
+    return run.split_share if run.role == Role.CHALLENGER else 1.0 - run.split_share
+
+
 def take_role(version: PackageVersion, deployment: Deployment) -> None:
     """A version just found valid takes the role it was dropped as (the deployment's row
     is locked by the caller)."""
@@ -110,20 +118,18 @@ def request_change(
 
 
 def change_kind(deployment: Deployment, version: PackageVersion) -> str:
-    """Promote the challenger, or roll back to a valid version older than the champion."""
+    """Promote the challenger, or roll back to another valid version: an earlier one, or
+    one a rollback left behind (made champion again without uploading it anew)."""
     if version.deployment_id != deployment.id:
         raise RoleError(f"v{version.number} is not a version of {deployment.name}")
     if version.id == deployment.challenger_id:
         return ChampionChange.Kind.PROMOTE
     if version.state != PackageVersion.State.VALID:
         raise RoleError(f"v{version.number} is {version.state}: only a valid version can score")
-    champion = deployment.champion
-    if champion is None or version.number >= champion.number:
-        current = f"v{champion.number}" if champion else "none"
-        raise RoleError(
-            f"v{version.number} is neither the challenger nor earlier than the champion "
-            f"({current}): promote a challenger, or roll back to an earlier version"
-        )
+    if deployment.champion_id is None:
+        raise RoleError(f"{deployment.name} has no champion to roll back from")
+    if version.id == deployment.champion_id:
+        raise RoleError(f"v{version.number} is the champion already")
     return ChampionChange.Kind.ROLLBACK
 
 

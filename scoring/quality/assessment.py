@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db.models import OuterRef, Subquery
 
 from scoring.models import ScoringRun
+from scoring.packages import roles
 from scoring.quality import adversarial, levels, metrics, profiles, samples
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,15 @@ def measure(
         thresholds=limits,
         baseline=baseline,
         seconds_start=started,
+        baseline_rows_scale=rows_scale(run, previous),
     )
+
+
+def rows_scale(run: ScoringRun, previous: ScoringRun | None) -> float:
+    """How the run's rows should compare with its baseline run's: a traffic split scores a
+    side of the slice (a challenger at share 0.3 has 30% of a full run's rows)."""
+    before = 1.0 if previous is None else roles.kept_share(previous)
+    return roles.kept_share(run) / before if before else 1.0
 
 
 def profile_of(read_scores: ScoreReader, run: ScoringRun, baseline: dict | None = None) -> dict:

@@ -187,6 +187,7 @@ def compare_profiles(
     thresholds: dict,
     baseline: dict | None,
     seconds_start: float | None = None,
+    baseline_rows_scale: float = 1.0,
 ) -> dict:
     """The quality dict of a run (shape in the module docstring).
 
@@ -195,7 +196,9 @@ def compare_profiles(
     come from `samples`, when the baseline is a run that kept one. Rows are compared only
     when the baseline is a run: reference scores are a sample of any size.
     `seconds_start` is a time.perf_counter() value, for a caller that wants "seconds" to
-    include loading the inputs.
+    include loading the inputs. `baseline_rows_scale`: the share of the slice this run
+    scores over the baseline's (a traffic split's sides), by which the baseline's rows are
+    expected to change; `baseline_rows` is the baseline's rows so scaled.
     """
     start = time.perf_counter() if seconds_start is None else seconds_start
     rows = current_profile["rows"]
@@ -203,7 +206,7 @@ def compare_profiles(
 
     baseline_rows = rows_change = None
     if baseline_profile is not None and (baseline or {}).get("kind") == "run":
-        baseline_rows = baseline_profile["rows"]
+        baseline_rows = round(baseline_profile["rows"] * baseline_rows_scale)
         if baseline_rows:
             rows_change = rows / baseline_rows - 1.0
 

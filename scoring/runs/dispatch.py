@@ -5,7 +5,6 @@ Redis restart or a killed worker delays a run, never loses it, because every
 tick looks again at what is due, retrying, stale or queued too long.
 """
 
-import contextlib
 import logging
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -163,17 +162,21 @@ def score_now(
     """Queue the run of `day` (default: today in the deployment's time zone) and send it at
     once; with allow_older_slice it may score an older slice than its package accepts."""
     day = day or timezone.now().astimezone(ZoneInfo(deployment.timezone)).date()
-    run = lifecycle.request_run(deployment, day, allow_older_slice)
-    queued = [run]
+    wanted = [Role.CHAMPION]
     if deployment.challenger_id is not None:  # beside the champion, in the same batch
-        with contextlib.suppress(lifecycle.RunError):  # it has scored that day already
-            queued.append(
-                lifecycle.request_run(deployment, day, allow_older_slice, Role.CHALLENGER)
-            )
+        wanted.append(Role.CHALLENGER)
+    queued, refusals = [], []
+    for role in wanted:  # a challenger may score a day its champion already scored
+        try:
+            queued.append(lifecycle.request_run(deployment, day, allow_older_slice, role))
+        except lifecycle.RunError as exc:
+            refusals.append(exc)
+    if not queued:
+        raise refusals[0]
     ready = [r.id for r in queued if r.status == ScoringRun.Status.QUEUED]
     if ready:
         send_batch(ready)
-    return run
+    return queued[0]
 
 
 def send_batch(run_ids: list[int], now: datetime | None = None) -> Batch:
