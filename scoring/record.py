@@ -22,7 +22,6 @@ from types import MappingProxyType
 
 from auditlog.models import LogEntry
 from auditlog.registry import auditlog
-from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
 SYSTEM = "system"
@@ -102,22 +101,6 @@ def actor_of(entry: LogEntry) -> str:
     return entry.actor_email or SYSTEM
 
 
-def readable(entry: LogEntry, field_name: str, value: str) -> str | None:
-    """A recorded value as people read it: a foreign key (auditlog keeps the id) as the row
-    it names ("churn v2"), while that row exists."""
-    if value == ABSENT:
-        return None
-    model = entry.content_type.model_class()
-    try:
-        field = model._meta.get_field(field_name)
-    except (AttributeError, FieldDoesNotExist):  # a model or field gone since
-        return value
-    if not field.many_to_one:
-        return value
-    named = field.related_model._default_manager.filter(pk=value).first()
-    return str(named) if named else value
-
-
 def describe(entry: LogEntry) -> dict:
     """An entry as people read it: when, who, from where, what changed from what to what, why."""
     data = entry.additional_data or {}
@@ -130,8 +113,8 @@ def describe(entry: LogEntry) -> dict:
         "changes": [
             {
                 "field": field,
-                "before": readable(entry, field, before),
-                "after": readable(entry, field, after),
+                "before": None if before == ABSENT else before,
+                "after": None if after == ABSENT else after,
             }
             for field, (before, after) in entry.changes_dict.items()
             if before != after  # a create lists every field, unset ones too

@@ -25,8 +25,9 @@ QUERY_BOUNDS = {
     "/": 9,
     "/models/status/": 9,
     # session, user, model with its champion and challenger, versions, latest check, chart
-    # points, 50 runs, their reports, the changes of champion, the challenger's comparisons
-    "/models/{id}/": 10,
+    # points, 50 runs, their reports, the changes of champion, the challenger's comparisons,
+    # a page of its record of changes
+    "/models/{id}/": 11,
     # session, user, SELECT 1, run counts, the runs waiting for a slice, the failures' count
     # and page, the count of each light, a page of models with their latest-check subquery,
     # those checks' PSI and AUC
