@@ -67,14 +67,6 @@ class Deployment(models.Model):
         versions = list(self.versions.all())  # uses prefetch_related when present
         return max(versions, key=lambda v: v.number) if versions else None
 
-    def role_of(self, version: "PackageVersion") -> str:
-        """The role a version plays now: champion, challenger, or none (an earlier one)."""
-        if version.id == self.champion_id:
-            return Role.CHAMPION
-        if version.id == self.challenger_id:
-            return Role.CHALLENGER
-        return ""
-
 
 class Role(models.TextChoices):
     """What a version's scores are: the model's (champion) or a candidate's beside them."""
