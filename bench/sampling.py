@@ -28,7 +28,8 @@ class Usage(threading.Thread):
     what the process held then, so no peak of one is missed between samples; shared
     pages count in each process: an upper bound), and every SLOW_SECONDS their
     proportional sets (PSS: shared pages split among their sharers, what the tree
-    really holds). `tree_peaks` keeps the largest of each per worker.
+    really holds). `tree_peaks` keeps the largest of each per worker, and `tree_worst` what
+    its high-water marks were made of at that moment: {kind: (processes, bytes)}.
     """
 
     TICK_SECONDS, SLOW_SECONDS = 0.1, 1.0
@@ -38,6 +39,7 @@ class Usage(threading.Thread):
         self.worker_pids, self.s3_pid, self.stop_event = worker_pids, s3_pid, threading.Event()
         self.worker_peak = self.sandbox_peak = self.sandbox_unique_peak = 0
         self.tree_peaks = {pid: {"marks": 0, "pss": 0} for pid in worker_pids}
+        self.tree_worst: dict[int, dict[str, tuple[int, int]]] = {}
         self.root: dict[int, int] = {}  # pid: the worker whose tree it is in
         self.known: dict[int, tuple[str, object]] = {}  # pid: (kind, psutil process)
         self.cpu: dict[int, tuple[str, float, float]] = {}
@@ -98,6 +100,7 @@ class Usage(threading.Thread):
                 self.find_processes()
             self.cpu.update(self.cpu_now())
             marks = dict.fromkeys(self.worker_pids, 0)
+            kinds = {pid: {} for pid in self.worker_pids}
             proportional = dict.fromkeys(self.worker_pids, 0)
             for pid, (kind, process) in self.known.items():
                 if kind == "S3 server":
@@ -105,6 +108,8 @@ class Usage(threading.Thread):
                 try:
                     mark = peak_rss(pid)
                     marks[self.root[pid]] += mark
+                    count, held = kinds[self.root[pid]].get(kind, (0, 0))
+                    kinds[self.root[pid]][kind] = (count + 1, held + mark)
                     full = process.memory_full_info() if slow else None
                     if full is not None:
                         proportional[self.root[pid]] += full.pss
@@ -117,7 +122,9 @@ class Usage(threading.Thread):
                 except (psutil.Error, OSError):
                     continue  # gone: it no longer holds memory
             for worker_pid, peaks in self.tree_peaks.items():
-                peaks["marks"] = max(peaks["marks"], marks[worker_pid])
+                if marks[worker_pid] > peaks["marks"]:
+                    peaks["marks"] = marks[worker_pid]
+                    self.tree_worst[worker_pid] = kinds[worker_pid]
                 peaks["pss"] = max(peaks["pss"], proportional[worker_pid])
         self.own_cpu = time.thread_time() - started
 

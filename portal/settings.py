@@ -286,6 +286,10 @@ SMOKE_SAMPLE_ROWS = env_int("SMOKE_SAMPLE_ROWS", 200)
 # Live sandboxes per worker process at most, whatever the number of models: one sandbox
 # serves several models of one owner. By default one a core (fewer below a GiB a core).
 SANDBOX_POOL = env_int("SANDBOX_POOL", default_pool_size())
+# Package bytes a sandbox keeps loaded at once. A sandbox's models that fit stay loaded from
+# chunk to chunk; beyond it they take turns, each turn loaded, scored and let go, so a
+# sandbox's memory stays bounded however many (or how large) its models are.
+SANDBOX_LOADED_BYTES = env_int("SANDBOX_LOADED_BYTES", 256 * 1024**2)
 # Packages that pin libraries (`requirements`) run in environments built once with uv, kept
 # here on each worker, from this index (uv's or pip's usual variable, else PyPI). Removed by a
 # daily beat task when unused this many days, or beyond the count or bytes (least used first).

@@ -15,6 +15,7 @@ import threading
 from collections import Counter
 from datetime import date, timedelta
 
+import numpy as np
 import psutil
 import pytest
 
@@ -231,3 +232,34 @@ def test_an_error_the_engine_did_not_expect_fails_the_runs_with_it_and_a_retry(
         assert run.error.startswith("the batch failed on the worker: "), run.error
         assert "Parquet" in run.error or "parquet" in run.error, run.error
     assert not ScoringRun.objects.filter(status="running").exists()
+
+
+def heavy_package(megabytes: int) -> dict:
+    """A model that carries `megabytes` of its own (incompressible) weights, as a large
+    forest does: loaded, it holds that much memory."""
+    weights = np.random.default_rng(0).random(megabytes * 2**20 // 8)
+
+    def spend_score(frame):
+        return 1 / (1 + np.exp(-(frame["monthly_spend"].to_numpy() - 60 - weights[0] * 0) / 20))
+
+    return {"model": spend_score, "features": ["monthly_spend"]}
+
+
+def test_large_models_of_one_owner_take_turns_within_their_sandboxs_memory(
+    owner, validated, workers, mailbox
+):
+    # Six 40 MB models in one sandbox would hold 240 MB, over its 200 MB: with 50 MB of
+    # packages loaded at once, each takes its turn, on each of the slice's three chunks.
+    workers(
+        "large",
+        SANDBOX_POOL="1",
+        SANDBOX_MEMORY_BYTES=str(200 * 2**20),
+        SANDBOX_LOADED_BYTES=str(50 * 2**20),
+        CHUNK_ROWS="200",
+    )
+    models = fleet(owner, validated, 6, "forest", heavy_package(40))
+    make_due(*models)
+    dispatch.tick()
+    finished = wait_for_runs([m.id for m in models], timeout=180)
+
+    assert_all_scored_once(models, finished)

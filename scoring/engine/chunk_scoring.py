@@ -1,6 +1,10 @@
 """The pool's sandboxes taking turns on a chunk: each scores its models (several of one
 owner) one after the other, at most `busy_limit` at once, watched for time and memory.
 
+A sandbox keeps its models loaded from chunk to chunk while their packages fit in the
+limits' `loaded_bytes`; beyond that they take turns on each chunk, a wave at a time:
+loaded, scored and let go, so a sandbox's memory is bounded whatever its models.
+
 A model that fails (it cannot load, its predict raises, bad output, a timeout, a crash
 of its sandbox) fails alone: the sandbox tells each model's outcome as it goes, so a
 crash is charged to the model it was working on; the others of its sandbox start again
@@ -21,6 +25,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +68,23 @@ class Scorer:
     def key(self) -> int:
         return self.run.id
 
+    @cached_property
+    def package_bytes(self) -> int:
+        return self.package.stat().st_size
+
 
 @dataclass(eq=False)
 class Job:
     """What a sandbox was asked for one chunk, and the replies still to come, in order:
-    ("hello",), ("load", scorer) for a new sandbox, then ("score", [scorers])."""
+    ("hello",) for a new sandbox, ("load", scorer) for each model not loaded, then
+    ("score", [scorers]); again for each wave of models still to take their turn."""
 
-    output: Path
-    expected: deque
+    chunk: Path
+    index: int
     deadline: float
+    expected: deque = field(default_factory=deque)
+    waves: deque = field(default_factory=deque)  # lists of scorers still to load and score
+    output: Path | None = None  # where the current wave's scores go
     next_watch: float = 0.0  # when its memory is looked at next
     scored: list = field(default_factory=list)  # scorers whose scores are in the output
 
@@ -86,6 +99,7 @@ class Group:
         self.sandbox: Sandbox | None = None
         self.workdir: Path | None = None
         self.job: Job | None = None
+        self.loaded = False  # its sandbox holds its models from chunk to chunk
 
     def alive(self) -> list[Scorer]:
         return [s for s in self.scorers if not s.failed]
@@ -129,7 +143,7 @@ class ChunkScoring:
             while pending or busy:
                 while pending and len(busy) < self.busy_limit:
                     group = pending.popleft()
-                    if self.dispatch(group, path, index):
+                    if self.dispatch(group, path, index, results):
                         fd = group.sandbox.fileno()
                         selector.register(fd, selectors.EVENT_READ, group)
                         busy[fd] = group
@@ -160,28 +174,55 @@ class ChunkScoring:
                         self.lost(group, exc, index, pending)
         return results
 
-    def dispatch(self, group: Group, path: Path, index: int) -> bool:
-        """Send the group's sandbox the chunk (starting it, and loading its models, first if
-        it has none); False when no model of the group is left to score it."""
-        expected = deque()
+    def dispatch(self, group: Group, path: Path, index: int, done: dict) -> bool:
+        """Send the group's sandbox the chunk (starting it first if it has none), with the
+        loads its models need; False when no model of the group is left to score it (all
+        failed, or scored it before their sandbox was lost: `done`)."""
+        alive = group.alive()
+        todo = [s for s in alive if s not in done]
+        if not todo:
+            return False
+        group.job = job = Job(path, index, time.monotonic() + self.limits.timeout_seconds)
         try:
             if group.sandbox is None:
                 self.start(group)
-                expected.append(("hello",))
-                for scorer in group.alive():
-                    group.sandbox.send_load(scorer.key, scorer.package)
-                    expected.append(("load", scorer))
-            alive = group.alive()
-            output = path.with_name(f"scores-{id(group)}-{index}.arrow")
-            group.sandbox.send_score(path, output, [s.key for s in alive])
-            expected.append(("score", alive))
+                job.expected.append(("hello",))
+            held = sum(s.package_bytes for s in todo)
+            if held <= self.limits.loaded_bytes and len(todo) == len(alive):
+                self.send_wave(group, todo, load=not group.loaded, release=False)
+                group.loaded = True
+            else:  # a new sandbox (todo is less than alive only after one was lost)
+                job.waves.extend(loading_waves(todo, self.limits.loaded_bytes))
+                self.next_wave(group)
         except SandboxError as exc:
             for scorer in group.alive():
                 self.drop(scorer, f"{exc} (chunk {index + 1} of slice {self.slice_date})")
             self.close(group)
             return False
-        group.job = Job(output, expected, time.monotonic() + self.limits.timeout_seconds)
         return True
+
+    def send_wave(self, group: Group, scorers: list[Scorer], load: bool, release: bool) -> None:
+        """Ask the sandbox to score the chunk with `scorers` (loading them first: `load`; and
+        letting them go after: `release`)."""
+        job = group.job
+        if load:
+            for scorer in scorers:
+                group.sandbox.send_load(scorer.key, scorer.package)
+                job.expected.append(("load", scorer))
+        job.output = job.chunk.with_name(f"scores-{id(group)}-{job.index}-{len(job.waves)}.arrow")
+        job.scored = []
+        group.sandbox.send_score(job.chunk, job.output, [s.key for s in scorers], release)
+        job.expected.append(("score", scorers))
+
+    def next_wave(self, group: Group) -> bool:
+        """Send the next wave of models still alive their turn; False when none is left."""
+        job = group.job
+        while job.waves:
+            wave = [s for s in job.waves.popleft() if not s.failed]
+            if wave:
+                self.send_wave(group, wave, load=True, release=True)
+                return True
+        return False
 
     def start(self, group: Group) -> None:
         if group.workdir is None:  # named after the first of its runs, for whoever looks
@@ -202,6 +243,7 @@ class ChunkScoring:
             group.sandbox = None
             self.live -= 1
         group.job = None
+        group.loaded = False
 
     def close_all(self, groups: list[Group]) -> None:
         for group in groups:
@@ -232,7 +274,7 @@ class ChunkScoring:
                 if not reply["ok"]:
                     raise SandboxError(reply["error"])
                 self.collect(job, results)
-                return True
+                return not self.next_wave(group)
         return False
 
     def collect(self, job: Job, results: dict) -> None:
@@ -253,7 +295,7 @@ class ChunkScoring:
         for scorer in culprits:
             if not scorer.failed:
                 self.drop(scorer, f"{error} (chunk {index + 1} of slice {self.slice_date})")
-        if group.job is not None:
+        if group.job is not None and group.job.output is not None:
             group.job.output.unlink(missing_ok=True)
         self.close(group)
         if group.alive():
@@ -282,6 +324,20 @@ class ChunkScoring:
         """A model failed: its run fails alone; its sandbox stops asking it."""
         scorer.failed = True
         self.fail(scorer.run, error)
+
+
+def loading_waves(scorers: list[Scorer], budget: int) -> list[list[Scorer]]:
+    """The scorers in turns whose packages together fit in `budget` bytes (one larger than
+    the budget takes its turn alone)."""
+    waves: list[list[Scorer]] = []
+    held = 0
+    for scorer in scorers:
+        if not waves or held + scorer.package_bytes > budget:
+            waves.append([])
+            held = 0
+        waves[-1].append(scorer)
+        held += scorer.package_bytes
+    return waves
 
 
 def read_ahead(batches: Iterator[pa.RecordBatch], prepare, depth: int = 1) -> Iterator:

@@ -10,4 +10,5 @@ def sandbox_limits() -> Limits:
         timeout_seconds=settings.SANDBOX_TIMEOUT_SECONDS,
         memory_bytes=settings.SANDBOX_MEMORY_BYTES,
         cpu_seconds=settings.SANDBOX_CPU_SECONDS,
+        loaded_bytes=settings.SANDBOX_LOADED_BYTES,
     )

@@ -105,7 +105,14 @@ def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]
         return {"importance": feature_importance(state, files.pop("input", None))}
     if command == "score":
         keys = request.get("keys", [0])
-        return score_file(state, files.pop("input"), files.pop("output"), keys, replies)
+        output = score_file(state, files.pop("input"), files.pop("output"), keys, replies)
+        if request.get("release"):  # the models' turn is over: their memory goes to the next
+            import gc
+
+            for key in keys:
+                state.get("models", {}).pop(key, None)
+            gc.collect()
+        return output
     raise ValueError(f"unknown request {command!r}")
 
 

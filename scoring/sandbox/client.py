@@ -166,15 +166,19 @@ class Sandbox:
             raise SandboxError(reply["error"])
         return reply
 
-    def send_score(self, input_path: Path, output_path: Path, keys: list[int] = (0,)) -> None:
+    def send_score(
+        self, input_path: Path, output_path: Path, keys: list[int] = (0,), release: bool = False
+    ) -> None:
         """Ask the packages `keys` names to score a chunk, in turn, into one file. The sandbox
         tells each package's outcome as it goes ({"key", "progress": True, "ok"[, "error"]}),
-        then replies {"rows", "scored": the keys whose scores are in the file, in order}."""
+        then replies {"rows", "scored": the keys whose scores are in the file, in order}.
+        With `release`, it then lets those packages go (they are loaded again to score more)."""
         message = {
             "cmd": "score",
             "input": str(input_path),
             "output": str(output_path),
             "keys": list(keys),
+            "release": release,
         }
         self.send(message, "scoring")
 

@@ -33,6 +33,8 @@ class Limits:
     file_bytes: int = 1024**3
     # Processes and threads together: numpy, Arrow and CatBoost each start one thread a core.
     processes: int = field(default_factory=lambda: 64 + 4 * (os.cpu_count() or 1))
+    # Package bytes one sandbox keeps loaded at once: beyond it, its models take turns.
+    loaded_bytes: int = 256 * 1024**2
 
     def scaled(self, models: int) -> "Limits":
         """The limits of a sandbox serving several models: CPU time is for the whole process."""
