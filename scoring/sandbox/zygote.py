@@ -52,7 +52,9 @@ def main() -> None:
             continue
     # After the libraries (the variables they set are told apart below): the child's side
     # and, through it, the package contract.
-    from scoring.sandbox import child  # noqa: F401
+    from scoring.sandbox import child
+
+    child.environment.providers()  # read once here, for every sandbox forked after
 
     # Some libraries set variables as they load (Arrow's allocator, OpenMP): the worker
     # has them too, from its own imports, but these are the zygote's own.
