@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import redis
 from celery import shared_task
-from celery.signals import task_prerun, worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
@@ -19,6 +19,7 @@ from scoring.engine import (
     batch,
     environments,
     maintenance,
+    memory,
     parts,
     scores,
     sources,
@@ -54,6 +55,13 @@ def forget_content_types(**_) -> None:
     """The record of changes names each model by its content type, whose ids a process
     caches: a database restored (or a test's flushed) under a running worker renumbers them."""
     ContentType.objects.clear_cache()
+
+
+@task_postrun.connect
+def give_back_memory(sender=None, **_) -> None:
+    """A batch or a unit of one freed what it held: the worker's peak stays its largest unit's."""
+    if sender is not None and sender.name in (run_batch.name, score_part.name):
+        memory.give_back()
 
 
 @shared_task(autoretry_for=(StorageError,), retry_backoff=5, max_retries=10)

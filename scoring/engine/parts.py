@@ -16,7 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from scoring import enqueue
-from scoring.engine import commit, features, scores
+from scoring.engine import commit, features, memory, scores
 from scoring.engine.lease import Heartbeat
 from scoring.engine.pipeline import SlicePipeline
 from scoring.engine.timing import Stopwatch
@@ -93,6 +93,7 @@ def score_part(part_id: int, worker: str) -> None:
             commit.reconnect_if_dropped()
             with clock("stage"):
                 files = commit.keep_files(scorers, part.shard, part.index, part.slice_date)
+                memory.give_back()  # the chunks, scores and files of the unit, before the commit
             # Profiles: the shard's committer merges them with the other units'.
             kept_profiles = {s.run.id: s.profile.to_json() for s in scorers if s.run.id in files}
     except Exception as exc:  # fail the shard's runs with the error, and retry them
