@@ -114,8 +114,8 @@ def test_s3_stopped_during_a_batch_fails_the_attempt_which_succeeds_once_s3_is_b
     own_s3.stop()
     gate.open()
     [run] = wait_for_runs([deployment.id], statuses=("retrying",))
-    # A file smaller than one part goes up whole when the run's scores are kept.
-    assert run.error.startswith("keeping the scores failed"), run.error
+    # A file smaller than one part goes up whole once its last chunk is written.
+    assert run.error.startswith("writing the scores failed"), run.error
     report_emails(mailbox, run.date, 1)  # the failed batch reports before beat's next tick
     own_s3.start()
     [run] = tick_until([deployment.id])

@@ -53,16 +53,19 @@ class Scorer:
     package: Path | None = None  # the worker's local copy
     failed: bool = False
 
-    def write(self, entity_ids: pa.Array, values: pa.Array, scored_at) -> None:
+    def write(self, entity_ids: pa.Array, values: pa.Array, scored_at, last: bool = False) -> None:
         """A chunk of the run's scores: into its file, and counted in its profile; under a
-        traffic split, only its side's entities."""
+        traffic split, only its side's entities. After the `last` chunk the file is
+        finished here, in a writing thread: it goes up to S3 while other runs' files are
+        written, and its buffer goes, instead of every file of the unit waiting in memory."""
         mask = traffic.kept(entity_ids, self.run.split_share, self.run.role)
         if mask is not None:
             entity_ids, values = entity_ids.filter(mask), values.filter(mask)
-            if not len(entity_ids):
-                return
-        self.writer.write(entity_ids, values, scored_at)
-        self.profile.add(values)
+        if len(entity_ids):
+            self.writer.write(entity_ids, values, scored_at)
+            self.profile.add(values)
+        if last and self.writer.rows:
+            self.writer.close()
 
     @property
     def key(self) -> int:
@@ -340,41 +343,59 @@ def loading_waves(scorers: list[Scorer], budget: int) -> list[list[Scorer]]:
     return waves
 
 
-def read_ahead(batches: Iterator[pa.RecordBatch], prepare, depth: int = 1) -> Iterator:
-    """Read the next chunk, and `prepare(index, chunk)` it, in a thread while the
-    sandboxes score this one. Parquet decoding releases the GIL: reading overlaps scoring."""
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+class ReadAhead:
+    """Reads the next chunk, and `prepare(index, chunk)`s it, in a thread while the
+    sandboxes score this one. Parquet decoding releases the GIL: reading overlaps scoring.
 
-    def produce() -> None:
+    `ended()` says that no chunk follows the one taken last, once the thread has looked
+    (it has, nearly always, by the time a chunk is scored): its runs' files can be
+    finished as they are written."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], prepare, depth: int = 1):
+        self.ready: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.produced = self.taken = 0
+        self.exhausted = False
+        self.thread = threading.Thread(target=self.produce, args=(batches, prepare), daemon=True)
+        self.thread.start()
+
+    def produce(self, batches, prepare) -> None:
         try:
             for index, batch in enumerate(batches):
-                prepared = prepare(index, batch)
-                while not stop.is_set():
-                    try:
-                        ready.put(("batch", prepared), timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not self.offer(("batch", prepare(index, batch))):
                     return
-            ready.put(("end", None))
+                self.produced += 1
+            self.exhausted = True
+            self.offer(("end", None))
         except BaseException as exc:  # handed to the consumer, raised in its thread
-            ready.put(("error", exc))
+            self.offer(("error", exc))
 
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
+    def offer(self, item: tuple) -> bool:
+        """Queue the item, unless the consumer stopped first; False if it did."""
+        while not self.stop.is_set():
+            try:
+                self.ready.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator:
         while True:
-            kind, item = ready.get()
+            kind, item = self.ready.get()
             if kind == "end":
                 return
             if kind == "error":
                 raise item
+            self.taken += 1
             yield item
-    finally:
-        stop.set()
-        thread.join()
+
+    def ended(self) -> bool:
+        return self.exhausted and self.taken == self.produced
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def write_chunk(chunk: pa.RecordBatch, path: Path) -> tuple[pa.RecordBatch, Path]:

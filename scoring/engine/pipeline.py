@@ -25,8 +25,8 @@ from scoring.engine import environments, features, package_cache, pool, scores
 from scoring.engine.chunk_scoring import (
     ChunkScoring,
     Group,
+    ReadAhead,
     Scorer,
-    read_ahead,
     union,
     write_chunk,
 )
@@ -39,7 +39,7 @@ from scoring.sandbox import scratch
 from scoring.sandbox.environments import Environment
 
 log = logging.getLogger(__name__)
-WRITING_THREADS = 4
+WRITING_THREADS = 8  # encoding releases the GIL; the last chunk's also wait on S3 uploads
 
 
 class SlicePipeline(ChunkScoring):
@@ -127,7 +127,7 @@ class SlicePipeline(ChunkScoring):
         # The reading thread also writes each chunk to shared memory, and writing threads
         # take the scores to S3: the worker's own thread only passes chunks and scores
         # between them and the sandboxes, so the sandboxes never wait for it.
-        chunks = read_ahead(
+        chunks = ReadAhead(
             batches,
             prepare=lambda index, chunk: write_chunk(chunk, chunk_dir / f"chunk-{index}.arrow"),
         )
@@ -145,7 +145,7 @@ class SlicePipeline(ChunkScoring):
                     path.unlink()
                     if writing is not None:
                         self.settle(writing)
-                    writing = self.write(chunk, results, scored_at, writes)
+                    writing = self.write(chunk, results, scored_at, writes, chunks.ended())
                 if writing is not None:
                     self.settle(writing)
         except (features.FeatureSourceError, OSError) as exc:
@@ -155,12 +155,13 @@ class SlicePipeline(ChunkScoring):
         finally:
             chunks.close()
 
-    def write(self, chunk: pa.RecordBatch, results: dict, scored_at, writes: Executor):
+    def write(self, chunk: pa.RecordBatch, results: dict, scored_at, writes: Executor, last: bool):
         """Hand the chunk's scores to the writing threads: each run's to its file, side by
-        side (Parquet encoding and S3 uploads release the GIL), and the rows to the sample."""
+        side (Parquet encoding and S3 uploads release the GIL), finished after the `last`
+        chunk; and the rows to the sample."""
         entity_ids = chunk.column(0)
         written = {
-            scorer: writes.submit(scorer.write, entity_ids, values, scored_at)
+            scorer: writes.submit(scorer.write, entity_ids, values, scored_at, last)
             for scorer, values in results.items()
             if not scorer.failed
         }

@@ -110,6 +110,7 @@ class RunWriter:
         self.rows = 0
         self.low: dict = {}
         self.high: dict = {}
+        self.action: dict | None = None  # once closed
 
     def write(self, entity_ids: pa.Array, scores: pa.Array, scored_at: datetime) -> None:
         part = file_batch(entity_ids, scores, self.run, scored_at)
@@ -126,7 +127,12 @@ class RunWriter:
         self.high["scored_at"] = scored_at
 
     def close(self) -> dict:
-        """Finish the file; returns its add action for the commit (JSON-able)."""
+        """Finish the file (once); returns its add action for the commit (JSON-able)."""
+        if self.action is None:
+            self.action = self.finish()
+        return self.action
+
+    def finish(self) -> dict:
         self.writer.close()
         size = self.sink.tell()
         self.sink.close()  # the file appears on S3, still outside the table
