@@ -472,3 +472,38 @@ def test_a_bad_filter_of_the_report_page_says_what_is_wrong(owner, alice_report,
 
     assert response.status_code == 400
     assert message in response.content.decode()
+
+
+def test_a_challengers_line_in_a_long_report_and_on_its_page_says_it_is_the_challenger(
+    owner, batch, mailoutbox
+):
+    """Past SMALL_REPORT a model's champion and challenger are two one-line rows of one name
+    in the email, and two sections of one name on the page: the challenger's says so."""
+    report = fleet_report(owner, batch, {"ok": content.SMALL_REPORT + 1})
+    champion_run = report.runs.get(deployment__name="m-000")
+    model = champion_run.deployment
+    challenger = PackageVersion.objects.create(
+        deployment=model,
+        number=2,
+        file=f"{owner.username}/{model.slug}/v2.dill",
+        filename=f"{model.slug}-v2.dill",
+        size=2048,
+        sha256="1" * 64,
+        state=PackageVersion.State.VALID,
+    )
+    champion_run.pk, champion_run.version, champion_run.role = None, challenger, "challenger"
+    champion_run.save()  # the champion's run, as the challenger's beside it
+    content.build_reports(batch)
+
+    assert report_mail.send_report(report, NOW) is True
+    [message] = mailoutbox
+    body, html = message.body, message.alternatives[0][0]
+    assert "  [OK] m-000: 100,000 rows" in body
+    assert "  [OK] m-000 (challenger): 100,000 rows" in body
+    assert html.count(">m-000</a>") == 2
+    assert (
+        html.count('>m-000</a> <span style="font-size:12px;color:#667085">challenger</span>') == 1
+    )
+    page = logged_in(owner).get(f"/reports/{report.id}/?page=1").content.decode()
+    assert page.count(">m-000</a>") == 2
+    assert page.count('>m-000</a> <span class="note">challenger</span>') == 1
