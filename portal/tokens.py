@@ -15,7 +15,7 @@ SHOWN = 10
 def token_history(user) -> list[dict]:
     """The user's latest tokens made and revoked, newest first, as the record tells them."""
     entries = LogEntry.objects.get_for_object(user).filter(changes__has_key=FIELD)
-    return [record.describe(entry) for entry in entries.select_related("actor")[:SHOWN]]
+    return record.describe_all(entries.select_related("actor")[:SHOWN])
 
 
 @receiver(post_save, sender=Token)

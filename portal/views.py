@@ -212,7 +212,7 @@ def history_context(request: HttpRequest, deployment: Deployment) -> dict:
     pager = listing.page_of(
         record.history(deployment.id), request.GET.get("history", ""), {}, param="history"
     )
-    return {"history": [record.describe(e) for e in pager["rows"]], "history_pager": pager}
+    return {"history": record.describe_all(pager["rows"]), "history_pager": pager}
 
 
 @login_required

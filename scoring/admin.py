@@ -51,9 +51,7 @@ class DeletedDeploymentAdmin(admin.ModelAdmin):
     @admin.display(description="History")
     def history(self, tombstone: DeletedDeployment) -> str:
         entries = record.history(tombstone.deployment_id)
-        return render_to_string(
-            "portal/_history.html", {"history": [record.describe(e) for e in entries]}
-        )
+        return render_to_string("portal/_history.html", {"history": record.describe_all(entries)})
 
 
 @admin.register(ChampionChange)

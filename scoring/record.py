@@ -16,12 +16,15 @@ auditlog 3.4.1 leaks a signal receiver per nested `set_actor` (jazzband/django-a
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from types import MappingProxyType
 
 from auditlog.models import LogEntry
 from auditlog.registry import auditlog
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
 SYSTEM = "system"
@@ -101,9 +104,53 @@ def actor_of(entry: LogEntry) -> str:
     return entry.actor_email or SYSTEM
 
 
-def describe(entry: LogEntry) -> dict:
-    """An entry as people read it: when, who, from where, what changed from what to what, why."""
+def foreign_key(entry: LogEntry, field_name: str) -> models.ForeignKey | None:
+    """The entry's field when it names another row (auditlog keeps that row's id)."""
+    # get_for_id: from ContentType's cache, not a query per entry.
+    model = ContentType.objects.get_for_id(entry.content_type_id).model_class()
+    try:
+        field = model._meta.get_field(field_name)
+    except (AttributeError, FieldDoesNotExist):  # a model or field gone since
+        return None
+    return field if field.many_to_one else None
+
+
+def named_rows(entries: list[LogEntry]) -> dict[tuple[type, str], str]:
+    """The rows the entries' foreign keys name, as people read them ("churn v2"), by (model,
+    id): one query per kind of row, however many entries. A row gone since is left out."""
+    wanted: dict[type, set[str]] = defaultdict(set)
+    for entry in entries:
+        for field_name, values in entry.changes_dict.items():
+            field = foreign_key(entry, field_name)
+            if field is not None:
+                wanted[field.related_model].update(v for v in values if v != ABSENT)
+    names = {}
+    for model, ids in wanted.items():
+        # select_related(): the names of rows (a version's) read the rows they belong to.
+        for row in model._default_manager.select_related().filter(pk__in=ids):
+            names[(model, str(row.pk))] = str(row)
+    return names
+
+
+def describe_all(entries: Iterable[LogEntry]) -> list[dict]:
+    """The entries as people read them, a foreign key as the row it names, while it exists."""
+    entries = list(entries)
+    names = named_rows(entries)
+    return [describe(entry, names) for entry in entries]
+
+
+def readable(entry: LogEntry, field_name: str, value: str, names: dict) -> str | None:
+    if value == ABSENT:
+        return None
+    field = foreign_key(entry, field_name)
+    return value if field is None else names.get((field.related_model, value), value)
+
+
+def describe(entry: LogEntry, names: dict | None = None) -> dict:
+    """An entry as people read it: when, who, from where, what changed from what to what, why;
+    a foreign key as `names` (from named_rows) names it, else as its id."""
     data = entry.additional_data or {}
+    names = names or {}
     return {
         "at": entry.timestamp,
         "actor": actor_of(entry),
@@ -113,11 +160,12 @@ def describe(entry: LogEntry) -> dict:
         "changes": [
             {
                 "field": field,
-                "before": None if before == ABSENT else before,
-                "after": None if after == ABSENT else after,
+                "before": readable(entry, field, before, names),
+                "after": readable(entry, field, after, names),
             }
             for field, (before, after) in entry.changes_dict.items()
-            if before != after  # a create lists every field, unset ones too
+            # A create lists every field, unset and blank ones too.
+            if before != after and not (before == ABSENT and after == "")
         ],
         "reason": data.get("reason", ""),
     }

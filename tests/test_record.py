@@ -86,14 +86,15 @@ def test_a_validation_result_is_recorded_as_the_system(worker, bucket, api, vali
     assert by_system["alice/churn v1"]["state"] == ["pending", "valid"]
     page = api.get(f"/api/v1/models/{deployment.id}/history/").json()
     assert page["results"][0]["actor"] == "system"
-    # Valid, the first version became the champion (auditlog keeps its id): the system's doing.
+    # Valid, the first version became the champion: the system's doing too, named as people
+    # read it (auditlog keeps the version's id).
     champions = [
         (c["before"], c["after"])
         for entry in page["results"]
         for c in entry["changes"]
         if c["field"] == "champion" and c["after"]
     ]
-    assert champions == [(None, str(deployment.versions.get().id))]
+    assert champions == [(None, "alice/churn v1")]
 
 
 def test_a_token_made_and_revoked_is_recorded_and_its_key_never_is(owner):
@@ -211,3 +212,46 @@ def test_a_model_deleted_in_the_admin_goes_as_in_the_portal_and_is_recorded(buck
         LogEntry.Action.DELETE,
         "admin",
     )
+
+
+def champion_changes(deployment: Deployment, count: int) -> None:
+    """`count` new versions, each made the champion in turn (an entry each)."""
+    for number in range(2, count + 2):
+        version = deployment.versions.create(
+            number=number,
+            file=f"v{number}.dill",
+            filename=f"v{number}.dill",
+            size=1,
+            sha256="0" * 64,
+            state="valid",
+        )
+        deployment.champion = version
+        deployment.save()
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_a_foreign_key_in_the_history_reads_as_the_row_it_names_in_one_query(count, owner):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.factories.reports import deployment as made
+
+    owner = Deployment.objects.get(id=made(owner, "churn").id)
+    champion_changes(owner, count)
+
+    with CaptureQueriesContext(connection) as queries:
+        described = record.describe_all(record.history(owner.id))
+    champions = [c["after"] for d in described for c in d["changes"] if c["field"] == "champion"]
+    # Newest first; the first champion was set by the factory without an entry.
+    assert champions == [f"alice/churn v{n}" for n in range(count + 1, 1, -1)]
+    # The entries, then the versions they name: not a query per entry.
+    assert len(queries) == 2, [q["sql"] for q in queries.captured_queries]
+
+
+def test_a_create_leaves_out_the_fields_it_left_blank(bucket, api):
+    model = upload_by_api(api)
+
+    page = api.get(f"/api/v1/models/{model['id']}/history/").json()
+    created = [e for e in page["results"] if e["object"] == "alice/churn v1"][-1]
+    assert "message" not in [c["field"] for c in created["changes"]]
+    assert "filename" in [c["field"] for c in created["changes"]]

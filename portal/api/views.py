@@ -115,7 +115,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         deployment = self.get_object()
         pages = HistoryPagination()
         page = pages.paginate_queryset(record.history(deployment.id), request, view=self)
-        rows = [record.describe(entry) for entry in page]
+        rows = record.describe_all(page)
         return pages.get_paginated_response(HistoryEntrySerializer(rows, many=True).data)
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
