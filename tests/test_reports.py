@@ -507,3 +507,26 @@ def test_a_challengers_line_in_a_long_report_and_on_its_page_says_it_is_the_chal
     page = logged_in(owner).get(f"/reports/{report.id}/?page=1").content.decode()
     assert page.count(">m-000</a>") == 2
     assert page.count('>m-000</a> <span class="note">challenger</span>') == 1
+
+
+def test_the_subject_says_when_the_worst_run_is_a_challengers(owner, batch, mailoutbox):
+    """A challenger drifting against its reference is not the live model drifting."""
+    churn = deployment(owner, "churn")
+    beside = run(batch, churn, "ok")
+    challenger = PackageVersion.objects.create(
+        deployment=churn,
+        number=2,
+        file=f"{owner.username}/churn/v2.dill",
+        filename="churn-v2.dill",
+        size=2048,
+        sha256="1" * 64,
+        state=PackageVersion.State.VALID,
+    )
+    beside.pk, beside.version, beside.role = None, challenger, "challenger"
+    beside.quality, beside.quality_status = quality("alert"), "alert"
+    beside.save()  # the champion's run, as the challenger's beside it
+    [report] = content.build_reports(batch)
+
+    report_mail.send_report(report, NOW)
+    [message] = mailoutbox
+    assert message.subject.startswith("[Dropscore] ALERT — churn (challenger) drifted")

@@ -292,7 +292,9 @@ def headline(worst_sections: list[Section], count: int, status: str, model_count
         return f"{model_count} models scored"
     if not worst_sections:
         return "nothing scored"
-    names = worst_sections[0].deployment.name
+    first = worst_sections[0]
+    # A challenger's drift is not the live model's: the subject says whose it is.
+    names = first.deployment.name + (" (challenger)" if first.run.role == "challenger" else "")
     if count > 1:
         names += f" and {count - 1} more"
     verbs = {section.verb for section in worst_sections}
