@@ -89,6 +89,18 @@ def test_an_oversized_upload_is_cut_off_with_a_message(api, settings):
     assert not Deployment.objects.exists()
 
 
+def test_a_fleet_is_listed_a_page_at_a_time_when_a_limit_is_asked(api):
+    for name in ("c", "a", "b"):
+        assert upload(api, name=name).status_code == 201
+
+    first = api.get("/api/v1/models/?limit=2").json()
+    rest = api.get(first["next"]).json()
+
+    assert first["count"] == 3 and [d["name"] for d in first["results"]] == ["a", "b"]
+    assert [d["name"] for d in rest["results"]] == ["c"] and rest["next"] is None
+    assert [d["name"] for d in api.get("/api/v1/models/").json()] == ["a", "b", "c"]
+
+
 def test_it_lists_reads_updates_and_deletes_a_deployment(api, bucket):
     deployment_id = upload(api, name="churn").json()["id"]
 

@@ -4,7 +4,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
-from rest_framework.pagination import PageNumberPagination
+from rest_framework.pagination import LimitOffsetPagination, PageNumberPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -32,6 +32,14 @@ from scoring.packages.roles import RoleError
 from scoring.runs import dispatch
 
 
+class FleetPagination(LimitOffsetPagination):
+    """`?limit=N&offset=M` pages a fleet's list ({count, next, previous, results}); without
+    `limit` the whole list comes, as before, so a script written for a few models still works."""
+
+    default_limit = None
+    max_limit = 1000
+
+
 class DeploymentViewSet(viewsets.GenericViewSet):
     """Deployments of the signed-in user (staff see all); another user's is a 404."""
 
@@ -44,8 +52,19 @@ class DeploymentViewSet(viewsets.GenericViewSet):
     def get_queryset(self):
         return deployments_for(self.request.user)
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("limit", int, description="models a page (at most 1,000)"),
+            OpenApiParameter("offset", int, description="models before the page"),
+        ]
+    )
     def list(self, request):
-        return Response(DeploymentSerializer(self.get_queryset(), many=True).data)
+        models = self.get_queryset().order_by("name", "id")
+        paginator = FleetPagination()
+        page = paginator.paginate_queryset(models, request, view=self)
+        if page is None:
+            return Response(DeploymentSerializer(models, many=True).data)
+        return paginator.get_paginated_response(DeploymentSerializer(page, many=True).data)
 
     @extend_schema(
         request={"multipart/form-data": UploadSerializer},
