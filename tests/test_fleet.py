@@ -7,6 +7,7 @@ of it in the models bucket (tests.flows.clone_models). The test process plays be
 """
 
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -18,8 +19,10 @@ from datetime import date, timedelta
 import numpy as np
 import psutil
 import pytest
+from celery import current_app
 
-from scoring.models import BatchPart, Report, ScoringRun
+from scoring.models import BatchPart, PackageVersion, Report, ScoringRun
+from scoring.packages import deployments
 from scoring.runs import dispatch, lifecycle
 from tests.factories import cast, packages
 from tests.faults import wait_gone
@@ -263,3 +266,17 @@ def test_large_models_of_one_owner_take_turns_within_their_sandboxs_memory(
     finished = wait_for_runs([m.id for m in models], timeout=180)
 
     assert_all_scored_once(models, finished)
+
+
+def test_beats_tick_goes_before_a_fleets_queued_validations(owner, workers, tmp_path):
+    # A thousand uploads queue their validations; beat's tick, sent after them, must not
+    # wait behind them past its expiry (and every schedule with it).
+    data = packages.dumps(packages.function_package())
+    for index in range(8):  # the quota is 10
+        deployments.deploy(owner, io.BytesIO(data), "spend.dill", len(data), name=f"bulk-{index}")
+    current_app.send_task("scoring.tasks.tick", expires=55)  # as beat sends it
+    workers("bulk")
+    wait_until(lambda: not PackageVersion.objects.filter(state="pending").exists(), "validations")
+
+    received = re.findall(r"Task (scoring\.tasks\.\w+)\[", (tmp_path / "bulk.log").read_text())
+    assert received.index("scoring.tasks.tick") < 2, received
