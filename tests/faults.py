@@ -130,8 +130,11 @@ class Broker:
         self.queue = f"faults-{uuid.uuid4().hex[:8]}"
 
     def queued(self) -> int:
-        """Messages waiting in the queue (not those a worker has taken)."""
-        return redis.Redis.from_url(self.url).llen(self.queue)
+        """Messages waiting in the queue (not those a worker has taken), at every priority:
+        kombu keeps each of its steps but 0 in a list of its own, "<queue>\x06\x16<step>"."""
+        client = redis.Redis.from_url(self.url)
+        lists = [self.queue, *(f"{self.queue}\x06\x16{step}" for step in (3, 6, 9))]
+        return sum(client.llen(name) for name in lists)
 
     def unacked_seconds(self) -> float:
         """How long the oldest message a worker took has gone unacknowledged."""
