@@ -17,7 +17,7 @@ from PIL import Image
 from scoring.models import Batch, PackageVersion, Report, ScoringRun
 from scoring.reports import chart, content, outbox
 from scoring.reports import mail as report_mail
-from tests.factories.reports import DAY, NOW, deployment, quality, run
+from tests.factories.reports import DAY, NOW, as_challenger, deployment, quality, run
 from tests.factories.runs import histogram, make_models
 from tests.factories.web import logged_in
 
@@ -480,19 +480,7 @@ def test_a_challengers_line_in_a_long_report_and_on_its_page_says_it_is_the_chal
     """Past SMALL_REPORT a model's champion and challenger are two one-line rows of one name
     in the email, and two sections of one name on the page: the challenger's says so."""
     report = fleet_report(owner, batch, {"ok": content.SMALL_REPORT + 1})
-    champion_run = report.runs.get(deployment__name="m-000")
-    model = champion_run.deployment
-    challenger = PackageVersion.objects.create(
-        deployment=model,
-        number=2,
-        file=f"{owner.username}/{model.slug}/v2.dill",
-        filename=f"{model.slug}-v2.dill",
-        size=2048,
-        sha256="1" * 64,
-        state=PackageVersion.State.VALID,
-    )
-    champion_run.pk, champion_run.version, champion_run.role = None, challenger, "challenger"
-    champion_run.save()  # the champion's run, as the challenger's beside it
+    as_challenger(report.runs.get(deployment__name="m-000"))  # beside the champion's run
     content.build_reports(batch)
 
     assert report_mail.send_report(report, NOW) is True
@@ -512,19 +500,9 @@ def test_a_challengers_line_in_a_long_report_and_on_its_page_says_it_is_the_chal
 def test_the_subject_says_when_the_worst_run_is_a_challengers(owner, batch, mailoutbox):
     """A challenger drifting against its reference is not the live model drifting."""
     churn = deployment(owner, "churn")
-    beside = run(batch, churn, "ok")
-    challenger = PackageVersion.objects.create(
-        deployment=churn,
-        number=2,
-        file=f"{owner.username}/churn/v2.dill",
-        filename="churn-v2.dill",
-        size=2048,
-        sha256="1" * 64,
-        state=PackageVersion.State.VALID,
-    )
-    beside.pk, beside.version, beside.role = None, challenger, "challenger"
-    beside.quality, beside.quality_status = quality("alert"), "alert"
-    beside.save()  # the champion's run, as the challenger's beside it
+    challenger = as_challenger(run(batch, churn, "ok"))
+    challenger.quality, challenger.quality_status = quality("alert"), "alert"
+    challenger.save()
     [report] = content.build_reports(batch)
 
     report_mail.send_report(report, NOW)

@@ -71,6 +71,23 @@ def deployment(user, name: str, email: str | None = None) -> Deployment:
     return with_champions([made])[0]
 
 
+def as_challenger(champion_run: ScoringRun) -> ScoringRun:
+    """A copy of the champion's run, by a valid v2 of its model dropped as the challenger."""
+    model = champion_run.deployment
+    version = PackageVersion.objects.create(
+        deployment=model,
+        number=2,
+        file=f"{model.owner.username}/{model.slug}/v2.dill",
+        filename=f"{model.slug}-v2.dill",
+        size=2048,
+        sha256="1" * 64,
+        state=PackageVersion.State.VALID,
+    )
+    champion_run.pk, champion_run.version, champion_run.role = None, version, "challenger"
+    champion_run.save()
+    return champion_run
+
+
 def run(batch: Batch, deployment_: Deployment, status: str = "ok", **fields) -> ScoringRun:
     """A run of the batch: succeeded with quality at `status`, or failed/retrying."""
     started = NOW - timedelta(minutes=3)
