@@ -5,6 +5,7 @@ The table lives in a database of its own beside DATABASE_URL's (FEATURES_DATABAS
 between runs: loading it is slow, and it is the same slice each time.
 """
 
+import statistics
 import time
 from datetime import date
 from pathlib import Path
@@ -72,14 +73,25 @@ def adbc_table(url: str, columns: list[str], day: date) -> pa.Table:
         return cursor.fetch_record_batch().read_all()
 
 
-def compare_reads(source, url: str, columns: list[str], day: date, chunk_rows: int) -> dict:
-    """Seconds to read the same columns of the slice: the engine's source (its public
-    `batches`), and ADBC's fetch_record_batch."""
-    started = time.perf_counter()
-    rows = sum(batch.num_rows for batch in source.batches(day, columns, chunk_rows))
-    engine = time.perf_counter() - started
-    started = time.perf_counter()
-    table = adbc_table(url, columns, day)
-    adbc = time.perf_counter() - started
-    assert rows == table.num_rows, (rows, table.num_rows)
-    return {"source": engine, "adbc": adbc, "rows": rows, "columns": len(columns)}
+def compare_reads(
+    source, url: str, columns: list[str], day: date, chunk_rows: int, rounds: int = 3
+) -> dict:
+    """Median seconds to read the same columns of the slice, the two reads taking turns
+    `rounds` times (one read of each swung by a third on this machine): the engine's
+    source (its public `batches`), and ADBC's fetch_record_batch."""
+    engine, adbc = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        rows = sum(batch.num_rows for batch in source.batches(day, columns, chunk_rows))
+        engine.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        table = adbc_table(url, columns, day)
+        adbc.append(time.perf_counter() - started)
+        assert rows == table.num_rows, (rows, table.num_rows)
+    return {
+        "source": statistics.median(engine),
+        "adbc": statistics.median(adbc),
+        "rows": rows,
+        "columns": len(columns),
+        "rounds": rounds,
+    }

@@ -185,6 +185,32 @@ class BatchPart(models.Model):
         return f"unit {self.shard}.{self.index} of {self.batch} for {self.date}"
 
 
+class SliceCopy(models.Model):
+    """A part of a batch's slice from a source that ships every row per read (PostgreSQL),
+    kept as Parquet on S3 by the first unit that reads it, for the units of the other
+    shards (scoring.engine.slice_copies)."""
+
+    class Status(models.TextChoices):
+        PLANNED = "planned"
+        WRITING = "writing"  # a unit reads the source and keeps the copy as it goes
+        READY = "ready"
+        FAILED = "failed"  # its unit stopped before the end: the others read the source
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="slice_copies")
+    date = models.DateField()
+    index = models.PositiveIntegerField(help_text="Which rows: the index of the row part.")
+    columns = models.JSONField(default=list, help_text="The id and every shard's features.")
+    status = models.CharField(max_length=10, choices=Status, default=Status.PLANNED)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "date", "index"], name="unique_slice_copy")
+        ]
+
+    def __str__(self) -> str:
+        return f"copy of part {self.index} of {self.batch} for {self.date}"
+
+
 class ScoringRun(models.Model):
     """One scoring of one version for one date; the ledger of what must run.
 

@@ -1,5 +1,6 @@
 """Batch scoring through the real parts: tick, Redis, Celery workers, sandboxes, S3 and Delta Lake."""
 
+import contextlib
 import io
 import shutil
 import threading
@@ -362,30 +363,40 @@ def postgres_feature_table(dsn: str, name: str) -> dict[date, pd.DataFrame]:
     return frames
 
 
-def test_a_slice_in_postgresql_is_split_by_id_over_two_workers(
-    owner, validated, worker_env, bucket, state_dir, celery_app_configured
-):
+@contextlib.contextmanager
+def postgres_features():
+    """The test features of yesterday and today in the PostgreSQL table engine_features of
+    the test database: (its DSN, the frames by day)."""
     from django.db import connection
 
-    from scoring.models import BatchPart
     from tests.flows import database_url
 
     if connection.vendor != "postgresql":
         pytest.skip(
             "a PostgreSQL feature table needs PostgreSQL: set DATABASE_URL=postgresql://..."
         )
-    app, queue = celery_app_configured
     dsn = database_url(connection.settings_dict)
     frames = postgres_feature_table(dsn, "engine_features")
+    try:
+        yield dsn, frames
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE engine_features CASCADE")
+
+
+def score_two_models(
+    owner, validated, worker_env, state_dir, celery_app_configured, env: dict, workers: int, frame
+) -> None:
+    """A CatBoost model and a function scored from the PostgreSQL features by `workers`
+    workers of one task at a time, each exactly as its own predict scores today's `frame`."""
+    app, queue = celery_app_configured
     own_queue = f"{queue}-postgres"
     app.conf.task_default_queue = own_queue
-    env = {
-        **worker_env,
-        "CELERY_QUEUE": own_queue,
-        "FEATURES_URI": f"{dsn}?table=engine_features",
-        "PART_ROWS": "200",
-    }
-    workers = [start_worker(env, own_queue, state_dir / f"postgres-{i}.log") for i in range(2)]
+    env = {**worker_env, **env, "CELERY_QUEUE": own_queue}
+    started = [
+        start_worker(env, own_queue, state_dir / f"postgres-{i}.log", concurrency=1)
+        for i in range(workers)
+    ]
     try:
         catboost, function = packages.catboost_package(), packages.function_package()
         deployed = [
@@ -397,15 +408,10 @@ def test_a_slice_in_postgresql_is_split_by_id_over_two_workers(
         finished = wait_for_runs([d.id for d in deployed])
     finally:
         app.conf.task_default_queue = queue
-        for process in workers:
+        for process in started:
             stop_worker(process)
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TABLE engine_features")
 
     today = date.today()
-    frame = frames[today]
-    parts = list(BatchPart.objects.order_by("index"))
-    assert len(parts) == 3 and len({p.worker for p in parts}) == 2, "both workers took id ranges"
     for run in finished:
         assert (run.status, run.rows, run.slice_date) == ("succeeded", 500, today), run.error
     expected = {
@@ -416,3 +422,97 @@ def test_a_slice_in_postgresql_is_split_by_id_over_two_workers(
         committed = table_rows(deployment_id, today).sort("entity_id")
         assert committed["entity_id"].to_list() == frame["entity_id"].tolist()
         np.testing.assert_allclose(committed["score"].to_numpy(), scores_, rtol=1e-9)
+
+
+def test_a_slice_in_postgresql_is_split_by_id_over_two_workers(
+    owner, validated, worker_env, bucket, state_dir, celery_app_configured
+):
+    from scoring.models import BatchPart
+
+    with postgres_features() as (dsn, frames):
+        env = {"FEATURES_URI": f"{dsn}?table=engine_features", "PART_ROWS": "200"}
+        score_two_models(
+            owner,
+            validated,
+            worker_env,
+            state_dir,
+            celery_app_configured,
+            env,
+            2,
+            frames[date.today()],
+        )
+
+    parts = list(BatchPart.objects.order_by("index"))
+    assert len(parts) == 3 and len({p.worker for p in parts}) == 2, "both workers took id ranges"
+
+
+@contextlib.contextmanager
+def noted_reads(connection, view: str, table: str):
+    """A view of the table that notes the text of each query that reads it, through dblink:
+    outside the reader's transaction, which ends in a rollback. Yields the notes' reader."""
+
+    def queries() -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT query FROM feature_reads")
+            return [row[0] for row in cursor.fetchall()]
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE EXTENSION IF NOT EXISTS dblink")
+        cursor.execute("CREATE TABLE feature_reads (query text)")
+        cursor.execute(
+            "CREATE FUNCTION note_read() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN"
+            " PERFORM dblink_exec('dbname=' || current_database(), format("
+            "'INSERT INTO feature_reads VALUES (%L)', current_query())); RETURN true; END $$"
+        )
+        # An uncorrelated subquery runs once per query, whatever the rows.
+        cursor.execute(f"CREATE VIEW {view} AS SELECT * FROM {table} WHERE (SELECT note_read())")
+    try:
+        yield queries
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP VIEW IF EXISTS {view}")
+            cursor.execute("DROP TABLE feature_reads")
+            cursor.execute("DROP FUNCTION note_read()")
+
+
+def test_the_shards_of_a_batch_read_a_postgresql_slice_once_per_part(
+    owner, validated, worker_env, bucket, state_dir, celery_app_configured
+):
+    """Two shards x three parts: the database serves each part of the rows once, to the
+    first of its units; the other reads the copy that one kept, which goes with the batch."""
+    from django.conf import settings
+    from django.db import connection
+
+    from scoring.models import Batch, BatchPart, SliceCopy
+    from scoring.packages import storage
+
+    with (
+        postgres_features() as (dsn, frames),
+        noted_reads(connection, "noted_features", "engine_features") as queries,
+    ):
+        env = {
+            "FEATURES_URI": f"{dsn}?table=noted_features",
+            "PART_ROWS": "200",
+            "SHARD_MODELS": "1",
+        }
+        score_two_models(
+            owner,
+            validated,
+            worker_env,
+            state_dir,
+            celery_app_configured,
+            env,
+            1,
+            frames[date.today()],
+        )
+        # Scoring reads the id too (validation reads samples of the features alone).
+        reads = [q for q in queries() if q.startswith('COPY (SELECT "entity_id", ')]
+
+    units = BatchPart.objects.all()
+    assert sorted((u.shard, u.index) for u in units) == [(s, i) for s in (0, 1) for i in range(3)]
+    assert len(reads) == 3 and len(set(reads)) == 3, "each part read once:\n" + "\n".join(reads)
+    assert set(SliceCopy.objects.values_list("status", flat=True)) == {"ready"}
+    # A worker stops once its task is done: the last unit closed the batch.
+    assert Batch.objects.get().finished_at is not None
+    listing = storage.client().list_objects_v2(Bucket=settings.SCORES_BUCKET, Prefix="slices/")
+    assert listing["KeyCount"] == 0, f"the copies went when the batch closed: {listing}"

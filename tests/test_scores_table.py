@@ -276,6 +276,24 @@ def test_a_run_committing_while_compaction_rewrites_its_partition_waits_for_it(t
     assert set(files_per_partition().values()) == {1, 3}  # today's are not compacted
 
 
+def test_maintenance_removes_the_slice_copies_of_closed_batches_only(table):
+    """A batch its units close removes its copies; one tick closed after its worker died
+    leaves them to maintenance, which must not touch an open batch's."""
+    from scoring.models import Batch
+
+    closed = Batch.objects.create(finished_at=timezone.now())
+    open_ = Batch.objects.create()
+    for batch in (closed, open_):
+        key = f"slices/batch-{batch.id}/date-{DAY.isoformat()}/part-0/dt={DAY}/rows.parquet"
+        storage.client().put_object(Bucket=settings.SCORES_BUCKET, Key=key, Body=b"rows")
+
+    report = maintenance.maintain()
+
+    assert report.slice_copies_removed == 1
+    listing = storage.client().list_objects_v2(Bucket=settings.SCORES_BUCKET, Prefix="slices/")
+    assert [item["Key"].split("/")[1] for item in listing["Contents"]] == [f"batch-{open_.id}"]
+
+
 def storage_keys(prefix: str) -> list[str]:
     listing = storage.client().list_objects_v2(
         Bucket=settings.SCORES_BUCKET, Prefix=f"{scores.TABLE}/{prefix}"

@@ -20,7 +20,7 @@ from datetime import date
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import commit, features, parts, plan, sources, waiting
+from scoring.engine import commit, features, parts, plan, slice_copies, sources, waiting
 from scoring.engine.lease import Heartbeat
 from scoring.engine.pipeline import SlicePipeline
 from scoring.engine.timing import Stopwatch
@@ -94,6 +94,7 @@ def score_slice(source, slice_date: date, ready: list[ScoringRun]) -> None:
     shards = plan.shards(ready, settings.SHARD_MODELS)
     row_parts = parts.plan_parts(source, slice_date) or [None]
     if len(shards) * len(row_parts) > 1:
+        slice_copies.plan(source, shards, row_parts)
         parts.fan_out(shards, slice_date, row_parts)
         return
     clock = Stopwatch()

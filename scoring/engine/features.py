@@ -48,6 +48,7 @@ class ParquetSource:
     id_column: str = "entity_id"
     date_column: str = "dt"
     s3_options: dict | None = None
+    remote = False  # each shard reads only its columns' pages
 
     @cached_property
     def filesystem_and_root(self) -> tuple[fs.FileSystem, str]:
@@ -174,6 +175,8 @@ class PostgresSource:
     uri: str
     id_column: str = "entity_id"
     date_column: str = "dt"
+    # Each read ships every row: a batch's shards share one (scoring.engine.slice_copies).
+    remote = True
 
     @cached_property
     def dsn_and_table(self) -> tuple[str, str]:

@@ -3,6 +3,8 @@
 A fleet adds 365,000 (dt, model_id) partitions a year, and each commit a log entry:
 - retention: the partitions of models deleted more than DELETED_SCORES_RETENTION_DAYS ago
   are removed (scoring.engine.retention), first, so compaction never rewrites them;
+- the slice copies that a batch's units shared (scoring.engine.slice_copies), of batches
+  closed by tick after a worker died (a batch its units close removes its own);
 - compaction: a run scored in parts leaves a file per part in its partition; partitions
   of days before today with more than one file are rewritten as one (delta-rs' optimize,
   a commit of its own that changes no data, one per day);
@@ -34,7 +36,7 @@ from deltalake.exceptions import CommitFailedError
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import retention, scores
+from scoring.engine import retention, scores, slice_copies
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Report:
     bytes_vacuumed: int = 0
     checkpoint_version: int | None = None
     deleted_models_removed: list[int] = field(default_factory=list)
+    slice_copies_removed: int = 0
 
     def summary(self) -> str:
         return (
@@ -62,13 +65,17 @@ class Report:
             f"{settings.SCORES_RETENTION_HOURS} h; checkpoint at version {self.checkpoint_version}"
             f"; removed the scores of {len(self.deleted_models_removed)} models deleted more "
             f"than {settings.DELETED_SCORES_RETENTION_DAYS} days ago"
+            f"; removed the slice copies of {self.slice_copies_removed} closed batches"
         )
 
 
 def maintain(today: date | None = None) -> Report:
     """Remove deleted models' expired scores, compact, vacuum, checkpoint and clean up the
     log; a table not made yet is left."""
-    report = Report(deleted_models_removed=retention.remove_expired())
+    report = Report(
+        deleted_models_removed=retention.remove_expired(),
+        slice_copies_removed=slice_copies.sweep(),
+    )
     table = scores.open_table()
     if table is None:
         return report

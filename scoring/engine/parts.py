@@ -16,7 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from scoring import enqueue
-from scoring.engine import commit, features, memory, scores
+from scoring.engine import commit, features, memory, scores, slice_copies
 from scoring.engine.lease import Heartbeat
 from scoring.engine.pipeline import SlicePipeline
 from scoring.engine.timing import Stopwatch
@@ -82,7 +82,7 @@ def score_part(part_id: int, worker: str) -> None:
     try:
         with Heartbeat(held), contextlib.ExitStack() as stack:
             pipeline = SlicePipeline(
-                features.source_from_settings(),
+                slice_copies.source_for(features.source_from_settings(), part),
                 part.slice_date,
                 stack,
                 clock,
@@ -112,7 +112,8 @@ def score_part(part_id: int, worker: str) -> None:
                 commit_parts(part, held)
         except Exception as exc:
             commit.fail_unexpectedly(held, exc, part.slice_date)
-    batches.finish_if_done(part.batch_id)
+    if batches.finish_if_done(part.batch_id):
+        slice_copies.discard(part.batch_id)
 
 
 def shard_units(part: BatchPart):
