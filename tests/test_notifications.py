@@ -374,7 +374,7 @@ def test_a_thousand_failures_make_an_email_of_bounded_size(owner, mailoutbox):
     with CaptureQueriesContext(connection) as queries:
         assert notifications.send_due(NOW) == 1000
     [message] = mailoutbox
-    assert message.subject == f"1000 models failed for {DAY}"
+    assert message.subject == f"1,000 models failed for {DAY}"
     assert "and 975 more" in message.body
     assert len(message.message().as_bytes()) < 20_000
     assert len(queries) < 12, [q["sql"][:80] for q in queries]

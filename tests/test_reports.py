@@ -412,10 +412,10 @@ def test_a_report_of_a_thousand_models_is_one_bounded_email(owner, batch, mailou
     images = [p for p in message.message().walk() if p.get_content_type() == "image/png"]
     assert len(images) == content.CHARTS_IN_EMAIL
     assert (
-        message.subject == "[Dropscore] FAILED — m-000 and 11 more failed (1000 models, 2026-11-23)"
+        message.subject == "[Dropscore] FAILED — m-000 and 11 more failed (1,000 models, 2026-11-23)"
     )
     body, html = message.body, message.alternatives[0][0]
-    assert "1000 models (12 failed, 30 alert, 58 warning, 900 ok)" in body
+    assert "1,000 models (12 failed, 30 alert, 58 warning, 900 ok)" in body
     assert "<b>12</b> failed" in html and "<b>900</b> ok" in html
     # Failures, then alerts in detail, up to 20; the other 22 and the rest one line each.
     assert body.count("== m-") == html.count('<h3 style="margin:0 0 6px') == 20

@@ -289,14 +289,14 @@ def headline(worst_sections: list[Section], count: int, status: str, model_count
     `worst_sections` are the first of the `count` runs at the worst status: their verbs are
     the subject's when they are all of them and agree."""
     if status == OK and model_count > 1:
-        return f"{model_count} models scored"
+        return f"{model_count:,} models scored"
     if not worst_sections:
         return "nothing scored"
     first = worst_sections[0]
     # A challenger's drift is not the live model's: the subject says whose it is.
     names = first.deployment.name + (" (challenger)" if first.run.role == "challenger" else "")
     if count > 1:
-        names += f" and {count - 1} more"
+        names += f" and {count - 1:,} more"
     verbs = {section.verb for section in worst_sections}
     if len(verbs) == 1 and len(worst_sections) == count:
         return f"{names} {verbs.pop()}"
@@ -363,7 +363,7 @@ def summary_context(report: Report, runs: QuerySet, counts: dict[str, int]) -> d
         "dates": date_text(span["first"], span["last"]),
         "model_count": model_count,
         "counts": [LightCount(name, count) for name, count in counts.items()],
-        "summary": ", ".join(f"{count} {name}" for name, count in counts.items() if count),
+        "summary": ", ".join(f"{count:,} {name}" for name, count in counts.items() if count),
         "url": report_url(report),
         "comparisons": comparisons(report),
     }
