@@ -12,9 +12,9 @@ first: a page whose query count grew with the data asks once per model or per ru
     .venv/bin/python bench/dashboard_bench.py --models 200 --runs 100   # 20,000 runs
 
 The data lives in a throwaway database made beside DATABASE_URL's and dropped at the end.
-The status page's checks that leave the process (Redis, S3, the workers ping, which
-always waits its 1 s timeout) answer at once here: this measures the database and the
-rendering, and the status page takes that 1 s more in production.
+The status page's checks that leave the process (Redis, S3, the workers ping, which ends
+once every worker on the roll answers: scoring.engine.worker_roll) answer at once here:
+this measures the database and the rendering.
 
 Bound: each page makes at most the queries tests/test_dashboard.py allows it (the same
 with 2 models as with 1,000) and answers within TIME_BOUND seconds (the median of

@@ -7,6 +7,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from scoring.engine import worker_roll
 from scoring.packages import storage
 from scoring.runs.dispatch import LAST_TICK_KEY
 
@@ -53,7 +54,9 @@ def s3() -> str:
 def workers() -> str:
     from portal.celery import app
 
-    replies = app.control.inspect(timeout=1.0).ping() or {}
+    replies = worker_roll.ask(
+        lambda limit: app.control.inspect(timeout=1.0, limit=limit).ping() or {}
+    )
     if not replies:
         raise RuntimeError("no worker answered")
     return f"{len(replies)} live: {', '.join(sorted(replies))}"
@@ -68,8 +71,7 @@ def sandbox_protections() -> dict[str, dict]:
     from portal.celery import app
     from scoring.engine import worker_probe
 
-    replies = app.control.broadcast("sandbox_protections", reply=True, timeout=1.0) or []
-    reports = {worker: report for reply in replies for worker, report in reply.items()}
+    reports = worker_roll.ask(lambda limit: broadcast(app, "sandbox_protections", limit))
     # With ENGINE=spark the packages run on the executors: their hosts' reports too.
     for host, report in worker_probe.executor_reports().items():
         reports[f"Spark executors on {host}"] = report
@@ -81,8 +83,13 @@ def sandbox_environments() -> dict[str, dict]:
     "error"}} (scoring.engine.environments). They live on each worker's disk."""
     from portal.celery import app
 
-    replies = app.control.broadcast("sandbox_environments", reply=True, timeout=1.0) or []
-    return {worker: report for reply in replies for worker, report in reply.items()}
+    return worker_roll.ask(lambda limit: broadcast(app, "sandbox_environments", limit))
+
+
+def broadcast(app, command: str, limit: int | None) -> dict:
+    """{worker: answer} of a remote-control command, once `limit` workers have answered."""
+    replies = app.control.broadcast(command, reply=True, timeout=1.0, limit=limit) or []
+    return {worker: answer for reply in replies for worker, answer in reply.items()}
 
 
 def check_all() -> dict:

@@ -345,7 +345,11 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # Beside the tasks, workers load the commands the status page asks for their sandboxes'
 # protections and their environments.
-CELERY_IMPORTS = ["scoring.engine.worker_probe", "scoring.engine.environments"]
+CELERY_IMPORTS = [
+    "scoring.engine.worker_probe",
+    "scoring.engine.environments",
+    "scoring.engine.worker_roll",
+]
 CELERY_TASK_IGNORE_RESULT = True
 # A task is acknowledged when done, so a killed worker's task is delivered again.
 CELERY_TASK_ACKS_LATE = True

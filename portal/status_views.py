@@ -21,7 +21,8 @@ from portal import dashboard, health, listing
 from portal.views import deployments_for, runs_for
 from scoring.models import ScoringRun
 
-# The checks that leave the process; the workers ping always waits its whole 1 s timeout.
+# The checks that leave the process; the workers ping ends once every worker on the roll
+# answers (scoring.engine.worker_roll), or at its 1 s timeout.
 REMOTE_CHECKS = {"broker": health.broker, "storage": health.s3, "workers": health.workers}
 SERVICE_NAMES = {
     "database": "Database",
@@ -198,7 +199,8 @@ def page_facts(table: dict) -> dict:
 
 
 def status_report(request: HttpRequest) -> tuple[dict, dict]:
-    """Everything the status page shows, in a fixed number of queries and about one second:
+    """Everything the status page shows, in a fixed number of queries, without waiting for
+    the workers beyond their answers (a worker gone silent costs the ping's 1 s, once):
     the report that status.json gives, and the pages of its tables with their links (what
     only the page draws). BadQuery when the query string (search, filter, pages) is wrong.
 
@@ -210,7 +212,7 @@ def status_report(request: HttpRequest) -> tuple[dict, dict]:
         listing.StatusQuery(request.GET, (*dashboard.LIGHTS, dashboard.NO_VERDICT))
     )
     # The remote checks run side by side, and beside the database work: the report waits
-    # for the slowest (the workers ping's 1 s), not for their sum.
+    # for the slowest (most often the workers' answers), not for their sum.
     with ThreadPoolExecutor(max_workers=len(REMOTE_CHECKS) + 2) as pool:
         remote = {name: pool.submit(health.timed, check) for name, check in REMOTE_CHECKS.items()}
         tick = pool.submit(tick_report, now)

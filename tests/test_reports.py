@@ -412,7 +412,8 @@ def test_a_report_of_a_thousand_models_is_one_bounded_email(owner, batch, mailou
     images = [p for p in message.message().walk() if p.get_content_type() == "image/png"]
     assert len(images) == content.CHARTS_IN_EMAIL
     assert (
-        message.subject == "[Dropscore] FAILED — m-000 and 11 more failed (1,000 models, 2026-11-23)"
+        message.subject
+        == "[Dropscore] FAILED — m-000 and 11 more failed (1,000 models, 2026-11-23)"
     )
     body, html = message.body, message.alternatives[0][0]
     assert "1,000 models (12 failed, 30 alert, 58 warning, 900 ok)" in body
