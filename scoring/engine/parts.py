@@ -1,6 +1,7 @@
 """A batch's slice split into units (scoring.engine.plan): a shard of its runs × a part of
 the rows (about PART_ROWS: whole Parquet row groups, or a range of ids of a PostgreSQL
-table), one Celery task each, so every free worker, on any machine, takes one.
+table), one Celery task each, so every free worker, on any machine, takes one. From a
+database, the units of one part of the rows share one read of it (scoring.engine.slice_copies).
 
 The units of a shard are joined in the database: the worker that finishes the last of
 them commits the shard's runs with the files all its units wrote, in one transaction;
