@@ -384,63 +384,55 @@ def postgres_features():
             cursor.execute("DROP TABLE engine_features CASCADE")
 
 
-def score_two_models(
-    owner, validated, worker_env, state_dir, celery_app_configured, env: dict, workers: int, frame
-) -> None:
-    """A CatBoost model and a function scored from the PostgreSQL features by `workers`
+@pytest.fixture
+def score_two_models(owner, validated, worker_env, state_dir, celery_app_configured):
+    """Scores a CatBoost model and a function from the PostgreSQL features with `workers`
     workers of one task at a time, each exactly as its own predict scores today's `frame`."""
-    app, queue = celery_app_configured
-    own_queue = f"{queue}-postgres"
-    app.conf.task_default_queue = own_queue
-    env = {**worker_env, **env, "CELERY_QUEUE": own_queue}
-    started = [
-        start_worker(env, own_queue, state_dir / f"postgres-{i}.log", concurrency=1)
-        for i in range(workers)
-    ]
-    try:
-        catboost, function = packages.catboost_package(), packages.function_package()
-        deployed = [
-            deploy(owner, catboost, "churn", validated),
-            deploy(owner, function, "spend", validated),
+
+    def score(env: dict, workers: int, frame: pd.DataFrame) -> None:
+        app, queue = celery_app_configured
+        own_queue = f"{queue}-postgres"
+        app.conf.task_default_queue = own_queue
+        env = {**worker_env, **env, "CELERY_QUEUE": own_queue}
+        started = [
+            start_worker(env, own_queue, state_dir / f"postgres-{i}.log", concurrency=1)
+            for i in range(workers)
         ]
-        make_due(*Deployment.objects.all())
-        dispatch.tick()
-        finished = wait_for_runs([d.id for d in deployed])
-    finally:
-        app.conf.task_default_queue = queue
-        for process in started:
-            stop_worker(process)
+        try:
+            catboost, function = packages.catboost_package(), packages.function_package()
+            deployed = [
+                deploy(owner, catboost, "churn", validated),
+                deploy(owner, function, "spend", validated),
+            ]
+            make_due(*Deployment.objects.all())
+            dispatch.tick()
+            finished = wait_for_runs([d.id for d in deployed])
+        finally:
+            app.conf.task_default_queue = queue
+            for process in started:
+                stop_worker(process)
 
-    today = date.today()
-    for run in finished:
-        assert (run.status, run.rows, run.slice_date) == ("succeeded", 500, today), run.error
-    expected = {
-        deployed[0].id: catboost["model"].predict_proba(frame[features.FEATURES])[:, 1],
-        deployed[1].id: function["model"](frame[["monthly_spend"]]),
-    }
-    for deployment_id, scores_ in expected.items():
-        committed = table_rows(deployment_id, today).sort("entity_id")
-        assert committed["entity_id"].to_list() == frame["entity_id"].tolist()
-        np.testing.assert_allclose(committed["score"].to_numpy(), scores_, rtol=1e-9)
+        today = date.today()
+        for run in finished:
+            assert (run.status, run.rows, run.slice_date) == ("succeeded", 500, today), run.error
+        expected = {
+            deployed[0].id: catboost["model"].predict_proba(frame[features.FEATURES])[:, 1],
+            deployed[1].id: function["model"](frame[["monthly_spend"]]),
+        }
+        for deployment_id, scores_ in expected.items():
+            committed = table_rows(deployment_id, today).sort("entity_id")
+            assert committed["entity_id"].to_list() == frame["entity_id"].tolist()
+            np.testing.assert_allclose(committed["score"].to_numpy(), scores_, rtol=1e-9)
+
+    return score
 
 
-def test_a_slice_in_postgresql_is_split_by_id_over_two_workers(
-    owner, validated, worker_env, bucket, state_dir, celery_app_configured
-):
+def test_a_slice_in_postgresql_is_split_by_id_over_two_workers(bucket, score_two_models):
     from scoring.models import BatchPart
 
     with postgres_features() as (dsn, frames):
         env = {"FEATURES_URI": f"{dsn}?table=engine_features", "PART_ROWS": "200"}
-        score_two_models(
-            owner,
-            validated,
-            worker_env,
-            state_dir,
-            celery_app_configured,
-            env,
-            2,
-            frames[date.today()],
-        )
+        score_two_models(env, 2, frames[date.today()])
 
     parts = list(BatchPart.objects.order_by("index"))
     assert len(parts) == 3 and len({p.worker for p in parts}) == 2, "both workers took id ranges"
@@ -475,9 +467,7 @@ def noted_reads(connection, view: str, table: str):
             cursor.execute("DROP FUNCTION note_read()")
 
 
-def test_the_shards_of_a_batch_read_a_postgresql_slice_once_per_part(
-    owner, validated, worker_env, bucket, state_dir, celery_app_configured
-):
+def test_the_shards_of_a_batch_read_a_postgresql_slice_once_per_part(bucket, score_two_models):
     """Two shards x three parts: the database serves each part of the rows once, to the
     first of its units; the other reads the copy that one kept, which goes with the batch."""
     from django.conf import settings
@@ -495,16 +485,7 @@ def test_the_shards_of_a_batch_read_a_postgresql_slice_once_per_part(
             "PART_ROWS": "200",
             "SHARD_MODELS": "1",
         }
-        score_two_models(
-            owner,
-            validated,
-            worker_env,
-            state_dir,
-            celery_app_configured,
-            env,
-            1,
-            frames[date.today()],
-        )
+        score_two_models(env, 1, frames[date.today()])
         # Scoring reads the id too (validation reads samples of the features alone).
         reads = [q for q in queries() if q.startswith('COPY (SELECT "entity_id", ')]
 
