@@ -80,4 +80,4 @@ def test_the_daily_maintenance_removes_expired_scores_first_and_says_so(table, s
     call_command("maintain_scores", stdout=out)  # what beat's maintain_scores_table runs
 
     assert {model for _, model in partitions()} == {1, 2}
-    assert out.getvalue().endswith("removed the scores of 1 models deleted more than 0 days ago\n")
+    assert "; removed the scores of 1 models deleted more than 0 days ago;" in out.getvalue()
