@@ -494,6 +494,8 @@ def test_the_shards_of_a_batch_read_a_postgresql_slice_once_per_part(bucket, sco
     assert len(reads) == 3 and len(set(reads)) == 3, "each part read once:\n" + "\n".join(reads)
     assert set(SliceCopy.objects.values_list("status", flat=True)) == {"ready"}
     # A worker stops once its task is done: the last unit closed the batch.
-    assert Batch.objects.get().finished_at is not None
-    listing = storage.client().list_objects_v2(Bucket=settings.SCORES_BUCKET, Prefix="slices/")
+    batch = Batch.objects.get()
+    assert batch.finished_at is not None
+    prefix = f"slices/batch-{batch.id}/"
+    listing = storage.client().list_objects_v2(Bucket=settings.SCORES_BUCKET, Prefix=prefix)
     assert listing["KeyCount"] == 0, f"the copies went when the batch closed: {listing}"

@@ -26,16 +26,22 @@ def read(source, columns: list[str]) -> pa.Table:
 
 @pytest.fixture
 def local_source(feature_table) -> sources.ParquetSource:
-    return sources.ParquetSource(str(feature_table))
+    """Local Parquet in a database's place: copies are kept for any source marked remote."""
+    source = sources.ParquetSource(str(feature_table))
+    source.remote = True
+    return source
 
 
-def planned_copy() -> SliceCopy:
+@pytest.fixture
+def planned_copy(s3_server) -> SliceCopy:
+    """A batch's copy of part 0, planned; what it keeps on S3 goes with the test."""
     batch = Batch.objects.create()
-    return SliceCopy.objects.create(batch=batch, date=date.today(), index=0, columns=COLUMNS)
+    yield SliceCopy.objects.create(batch=batch, date=date.today(), index=0, columns=COLUMNS)
+    slice_copies.discard(batch.id)
 
 
-def test_the_first_unit_keeps_the_copy_and_the_next_reads_it(s3_server, local_source):
-    copy = planned_copy()
+def test_the_first_unit_keeps_the_copy_and_the_next_reads_it(planned_copy, local_source):
+    copy = planned_copy
     own = ["entity_id", "monthly_spend"]
 
     first = slice_copies.source_for(local_source, unit_of(copy))
@@ -60,9 +66,9 @@ def s3_refusing(s3_server, settings):
 
 
 def test_a_copy_s3_refuses_leaves_the_unit_its_rows_and_the_others_the_source(
-    s3_refusing, local_source
+    planned_copy, s3_refusing, local_source
 ):
-    copy = planned_copy()
+    copy = planned_copy
 
     rows = read(slice_copies.source_for(local_source, unit_of(copy)), COLUMNS)
 
@@ -73,9 +79,9 @@ def test_a_copy_s3_refuses_leaves_the_unit_its_rows_and_the_others_the_source(
 
 
 def test_a_unit_starting_while_the_copy_is_written_reads_the_source_without_waiting(
-    s3_server, local_source
+    planned_copy, local_source
 ):
-    copy = planned_copy()
+    copy = planned_copy
     SliceCopy.objects.filter(id=copy.id).update(status="writing")
 
     assert slice_copies.source_for(local_source, unit_of(copy)) is local_source

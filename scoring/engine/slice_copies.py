@@ -52,6 +52,8 @@ def plan(source, shards: list[list[ScoringRun]], row_parts: list) -> None:
 def source_for(source, part: BatchPart):
     """The unit's source: the copy of its rows if one is ready; the source, keeping the
     copy, if this unit is the first to start on them; else the source alone."""
+    if not source.remote:  # no copy is planned for it: no query either
+        return source
     copy = SliceCopy.objects.filter(batch_id=part.batch_id, date=part.date, index=part.index)
     copy = copy.first()
     if copy is None:

@@ -37,11 +37,12 @@ def ask(question: Callable[[int | None], dict]) -> dict:
     """`question(limit)` asks every worker and returns {worker: answer} once `limit` have
     answered (None: at its timeout). Asked with the roll's length; the roll is then set
     right by who answered."""
-    roll = {name.decode() for name in client().smembers(ROLL_KEY)}
+    redis_ = client()
+    roll = {name.decode() for name in redis_.smembers(ROLL_KEY)}
     answers = question(len(roll) or None)
     if answers:
-        client().sadd(ROLL_KEY, *answers)
+        redis_.sadd(ROLL_KEY, *answers)
     silent = roll - set(answers)
     if silent and len(answers) < len(roll):  # it waited out its timeout for them
-        client().srem(ROLL_KEY, *silent)
+        redis_.srem(ROLL_KEY, *silent)
     return answers

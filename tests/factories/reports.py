@@ -59,30 +59,25 @@ def deployment(user, name: str, email: str | None = None) -> Deployment:
         slug=Deployment.slug_for(name),
         email=user.email if email is None else email,
     )
-    PackageVersion.objects.create(
-        deployment=made,
-        number=1,
-        file=f"{user.username}/{made.slug}/v1.dill",
-        filename=f"{made.slug}.dill",
+    valid_version(made, 1)
+    return with_champions([made])[0]
+
+
+def valid_version(model: Deployment, number: int) -> PackageVersion:
+    return PackageVersion.objects.create(
+        deployment=model,
+        number=number,
+        file=f"{model.owner.username}/{model.slug}/v{number}.dill",
+        filename=f"{model.slug}-v{number}.dill" if number > 1 else f"{model.slug}.dill",
         size=2048,
-        sha256="0" * 64,
+        sha256=str(number - 1) * 64,
         state=PackageVersion.State.VALID,
     )
-    return with_champions([made])[0]
 
 
 def as_challenger(champion_run: ScoringRun) -> ScoringRun:
     """A copy of the champion's run, by a valid v2 of its model dropped as the challenger."""
-    model = champion_run.deployment
-    version = PackageVersion.objects.create(
-        deployment=model,
-        number=2,
-        file=f"{model.owner.username}/{model.slug}/v2.dill",
-        filename=f"{model.slug}-v2.dill",
-        size=2048,
-        sha256="1" * 64,
-        state=PackageVersion.State.VALID,
-    )
+    version = valid_version(champion_run.deployment, 2)
     champion_run.pk, champion_run.version, champion_run.role = None, version, "challenger"
     champion_run.save()
     return champion_run
