@@ -134,9 +134,9 @@ def log_lines(logs: list[Path], *parts: str) -> int:
     )
 
 
-def table_rows(deployment_id: int, day: date) -> pl.DataFrame:
-    """A model's partition of a day, as a reader (Polars) sees it."""
-    frame = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
+def table_rows(deployment_id: int, day: date, table: str = scores.TABLE) -> pl.DataFrame:
+    """A model's partition of a day in a scores table, as a reader (Polars) sees it."""
+    frame = pl.read_delta(scores.table_uri(table), storage_options=scores.storage_options())
     return frame.filter((pl.col("model_id") == deployment_id) & (pl.col("dt") == day.isoformat()))
 
 

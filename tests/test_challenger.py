@@ -1,15 +1,20 @@
 """A challenger dropped beside a champion: scored in the same batch from the same read of the
-slice, into the same scores table under its own role."""
+slice; a split challenger's rows go to the live table `scores` under its role, a shadow's to
+`scores_shadow`."""
 
 import shutil
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
+from django.utils import timezone
 from scipy import stats
 
-from scoring.models import Comparison, Role
+from scoring.engine import scores
+from scoring.models import Comparison, Role, ScoringRun
+from scoring.packages import roles
 from scoring.quality import comparison
 from scoring.runs import dispatch
 from tests.factories import features, packages
@@ -19,6 +24,7 @@ from tests.flows import (
     log_lines,
     slice_frame,
     table_rows,
+    tick_until,
     wait_for_runs,
 )
 
@@ -52,16 +58,18 @@ def test_a_challenger_scores_beside_its_champion_from_one_read_of_the_slice(
     logs = [state_dir / "worker.log"]
     assert log_lines(logs, f"slice {day}, 2 runs in") == 1
     assert log_lines(logs, f"slice {day}, 1 runs in") == 0
-    rows = table_rows(deployment.id, day).sort("entity_id")
+    rows = pl.concat(
+        [table_rows(deployment.id, day), table_rows(deployment.id, day, scores.SHADOW_TABLE)]
+    ).sort("entity_id")
     expected = {
         Role.CHAMPION: champion["model"](frame[["monthly_spend"]]),
         Role.CHALLENGER: challenger["model"].predict_proba(frame[features.FEATURES])[:, 1],
     }
-    for role, scores in expected.items():
+    for role, predicted in expected.items():
         part = rows.filter(rows["role"] == role)
         assert part["entity_id"].to_list() == frame["entity_id"].tolist()
         assert part["model_version"].unique().to_list() == [1 if role == Role.CHAMPION else 2]
-        np.testing.assert_allclose(part["score"].to_numpy(), np.asarray(scores), rtol=1e-9)
+        np.testing.assert_allclose(part["score"].to_numpy(), np.asarray(predicted), rtol=1e-9)
 
     compared = Comparison.objects.get(deployment=deployment, date=day)
     assert compared.metrics == pytest.approx(
@@ -132,3 +140,77 @@ def test_without_a_shared_entity_only_the_distributions_are_compared():
 
     assert found["shared_rows"] == 0 and found["psi"] < 0.1
     assert [found[k] for k in ("spearman", "top_decile_overlap", "decile_moved_2")] == [None] * 3
+
+
+def test_scores_holds_each_entity_once_through_challengers_retries_promotion_and_rollback(
+    owner, validated, worker, bucket, feature_table, api
+):
+    """What a downstream job reads of `scores` by (dt, model_id): one row per entity of the
+    slice, whatever the model's versions did. A: the champion and a shadow challenger, both
+    retried, then a split challenger dropped after A was scored; B: the champion and the
+    split challenger, both retried; C: the challenger promoted, then rolled back from."""
+    a, b = date.today() - timedelta(days=1), date.today()
+    c = date.today() + timedelta(days=91)  # a slice of its own
+    features.write_feature_slice(feature_table, c, rows=500)
+    deployment = deploy(owner, packages.function_package(), "live", validated)
+    deploy(owner, packages.sklearn_package(), "live", validated, role="challenger")
+    try:
+        score(deployment, a)
+        crash_after_commit(deployment, a)
+        split = packages.sklearn_package(meta={"trial": "a 30 % split"})
+        deploy(owner, split, "live", validated, role="challenger", share="0.3")
+        deployment.refresh_from_db()
+        score(deployment, a)  # the champion scored A whole: the new challenger is a shadow there
+        score(deployment, b)
+        crash_after_commit(deployment, b)
+        v3 = deployment.challenger
+        roles.request_change(deployment, v3, "better Gini on OOT", owner)
+        deployment.refresh_from_db()
+        score(deployment, c)
+        roles.request_change(deployment, deployment.versions.get(number=1), "rollback", owner)
+        deployment.refresh_from_db()
+        score(deployment, c)
+        slices = {day: set(slice_frame(feature_table, day)["entity_id"]) for day in (a, b, c)}
+    finally:
+        shutil.rmtree(feature_table / f"dt={c.isoformat()}")
+
+    live = pl.read_delta(scores.table_uri(), storage_options=scores.storage_options())
+    live = live.filter(pl.col("model_id") == deployment.id)
+    counts = live.group_by("dt").agg(pl.len(), pl.col("entity_id").n_unique().alias("entities"))
+    assert {row["dt"]: (row["len"], row["entities"]) for row in counts.to_dicts()} == {
+        day.isoformat(): (len(slices[day]), len(slices[day])) for day in (a, b, c)
+    }
+    for day in (a, b, c):
+        assert set(table_rows(deployment.id, day)["entity_id"]) == slices[day]
+    versions = {
+        (row["dt"], row["role"], row["model_version"])
+        for row in live.select("dt", "role", "model_version").unique().to_dicts()
+    }
+    assert versions == {
+        (a.isoformat(), "champion", 1),
+        (b.isoformat(), "champion", 1),
+        (b.isoformat(), "challenger", 3),
+        (c.isoformat(), "champion", 1),
+    }
+    shadow = table_rows(deployment.id, a, scores.SHADOW_TABLE)
+    assert (shadow.height, shadow["entity_id"].n_unique()) == (len(slices[a]), len(slices[a]))
+    assert set(shadow["model_version"]) == {3}  # v3 replaced v2's shadow rows of A
+    shadow_run = ScoringRun.objects.get(version=v3, date=a)
+    assert Comparison.objects.filter(challenger_run=shadow_run).exists()
+    download = api.get(f"/api/v1/runs/{shadow_run.id}/scores/?format=csv")
+    assert len(b"".join(download.streaming_content).splitlines()) == 1 + len(slices[a])
+
+
+def score(deployment, day: date) -> None:
+    dispatch.score_now(deployment, day)
+    finished = wait_for_runs([deployment.id])
+    assert {run.status for run in finished} == {"succeeded"}, [run.error for run in finished]
+
+
+def crash_after_commit(deployment, day: date) -> None:
+    """The worker of the day's runs died after committing, before saying so: tick takes
+    them back and they score again, replacing their own rows."""
+    runs = ScoringRun.objects.filter(deployment=deployment, date=day)
+    runs.update(status=ScoringRun.Status.RUNNING, heartbeat_at=timezone.now() - timedelta(days=1))
+    tick_until([deployment.id])
+    assert {run.attempts for run in runs} == {2}

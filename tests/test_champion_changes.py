@@ -199,3 +199,43 @@ def test_score_now_scores_the_challenger_on_a_day_the_champion_already_scored(mo
     ScoringRun.objects.filter(id=run.id).update(status=ScoringRun.Status.SUCCEEDED)
     with pytest.raises(lifecycle.RunError, match="version 1 already scored"):
         dispatch.score_now(model, day)  # both scored: the champion's refusal is said
+
+
+def test_a_day_keeps_the_split_of_its_first_run_so_no_entity_is_scored_live_twice(model):
+    """The champion scored every entity of a day, then the challenger got a 30 % share: that
+    day's challenger scores as a shadow (every entity, beside the live rows); the next day
+    splits. A new champion re-scoring a split day keeps to the champion's side."""
+    day = timezone.now().date() - timedelta(days=3)
+    champion_run = dispatch.score_now(model, day)
+    assert champion_run.split_share is None
+    ScoringRun.objects.filter(deployment=model).update(status=ScoringRun.Status.SUCCEEDED)
+    model.__class__.objects.filter(id=model.id).update(challenger_share=0.3)
+    model.refresh_from_db()
+
+    with pytest.raises(lifecycle.RunError, match="already scored"):
+        dispatch.score_now(model, day)
+    assert next_runs(model, 1) == {"champion": 1, "challenger": 2}
+    next_day = ScoringRun.objects.filter(deployment=model).exclude(date=day)
+    assert {run.split_share for run in next_day} == {0.3}
+
+    v3 = PackageVersion.objects.create(
+        deployment=model,
+        number=3,
+        file="alice/churn-000/v3.dill",
+        filename="churn-v3.dill",
+        size=20_000,
+        sha256="3" * 64,
+        state=PackageVersion.State.VALID,
+        package=model.champion.package,
+        dropped_as=Role.CHALLENGER,
+        dropped_share=0.5,
+    )
+    roles.take_role(v3, model)  # a new challenger, split 50/50, dropped after the day scored
+    run = dispatch.score_now(model, day)
+    assert (run.version.number, run.role, run.split_share) == (3, "challenger", None)
+    roles.request_change(model, v3, "promoted after a week of shadow scoring", model.owner)
+    model.refresh_from_db()
+    assert (model.champion.number, roles.split_share(model)) == (3, None)
+    # The next day was split 70/30 with v2: v3 re-scores it on the champion's side.
+    rescored = lifecycle.request_run(model, next_day.first().date, role=Role.CHAMPION)
+    assert (rescored.version.number, rescored.split_share) == (3, 0.3)

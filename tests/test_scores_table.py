@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from scoring.engine import maintenance, scores
+from scoring.engine import maintenance, scores, shadow_rows
 from scoring.packages import storage
 from tests.factories.scores_table import (
     DAY,
@@ -114,13 +114,15 @@ def test_a_table_made_before_roles_gains_them_and_each_role_replaces_only_its_ow
             for (role,), rows in frame.group_by("role")
         }
 
-    scores.commit(DAY, [(1, "challenger")], written(12, 1, role="challenger"))
+    scores.commit(DAY, [(1, "challenger")], written(12, 1, role="challenger", split_share=0.5))
     assert runs_by_role() == {None: ([10], 50), "challenger": ([12], 50)}
 
     scores.commit(DAY, [(1, "champion")], written(11, 1))  # the old rows were the champion's
     assert runs_by_role() == {"champion": ([11], 50), "challenger": ([12], 50)}
 
-    scores.commit(DAY, [(1, "challenger")], written(13, 1, role="challenger", rows=20))
+    scores.commit(
+        DAY, [(1, "challenger")], written(13, 1, role="challenger", split_share=0.5, rows=20)
+    )
     assert runs_by_role() == {"champion": ([11], 50), "challenger": ([13], 20)}
 
 
@@ -189,7 +191,7 @@ def test_maintenance_compacts_checkpoints_and_keeps_every_partition_whole(table,
     assert len(replaced) == 3
 
     settings.SCORES_RETENTION_HOURS = 168
-    report = maintenance.maintain(today)
+    report = maintenance.maintain(today).tables[scores.TABLE]
 
     assert report.days_compacted == [(today - timedelta(back)).isoformat() for back in (3, 2, 1)]
     assert (report.files_compacted, report.files_written) == (36, 12)
@@ -217,7 +219,7 @@ def test_vacuum_removes_only_the_files_no_version_references_past_the_retention(
     unreferenced = table_objects() - referenced_files()
 
     settings.SCORES_RETENTION_HOURS = 0
-    report = maintenance.maintain(today)
+    report = maintenance.maintain(today).tables[scores.TABLE]
 
     assert report.files_vacuumed == len(unreferenced) == 3 + 36
     assert report.bytes_vacuumed > 0
@@ -234,7 +236,7 @@ def test_the_maintenance_command_says_what_it_did(table, settings):
 
     call_command("maintain_scores", stdout=out)
 
-    assert out.getvalue().startswith("compacted 2 files (")
+    assert out.getvalue().startswith("scores: compacted 2 files (")
     assert "into 1 in 1 days; vacuumed 4 files (" in out.getvalue()
     assert "older than 0 h; checkpoint at version" in out.getvalue()
 
@@ -248,7 +250,7 @@ def test_a_run_committing_while_compaction_rewrites_its_partition_waits_for_it(t
     many_small_commits(today)
     yesterday = today - timedelta(days=1)
     replaced = scores.replaced_files
-    report = maintenance.Report()
+    report = maintenance.TableReport()
 
     def compact_in_another_worker():
         try:
@@ -309,3 +311,77 @@ def test_beat_sends_the_maintenance_daily_at_three_by_the_name_of_a_real_task():
     entry = settings.CELERY_BEAT_SCHEDULE["maintain-scores-table"]
     assert entry["task"] == tasks.maintain_scores_table.name
     assert entry["schedule"] == crontab(minute="0", hour="3")
+
+
+# --- shadow challengers' rows left in the live table -------------------------------------
+
+
+def legacy_runs(owner) -> dict[str, object]:
+    """A model scored before `scores_shadow` existed: its champion's rows and its shadow
+    challenger's (the same 50 entities) in `scores`; and a model with a split challenger."""
+    from scoring.models import Role, ScoringRun
+    from tests.factories.runs import make_models
+
+    shadowed, split = make_models(owner, 2, prefix="legacy")
+
+    def run(deployment, role, share=None):
+        version = deployment.champion
+        if role == Role.CHALLENGER:  # its version 2
+            version.pk, version.number, version.file = None, 2, f"{version.file}-v2"
+            version.save()
+        return ScoringRun.objects.create(
+            deployment=deployment, version=version, date=DAY, role=role, split_share=share
+        )
+
+    runs = {
+        "champion": run(shadowed, Role.CHAMPION),
+        "shadow": run(shadowed, Role.CHALLENGER),
+        "split": run(split, Role.CHALLENGER, 0.5),
+    }
+    for run_ in runs.values():
+        # What the old code wrote: every challenger's rows in the live table.
+        files = written(run_.id, run_.deployment_id, DAY, role=run_.role, split_share=0.5)
+        scores.commit(DAY, [(run_.deployment_id, run_.role)], files)
+    return runs
+
+
+def by_table(name: str) -> dict[tuple[int, str], tuple[int, int]]:
+    """{(model, role): (rows, distinct entities)} of a table on DAY, as Polars reads it."""
+    frame = pl.read_delta(scores.table_uri(name), storage_options=scores.storage_options())
+    frame = frame.filter(pl.col("dt") == DAY.isoformat())
+    return {
+        (model_id, role): (rows.height, rows["entity_id"].n_unique())
+        for (model_id, role), rows in frame.group_by(["model_id", "role"])
+    }
+
+
+def test_maintenance_moves_shadow_rows_to_their_table_once_and_old_snapshots_still_read(
+    table, owner, monkeypatch
+):
+    runs = legacy_runs(owner)
+    shadowed, split = runs["shadow"].deployment_id, runs["split"].deployment_id
+    before = scores.open_table().version()
+    assert by_table(scores.TABLE)[(shadowed, "challenger")] == (50, 50)
+
+    # A crash between the two commits: the rows are in both tables; the next run ends it.
+    removals = shadow_rows.removals
+    monkeypatch.setattr(shadow_rows, "removals", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        maintenance.maintain()
+    monkeypatch.setattr(shadow_rows, "removals", removals)
+    assert maintenance.maintain().shadow_files_moved == 1
+    assert maintenance.maintain().shadow_files_moved == 0  # safe to run again
+
+    assert by_table(scores.TABLE) == {
+        (shadowed, "champion"): (50, 50),
+        (split, "challenger"): (50, 50),  # a split challenger's rows are live
+    }
+    assert by_table(scores.SHADOW_TABLE) == {(shadowed, "challenger"): (50, 50)}
+    shadow_run = runs["shadow"]
+    shadow_run.refresh_from_db()
+    assert [len(batch) for batch in scores.run_scores(shadow_run)] == [50]
+    # A reader of the version before still finds every row it listed, until vacuum.
+    old = pl.read_delta(
+        scores.table_uri(), version=before, storage_options=scores.storage_options()
+    )
+    assert old.filter(pl.col("model_id") == shadowed).height == 100

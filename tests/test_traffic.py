@@ -1,12 +1,17 @@
 """A traffic split between champion and challenger, entity by entity."""
 
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from scoring.engine import traffic
+from scoring.engine import scores, traffic
+from scoring.engine.chunk_scoring import Scorer
 from scoring.models import ScoringRun
-from scoring.quality import assessment, levels, metrics, profiles
+from scoring.quality import assessment, levels, metrics, profiles, samples
+from tests.factories.scores_table import DAY, Run
 
 
 @pytest.mark.parametrize(
@@ -50,3 +55,28 @@ def test_a_split_runs_rows_are_checked_against_its_side_of_a_full_run(role, rows
     assert result["baseline_rows"] == side
     assert result["rows_status"] == status
     assert assessment.rows_scale(split_run, split_run) == 1.0
+
+
+def test_a_champion_and_its_challenger_writing_a_chunk_hash_its_ids_once(table, monkeypatch):
+    """Hashing a million text ids takes about 2 s: once per chunk, not once per side."""
+    hashed = []
+    hash_ids = traffic.buckets
+    monkeypatch.setattr(traffic, "buckets", lambda ids: hashed.append(len(ids)) or hash_ids(ids))
+    ids = pa.array([f"C{n:07d}" for n in range(10_000)])
+    sides = traffic.ChunkSides(ids)
+    scorers = [
+        Scorer(run, scores.RunWriter(run), samples.RowSample(100))
+        for run in (
+            Run(id=1, deployment_id=1, date=DAY, role="champion", split_share=0.3),
+            Run(id=2, deployment_id=1, date=DAY, role="challenger", split_share=0.3),
+        )
+    ]
+    values = pa.array(np.random.default_rng(0).random(len(ids)))
+
+    with ThreadPoolExecutor(max_workers=2) as writes:  # as the pipeline's writing threads
+        written = [writes.submit(s.write, sides, values, datetime.now(UTC), True) for s in scorers]
+    assert [future.result() for future in written] == [None, None]
+
+    assert hashed == [len(ids)]
+    champion, challenger = (scorer.writer.rows for scorer in scorers)
+    assert champion + challenger == len(ids) and 0.25 < challenger / len(ids) < 0.35

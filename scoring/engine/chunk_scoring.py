@@ -53,12 +53,16 @@ class Scorer:
     package: Path | None = None  # the worker's local copy
     failed: bool = False
 
-    def write(self, entity_ids: pa.Array, values: pa.Array, scored_at, last: bool = False) -> None:
+    def write(
+        self, sides: traffic.ChunkSides, values: pa.Array, scored_at, last: bool = False
+    ) -> None:
         """A chunk of the run's scores: into its file, and counted in its profile; under a
-        traffic split, only its side's entities. After the `last` chunk the file is
-        finished here, in a writing thread: it goes up to S3 while other runs' files are
-        written, and its buffer goes, instead of every file of the unit waiting in memory."""
-        mask = traffic.kept(entity_ids, self.run.split_share, self.run.role)
+        traffic split, only its side's entities (`sides`: the chunk's ids, shared by the
+        runs writing it). After the `last` chunk the file is finished here, in a writing
+        thread: it goes up to S3 while other runs' files are written, and its buffer goes,
+        instead of every file of the unit waiting in memory."""
+        entity_ids = sides.entity_ids
+        mask = sides.kept(self.run.split_share, self.run.role)
         if mask is not None:
             entity_ids, values = entity_ids.filter(mask), values.filter(mask)
         if len(entity_ids):

@@ -117,26 +117,39 @@ def commit_files(
     slice_date: date,
     summaries: dict[int, dict],
 ) -> list[ScoringRun]:
-    """Add the runs' written files to the table at once: each partition whole, or none;
-    each run that committed keeps the profile of its scores (`summaries`)."""
-    if not held:
-        return []
+    """Add the runs' written files to their tables: the live runs' to `scores` in one
+    transaction, then the shadow challengers' to `scores_shadow` in another, so a reader of
+    `scores` sees each partition whole or not at all; a failed commit fails its table's
+    runs only. Each run that committed keeps the profile of its scores (`summaries`)."""
+    committed = []
+    for name in scores.TABLES:
+        runs = [run for run in held if scores.table_of(run) == name]
+        if runs and commit_table(name, runs, files, day, slice_date):
+            committed += runs
+    for run in committed:
+        run.rows = sum(json.loads(f["stats"])["numRecords"] for f in files[run.id])
+        run.profile = summaries.get(run.id)
+    return committed
+
+
+def commit_table(
+    name: str, runs: list[ScoringRun], files: dict[int, list[dict]], day: date, slice_date: date
+) -> bool:
+    """One table's share of the commit; False (its runs failed, to be retried) if it failed."""
     try:
         scores.commit(
             day,
-            [(run.deployment_id, run.role) for run in held],
-            [f for r in held for f in files[r.id]],
+            [(run.deployment_id, run.role) for run in runs],
+            [f for run in runs for f in files[run.id]],
+            name,
         )
     except Exception as exc:  # S3 down or a conflicting commit: the runs are retried
-        log.exception("commit of runs %s failed", [run.id for run in held])
-        for run in held:
+        log.exception("commit of runs %s to %s failed", [run.id for run in runs], name)
+        for run in runs:
             scores.remove_files(files[run.id])
             lifecycle.fail(run, f"committing the scores failed: {exc}", slice_date)
-        return []
-    for run in held:
-        run.rows = sum(json.loads(f["stats"])["numRecords"] for f in files[run.id])
-        run.profile = summaries.get(run.id)
-    return held
+        return False
+    return True
 
 
 def check_and_succeed(committed: list[ScoringRun], slice_date: date) -> None:

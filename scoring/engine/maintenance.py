@@ -1,10 +1,13 @@
-"""Keeping the scores table healthy as runs accumulate (a beat task, daily by default).
+"""Keeping the scores tables healthy as runs accumulate (a beat task, daily by default).
 
 A fleet adds 365,000 (dt, model_id) partitions a year, and each commit a log entry:
 - retention: the partitions of models deleted more than DELETED_SCORES_RETENTION_DAYS ago
   are removed (scoring.engine.retention), first, so compaction never rewrites them;
+- shadow challengers' rows left in `scores` by versions before `scores_shadow` existed
+  move there (scoring.engine.shadow_rows);
 - the slice copies that a batch's units shared (scoring.engine.slice_copies), of batches
   closed by tick after a worker died (a batch its units close removes its own);
+and for each table, `scores` and `scores_shadow`:
 - compaction: a run scored in parts leaves a file per part in its partition; partitions
   of days before today with more than one file are rewritten as one (delta-rs' optimize,
   a commit of its own that changes no data, one per day);
@@ -36,14 +39,14 @@ from deltalake.exceptions import CommitFailedError
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import retention, scores, slice_copies
+from scoring.engine import retention, scores, shadow_rows, slice_copies
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Report:
-    """What one maintenance did, for its log line and the management command."""
+class TableReport:
+    """What one maintenance did to one table."""
 
     days_compacted: list[str] = field(default_factory=list)
     files_compacted: int = 0
@@ -53,8 +56,6 @@ class Report:
     files_vacuumed: int = 0
     bytes_vacuumed: int = 0
     checkpoint_version: int | None = None
-    deleted_models_removed: list[int] = field(default_factory=list)
-    slice_copies_removed: int = 0
 
     def summary(self) -> str:
         return (
@@ -63,30 +64,57 @@ class Report:
             + (f", skipped {', '.join(self.days_skipped)}" if self.days_skipped else "")
             + f"; vacuumed {self.files_vacuumed} files ({self.bytes_vacuumed:,} B) older than "
             f"{settings.SCORES_RETENTION_HOURS} h; checkpoint at version {self.checkpoint_version}"
-            f"; removed the scores of {len(self.deleted_models_removed)} models deleted more "
-            f"than {settings.DELETED_SCORES_RETENTION_DAYS} days ago"
-            f"; removed the slice copies of {self.slice_copies_removed} closed batches"
+        )
+
+
+@dataclass
+class Report:
+    """What one maintenance did, for its log line and the management command."""
+
+    tables: dict[str, TableReport] = field(default_factory=dict)
+    deleted_models_removed: list[int] = field(default_factory=list)
+    shadow_files_moved: int = 0
+    slice_copies_removed: int = 0
+
+    def summary(self) -> str:
+        return "; ".join(
+            [
+                *(f"{name}: {report.summary()}" for name, report in self.tables.items()),
+                f"removed the scores of {len(self.deleted_models_removed)} models deleted more "
+                f"than {settings.DELETED_SCORES_RETENTION_DAYS} days ago",
+                f"moved {self.shadow_files_moved} files of shadow challengers to "
+                f"{scores.SHADOW_TABLE}",
+                f"removed the slice copies of {self.slice_copies_removed} closed batches",
+            ]
         )
 
 
 def maintain(today: date | None = None) -> Report:
-    """Remove deleted models' expired scores, compact, vacuum, checkpoint and clean up the
-    log; a table not made yet is left."""
+    """Remove deleted models' expired scores, move shadow rows out of the live table, then
+    compact, vacuum, checkpoint and clean up the log of each table (one not made yet is
+    left)."""
     report = Report(
         deleted_models_removed=retention.remove_expired(),
+        shadow_files_moved=shadow_rows.move(),
         slice_copies_removed=slice_copies.sweep(),
     )
-    table = scores.open_table()
-    if table is None:
-        return report
-    for day in days_to_compact(table, today or timezone.localdate()):
+    for name in scores.TABLES:
+        table = scores.open_table(name)
+        if table is not None:
+            report.tables[name] = maintain_table(table, today or timezone.localdate())
+    log.info("scores tables maintained: %s", report.summary())
+    return report
+
+
+def maintain_table(table: DeltaTable, today: date) -> TableReport:
+    report = TableReport()
+    for day in days_to_compact(table, today):
         compact(table, day, report)
     vacuum(table, report)
     table.update_incremental()
     table.create_checkpoint()
     report.checkpoint_version = table.version()
     table.cleanup_metadata()
-    log.info("scores table maintained: %s", report.summary())
     return report
 
 
@@ -101,7 +129,7 @@ def days_to_compact(table: DeltaTable, today: date) -> list[date]:
     return sorted(date.fromisoformat(day) for day in set(several["partition.dt"].to_pylist()))
 
 
-def compact(table: DeltaTable, day: date, report: Report) -> None:
+def compact(table: DeltaTable, day: date, report: TableReport) -> None:
     """Rewrite the day's partitions of several files as one file each (one commit)."""
     try:
         with scores.commit_lock(exclusive=True):  # no run commits meanwhile
@@ -117,7 +145,7 @@ def compact(table: DeltaTable, day: date, report: Report) -> None:
     report.bytes_compacted += json.loads(metrics["filesRemoved"])["totalSize"]  # JSON text
 
 
-def vacuum(table: DeltaTable, report: Report) -> None:
+def vacuum(table: DeltaTable, report: TableReport) -> None:
     """Delete the files no version references, older than the retention (the whole table
     folder is listed: files of runs that died before committing are found too)."""
     with scores.commit_lock():

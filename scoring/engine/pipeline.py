@@ -21,7 +21,7 @@ import pyarrow as pa
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import environments, features, package_cache, pool, scores
+from scoring.engine import environments, features, package_cache, pool, scores, traffic
 from scoring.engine.chunk_scoring import (
     ChunkScoring,
     Group,
@@ -159,9 +159,9 @@ class SlicePipeline(ChunkScoring):
         """Hand the chunk's scores to the writing threads: each run's to its file, side by
         side (Parquet encoding and S3 uploads release the GIL), finished after the `last`
         chunk; and the rows to the sample."""
-        entity_ids = chunk.column(0)
+        sides = traffic.ChunkSides(chunk.column(0))
         written = {
-            scorer: writes.submit(scorer.write, entity_ids, values, scored_at, last)
+            scorer: writes.submit(scorer.write, sides, values, scored_at, last)
             for scorer, values in results.items()
             if not scorer.failed
         }

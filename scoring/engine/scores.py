@@ -1,18 +1,24 @@
-"""The unified scores table: one Delta Lake table on S3, partitioned by date and model.
+"""The scores tables: Delta Lake tables on S3, partitioned by date and model.
 
-`s3://SCORES_BUCKET/scores` with columns entity_id, score, model_id,
+`s3://SCORES_BUCKET/scores` holds the live scores, what production reads: one row per
+(dt, model_id, entity_id), the champion's and, under a traffic split, the challenger's
+share of the entities. `s3://SCORES_BUCKET/scores_shadow` holds the scores of shadow
+challengers (a challenger without a split scores every entity beside its champion), for
+analysts comparing versions. Both have the columns entity_id, score, model_id,
 model_version, run_id, scored_at, role and the partition columns dt and model_id.
-A run writes its Parquet files into its partition's folder while it scores
-(invisible: not yet in the log), then commits by one Delta transaction that adds
-them and removes whatever the (dt, model_id) partition held in the run's role: a
-reader sees the run's rows whole or not at all, and a retried run replaces, never
-adds. Only the log entry is written at commit time. Spark, Trino, DuckDB and Polars
-read the table as it is.
+
+A run writes its Parquet files into its partition's folder of its table while it scores
+(invisible: not yet in the log), then commits by one Delta transaction that adds them and
+removes whatever the (dt, model_id) partition held in the run's role: a reader sees the
+run's rows whole or not at all, and a retried run replaces, never adds. Only the log entry
+is written at commit time. Spark, Trino, DuckDB and Polars read the tables as they are.
 
 `role` is "champion" (the live version: the model's scores) or "challenger" (a version
-scored beside it). It is a plain column, not a partition: a challenger's rows sit in the
-champion's (dt, model_id) folder, so the table's partitioning, and the champion's paths,
-stay as they were. Rows written before roles existed have no role (null): champion's.
+scored beside it). It is a plain column, not a partition: a split challenger's rows sit in
+the champion's (dt, model_id) folder, so the table's partitioning, and the champion's
+paths, stay as they were. Rows written before roles existed have no role (null):
+champion's. Every run of a model's day has the day's split (scoring.packages.roles
+`day_split`), so the two sides of `scores` never hold an entity twice.
 """
 
 import contextlib
@@ -39,7 +45,9 @@ from django.db import connection, transaction
 from scoring.engine.part_upload import PartUpload
 from scoring.packages import storage
 
-TABLE = "scores"
+TABLE = "scores"  # the live scores
+SHADOW_TABLE = "scores_shadow"  # shadow challengers' scores
+TABLES = (TABLE, SHADOW_TABLE)
 PARTITIONS = ["dt", "model_id"]
 ROLES = ("champion", "challenger")  # the values of `role` (scoring.models.Role)
 # The PostgreSQL advisory lock writers of the table's log take (see `commit_lock`).
@@ -50,8 +58,14 @@ COMMIT_BACKOFF_SECONDS = 0.2
 log = logging.getLogger(__name__)
 
 
-def table_uri() -> str:
-    return f"s3://{settings.SCORES_BUCKET}/{TABLE}"
+def table_of(run) -> str:
+    """The table a run's rows go to: a challenger scoring every entity beside its champion
+    (no split) is a shadow; the champion and a split challenger are live."""
+    return SHADOW_TABLE if run.role == "challenger" and run.split_share is None else TABLE
+
+
+def table_uri(name: str = TABLE) -> str:
+    return f"s3://{settings.SCORES_BUCKET}/{name}"
 
 
 def storage_options() -> dict[str, str]:
@@ -95,11 +109,10 @@ class RunWriter:
 
     def __init__(self, run, part_index: int = 0, open_sink=None):
         self.run = run
-        # Where the file goes: by default the table of SCORES_BUCKET, through a PartUpload
-        # (a Spark executor, which has no settings, opens its own: scoring.engine.spark).
-        self.open_sink = open_sink or (
-            lambda path: PartUpload(f"{settings.SCORES_BUCKET}/{TABLE}/{path}")
-        )
+        self.table = table_of(run)
+        # Where the file goes, given its key in the bucket: by default SCORES_BUCKET, through
+        # a PartUpload (a Spark executor, which has no settings, opens its own).
+        self.open_sink = open_sink or (lambda key: PartUpload(f"{settings.SCORES_BUCKET}/{key}"))
         self.partition = {"dt": run.date.isoformat(), "model_id": str(run.deployment_id)}
         self.path = (
             f"dt={self.partition['dt']}/model_id={self.partition['model_id']}/"
@@ -115,7 +128,7 @@ class RunWriter:
     def write(self, entity_ids: pa.Array, scores: pa.Array, scored_at: datetime) -> None:
         part = file_batch(entity_ids, scores, self.run, scored_at)
         if self.writer is None:
-            self.sink = self.open_sink(self.path)
+            self.sink = self.open_sink(f"{self.table}/{self.path}")
             self.writer = parquet_writer(self.sink, part.schema)
         self.writer.write_batch(part)
         self.rows += part.num_rows
@@ -160,6 +173,7 @@ class RunWriter:
                 }
             ),
             "id_type": str(self.writer.schema.field("entity_id").type),
+            "table": self.table,
         }
 
     def abort(self) -> None:
@@ -192,7 +206,7 @@ def remove_files(files: list[dict]) -> None:
     filesystem = storage.arrow_filesystem()
     for written in files:
         with contextlib.suppress(Exception):
-            filesystem.delete_file(f"{settings.SCORES_BUCKET}/{TABLE}/{written['path']}")
+            filesystem.delete_file(f"{settings.SCORES_BUCKET}/{written['table']}/{written['path']}")
 
 
 def file_batch(entity_ids: pa.Array, scores: pa.Array, run, scored_at: datetime) -> pa.RecordBatch:
@@ -219,28 +233,35 @@ def partition_predicate(day: date, model_ids: list[int]) -> str:
     return f"dt = '{day.isoformat()}' AND model_id IN ({ids})"
 
 
-def commit(day: date, kept: list[tuple[int, str]], files: list[dict]) -> None:
-    """Replace the rows of these (model, role)s on that day with the runs' written files, in
-    one Delta transaction: each run's rows are replaced whole, or nothing changes."""
-    adds = [AddAction(**{k: v for k, v in f.items() if k != "id_type"}) for f in files]
+def commit(day: date, kept: list[tuple[int, str]], files: list[dict], name: str = TABLE) -> None:
+    """Replace the rows of these (model, role)s on that day in table `name` with the runs'
+    written files, in one Delta transaction: each run's rows are replaced whole, or nothing
+    changes."""
+    if any(f["table"] != name for f in files):
+        raise ValueError(f"a commit to {name} was given files of another table")
+    meta = ("id_type", "table")
+    adds = [AddAction(**{k: v for k, v in f.items() if k not in meta}) for f in files]
     added = {f["path"] for f in files}
 
     def actions(table: DeltaTable) -> list:
         removes = replaced_files(table, day, kept)
         return [*adds, *(r for r in removes if r.path not in added)]  # committed already: kept
 
-    transact(actions, schema(pa.type_for_alias(files[0]["id_type"])))
+    transact(actions, schema(pa.type_for_alias(files[0]["id_type"])), name)
 
 
 def remove_models(model_ids: list[int]) -> int:
-    """Remove every partition of these models (deleted ones) in one Delta transaction; how
-    many files it removed. Only the log changes: a reader's snapshot keeps its files until
-    vacuum deletes them, SCORES_RETENTION_HOURS later."""
+    """Remove every partition of these models (deleted ones) from both tables, one Delta
+    transaction each; how many files it removed. Only the logs change: a reader's snapshot
+    keeps its files until vacuum deletes them, SCORES_RETENTION_HOURS later."""
     every_role = [(model_id, role) for model_id in model_ids for role in ROLES]
-    return len(transact(lambda table: replaced_files(table, None, every_role)))
+    return sum(
+        len(transact(lambda table: replaced_files(table, None, every_role), name=name))
+        for name in TABLES
+    )
 
 
-def transact(actions_of, table_schema: pa.Schema | None = None) -> list:
+def transact(actions_of, table_schema: pa.Schema | None = None, name: str = TABLE) -> list:
     """Commit the actions `actions_of(table)` finds on the table as it is now, and return
     them (a table not made yet is made with `table_schema`, or left alone without one).
 
@@ -254,7 +275,9 @@ def transact(actions_of, table_schema: pa.Schema | None = None) -> list:
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             with commit_lock():
-                table = with_roles(open_table()) or (table_schema and create_table(table_schema))
+                table = with_roles(open_table(name)) or (
+                    table_schema and create_table(table_schema, name)
+                )
                 actions = actions_of(table) if table else []
                 if actions:
                     table.create_write_transaction(
@@ -267,7 +290,7 @@ def transact(actions_of, table_schema: pa.Schema | None = None) -> list:
         except CommitFailedError as exc:
             if attempt == COMMIT_ATTEMPTS - 1:
                 raise
-            log.warning("a commit to the scores table conflicted, again: %s", exc)
+            log.warning("a commit to the %s table conflicted, again: %s", name, exc)
             time.sleep(COMMIT_BACKOFF_SECONDS * 2**attempt * (1 + random.random()))
 
 
@@ -291,7 +314,11 @@ def replaced_files(
         "/",
     )
     wanted = pa.array([f"{int(model_id)}/{role}" for model_id, role in kept], pa.string())
-    held = files.filter(pc.is_in(keys, value_set=wanted))
+    return remove_actions(files.filter(pc.is_in(keys, value_set=wanted)))
+
+
+def remove_actions(held: pa.Table) -> list[RemoveAction]:
+    """Removals of these files (rows of `get_add_actions(flatten=True)`) for a commit."""
     now = int(time.time() * 1000)
     return [
         RemoveAction(
@@ -320,7 +347,7 @@ def with_roles(table: DeltaTable | None) -> DeltaTable | None:
         table.alter.add_columns([Field("role", "string", nullable=True)])
     except Exception:  # another writer may have added it meanwhile: looked at again below
         log.warning("adding the role column to the scores table failed", exc_info=True)
-    table = open_table()
+    table = DeltaTable(table.table_uri, storage_options=storage_options())
     if not has_roles(table):  # never commit rows whose role the table would drop
         raise RuntimeError("the scores table has no role column, and it could not be added")
     return table
@@ -330,15 +357,15 @@ def has_roles(table: DeltaTable) -> bool:
     return "role" in {field.name for field in table.schema().fields}
 
 
-def create_table(table_schema: pa.Schema) -> DeltaTable:
+def create_table(table_schema: pa.Schema, name: str = TABLE) -> DeltaTable:
     DeltaTable.create(
-        table_uri(),
+        table_uri(name),
         table_schema,
         partition_by=PARTITIONS,
         mode="ignore",  # another worker may have just made it
         storage_options=storage_options(),
     )
-    return open_table()
+    return open_table(name)
 
 
 @contextlib.contextmanager
@@ -360,16 +387,17 @@ def commit_lock(exclusive: bool = False):
         yield  # on SQLite the IMMEDIATE transaction itself is the lock
 
 
-def open_table() -> DeltaTable | None:
+def open_table(name: str = TABLE) -> DeltaTable | None:
     try:
-        return DeltaTable(table_uri(), storage_options=storage_options())
+        return DeltaTable(table_uri(name), storage_options=storage_options())
     except TableNotFoundError:
         return None
 
 
 def run_scores(run, columns=("entity_id", "score"), table=None) -> Iterator[pa.RecordBatch]:
-    """Stream a committed run's scores (empty if its partition holds another run's)."""
-    table = table or open_table()
+    """Stream a committed run's scores, from its table (empty if its partition holds
+    another run's)."""
+    table = table or open_table(table_of(run))
     if table is None:
         return
     dataset = table.to_pyarrow_dataset(
@@ -379,10 +407,10 @@ def run_scores(run, columns=("entity_id", "score"), table=None) -> Iterator[pa.R
 
 
 def score_reader(columns=("score",)):
-    """A reader of runs' score columns from one view of the table, for the quality checks
+    """A reader of runs' score columns from one view of each table, for the quality checks
     and the comparisons.
 
-    The table is opened at the first read: a slice that committed nothing reads nothing
+    A table is opened at its first read: a slice that committed nothing reads nothing
     (S3 may be why it committed nothing)."""
     table = functools.cache(open_table)
-    return lambda run: run_scores(run, columns=columns, table=table())
+    return lambda run: run_scores(run, columns=columns, table=table(table_of(run)))

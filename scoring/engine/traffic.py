@@ -10,6 +10,8 @@ host. Integer ids are mixed as numbers (0.15 s a million), others as text (SipHa
 2 s a million): an id column keeps its type from day to day, and so its entities' sides.
 """
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -27,9 +29,26 @@ def buckets(entity_ids: pa.Array) -> np.ndarray:
     return (pd.util.hash_array(values) % BUCKETS).astype(np.int64)
 
 
+class ChunkSides:
+    """The sides of a chunk's entities, hashed once for all the runs that write the chunk
+    (a champion and its challenger, in writing threads of their own)."""
+
+    def __init__(self, entity_ids: pa.Array):
+        self.entity_ids = entity_ids
+        self.lock = threading.Lock()
+        self.buckets: np.ndarray | None = None
+
+    def kept(self, share: float | None, role: str) -> np.ndarray | None:
+        """The rows a run of this role keeps under the split; None: all of them."""
+        if share is None:
+            return None
+        with self.lock:
+            if self.buckets is None:
+                self.buckets = buckets(self.entity_ids)
+        challenger_side = self.buckets < round(share * BUCKETS)
+        return challenger_side if role == CHALLENGER else ~challenger_side
+
+
 def kept(entity_ids: pa.Array, share: float | None, role: str) -> np.ndarray | None:
     """The rows a run of this role keeps under the split; None: all of them."""
-    if share is None:
-        return None
-    challenger_side = buckets(entity_ids) < round(share * BUCKETS)
-    return challenger_side if role == CHALLENGER else ~challenger_side
+    return ChunkSides(entity_ids).kept(share, role)

@@ -6,13 +6,15 @@ valid upload dropped as champion, as before roles existed: a version validated l
 displaces a newer champion. One challenger at a time: a new one replaces the previous.
 """
 
+from datetime import date
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
 
 from scoring import record
-from scoring.models import ChampionChange, Deployment, PackageVersion, Role
+from scoring.models import ChampionChange, Deployment, PackageVersion, Role, ScoringRun
 
 MAX_REASON = 500  # characters: a short reason, kept with the change
 
@@ -56,6 +58,29 @@ def check_share(share, role: str) -> float | None:
 def split_share(deployment: Deployment) -> float | None:
     """The share its runs split the entities by: only while it has a challenger."""
     return deployment.challenger_share if deployment.challenger_id else None
+
+
+def day_splits(pairs: set[tuple[Deployment, date]]) -> dict[tuple[int, date], float | None]:
+    """The split each new run of these (deployment, day)s takes, in one query: the day's
+    first run's, if the day has runs, else the deployment's split now.
+
+    So every run of a model's day splits the entities alike, and the live scores table
+    holds each entity once: a challenger dropped (or its share changed) after its
+    champion scored a day scores that day as the champion did (every entity: a shadow),
+    and a champion rolled back to re-scores its day on the side the challenger left it."""
+    ids, days = {d.id for d, _ in pairs}, {day for _, day in pairs}
+    first = {}
+    runs = ScoringRun.objects.filter(deployment_id__in=ids, date__in=days).order_by("-id")
+    for deployment_id, day, share in runs.values_list("deployment_id", "date", "split_share"):
+        first[(deployment_id, day)] = share  # the last written is the first run's
+    return {
+        (d.id, day): first[(d.id, day)] if (d.id, day) in first else split_share(d)
+        for d, day in pairs
+    }
+
+
+def day_split(deployment: Deployment, day: date) -> float | None:
+    return day_splits({(deployment, day)})[(deployment.id, day)]
 
 
 def kept_share(run) -> float:

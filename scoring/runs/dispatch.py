@@ -75,6 +75,7 @@ def create_runs(
             version_id__in={v for v, _ in wanted}, date__in={day for _, day in wanted}
         ).values_list("version_id", "date")
     )
+    splits = roles.day_splits({(deployment, day) for (_, day), (deployment, *_) in wanted.items()})
     new = [
         ScoringRun(
             deployment=deployment,
@@ -82,7 +83,7 @@ def create_runs(
             date=day,
             trigger=ScoringRun.Trigger.SCHEDULE,
             role=role,
-            split_share=roles.split_share(deployment),
+            split_share=splits[(deployment.id, day)],
             max_attempts=lifecycle.max_attempts(version),
         )
         for (version_id, day), (deployment, version, role) in wanted.items()
@@ -99,7 +100,7 @@ def create_runs(
                 day,
                 ScoringRun.Trigger.SCHEDULE,
                 role=role,
-                split_share=roles.split_share(deployment),
+                split_share=roles.day_split(deployment, day),
             )
             for (_, day), (deployment, version, role) in wanted.items()
         ]

@@ -248,7 +248,7 @@ def request_run(
         ScoringRun.Trigger.MANUAL,
         allow_older_slice=allow_older_slice,
         role=role,
-        split_share=roles.split_share(deployment),
+        split_share=roles.day_split(deployment, day),
     )
     if run is not None:
         return run

@@ -30,6 +30,7 @@ class Run:
     attempts: int = 1
     version: Version = Version(1)
     role: str = "champion"
+    split_share: float | None = None  # a challenger without one is a shadow
 
 
 def written(
@@ -39,9 +40,10 @@ def written(
     rows: int = 50,
     parts: int = 1,
     role: str = "champion",
+    split_share: float | None = None,
 ):
     """A run's scores files (one per part), on S3 but not in the table yet."""
-    run = Run(id=run_id, deployment_id=model_id, date=day, role=role)
+    run = Run(id=run_id, deployment_id=model_id, date=day, role=role, split_share=split_share)
     files = []
     for part in range(parts):
         writer = scores.RunWriter(run, part)

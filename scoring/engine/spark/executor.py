@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 from pyarrow import fs
 
-from scoring.engine import pool, scores
+from scoring.engine import pool, scores, traffic
 from scoring.engine.chunk_scoring import ChunkScoring, Group, Scorer, write_chunk
 from scoring.engine.features import encode_strings, rechunk
 from scoring.engine.timing import Stopwatch
@@ -77,7 +77,7 @@ class TaskPlan:
     sample_rows: int
     limits: Limits
     pool: int
-    table_folder: str  # bucket/prefix of the scores table
+    scores_bucket: str  # where the scores tables are (SCORES_BUCKET)
     chunk_dir: str | None  # where chunks are handed to sandboxes (CHUNK_DIR)
     s3: dict = field(repr=False)  # pyarrow S3FileSystem's arguments
 
@@ -154,7 +154,7 @@ class PartitionScoring(ChunkScoring):
                 scores.RunWriter(
                     run,
                     self.index,
-                    lambda path: ArrowSink(filesystem, f"{self.plan.table_folder}/{path}"),
+                    lambda key: ArrowSink(filesystem, f"{self.plan.scores_bucket}/{key}"),
                 ),
                 sample,
                 profiles.ScoreProfile(run.baseline_edges),
@@ -191,11 +191,11 @@ class PartitionScoring(ChunkScoring):
             with self.clock("predict" if index else "first chunk"):
                 results = self.score_chunk(groups, path, index, resident=len(waves) == 1)
             path.unlink()
-            entity_ids = chunk.column(0)
+            sides = traffic.ChunkSides(chunk.column(0))
             with self.clock("write"):
                 for scorer, values in results.items():
                     if not scorer.failed:
-                        scorer.write(entity_ids, values, scored_at)
+                        scorer.write(sides, values, scored_at)
                 sample.offer(chunk, {s.run.id: v for s, v in results.items() if not s.failed})
             self.rows += chunk.num_rows
             self.chunks += 1

@@ -65,7 +65,7 @@ def score_shard(source: SparkSource, slice_date: date, ready: list[ScoringRun], 
             sample_rows=settings.QUALITY_SAMPLE_ROWS,
             limits=sandbox_limits(),
             pool=settings.SANDBOX_POOL,
-            table_folder=f"{settings.SCORES_BUCKET}/{scores.TABLE}",
+            scores_bucket=settings.SCORES_BUCKET,
             chunk_dir=settings.CHUNK_DIR or None,
             s3=storage.arrow_filesystem_options(),
         )
