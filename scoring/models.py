@@ -319,6 +319,22 @@ class ScoringRun(models.Model):
         return f"waiting for {wanted}; latest is {self.latest_slice or 'none'}"
 
     @property
+    def kept_share(self) -> float:
+        """The share of the slice's entities it scores: all, or its side of a traffic split
+        (the challenger the hashes below the share, the champion the rest)."""
+        if self.split_share is None:
+            return 1.0
+        return self.split_share if self.role == Role.CHALLENGER else 1.0 - self.split_share
+
+    @property
+    def side(self) -> str:
+        """Its side in the page's words: a shadow scores every entity beside the live ones
+        (into scores_shadow); under a split, the share of the entities it scored."""
+        if self.split_share is not None:
+            return f"{self.kept_share:.0%} of entities"
+        return "shadow" if self.role == Role.CHALLENGER else ""
+
+    @property
     def duration_seconds(self) -> float | None:
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()

@@ -1,6 +1,7 @@
 """Promote a challenger, roll back to an earlier version, and the four-eyes approval: the
 runs made next score the version the record says, and the record says who, why and when."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -239,3 +240,20 @@ def test_a_day_keeps_the_split_of_its_first_run_so_no_entity_is_scored_live_twic
     # The next day was split 70/30 with v2: v3 re-scores it on the champion's side.
     rescored = lifecycle.request_run(model, next_day.first().date, role=Role.CHAMPION)
     assert (rescored.version.number, rescored.split_share) == (3, 0.3)
+
+
+def test_the_model_page_says_which_side_each_run_scored(model, owner):
+    day = timezone.now().date() - timedelta(days=2)
+    dispatch.score_now(model, day)  # the challenger as a shadow
+    model.__class__.objects.filter(id=model.id).update(challenger_share=0.3)
+    model.refresh_from_db()
+    dispatch.score_now(model, day + timedelta(days=1))  # split 70/30
+
+    page = session(owner).get(f"/models/{model.id}/").content.decode()
+
+    sides = dict(re.findall(r'data-side="(\d+)">([^<]+)<', page))
+    runs = {(r.date, r.role): str(r.id) for r in ScoringRun.objects.filter(deployment=model)}
+    assert runs[(day, "champion")] not in sides  # every entity, live: nothing to say
+    assert sides[runs[(day, "challenger")]] == "shadow"
+    assert sides[runs[(day + timedelta(days=1), "champion")]] == "70% of entities"
+    assert sides[runs[(day + timedelta(days=1), "challenger")]] == "30% of entities"

@@ -83,14 +83,6 @@ def day_split(deployment: Deployment, day: date) -> float | None:
     return day_splits({(deployment, day)})[(deployment.id, day)]
 
 
-def kept_share(run) -> float:
-    """The share of the slice's entities a run scores: all, or its side of a traffic split
-    (the challenger the hashes below the share, the champion the rest: scoring.engine.traffic)."""
-    if run.split_share is None:
-        return 1.0
-    return run.split_share if run.role == Role.CHALLENGER else 1.0 - run.split_share
-
-
 def take_role(version: PackageVersion, deployment: Deployment) -> None:
     """A version just found valid takes the role it was dropped as (the deployment's row
     is locked by the caller)."""

@@ -25,7 +25,6 @@ from django.conf import settings
 from django.db.models import OuterRef, Subquery
 
 from scoring.models import ScoringRun
-from scoring.packages import roles
 from scoring.quality import adversarial, levels, metrics, profiles, samples
 
 log = logging.getLogger(__name__)
@@ -265,8 +264,8 @@ def measure(
 def rows_scale(run: ScoringRun, previous: ScoringRun | None) -> float:
     """How the run's rows should compare with its baseline run's: a traffic split scores a
     side of the slice (a challenger at share 0.3 has 30% of a full run's rows)."""
-    before = 1.0 if previous is None else roles.kept_share(previous)
-    return roles.kept_share(run) / before if before else 1.0
+    before = 1.0 if previous is None else previous.kept_share
+    return run.kept_share / before if before else 1.0
 
 
 def profile_of(read_scores: ScoreReader, run: ScoringRun, baseline: dict | None = None) -> dict:
