@@ -242,7 +242,7 @@ def test_a_day_keeps_the_split_of_its_first_run_so_no_entity_is_scored_live_twic
     assert (rescored.version.number, rescored.split_share) == (3, 0.3)
 
 
-def test_the_model_page_says_which_side_each_run_scored(model, owner):
+def test_the_model_page_and_the_api_say_which_side_and_table_each_run_scored(model, owner, api):
     day = timezone.now().date() - timedelta(days=2)
     dispatch.score_now(model, day)  # the challenger as a shadow
     model.__class__.objects.filter(id=model.id).update(challenger_share=0.3)
@@ -257,3 +257,10 @@ def test_the_model_page_says_which_side_each_run_scored(model, owner):
     assert sides[runs[(day, "challenger")]] == "shadow"
     assert sides[runs[(day + timedelta(days=1), "champion")]] == "70% of entities"
     assert sides[runs[(day + timedelta(days=1), "challenger")]] == "30% of entities"
+    tables = {run: api.get(f"/api/v1/runs/{run}/").json()["scores_table"] for run in runs.values()}
+    assert tables == {
+        runs[(day, "champion")]: "scores",
+        runs[(day, "challenger")]: "scores_shadow",
+        runs[(day + timedelta(days=1), "champion")]: "scores",
+        runs[(day + timedelta(days=1), "challenger")]: "scores",
+    }

@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from scoring.engine import scores
 from scoring.models import ChampionChange, Comparison, Deployment, PackageVersion, ScoringRun
 from scoring.packages import roles
 
@@ -132,6 +133,10 @@ class RunSerializer(serializers.ModelSerializer):
         read_only=True,
         help_text='While waiting: "waiting for the slice of 2026-12-03; latest is 2026-12-02".',
     )
+    scores_table = serializers.SerializerMethodField(
+        help_text="The Delta table its rows are in: scores (the live scores) or scores_shadow "
+        "(a shadow challenger's)."
+    )
 
     class Meta:
         model = ScoringRun
@@ -154,6 +159,7 @@ class RunSerializer(serializers.ModelSerializer):
             "trigger",
             "role",
             "split_share",
+            "scores_table",
             "created_at",
             "started_at",
             "finished_at",
@@ -180,6 +186,9 @@ class RunSerializer(serializers.ModelSerializer):
                 "joined, unlabelled_share, complete, expected_gini, status; or error."
             },
         }
+
+    def get_scores_table(self, run: ScoringRun) -> str:
+        return scores.table_of(run)
 
 
 class RunRequestSerializer(serializers.Serializer):
