@@ -206,7 +206,15 @@ def remove_files(files: list[dict]) -> None:
     filesystem = storage.arrow_filesystem()
     for written in files:
         with contextlib.suppress(Exception):
-            filesystem.delete_file(f"{settings.SCORES_BUCKET}/{written['table']}/{written['path']}")
+            filesystem.delete_file(
+                f"{settings.SCORES_BUCKET}/{file_table(written)}/{written['path']}"
+            )
+
+
+def file_table(written: dict) -> str:
+    """The table a written file is in (one a unit wrote before `scores_shadow` existed, kept
+    in the database for its shard's commit, carries none: the live table's)."""
+    return written.get("table", TABLE)
 
 
 def file_batch(entity_ids: pa.Array, scores: pa.Array, run, scored_at: datetime) -> pa.RecordBatch:
@@ -237,7 +245,7 @@ def commit(day: date, kept: list[tuple[int, str]], files: list[dict], name: str 
     """Replace the rows of these (model, role)s on that day in table `name` with the runs'
     written files, in one Delta transaction: each run's rows are replaced whole, or nothing
     changes."""
-    if any(f["table"] != name for f in files):
+    if any(file_table(f) != name for f in files):
         raise ValueError(f"a commit to {name} was given files of another table")
     meta = ("id_type", "table")
     adds = [AddAction(**{k: v for k, v in f.items() if k not in meta}) for f in files]
