@@ -451,11 +451,11 @@ def test_the_report_page_pages_through_every_run_and_filters_by_light(owner, bat
         assert len(queries) <= 20, len(queries)
         seen += [int(i) for i in re.findall(r'id="run-(\d+)"', page)]
     assert len(seen) == len(expected) == 1000 and set(seen) == expected
-    assert "page 40 of 40 · models 976–1000 of 1000" in page
+    assert "page 40 of 40 · runs 976–1000 of 1000" in page
 
     alerts = client.get(f"/reports/{report.id}/?status=alert&page=2").content.decode()
     ids = [int(i) for i in re.findall(r'id="run-(\d+)"', alerts)]
-    assert len(ids) == 5 and "page 2 of 2 · models 26–30 of 30" in alerts
+    assert len(ids) == 5 and "page 2 of 2 · runs 26–30 of 30" in alerts
     assert set(ScoringRun.objects.filter(id__in=ids).values_list("quality_status", flat=True)) == {
         "alert"
     }
@@ -509,3 +509,33 @@ def test_the_subject_says_when_the_worst_run_is_a_challengers(owner, batch, mail
     report_mail.send_report(report, NOW)
     [message] = mailoutbox
     assert message.subject.startswith("[Dropscore] ALERT — churn (challenger) drifted")
+
+
+def test_a_model_and_its_challenger_are_one_model_in_the_subject_the_email_and_the_page(
+    owner, batch, mailoutbox
+):
+    """A champion's run and its challenger's are two runs of one model: "1 model", not 2."""
+    as_challenger(run(batch, deployment(owner, "churn"), "ok"))
+    [report] = content.build_reports(batch)
+
+    report_mail.send_report(report, NOW)
+    [message] = mailoutbox
+    assert message.subject == "[Dropscore] OK — churn scored (2026-11-23)"
+    assert "Dropscore report for 2026-11-23: 1 model, 2 runs (2 ok)." in message.body
+    assert "Scored 2026-11-23: 1 model, 2 runs.</p>" in message.alternatives[0][0]
+    page = logged_in(owner).get(f"/reports/{report.id}/").content.decode()
+    assert "Scored 2026-11-23: 1 model, 2 runs (2 ok).</p>" in page
+    assert ">all 2</a>" in page  # the chips count runs, as their lights do
+    assert page.count('>churn</a> <span class="note">challenger</span>') == 1
+
+
+def test_a_drifting_champion_and_its_challenger_are_one_model_drifting(owner, batch, mailoutbox):
+    churn = deployment(owner, "churn")
+    as_challenger(run(batch, churn, "alert"))  # both drifted
+    run(batch, deployment(owner, "spend"), "ok")
+    [report] = content.build_reports(batch)
+
+    report_mail.send_report(report, NOW)
+    [message] = mailoutbox
+    assert message.subject == "[Dropscore] ALERT — churn drifted (2 models, 2026-11-23)"
+    assert "Dropscore report for 2026-11-23: 2 models, 3 runs (2 alert, 1 ok)." in message.body

@@ -96,6 +96,15 @@ class Light:
 
 
 @dataclass
+class LightCount(Light):
+    """One light, how many runs have it and of how many models, for the counts line."""
+
+    status: str
+    count: int
+    models: int
+
+
+@dataclass
 class Check:
     """One row of the data-quality table."""
 
@@ -283,24 +292,25 @@ def date_text(first: date | None, last: date | None) -> str:
     return f"{first.isoformat()} to {last.isoformat()}"
 
 
-def headline(worst_sections: list[Section], count: int, status: str, model_count: int) -> str:
-    """'churn drifted', 'churn and 1 more failed', '3 models scored'.
+def headline(worst_sections: list[Section], worst: LightCount, model_count: int) -> str:
+    """'churn drifted', 'churn and 1 more failed', '3 models scored': in models, not runs (a
+    champion and its challenger, or a model's runs of several dates, are one model).
 
-    `worst_sections` are the first of the `count` runs at the worst status: their verbs are
-    the subject's when they are all of them and agree."""
-    if status == OK and model_count > 1:
+    `worst_sections` are the first of the runs at the worst light (`worst`): their verbs
+    are the subject's when they are all of them and agree."""
+    if worst.status == OK and model_count > 1:
         return f"{model_count:,} models scored"
     if not worst_sections:
         return "nothing scored"
     first = worst_sections[0]
     # A challenger's drift is not the live model's: the subject says whose it is.
     names = first.deployment.name + (" (challenger)" if first.run.role == "challenger" else "")
-    if count > 1:
-        names += f" and {count - 1:,} more"
+    if worst.models > 1:
+        names += f" and {worst.models - 1:,} more"
     verbs = {section.verb for section in worst_sections}
-    if len(verbs) == 1 and len(worst_sections) == count:
+    if len(verbs) == 1 and len(worst_sections) == worst.count:
         return f"{names} {verbs.pop()}"
-    return f"{names} {VERBS[status]}"
+    return f"{names} {VERBS[worst.status]}"
 
 
 # --- a report of any size: worst first, in a fixed number of queries ------------------------
@@ -339,31 +349,41 @@ def ranked_runs(report: Report) -> QuerySet:
     )
 
 
-def light_counts(runs: QuerySet) -> dict[str, int]:
-    """How many runs at each light, worst first (one query)."""
-    found = dict(runs.order_by().values_list("light").annotate(count=Count("id")))
-    return {name: found.get(name, 0) for name in reversed(SEVERITY)}
+def light_counts(runs: QuerySet) -> dict[str, LightCount]:
+    """How many runs, and of how many models, at each light, worst first (one query)."""
+    found = {
+        light: (count, models)
+        for light, count, models in runs.order_by()
+        .values_list("light")
+        .annotate(count=Count("id"), models=Count("deployment", distinct=True))
+    }
+    return {name: LightCount(name, *found.get(name, (0, 0))) for name in reversed(SEVERITY)}
 
 
-def summary_context(report: Report, runs: QuerySet, counts: dict[str, int]) -> dict:
-    """The top of the email and the page: the worst light, the headline, the counts."""
-    model_count = sum(counts.values())
-    status = next((name for name, count in counts.items() if count), OK)
-    worst_runs = runs.filter(light=status)[:DETAILED_IN_EMAIL]
+def summary_context(report: Report, runs: QuerySet, counts: dict[str, LightCount]) -> dict:
+    """The top of the email and the page: the worst light, the headline, the counts. The
+    report counts models (`model_count`: a champion and its challenger are one) and runs
+    (`run_count`: what its lights, lists and pages count)."""
+    worst = next((light for light in counts.values() if light.count), counts[OK])
+    worst_runs = runs.filter(light=worst.status)[:DETAILED_IN_EMAIL]
     worst_sections = [section_for(report, run) for run in worst_runs]
-    fg, bg = LIGHTS[status]
-    span = runs.order_by().aggregate(first=Min("date"), last=Max("date"))
+    span = runs.order_by().aggregate(
+        first=Min("date"), last=Max("date"), models=Count("deployment", distinct=True)
+    )
     return {
         "report": report,
-        "status": status,
-        "word": status.upper(),
-        "fg": fg,
-        "bg": bg,
-        "headline": headline(worst_sections, counts[status], status, model_count),
+        "status": worst.status,
+        "word": worst.status.upper(),
+        "fg": worst.fg,
+        "bg": worst.bg,
+        "headline": headline(worst_sections, worst, span["models"]),
         "dates": date_text(span["first"], span["last"]),
-        "model_count": model_count,
-        "counts": [LightCount(name, count) for name, count in counts.items()],
-        "summary": ", ".join(f"{count:,} {name}" for name, count in counts.items() if count),
+        "model_count": span["models"],
+        "run_count": sum(light.count for light in counts.values()),
+        "counts": list(counts.values()),
+        "summary": ", ".join(
+            f"{light.count:,} {light.status}" for light in counts.values() if light.count
+        ),
         "url": report_url(report),
         "comparisons": comparisons(report),
     }
@@ -379,14 +399,6 @@ def comparisons(report: Report) -> list[Comparison]:
     )
 
 
-@dataclass
-class LightCount(Light):
-    """One light and how many runs have it, for the counts line."""
-
-    status: str
-    count: int
-
-
 def report_context(report: Report) -> dict:
     """What the email shows, bounded: the counts, the alerts and failures in detail (the
     first few with charts), then the other models one line each, up to a cap. A small
@@ -394,8 +406,8 @@ def report_context(report: Report) -> dict:
     runs = ranked_runs(report)
     counts = light_counts(runs)
     context = summary_context(report, runs, counts)
-    small = context["model_count"] <= SMALL_REPORT
-    attention = context["model_count"] if small else sum(counts[name] for name in ATTENTION)
+    small = context["run_count"] <= SMALL_REPORT
+    attention = context["run_count"] if small else sum(counts[name].count for name in ATTENTION)
     detailed = min(attention, DETAILED_IN_EMAIL)
     sections = [section_for(report, run) for run in runs[:detailed]]
     charted = [section for section in sections if section.has_chart][:CHARTS_IN_EMAIL]
@@ -411,7 +423,7 @@ def report_context(report: Report) -> dict:
         "sections_title": "" if small or not sections else "Alerts and failures",
         "attention_more": attention - detailed,
         "lines": lines,
-        "lines_more": context["model_count"] - detailed - len(lines),
+        "lines_more": context["run_count"] - detailed - len(lines),
     }
 
 
