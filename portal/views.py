@@ -236,6 +236,7 @@ def roles_context(request: HttpRequest, deployment: Deployment) -> dict:
     return {
         "champion": champion,
         "challenger": deployment.challenger,
+        "share": roles.split_share(deployment),
         "comparisons": compared,
         "chart": [{"date": c.date.isoformat(), **c.metrics} for c in reversed(compared)],
         "changes": changes,
@@ -322,6 +323,11 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
                 deployment, version, request.POST.get("reason"), request.user
             )
             messages.success(request, change_message(change))
+        elif action == "share":
+            deployment = roles.change_share(
+                deployment, request.POST.get("share"), request.POST.get("reason")
+            )
+            messages.success(request, share_message(deployment))
         elif action == "approve":
             change = get_object_or_404(deployment.champion_changes, id=request.POST.get("change"))
             change = roles.approve(change, request.user)
@@ -354,6 +360,15 @@ def change_message(change: ChampionChange) -> str:
         who = ", ".join(roles.approvers(change)) or f"a member of {settings.APPROVERS_GROUP}"
         return f"The {change.kind} to v{change.version.number} is waiting for approval by {who}."
     return f"v{change.version.number} is the champion from the next run on."
+
+
+def share_message(deployment: Deployment) -> str:
+    version, share = deployment.challenger.number, deployment.challenger_share
+    if share is None:
+        return f"From the next run on v{version} is a shadow: it scores every entity."
+    return (
+        f"From the next run on v{version} scores {share:g} of the entities, the champion the rest."
+    )
 
 
 @login_required

@@ -33,6 +33,7 @@ ACTIONS = (
     "settings",
     "promote",
     "rollback",
+    "share",
     "approve",
     "withdraw",
     "no-such-action",
@@ -130,14 +131,16 @@ OWNED_IDS: dict[str, Callable] = {
     "api-model-rollback": lambda o: [{"pk": o.deployment, "number": o.version}],
     "api-model-approve": lambda o: [{"pk": o.deployment, "change_id": o.change}],
     "api-model-withdraw": lambda o: [{"pk": o.deployment, "change_id": o.change}],
+    "api-model-share": lambda o: [{"pk": o.deployment}],
 }
-# Requests that change a model's champion: only POST reaches them (their owner's own use
-# is tested in tests/test_champion_changes.py).
+# Requests that change a model's champion or its challenger's share: only POST reaches them
+# (their owner's own use is tested in tests/test_champion_changes.py).
 CHAMPION_CHANGES = {
     "api-model-promote",
     "api-model-rollback",
     "api-model-approve",
     "api-model-withdraw",
+    "api-model-share",
 }
 
 

@@ -53,6 +53,14 @@ def next_runs(deployment, day_offset: int) -> dict[str, int]:
     return {run.role: run.version.number for run in runs}
 
 
+def next_splits(deployment, day_offset: int) -> dict[str, float | None]:
+    """The split the runs made when the model is next due were made with: {role: share}."""
+    made = list(ScoringRun.objects.filter(deployment=deployment).values_list("id", flat=True))
+    next_runs(deployment, day_offset)
+    runs = ScoringRun.objects.filter(deployment=deployment).exclude(id__in=made)
+    return {run.role: run.split_share for run in runs}
+
+
 def test_promote_then_roll_back_the_next_runs_score_what_the_record_says(model, api, owner):
     assert next_runs(model, 1) == {"champion": 1, "challenger": 2}
 
@@ -264,3 +272,105 @@ def test_the_model_page_and_the_api_say_which_side_and_table_each_run_scored(mod
         runs[(day + timedelta(days=1), "champion")]: "scores",
         runs[(day + timedelta(days=1), "challenger")]: "scores",
     }
+
+
+def share_changes(api, deployment) -> list[tuple]:
+    """The record's changes of the challenger's share: (who, from where, why, before, after)."""
+    history = api.get(f"/api/v1/models/{deployment.id}/history/").json()["results"]
+    return [
+        (entry["actor"], entry["via"], entry["reason"], change["before"], change["after"])
+        for entry in history
+        for change in entry["changes"]
+        if change["field"] == "challenger_share"
+    ]
+
+
+def test_the_challengers_share_changes_with_a_reason_from_the_next_run_on(model, api):
+    assert next_splits(model, 1) == {"champion": None, "challenger": None}  # a shadow
+
+    split = api.post(
+        f"/api/v1/models/{model.id}/share/",
+        {"share": 0.3, "reason": "serve 30 % with v2"},
+        format="json",
+    )
+
+    assert split.status_code == 200, split.json()
+    assert split.json()["challenger_share"] == 0.3
+    assert next_splits(model, 2) == {"champion": 0.3, "challenger": 0.3}
+    made = ScoringRun.objects.filter(deployment=model).order_by("date")
+    assert [run.split_share for run in made] == [None, None, 0.3, 0.3]  # made runs keep theirs
+
+    shadow = api.post(
+        f"/api/v1/models/{model.id}/share/",
+        {"share": None, "reason": "v2 misranks: back to shadow"},
+        format="json",
+    )
+
+    assert shadow.status_code == 200, shadow.json()
+    assert shadow.json()["challenger_share"] is None
+    assert next_splits(model, 3) == {"champion": None, "challenger": None}
+    assert share_changes(api, model) == [
+        ("alice", "api", "v2 misranks: back to shadow", "0.3", None),
+        ("alice", "api", "serve 30 % with v2", None, "0.3"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"share": 0.3}, "reason: This field is required"),
+        ({"share": 0.3, "reason": "  "}, "reason: This field may not be blank"),
+        ({"reason": "try"}, "share: This field is required"),
+        ({"share": 0, "reason": "try"}, "share must be a number above 0 and at most 1, got '0'"),
+        ({"share": "1.5", "reason": "try"}, "share must be a number above 0 and at most 1"),
+        ({"share": "ten", "reason": "try"}, "share must be a number above 0 and at most 1"),
+        ({"share": None, "reason": "try"}, "the challenger is a shadow (no share) already"),
+    ],
+)
+def test_a_bad_change_of_the_share_says_why_and_changes_nothing(model, api, body, message):
+    response = api.post(f"/api/v1/models/{model.id}/share/", body, format="json")
+
+    assert response.status_code in (400, 409), response.json()
+    assert message in response.json()["detail"]
+    model.refresh_from_db()
+    assert model.challenger_share is None
+    assert share_changes(api, model) == []
+
+
+def test_a_model_without_a_challenger_has_no_share_to_change(model, api):
+    promoted = api.post(f"/api/v1/models/{model.id}/versions/2/promote/", {"reason": "better"})
+    assert promoted.status_code == 200, promoted.json()
+
+    response = api.post(
+        f"/api/v1/models/{model.id}/share/", {"share": 0.5, "reason": "try"}, format="json"
+    )
+
+    assert response.status_code == 409
+    assert response.json()["detail"] == (
+        "churn-000 has no challenger: a share splits the entities between champion and challenger"
+    )
+    model.refresh_from_db()
+    assert model.challenger_share is None
+
+
+def test_the_model_page_shows_the_split_and_changes_it_with_a_reason(model, owner, api):
+    browser = session(owner)
+    page = browser.get(f"/models/{model.id}/").content.decode()
+    assert '<dd id="challenger-share">shadow: scores every entity beside the champion</dd>' in page
+
+    answer = browser.post(
+        f"/models/{model.id}/share/", {"share": "0.25", "reason": "a quarter on v2"}, follow=True
+    )
+
+    page = answer.content.decode()
+    assert "From the next run on v2 scores 0.25 of the entities, the champion the rest." in page
+    assert '<dd id="challenger-share">share 0.25: the challenger scores that share' in page
+    assert 'name="share" type="number" min="0" max="1" step="any" value="0.25"' in page
+    assert share_changes(api, model) == [("alice", "web", "a quarter on v2", None, "0.25")]
+
+    refused = browser.post(f"/models/{model.id}/share/", {"share": "2", "reason": "x"}, follow=True)
+    assert "share must be a number above 0 and at most 1, got &#x27;2&#x27;" in (
+        refused.content.decode()
+    )
+    model.refresh_from_db()
+    assert model.challenger_share == 0.25

@@ -1,7 +1,14 @@
 from rest_framework import serializers
 
 from scoring.engine import scores
-from scoring.models import ChampionChange, Comparison, Deployment, PackageVersion, ScoringRun
+from scoring.models import (
+    ChampionChange,
+    Comparison,
+    Deployment,
+    PackageVersion,
+    Role,
+    ScoringRun,
+)
 from scoring.packages import roles
 
 
@@ -264,6 +271,27 @@ class ChangeRequestSerializer(serializers.Serializer):
     reason = serializers.CharField(
         max_length=roles.MAX_REASON, help_text="Why: kept with the change, shown to approvers."
     )
+
+
+class ShareChangeSerializer(serializers.Serializer):
+    """POST /api/v1/models/{id}/share/: the challenger's traffic split, changed with a reason."""
+
+    share = serializers.CharField(
+        allow_null=True,
+        allow_blank=True,
+        help_text="The share of entities the challenger scores from the next run on (0 < share "
+        "<= 1, by a stable hash of their id), the champion the rest; null: a shadow challenger, "
+        "scoring every entity beside the champion. Runs already made keep their split.",
+    )
+    reason = serializers.CharField(
+        max_length=roles.MAX_REASON, help_text="Why: kept with the change in the record."
+    )
+
+    def validate_share(self, share: str | None) -> float | None:
+        try:
+            return roles.check_share(share, Role.CHALLENGER)
+        except roles.RoleError as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
 
 class ChampionChangeSerializer(serializers.ModelSerializer):

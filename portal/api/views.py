@@ -20,6 +20,7 @@ from portal.api.serializers import (
     HistoryEntrySerializer,
     RunRequestSerializer,
     RunSerializer,
+    ShareChangeSerializer,
     UploadSerializer,
 )
 from portal.downloads import stream_package, stream_scores
@@ -177,6 +178,17 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             deployment, version, form.validated_data["reason"], request.user
         )
         return Response(ChampionChangeSerializer(change).data)
+
+    @extend_schema(request=ShareChangeSerializer, responses={200: DeploymentDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def share(self, request, pk=None):
+        """Change the challenger's traffic split from the next run on (null: shadow), with a
+        reason kept in the record; runs already made keep the split they were made with."""
+        deployment = self.get_object()
+        form = ShareChangeSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        roles.change_share(deployment, form.validated_data["share"], form.validated_data["reason"])
+        return Response(DeploymentDetailSerializer(self.get_object()).data)
 
     @extend_schema(responses=ChampionChangeSerializer(many=True))
     @action(detail=True, methods=["get"])

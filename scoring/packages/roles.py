@@ -107,6 +107,37 @@ def scoring_versions(deployment: Deployment) -> list[tuple[PackageVersion, str]]
     return scored
 
 
+def check_reason(reason: str | None) -> str:
+    """A change of roles says why, in a short reason kept with it in the record."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise RoleError("say why in a short reason: it is kept with the change")
+    if len(reason) > MAX_REASON:
+        raise RoleError(f"the reason is {len(reason)} characters; at most {MAX_REASON}")
+    return reason
+
+
+def change_share(deployment: Deployment, share, reason: str) -> Deployment:
+    """Change the challenger's traffic split after its upload (none: a shadow challenger,
+    scoring every entity beside the champion), recorded with its reason. The next runs
+    split by it; runs already made keep the split they were made with (their split_share)."""
+    reason = check_reason(reason)
+    value = check_share(share, Role.CHALLENGER)
+    with transaction.atomic(), record.reason(reason):
+        deployment = Deployment.objects.select_for_update().get(id=deployment.id)
+        if deployment.challenger_id is None:
+            raise RoleError(
+                f"{deployment.name} has no challenger: a share splits the entities between "
+                "champion and challenger"
+            )
+        if value == deployment.challenger_share:
+            now = "a shadow (no share)" if value is None else f"at a share of {value:g}"
+            raise RoleError(f"the challenger is {now} already")
+        deployment.challenger_share = value
+        deployment.save(update_fields=["challenger_share"])
+    return deployment
+
+
 def request_change(
     deployment: Deployment, version: PackageVersion, reason: str, user
 ) -> ChampionChange:
@@ -114,11 +145,7 @@ def request_change(
     rollback to an earlier valid version. Done at once, or waiting for a second person
     when REQUIRE_APPROVAL is set. Runs already made keep their version; the next ones
     score the new champion."""
-    reason = (reason or "").strip()
-    if not reason:
-        raise RoleError("say why in a short reason: it is kept with the change")
-    if len(reason) > MAX_REASON:
-        raise RoleError(f"the reason is {len(reason)} characters; at most {MAX_REASON}")
+    reason = check_reason(reason)
     with transaction.atomic(), record.reason(reason):
         deployment = Deployment.objects.select_for_update().get(id=deployment.id)
         kind = change_kind(deployment, version)
