@@ -12,7 +12,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from portal import health, listing, status_views
-from scoring.models import Batch, Deployment, Report, ScoringRun
+from scoring.models import Batch, Deployment, PackageVersion, Report, ScoringRun
+from scoring.packages import roles
 from tests.factories.runs import make_fleet, make_models, make_runs, quality
 
 pytestmark = pytest.mark.django_db
@@ -681,3 +682,26 @@ def test_the_status_page_searches_both_its_tables(client, owner, thousand, fake_
     assert [f["model"] for f in body["failures"]] == [name]
     assert [m["name"] for m in body["quality"]["models"]] == [name]
     assert client.get("/status.json?status=failed").status_code == 400  # not a light
+
+
+def test_my_models_shows_the_champions_file_beside_its_challenger_and_a_newer_upload(client, owner):
+    """The live version is the model's: a challenger or a newer upload being validated is
+    said beside it, not shown as if it were the model."""
+    (churn,) = make_models(owner, 1, prefix="churn")
+    v1 = churn.champion
+    newer = {}
+    for number, state, dropped_as in ((2, "valid", "challenger"), (3, "pending", "champion")):
+        version = PackageVersion.objects.get(id=v1.id)
+        version.pk, version.number, version.state = None, number, state
+        version.file, version.filename = f"alice/churn-000/v{number}.dill", f"churn-v{number}.dill"
+        version.size, version.dropped_as = 90_000, dropped_as
+        version.save()
+        newer[number] = version
+    roles.take_role(newer[2], churn)
+
+    page = logged_in(client, owner).get("/").content.decode()
+    [row] = re.findall(r'<tr data-model="churn-000">(.*?)</tr>', page, re.S)
+
+    assert "v1 · churn-000.dill · 19.5\xa0KB · 3 versions · challenger v2</div>" in row
+    assert "v3 uploaded: pending</div>" in row
+    assert "churn-v2.dill" not in row and "churn-v3.dill" not in row
