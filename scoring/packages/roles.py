@@ -119,8 +119,9 @@ def check_reason(reason: str | None) -> str:
 
 def change_share(deployment: Deployment, share, reason: str) -> Deployment:
     """Change the challenger's traffic split after its upload (none: a shadow challenger,
-    scoring every entity beside the champion), recorded with its reason. The next runs
-    split by it; runs already made keep the split they were made with (their split_share)."""
+    scoring every entity beside the champion), recorded with its reason. The days still to
+    score split by it; runs already made keep the split they were made with, and a day
+    already scored keeps its split (`day_splits`)."""
     reason = check_reason(reason)
     value = check_share(share, Role.CHALLENGER)
     with transaction.atomic(), record.reason(reason):
