@@ -11,6 +11,8 @@ class ScoringConfig(AppConfig):
     def ready(self) -> None:
         import pyarrow as pa
 
+        from scoring.packages import owner_deletion  # noqa: F401  (connects a user's deletion)
+
         # Arrow's default allocator (mimalloc) gave each chunk of a batch fresh pages,
         # which the kernel must zero: up to half of the worker's CPU. jemalloc reuses
         # them, and kept the worker's peak lowest of the three allocators at 4M rows

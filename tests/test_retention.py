@@ -12,7 +12,9 @@ from django.utils import timezone
 
 from scoring.engine import retention, scores
 from scoring.models import DeletedDeployment
+from tests.factories.cast import session
 from tests.factories.scores_table import DAY, commit_runs, entities, partitions, table_objects
+from tests.factories.web import package_file
 
 pytestmark = pytest.mark.django_db(transaction=True)
 NEXT_DAY = DAY + timedelta(days=1)
@@ -24,6 +26,13 @@ def deleted(model_id: int, days_ago: float) -> DeletedDeployment:
         name=f"alice/model-{model_id}",
         deleted_at=timezone.now() - timedelta(days=days_ago),
     )
+
+
+def upload(api, name: str) -> int:
+    """A model uploaded through the API: its package on S3, its rows in the database."""
+    response = api.post("/api/v1/models/", {"file": package_file(), "name": name})
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
 
 
 def scored_three_models_for_two_days() -> None:
@@ -81,3 +90,30 @@ def test_the_daily_maintenance_removes_expired_scores_first_and_says_so(table, s
 
     assert {model for _, model in partitions()} == {1, 2}
     assert "; removed the scores of 1 models deleted more than 0 days ago;" in out.getvalue()
+
+
+def test_a_deleted_users_models_leave_tombstones_and_their_partitions_go_after_the_retention(
+    table, bucket, api, owner, outsider_api, superuser, settings
+):
+    settings.DELETED_SCORES_RETENTION_DAYS = 30
+    churn, spend = (upload(api, name) for name in ("churn", "spend"))
+    kept = upload(outsider_api, "fraud")  # another user's model, scored the same days
+    for day in (DAY, NEXT_DAY):
+        commit_runs({churn: 11, spend: 21, kept: 31}, day)
+
+    response = session(superuser).post(f"/admin/auth/user/{owner.id}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+
+    assert bucket("alice/") == []  # their packages left S3, as a model deletion removes them
+    assert bucket("mallory/") == ["mallory/fraud/v1.dill"]
+    tombstones = DeletedDeployment.objects.order_by("deployment_id")
+    assert [(t.deployment_id, t.name) for t in tombstones] == [
+        (churn, "alice/churn"),
+        (spend, "alice/spend"),
+    ]
+    assert {model for _, model in partitions()} == {churn, spend, kept}  # kept for the retention
+    assert retention.remove_expired() == []
+
+    tombstones.update(deleted_at=timezone.now() - timedelta(days=30, hours=1))
+    assert sorted(retention.remove_expired()) == [churn, spend]
+    assert {model for _, model in partitions()} == {kept}

@@ -233,10 +233,27 @@ def delete(deployment: Deployment) -> None:
     keeps them), and so do its scores' partitions for DELETED_SCORES_RETENTION_DAYS: the
     tombstone left here tells the daily maintenance when to remove them
     (scoring.engine.retention)."""
-    keys = list(deployment.versions.values_list("file", flat=True))
-    storage.delete_objects(keys)
+    storage.delete_objects(package_keys([deployment]))
     with transaction.atomic():
-        DeletedDeployment.objects.create(
-            deployment_id=deployment.id, name=str(deployment), owner=deployment.owner
-        )
+        leave_tombstone(deployment, deployment.owner)
         deployment.delete()
+
+
+def delete_all_of(owner) -> None:
+    """What `delete` does for each model of an owner about to be deleted, but their rows,
+    which the owner's deletion cascades to: packages first, so an S3 failure leaves the
+    owner whole. Their tombstones name no owner, as the deletion would null it anyway."""
+    owned = list(owner.deployments.select_related("owner"))
+    storage.delete_objects(package_keys(owned))
+    for deployment in owned:
+        leave_tombstone(deployment, owner=None)
+
+
+def package_keys(owned: list[Deployment]) -> list[str]:
+    versions = PackageVersion.objects.filter(deployment__in=owned)
+    return list(versions.values_list("file", flat=True))
+
+
+def leave_tombstone(deployment: Deployment, owner) -> None:
+    """The mark that keeps the model's scores for the retention, then has them removed."""
+    DeletedDeployment.objects.create(deployment_id=deployment.id, name=str(deployment), owner=owner)
