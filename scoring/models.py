@@ -67,6 +67,13 @@ class Deployment(models.Model):
         versions = list(self.versions.all())  # uses prefetch_related when present
         return max(versions, key=lambda v: v.number) if versions else None
 
+    @property
+    def cannot_be_scored(self) -> bool:
+        """Every version is invalid: no run can be made until a fixed one is uploaded
+        (deployments.can_score, read from the prefetched versions for a list of models)."""
+        versions = list(self.versions.all())
+        return bool(versions) and all(v.state == PackageVersion.State.INVALID for v in versions)
+
 
 class Role(models.TextChoices):
     """What a version's scores are: the model's (champion) or a candidate's beside them."""

@@ -255,3 +255,31 @@ def test_the_status_json_shows_valid_and_stops_pending_after_validation(alice, w
     assert '<span class="badge valid">valid</span>' in body["rows"]
     assert "1 features · __call__" in body["rows"]
     assert body["pending"] is False
+
+
+def row_of(page: str, name: str) -> str:
+    """The HTML of a model's row in My models."""
+    start = page.index(f'<tr data-model="{name}">')
+    return page[start : page.index("</tr>", start)]
+
+
+def test_a_model_that_cannot_be_scored_says_why_and_offers_a_fix_instead_of_pause(
+    alice, worker, validated
+):
+    upload(alice, name="spend")
+    broken = packages.dumps({"model": packages.NoPredict(), "features": ["age"]})
+    upload(alice, broken, filename="broken.dill")
+    for version in PackageVersion.objects.all():
+        validated(version)
+    model = Deployment.objects.get(name="broken")
+
+    page = alice.get("/").content.decode()
+
+    row = row_of(page, "broken")
+    assert "cannot be scored" in row
+    assert "model has no predict_proba or predict" in row
+    assert ">Pause<" not in row and '<span class="badge active">' not in row
+    assert f'href="/models/{model.id}/#upload-form">Upload a fixed version</a>' in row
+    assert f'formaction="/models/{model.id}/delete/"' in row
+    assert ">Pause<" in row_of(page, "spend")  # a valid model beside it is active as before
+    assert "cannot be scored" not in row_of(page, "spend")

@@ -1,10 +1,5 @@
-// The model page: confirm deletion, preview the schedule, and reload when validation ends.
+// The model page: preview the schedule, and reload when validation ends.
 (function () {
-  document.querySelectorAll("[data-confirm]").forEach((button) => {
-    button.addEventListener("click", (event) => {
-      if (!window.confirm(button.dataset.confirm)) event.preventDefault();
-    });
-  });
   const settings = document.getElementById("settings-form");
   if (settings) wireSchedulePreview(settings);
 
