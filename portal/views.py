@@ -419,4 +419,12 @@ def token_page(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def help_page(request: HttpRequest) -> HttpResponse:
-    return render(request, "portal/help.html", {"base_url": request.build_absolute_uri("/")})
+    return render(
+        request,
+        "portal/help.html",
+        {
+            "base_url": request.build_absolute_uri("/"),
+            "require_approval": settings.REQUIRE_APPROVAL,
+            "approvers_group": settings.APPROVERS_GROUP,
+        },
+    )

@@ -340,3 +340,25 @@ def test_the_help_page_explains_the_package_keys(alice):
     assert "<h1>Making a model package</h1>" in page
     assert '<td class="mono">features</td>' in page
     assert "save_package" in page
+
+
+@pytest.mark.parametrize(
+    "required, says",
+    [
+        (True, "On this site a change of champion waits for a staff member of the group "),
+        (False, "On this site a change of champion takes effect without approval"),
+    ],
+)
+def test_the_help_page_explains_roles_promotion_rollback_approval_and_split(
+    alice, settings, required, says
+):
+    settings.REQUIRE_APPROVAL, settings.APPROVERS_GROUP = required, "model-risk"
+
+    page = alice.get("/help/").content.decode()
+
+    section = page[page.index('id="roles"') :]
+    for term in ("Champion", "Challenger", "Shadow", "Split", "Promote", "Roll back", "Approval"):
+        assert f"<dt>{term}</dt>" in section, term
+    assert "<code>REQUIRE_APPROVAL</code>" in section and "<code>APPROVERS_GROUP</code>" in section
+    assert says in section
+    assert ("<b>model-risk</b>" in section) is required
