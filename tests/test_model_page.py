@@ -360,5 +360,6 @@ def test_the_help_page_explains_roles_promotion_rollback_approval_and_split(
     for term in ("Champion", "Challenger", "Shadow", "Split", "Promote", "Roll back", "Approval"):
         assert f"<dt>{term}</dt>" in section, term
     assert "<code>REQUIRE_APPROVAL</code>" in section and "<code>APPROVERS_GROUP</code>" in section
+    assert "<code>scores_shadow</code>" in section  # where a shadow's rows go
     assert says in section
     assert ("<b>model-risk</b>" in section) is required
