@@ -7,9 +7,9 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from scoring import redis_keys
 from scoring.engine import worker_roll
 from scoring.packages import storage
-from scoring.runs.dispatch import LAST_TICK_KEY
 
 
 def timed(check) -> dict:
@@ -35,7 +35,7 @@ def redis_client() -> redis.Redis:
 
 def last_tick(client: redis.Redis | None = None) -> datetime | None:
     """When beat's tick last ran (it writes the time to Redis), or None if never."""
-    last = (client or redis_client()).get(LAST_TICK_KEY)
+    last = (client or redis_client()).get(redis_keys.last_tick())
     return datetime.fromisoformat(last.decode()) if last else None
 
 

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
 
-from scoring import enqueue
+from scoring import enqueue, redis_keys
 from scoring.engine import (
     batch,
     environments,
@@ -89,7 +89,7 @@ def send_notifications() -> None:
 def tick() -> None:
     """Runs every minute (Celery beat): the database, not the broker, says what is due."""
     now = timezone.now()
-    redis.Redis.from_url(settings.REDIS_URL).set(dispatch.LAST_TICK_KEY, now.isoformat())
+    redis.Redis.from_url(settings.REDIS_URL).set(redis_keys.last_tick(), now.isoformat())
     for version in stale_validations(now - REQUEUE_AFTER):
         version.validation_queued_at = now
         version.save(update_fields=["validation_queued_at"])

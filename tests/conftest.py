@@ -16,6 +16,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from django.conf import settings
 from django.core.management.base import CommandError
 from django.test import Client, TransactionTestCase
@@ -24,12 +25,20 @@ from rest_framework.test import APIClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from deploy import services  # noqa: E402
+from portal.celery import app as celery_app  # noqa: E402
 from scoring.models import Deployment  # noqa: E402
 from scoring.sandbox.environments import Environment, Store  # noqa: E402
 from tests.factories import cast, features, made_elsewhere, packages  # noqa: E402
 from tests.factories.web import SECRET_NAME, upload  # noqa: E402
 from tests.faults import Broker, Gate, closed_port, publishing_to, stop_group  # noqa: E402
 from tests.flows import WORKER_SANDBOX_TIMEOUT, database_url, start_worker, stop_worker  # noqa: E402
+
+# The test session is a portal of its own on a Redis that `make run` (or another session)
+# may share: its keys under a prefix of its own, set before any test runs, so that no test
+# reads or writes a running portal's.
+SESSION = f"test-{uuid.uuid4().hex[:8]}"
+settings.REDIS_KEY_PREFIX = f"dropscore:{SESSION}:"
+celery_app.conf.task_default_queue = SESSION
 
 
 def _flush_again_after_a_deadlock(teardown):
@@ -107,6 +116,9 @@ def table(s3_server, settings):
 def redis_url(state_dir):
     if services.redis_reachable(settings.REDIS_URL):
         yield settings.REDIS_URL
+        shared = redis.Redis.from_url(settings.REDIS_URL)
+        for key in shared.scan_iter(match=f"{settings.REDIS_KEY_PREFIX}*"):
+            shared.delete(key)  # the session's keys: nothing else reads them
         return
     service = services.start_redis(state_dir)
     yield service.url
@@ -124,13 +136,9 @@ def feature_table(state_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def celery_app_configured(redis_url):
-    from portal.celery import app
-
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    app.conf.broker_url = redis_url
-    app.conf.task_default_queue = queue
+    celery_app.conf.broker_url = redis_url
     settings.REDIS_URL = redis_url
-    return app, queue
+    return celery_app, SESSION
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +151,7 @@ def worker_env(django_db_setup, s3_server, celery_app_configured, feature_table,
         "DATABASE_URL": database_url(connection.settings_dict),
         "REDIS_URL": app.conf.broker_url,
         "CELERY_QUEUE": queue,
+        "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
         "S3_ENDPOINT_URL": s3_server.url,
         "MODELS_BUCKET": settings.MODELS_BUCKET,
         "SCORES_BUCKET": settings.SCORES_BUCKET,

@@ -119,6 +119,12 @@ def test_a_start_refuses_a_bad_table_maintenance_setting(tmp_path, name, value, 
     assert message in result.stderr
 
 
+def test_a_start_refuses_an_empty_redis_key_prefix(tmp_path):
+    result = manage(production_env(tmp_path, REDIS_KEY_PREFIX=""), "check")
+    assert result.returncode != 0
+    assert "REDIS_KEY_PREFIX must not be empty" in result.stderr
+
+
 def test_every_setting_read_from_the_environment_is_documented():
     read = set(SETTINGS_READ.findall(SETTINGS.read_text()))
     assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "SECURE_HSTS_SECONDS"} <= read

@@ -6,13 +6,14 @@ import time
 import pytest
 
 from portal import health
+from scoring import redis_keys
 from scoring.engine import worker_roll
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def roll() -> set[str]:
-    return {name.decode() for name in worker_roll.client().smembers(worker_roll.ROLL_KEY)}
+    return {name.decode() for name in worker_roll.client().smembers(redis_keys.worker_roll())}
 
 
 def test_a_ready_worker_is_on_the_roll_and_the_status_page_stops_at_its_answers(
@@ -33,7 +34,7 @@ def test_a_ready_worker_is_on_the_roll_and_the_status_page_stops_at_its_answers(
 
 
 def test_a_worker_that_died_on_the_roll_is_taken_off_by_the_first_ping_it_misses(worker):
-    worker_roll.client().sadd(worker_roll.ROLL_KEY, "celery@died-without-leaving")
+    worker_roll.client().sadd(redis_keys.worker_roll(), "celery@died-without-leaving")
 
     assert "live" in health.workers()
 

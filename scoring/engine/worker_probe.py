@@ -22,14 +22,14 @@ from celery.signals import worker_ready
 from celery.worker.control import inspect_command
 from django.conf import settings
 
+from scoring import redis_keys
 from scoring.engine.limits import sandbox_limits
 from scoring.sandbox.confinement import bare_environment
 from scoring.sandbox.limits import Limits
 
 PROBE_SECONDS = 60
 # With ENGINE=spark, what the sandboxes on each executor host found, as the last batch's
-# tasks told it (scoring.engine.spark.job): a Redis hash of host -> report, for the page.
-EXECUTORS_KEY = "dropscore:spark-executors"
+# tasks told it (scoring.engine.spark.job), kept in Redis (redis_keys.spark_executors).
 EXECUTORS_KEPT_SECONDS = 7 * 24 * 3600
 
 _report: dict | None = None
@@ -71,13 +71,14 @@ def host_report() -> dict:
 def keep_executor_report(host: str, protections: dict) -> None:
     report = {"protections": protections, "error": "", "probed_at": datetime.now(UTC).isoformat()}
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.hset(EXECUTORS_KEY, host, json.dumps(report))
-    client.expire(EXECUTORS_KEY, EXECUTORS_KEPT_SECONDS)  # gone once Spark scores no more
+    key = redis_keys.spark_executors()
+    client.hset(key, host, json.dumps(report))
+    client.expire(key, EXECUTORS_KEPT_SECONDS)  # gone once Spark scores no more
 
 
 def executor_reports() -> dict[str, dict]:
     """{host: report} of the Spark executors' sandboxes, as their last batch found them."""
-    found = redis.Redis.from_url(settings.REDIS_URL).hgetall(EXECUTORS_KEY)
+    found = redis.Redis.from_url(settings.REDIS_URL).hgetall(redis_keys.spark_executors())
     return {host.decode(): json.loads(report) for host, report in found.items()}
 
 

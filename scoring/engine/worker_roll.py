@@ -16,7 +16,7 @@ import redis
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 
-ROLL_KEY = "dropscore:workers"
+from scoring import redis_keys
 
 
 def client() -> redis.Redis:
@@ -25,12 +25,12 @@ def client() -> redis.Redis:
 
 @worker_ready.connect
 def enrol(sender, **_) -> None:
-    client().sadd(ROLL_KEY, sender.hostname)
+    client().sadd(redis_keys.worker_roll(), sender.hostname)
 
 
 @worker_shutdown.connect
 def leave(sender, **_) -> None:
-    client().srem(ROLL_KEY, sender.hostname)
+    client().srem(redis_keys.worker_roll(), sender.hostname)
 
 
 def ask(question: Callable[[int | None], dict]) -> dict:
@@ -38,11 +38,12 @@ def ask(question: Callable[[int | None], dict]) -> dict:
     answered (None: at its timeout). Asked with the roll's length; the roll is then set
     right by who answered."""
     redis_ = client()
-    roll = {name.decode() for name in redis_.smembers(ROLL_KEY)}
+    roll_key = redis_keys.worker_roll()
+    roll = {name.decode() for name in redis_.smembers(roll_key)}
     answers = question(len(roll) or None)
     if answers:
-        redis_.sadd(ROLL_KEY, *answers)
+        redis_.sadd(roll_key, *answers)
     silent = roll - set(answers)
     if silent and len(answers) < len(roll):  # it waited out its timeout for them
-        redis_.srem(ROLL_KEY, *silent)
+        redis_.srem(roll_key, *silent)
     return answers

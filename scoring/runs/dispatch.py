@@ -19,9 +19,6 @@ from scoring.packages import roles, schedules
 from scoring.runs import batches, lifecycle
 
 log = logging.getLogger(__name__)
-# Where tick notes its time in Redis, for the status page (here, not in tasks, so the
-# web process reads it without importing the engine).
-LAST_TICK_KEY = "dropscore:last_tick"
 BULK_ROWS = 1000  # rows per INSERT or UPDATE when many models are due at once
 
 
