@@ -27,8 +27,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def start_workers(count: int, label: str, state: Path, env: dict[str, str]) -> list:
     """`count` Celery workers of one process each on the bench's queue, answering pings."""
+    from django.conf import settings
+
     from deploy import services
 
+    # The bench's own control channel, whatever database they use (a throwaway one): the
+    # workers' prefix is the bench's, so they answer its pings.
+    env = {"REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX, **env}
     host = socket.gethostname()
     workers = []
     for index in range(count):

@@ -338,15 +338,18 @@ QUALITY_SAMPLE_ROWS = env_int("QUALITY_SAMPLE_ROWS", 20_000)
 # --- Celery -----------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 # One Redis may serve several portals (`make test` beside `make run`, a staging beside
-# production): each keeps its keys (scoring.redis_keys) under a prefix of its own. By
-# default the database's name (a SQLite file's path), since the database is what makes a
-# portal itself: its web, worker and beat share it.
+# production): each keeps its keys (scoring.redis_keys), its queue and its workers' control
+# channel under a prefix of its own. By default the database's name (a SQLite file's
+# path), since the database is what makes a portal itself: its web, worker and beat share it.
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", f"dropscore:{DATABASES['default']['NAME']}:")
 if not REDIS_KEY_PREFIX:
     raise ImproperlyConfigured("REDIS_KEY_PREFIX must not be empty: other portals share the Redis")
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TIMEZONE = TIME_ZONE  # beat's crontabs (the maintenance's) read in the site's zone
-CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "dropscore")
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", f"{REDIS_KEY_PREFIX}tasks")
+# The status page's questions (ping, sandboxes) go to this portal's workers only, and their
+# answers count towards the roll's length only (scoring.engine.worker_roll).
+CELERY_CONTROL_EXCHANGE = f"{REDIS_KEY_PREFIX}control"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

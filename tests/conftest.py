@@ -34,11 +34,12 @@ from tests.faults import Broker, Gate, closed_port, publishing_to, stop_group  #
 from tests.flows import WORKER_SANDBOX_TIMEOUT, database_url, start_worker, stop_worker  # noqa: E402
 
 # The test session is a portal of its own on a Redis that `make run` (or another session)
-# may share: its keys under a prefix of its own, set before any test runs, so that no test
-# reads or writes a running portal's.
+# may share: its keys, its queue and its workers' control channel under a prefix of its own,
+# set before any test runs, so that no test reads or writes a running portal's.
 SESSION = f"test-{uuid.uuid4().hex[:8]}"
 settings.REDIS_KEY_PREFIX = f"dropscore:{SESSION}:"
 celery_app.conf.task_default_queue = SESSION
+celery_app.conf.control_exchange = f"{settings.REDIS_KEY_PREFIX}control"  # as settings derive it
 
 
 def _flush_again_after_a_deadlock(teardown):
