@@ -39,7 +39,7 @@ SCHEDULES = [
     ("daily", "UTC"),
     ("0 6 * * 1-5", "Europe/Berlin"),
     ("weekly", "America/New_York"),
-    ("*/15 * * * *", "Asia/Tokyo"),
+    ("15 4 * * *", "Asia/Tokyo"),
 ]
 PAST_RUNS = 10
 

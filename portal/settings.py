@@ -274,10 +274,6 @@ APPROVERS_GROUP = env_str("APPROVERS_GROUP", "approvers")
 QUOTA_ACTIVE_MODELS = env_int("QUOTA_ACTIVE_MODELS", 10)
 QUOTA_BYTES = env_int("QUOTA_BYTES", 1024**3)
 MAX_PACKAGE_BYTES = env_int("MAX_PACKAGE_BYTES", 512 * 1024**2)
-# A schedule may not fire more often than this (0: any cron). Scoring makes one run per
-# model and date, so a cron firing every minute is nearly always a slip ("* 6 * * *" for
-# "0 6 * * *"): refused with a message rather than kept as a misleading setting.
-MIN_SCHEDULE_INTERVAL_MINUTES = env_int("MIN_SCHEDULE_INTERVAL_MINUTES", 5)
 
 SANDBOX_TIMEOUT_SECONDS = env_int("SANDBOX_TIMEOUT_SECONDS", 120)
 SANDBOX_MEMORY_BYTES = env_int("SANDBOX_MEMORY_BYTES", 4 * 1024**3)

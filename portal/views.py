@@ -385,8 +385,8 @@ def run_scores(request: HttpRequest, run_id: int, kind: str) -> HttpResponse:
 def schedule_preview(request: HttpRequest) -> JsonResponse:
     """The next fire times of a schedule, for the live preview under the form."""
     try:
-        schedule = deployments.check_site_schedule(request.GET.get("schedule", ""))
         zone = schedules.check_timezone(request.GET.get("timezone") or "UTC")
+        schedule = schedules.check_schedule(request.GET.get("schedule", ""), zone)
     except schedules.ScheduleError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     fire_times = schedules.next_runs(schedule, zone, timezone.now(), 3)

@@ -63,7 +63,7 @@ def test_it_leaves_a_cron_expression_as_it_is():
         ("MONTHLY", "monthly"),
         ("0 6 * * *", "0 6 * * *"),
         ("  0   6\t* *  MON-FRI ", "0 6 * * mon-fri"),
-        ("*/15 * * * *", "*/15 * * * *"),
+        ("0 6 1,15 * *", "0 6 1,15 * *"),
     ],
 )
 def test_it_normalizes_whitespace_and_case(schedule, normalized):
@@ -98,6 +98,83 @@ def test_it_refuses_out_of_range_fields_with_the_message(schedule, problem):
 @pytest.mark.parametrize("schedule", ["", "   ", None, 6, ["daily"]])
 def test_it_refuses_empty_schedules_and_non_strings(schedule):
     assert refusal(check_schedule, schedule) == NOT_A_SCHEDULE
+
+
+# --- once a day ------------------------------------------------------------------
+
+MONDAY_NOON = utc(2026, 12, 7, 12, 0)
+RETRY_INSTEAD = (
+    "but a run scores a whole day's slice, so a second run that day would find it scored: "
+    "pick one time a day, and to have a failed run tried again set 'max_attempts' and "
+    "'retry_delay_minutes' in the package's params"
+)
+
+
+def refused_after(schedule, timezone, after) -> str:
+    with pytest.raises(ScheduleError) as caught:
+        check_schedule(schedule, timezone, after)
+    return str(caught.value)
+
+
+def test_a_cron_of_two_times_a_day_is_refused_naming_tomorrow_and_what_to_do_instead():
+    assert refused_after("0 6,18 * * *", "UTC", MONDAY_NOON) == (
+        f"schedule '0 6,18 * * *' fires twice on 2026-12-08 (at 06:00 and 18:00), {RETRY_INSTEAD}"
+    )
+
+
+def test_a_cron_of_every_minute_is_refused_with_how_often_it_fires_that_day():
+    assert refused_after("* * * * *", "UTC", MONDAY_NOON) == (
+        f"schedule '* * * * *' fires 1,440 times on 2026-12-08 (at 00:00, 00:01, ...), "
+        f"{RETRY_INSTEAD}"
+    )
+    assert refused_after("*/5 9-17 * * *", "UTC", MONDAY_NOON).startswith(
+        "schedule '*/5 9-17 * * *' fires 108 times on 2026-12-08 (at 09:00, 09:05, ...)"
+    )
+
+
+def test_the_day_named_is_the_first_the_cron_fires_twice_on():
+    assert refused_after("0 6,18 * * 1", "UTC", MONDAY_NOON).startswith(
+        "schedule '0 6,18 * * 1' fires twice on 2026-12-14 (at 06:00 and 18:00)"
+    )
+    assert refused_after("0 6,18 29 2 *", "UTC", MONDAY_NOON).startswith(
+        "schedule '0 6,18 29 2 *' fires twice on 2028-02-29"
+    )
+
+
+def test_the_days_are_the_deployments_own():
+    late_on_monday = utc(2026, 12, 7, 23, 30)  # already Tuesday 12:30 in Auckland
+
+    assert "fires twice on 2026-12-08" in refused_after("0 6,18 * * *", "UTC", late_on_monday)
+    assert "fires twice on 2026-12-09" in refused_after(
+        "0 6,18 * * *", "Pacific/Auckland", late_on_monday
+    )
+
+
+def test_a_spring_forward_day_that_fires_a_cron_once_is_not_the_day_named():
+    # 01:00 and 01:30 do not exist on 29 March 2026 in London: both fire at 02:00 BST, one
+    # run. The next 29 March fires them apart.
+    assert next_runs("0,30 1 29 3 *", LONDON, utc(2026, 3, 1), count=2) == [
+        utc(2026, 3, 29, 1, 0),
+        utc(2027, 3, 29, 0, 0),  # 01:00 BST
+    ]
+    assert refused_after("0,30 1 29 3 *", LONDON, utc(2026, 3, 1)).startswith(
+        "schedule '0,30 1 29 3 *' fires twice on 2027-03-29 (at 01:00 and 01:30)"
+    )
+
+
+@pytest.mark.parametrize(
+    "schedule, timezone",
+    [
+        ("daily", LONDON),
+        ("weekly", "UTC"),
+        ("monthly", "America/New_York"),
+        ("30 1 * * *", LONDON),  # once in the autumn overlap (see next runs)
+        ("45 23 * * mon-fri", "Pacific/Auckland"),
+        ("0 0 29 2 *", "UTC"),
+    ],
+)
+def test_a_cron_of_one_time_a_day_is_valid_in_any_time_zone(schedule, timezone):
+    assert check_schedule(schedule, timezone, MONDAY_NOON) == schedule
 
 
 # --- time zones -----------------------------------------------------------------

@@ -18,7 +18,6 @@ from scoring.engine import environments, features, sources
 from scoring.engine.limits import sandbox_limits
 from scoring.models import Deployment, PackageVersion
 from scoring.packages import deployments, roles, storage
-from scoring.packages.schedules import ScheduleError
 from scoring.quality import samples
 from scoring.sandbox.client import Sandbox
 from scoring.sandbox.limits import REFERENCE_SCORES_FILE, SandboxError
@@ -52,7 +51,6 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
         storage.download(version.file.name, version.sha256, file)
     with package_sandbox(package_path, workdir) as sandbox:
         package = sandbox.load(package_path)
-        check_site_rules(package)
         if package.get("reference_scores_count"):
             keep_reference_scores(version, workdir / REFERENCE_SCORES_FILE)
         source = sources.configured()
@@ -98,15 +96,6 @@ def measure_importance(sandbox: Sandbox, package: dict, sample_path: Path | None
         package["importance"] = sandbox.importance(sample_path)
     except SandboxError as exc:
         package["warnings"].append(f"feature importance was not measured: {exc}")
-
-
-def check_site_rules(package: dict) -> None:
-    """What this site allows beyond the package format (the sandbox knows no settings)."""
-    if package.get("schedule"):
-        try:
-            deployments.check_site_schedule(package["schedule"])
-        except ScheduleError as exc:
-            raise SandboxError(f"'schedule': {exc}") from None
 
 
 def keep_reference_scores(version: PackageVersion, path: Path) -> None:

@@ -337,13 +337,13 @@ def parse_package(obj: object) -> Package:
             f"got {type(schedule).__name__} {short_repr(schedule, 40)}"
         )
     try:
-        schedule = check_schedule(schedule) if schedule is not None else None
-    except ScheduleError as exc:
-        raise ContractError(f"'schedule': {exc}") from None
-    try:
         timezone = check_timezone(timezone) if timezone is not None else None
     except ScheduleError as exc:
         raise ContractError(f"'timezone': {exc}") from None
+    try:
+        schedule = check_schedule(schedule, timezone or "UTC") if schedule is not None else None
+    except ScheduleError as exc:
+        raise ContractError(f"'schedule': {exc}") from None
     extra_keys = [k for k in obj if k not in KNOWN_KEYS]
     warnings += [
         f"'{key}' is not a key of the package format and is ignored: did you mean '{known}'?"

@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import PurePath
 from typing import BinaryIO
 
-from django.conf import settings
 from django.db import transaction
 from django.utils.timezone import now
 
@@ -17,7 +16,7 @@ from scoring import enqueue
 from scoring.models import DeletedDeployment, Deployment, PackageVersion, Quota
 from scoring.packages import quotas, roles, schedules, storage
 from scoring.packages.contract import ContractError, check_email, check_name
-from scoring.packages.schedules import ScheduleError, check_interval, check_schedule, check_timezone
+from scoring.packages.schedules import ScheduleError, check_schedule, check_timezone
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +36,20 @@ def clean_settings(
     schedule: str | None,
     timezone: str | None,
     max_slice_age_days: int | str | None = None,
+    current_timezone: str = "UTC",
 ) -> dict:
-    """Check the user-given settings of a deployment; blank ones are left out."""
+    """Check the user-given settings of a deployment; blank ones are left out. A schedule
+    is read in the time zone it is given with, else in the deployment's current one."""
     cleaned = {}
     if max_slice_age_days not in (None, ""):
         cleaned["max_slice_age_days"] = check_slice_age(max_slice_age_days)
     try:
         if email:
             cleaned["email"] = check_email(email)
-        if schedule:
-            cleaned["schedule"] = check_site_schedule(schedule)
         if timezone:
             cleaned["timezone"] = check_timezone(timezone)
+        if schedule:
+            cleaned["schedule"] = check_schedule(schedule, timezone or current_timezone)
     except (ContractError, ScheduleError) as exc:
         raise DeployError(str(exc)) from None
     return cleaned
@@ -181,7 +182,7 @@ def update(
     status=None,
     max_slice_age_days=UNCHANGED,
 ) -> Deployment:
-    fields = clean_settings(email, schedule, timezone)
+    fields = clean_settings(email, schedule, timezone, current_timezone=deployment.timezone)
     if max_slice_age_days is not UNCHANGED:
         cleared = max_slice_age_days in (None, "")
         fields["max_slice_age_days"] = None if cleared else check_slice_age(max_slice_age_days)
@@ -201,11 +202,6 @@ def update(
         schedule_next_run(deployment)
         deployment.save()
     return deployment
-
-
-def check_site_schedule(schedule: object) -> str:
-    """A valid schedule that fires no more often than this site allows."""
-    return check_interval(check_schedule(schedule), settings.MIN_SCHEDULE_INTERVAL_MINUTES)
 
 
 def next_fire_time(deployment: Deployment) -> datetime | None:

@@ -4,7 +4,8 @@ Pure functions with no Django import, so the sandbox and the contract can use th
 """
 
 import itertools
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -14,6 +15,9 @@ PRESETS = {
     "weekly": "0 6 * * 1",
     "monthly": "0 6 1 * *",
 }
+# How far a cron of several times a day is searched for a day it fires more than once:
+# days of 1,440 fire times (every minute) and crons of a few days a year both find one.
+SEARCHED_FIRES = 100_000
 
 
 class ScheduleError(ValueError):
@@ -24,8 +28,12 @@ def to_cron(schedule: str) -> str:
     return PRESETS.get(schedule, schedule)
 
 
-def check_schedule(schedule: object) -> str:
-    """Return the schedule normalized (a preset name or a 5-field cron), or raise."""
+def check_schedule(schedule: object, timezone: str = "UTC", after: datetime | None = None) -> str:
+    """Return the schedule normalized (a preset name or a 5-field cron), or raise.
+
+    A schedule fires at most once a day (counted in `timezone`, from the day after `after`,
+    now by default): each run scores its day's slice, so trying again is the business of
+    the package's params, never of a second fire time."""
     if not isinstance(schedule, str) or not schedule.strip():
         raise ScheduleError(
             "schedule must be 'daily', 'weekly', 'monthly' or a 5-field cron expression"
@@ -39,37 +47,50 @@ def check_schedule(schedule: object) -> str:
             "nor a 5-field cron expression (minute hour day month weekday)"
         )
     try:
-        CronSim(schedule, datetime(2000, 1, 1))
+        cron = CronSim(schedule, datetime(2000, 1, 1))
     except CronSimError as exc:
         raise ScheduleError(
             f"schedule {schedule!r} is not a valid cron expression: {exc}"
         ) from None
+    if len(cron.hours) * len(cron.minutes) > 1:  # else no day has two fire times
+        busy = day_fired_more_than_once(schedule, timezone, after or datetime.now(UTC))
+        if busy is not None:
+            raise ScheduleError(fires_more_than_once(schedule, *busy))
     return schedule
 
 
-def shortest_interval_minutes(schedule: str) -> int:
-    """The fewest minutes between two runs of a valid schedule.
+def day_fired_more_than_once(
+    schedule: str, timezone: str, after: datetime
+) -> tuple[date, list[str]] | None:
+    """The first day from the day after `after` on which the cron fires more than once, and
+    its local fire times; none in the next SEARCHED_FIRES fire times.
 
-    From the cron's minute and hour fields: the gaps between the times of a day and the
-    gap from a day's last time to the next day's first. The day fields only thin out the
-    days, so a cron firing on isolated days may run less often than this says, never more.
-    """
-    cron = CronSim(to_cron(schedule), datetime(2000, 1, 1))
-    times = sorted(hour * 60 + minute for hour in cron.hours for minute in cron.minutes)
-    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    return min([*gaps, times[0] + 24 * 60 - times[-1]])
+    A run scores one day's slice (the run's date is its fire time's local date), so the
+    fire times are counted in the time zone rather than read from the cron's fields: a
+    spring-forward gap fires the times it removes at once, one run."""
+    zone = ZoneInfo(timezone)
+    tomorrow = datetime.combine(after.astimezone(zone).date() + timedelta(days=1), time(), zone)
+    day, times = None, []
+    fires = fire_times(schedule, timezone, tomorrow.astimezone(UTC) - timedelta(microseconds=1))
+    for fire in itertools.islice(fires, SEARCHED_FIRES):
+        local = fire.astimezone(zone)
+        if local.date() != day:
+            if len(times) > 1:
+                break
+            day, times = local.date(), []
+        times.append(local.strftime("%H:%M"))
+    return (day, times) if len(times) > 1 else None
 
 
-def check_interval(schedule: str, minimum_minutes: int) -> str:
-    """Refuse a schedule that fires more often than the site allows (0: no minimum)."""
-    interval = shortest_interval_minutes(schedule)
-    if interval < minimum_minutes:
-        every = "every minute" if interval == 1 else f"every {interval} minutes"
-        raise ScheduleError(
-            f"schedule {schedule!r} runs {every}; this site allows at most one run every "
-            f"{minimum_minutes} minutes"
-        )
-    return schedule
+def fires_more_than_once(schedule: str, day: date, times: list[str]) -> str:
+    fires = "twice" if len(times) == 2 else f"{len(times):,} times"
+    at = " and ".join(times) if len(times) == 2 else f"{times[0]}, {times[1]}, ..."
+    return (
+        f"schedule {schedule!r} fires {fires} on {day.isoformat()} (at {at}), but a run scores "
+        "a whole day's slice, so a second run that day would find it scored: pick one time a "
+        "day, and to have a failed run tried again set 'max_attempts' and "
+        "'retry_delay_minutes' in the package's params"
+    )
 
 
 def check_timezone(name: object) -> str:
@@ -85,7 +106,12 @@ def check_timezone(name: object) -> str:
 
 
 def next_runs(schedule: str, timezone: str, after: datetime, count: int = 1) -> list[datetime]:
-    """The next `count` fire times strictly after `after`, in UTC.
+    """The next `count` fire times strictly after `after`, in UTC."""
+    return list(itertools.islice(fire_times(schedule, timezone, after), count))
+
+
+def fire_times(schedule: str, timezone: str, after: datetime) -> Iterator[datetime]:
+    """The fire times strictly after `after`, in UTC, one after the other.
 
     Cron fields are read in the deployment's own time zone (a daily 06:00 job stays
     at 06:00 local across DST changes). Like cron, cronsim fires a time that a
@@ -95,13 +121,10 @@ def next_runs(schedule: str, timezone: str, after: datetime, count: int = 1) -> 
     those are skipped.
     """
     local_after = after.astimezone(ZoneInfo(timezone))
-    iterator = CronSim(to_cron(schedule), local_after)
-    runs: list[datetime] = []
-    while len(runs) < count:
-        run = next(iterator).astimezone(UTC)
-        if run > after:
-            runs.append(run)
-    return runs
+    for fire in CronSim(to_cron(schedule), local_after):
+        fire = fire.astimezone(UTC)
+        if fire > after:
+            yield fire
 
 
 def describe(schedule: str) -> str:

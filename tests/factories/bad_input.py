@@ -18,7 +18,6 @@ from scoring.packages import deployments
 from tests.factories import packages
 
 SANDBOX_MEMORY_MB = 256
-MIN_INTERVAL = 5
 UPLOAD, VALIDATION, SAFE = "refused at upload", "invalid after validation", "stored safely"
 UI, API = "ui", "api"
 
@@ -63,10 +62,20 @@ NOT_A_PICKLE = (
     "this file is not a pickle: a .dill or .pkl package made with dill.dump starts "
     "with the pickle header (0x80 and a protocol from 2 to 5)"
 )
-EVERY_MINUTE = (
-    "schedule '* * * * *' runs every minute; "
-    f"this site allows at most one run every {MIN_INTERVAL} minutes"
-)
+TWICE_A_DAY = "0 6,18 * * *"
+
+
+def fires_twice(prefix: str = "") -> re.Pattern:
+    """The refusal of TWICE_A_DAY, on a day to come (tests/test_schedules.py says which)."""
+    message = (
+        f"{prefix}schedule '{TWICE_A_DAY}' fires twice on DAY (at 06:00 and 18:00), but a run "
+        "scores a whole day's slice, so a second run that day would find it scored: pick one "
+        "time a day, and to have a failed run tried again set 'max_attempts' and "
+        "'retry_delay_minutes' in the package's params"
+    )
+    return re.compile(re.escape(message).replace("DAY", r"\d{4}-\d\d-\d\d"))
+
+
 UNKNOWN_ZONE = "unknown time zone 'Mars/Olympus_Mons': use an IANA name such as 'Europe/London'"
 INJECTED_EMAIL = "a@bank.example\r\nBcc: all@evil.example"
 OVER_QUOTA = package_of(20 * 1024)
@@ -208,10 +217,10 @@ CASES = [
         fields={"name": "🚀🔥"},
     ),
     Case(
-        "a cron that fires every minute",
+        "a cron that fires twice a day",
         UPLOAD,
-        EVERY_MINUTE,
-        fields={"schedule": "* * * * *"},
+        fires_twice(),
+        fields={"schedule": TWICE_A_DAY},
     ),
     Case(
         "a cron with a minute out of range",

@@ -8,12 +8,12 @@ import numpy as np
 
 from tests.factories import packages
 from tests.factories.bad_input import (
-    EVERY_MINUTE,
     SANDBOX_MEMORY_MB,
     UNKNOWN_ZONE,
     VALIDATION,
     Case,
     bad,
+    fires_twice,
     proba,
     sandbox_limits_processes,
 )
@@ -180,10 +180,10 @@ VALIDATION_CASES = [
         lambda: bad("path traversal name"),
     ),
     Case(
-        "a package cron that fires every minute",
+        "a package cron that fires twice a day",
         VALIDATION,
-        f"'schedule': {EVERY_MINUTE}",
-        lambda: bad("cron every minute"),
+        fires_twice("'schedule': "),
+        lambda: bad("cron twice a day"),
     ),
     Case(
         "a package cron with a minute out of range",
