@@ -126,18 +126,31 @@ def test_a_table_made_before_roles_gains_them_and_each_role_replaces_only_its_ow
     assert runs_by_role() == {"champion": ([11], 50), "challenger": ([13], 20)}
 
 
+def commits_share_the_lock() -> bool:
+    """Whether two commits hold the commit lock at once (scores.commit_lock): PostgreSQL's
+    advisory lock is shared under conditional writes; SQLite's lock is the commit's
+    IMMEDIATE transaction, which one connection holds at a time."""
+    return connection.vendor == "postgresql" and settings.S3_CONDITIONAL_PUT
+
+
 def test_two_shards_replacing_partitions_at_once_both_land(table, monkeypatch, caplog):
-    """Both read the table before either commits (a barrier once they found what they
-    replace): delta-rs fails the second, though the shards' partitions are disjoint, and
-    the commit is tried again on the table as the first left it."""
+    """Where commits share the lock, both read the table before either commits (a barrier
+    once they found what they replace): delta-rs fails the second, though the shards'
+    partitions are disjoint, and the commit is tried again on the table as the first left
+    it. Where they take turns (SQLite), the second reads the table as the first left it:
+    nothing conflicts. Both land either way."""
     first, second = {1: 11, 2: 21}, {3: 31, 4: 41}
     assert shards_at_once([first, second], [shard_files(first), shard_files(second)]) == []
+    before = scores.open_table().version()
     replaced = scores.replaced_files
+    shared = commits_share_the_lock()
     both_read = threading.Barrier(2)
+    read_versions = []
 
     def read_then_wait(table, day, model_ids):
         found = replaced(table, day, model_ids)
-        if threading.current_thread().name not in waited:
+        read_versions.append(table.version())
+        if shared and threading.current_thread().name not in waited:
             waited.add(threading.current_thread().name)
             both_read.wait(timeout=30)
         return found
@@ -148,7 +161,12 @@ def test_two_shards_replacing_partitions_at_once_both_land(table, monkeypatch, c
     errors = shards_at_once([first, second], [shard_files(first), shard_files(second)])
 
     assert errors == []
-    assert "conflicted, again" in caplog.text
+    if shared:
+        assert sorted(read_versions) == [before, before, before + 1]
+        assert "conflicted, again" in caplog.text
+    else:
+        assert sorted(read_versions) == [before, before + 1]
+        assert "conflicted" not in caplog.text
     assert partitions() == {
         (DAY.isoformat(), model): ([run], entities(50))
         for model, run in {**first, **second}.items()
