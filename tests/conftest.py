@@ -28,6 +28,7 @@ from deploy import services  # noqa: E402
 from portal.celery import app as celery_app  # noqa: E402
 from scoring.models import Deployment  # noqa: E402
 from scoring.sandbox.environments import Environment, Store  # noqa: E402
+from tests import index_probe  # noqa: E402
 from tests.factories import cast, features, made_elsewhere, packages  # noqa: E402
 from tests.factories.web import SECRET_NAME, upload  # noqa: E402
 from tests.faults import Broker, Gate, closed_port, publishing_to, stop_group  # noqa: E402
@@ -169,11 +170,24 @@ def worker_env(django_db_setup, s3_server, celery_app_configured, feature_table,
 
 
 @pytest.fixture(scope="session")
-def pinned_environment(state_dir) -> Environment:
+def package_index() -> str:
+    """The index the worker builds environments from (SANDBOX_INDEX_URL), for a test that
+    builds one. Off CI, when it cannot be reached (a laptop offline), the test skips and
+    says why; on CI it runs, and fails with uv's or pip's own message."""
+    url = settings.SANDBOX_INDEX_URL
+    problem = index_probe.unreachable(url)
+    if problem and not os.environ.get("CI"):
+        pytest.skip(f"needs the package index {url}, which cannot be reached: {problem}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def pinned_environment(state_dir, package_index) -> Environment:
     """The environment of scikit-learn==1.5.2 (the worker runs another), built once a
     session where the session's worker keeps its environments, from the real index. uv's
     downloads are cached there too (Store), so the build is a few seconds."""
-    return Store(state_dir / "environments").ready([made_elsewhere.OLD_SKLEARN])
+    store = Store(state_dir / "environments", index_url=package_index)
+    return store.ready([made_elsewhere.OLD_SKLEARN])
 
 
 @pytest.fixture(scope="session")

@@ -84,13 +84,21 @@ def test_save_package_records_python_and_the_versions_of_the_libraries_it_names(
 
 
 @pytest.fixture(scope="session")
-def made_with_old_libraries(state_dir) -> Path:
-    """Packages made in a virtual environment of OLD_LIBRARIES, built once a session."""
+def made_with_old_libraries(state_dir, package_index) -> Path:
+    """Packages made in a virtual environment of OLD_LIBRARIES, built once a session from
+    the index the worker builds environments from."""
     venv, folder = state_dir / "old-libraries-venv", state_dir / "made-elsewhere"
     if not folder.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
-            [venv / "bin" / "pip", "install", "-q", *made_elsewhere.OLD_LIBRARIES],
+            [
+                venv / "bin" / "pip",
+                "install",
+                "-q",
+                "--index-url",
+                package_index,
+                *made_elsewhere.OLD_LIBRARIES,
+            ],
             check=True,
             timeout=BUILD_TIMEOUT,
         )
@@ -298,7 +306,7 @@ def test_requirements_that_are_not_pins_make_the_version_invalid(
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("bucket", "default_quotas")
 def test_a_version_the_index_does_not_have_makes_the_version_invalid_with_uvs_message(
-    worker, alice, validated
+    worker, alice, validated, package_index
 ):
     package = packages.sklearn_package() | {"requirements": ["scikit-learn==0.0.99"]}
 
@@ -314,9 +322,11 @@ def test_a_version_the_index_does_not_have_makes_the_version_invalid_with_uvs_me
 
 
 @pytest.mark.django_db
-def test_the_clean_up_removes_environments_unused_for_long_but_never_one_in_use(tmp_path, settings):
+def test_the_clean_up_removes_environments_unused_for_long_but_never_one_in_use(
+    tmp_path, settings, package_index
+):
     settings.SANDBOX_ENVIRONMENTS_DIR = tmp_path
-    store = environments.Store(tmp_path)
+    store = environments.Store(tmp_path, index_url=package_index)
     old, held, recent = (store.ready([f"idna=={v}"]) for v in ("3.4", "3.6", "3.7"))
     long_ago = time.time() - 40 * 86400
     for unused in (old, held):
