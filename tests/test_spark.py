@@ -83,8 +83,20 @@ def spark_labels(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def spark_chunks(tmp_path_factory) -> Path:
+    """CHUNK_DIR of the Spark worker: where its executors hand chunks to sandboxes."""
+    return tmp_path_factory.mktemp("spark-chunks")
+
+
+@pytest.fixture(scope="module")
 def spark_worker(
-    worker_env, celery_app_configured, state_dir, feature_table, spark_catalog, spark_labels
+    worker_env,
+    celery_app_configured,
+    state_dir,
+    feature_table,
+    spark_catalog,
+    spark_labels,
+    spark_chunks,
 ):
     """The module's Spark worker (the suite's one JVM), reading FEATURES_TABLE: a table of
     its Hive metastore that it made of the feature table's two slices with saveAsTable."""
@@ -102,6 +114,7 @@ def spark_worker(
         "SPARK_CONF_DERBY": f"spark.driver.extraJavaOptions=-Dderby.system.home={spark_catalog}",
         "FEATURES_URI": FEATURES_TABLE,
         "LABELS_URI": str(spark_labels),
+        "CHUNK_DIR": str(spark_chunks),
         # A batch of three models is two shards: two jobs, one after the other.
         "SHARD_MODELS": "2",
     }
@@ -194,6 +207,39 @@ def test_a_model_missing_a_column_and_one_that_raises_fail_alone_and_their_owner
     assert set(told) == {"risk@bank.example", outsider.email}
     assert "bureau_score" in told["risk@bank.example"].get_payload(0).get_payload()
     assert "the model is broken" in told[outsider.email].get_payload(0).get_payload()
+
+
+def test_a_job_that_fails_as_a_whole_tells_the_owner_one_line_and_logs_the_whole_trace(
+    spark_worker, spark_chunks, owner, validated, bucket, api, state_dir
+):
+    model = deploy(owner, packages.function_package(), "spend", validated)
+    logged_before = spark_log(state_dir).stat().st_size
+    # No executor can hand its chunks to the sandboxes (CHUNK_DIR is a file): every attempt
+    # of every task fails, whatever the model.
+    shutil.rmtree(spark_chunks)
+    spark_chunks.write_text("not a folder")
+    try:
+        api.post(f"/api/v1/models/{model.id}/runs/", {"date": str(date.today())}, format="json")
+        [run] = wait_for_runs([model.id], ("retrying", "failed"), timeout=180)
+    finally:
+        spark_chunks.unlink()
+        spark_chunks.mkdir()
+
+    assert run.status == "retrying"
+    assert "\n" not in run.error and len(run.error) < 400, run.error
+    assert re.fullmatch(
+        r"the batch failed on the worker: SparkJobFailed: NotADirectoryError: \[Errno 20\] "
+        rf"Not a directory: '{re.escape(str(spark_chunks))}/dropscore-chunk-[^']+' "
+        rf"\(on the executor at {re.escape(os.uname().nodename)}\)",
+        run.error,
+    ), run.error
+    with open(spark_log(state_dir), "rb") as log:
+        log.seek(logged_before)
+        logged = log.read().decode(errors="replace")
+    _, failed, trace = logged.partition(f"the Spark job of slice {date.today()}, shard 0 failed")
+    assert failed, "the worker logged no failed job"
+    assert "Traceback (most recent call last)" in trace
+    assert 'scratch.py", line' in trace and "NotADirectoryError: [Errno 20]" in trace
 
 
 def test_a_run_scores_the_tables_latest_slice_on_or_before_its_date_as_it_is_now(

@@ -25,6 +25,7 @@ from pyarrow import fs
 from scoring.engine import pool, scores, traffic
 from scoring.engine.chunk_scoring import ChunkScoring, Group, Scorer, write_chunk
 from scoring.engine.features import encode_strings, rechunk
+from scoring.engine.spark import failures
 from scoring.engine.timing import Stopwatch
 from scoring.quality import profiles, samples
 from scoring.sandbox import scratch
@@ -90,7 +91,11 @@ def score_partition(plan: TaskPlan):
 
         context = TaskContext.get()
         index = context.partitionId() if context else 0
-        yield from PartitionScoring(plan, index).run(batches)
+        try:
+            yield from PartitionScoring(plan, index).run(batches)
+        except Exception as exc:  # Spark's error for the driver names no executor: the note does
+            exc.add_note(failures.executor_note(os.uname().nodename))
+            raise
 
     return score
 

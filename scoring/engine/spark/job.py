@@ -8,7 +8,8 @@ scored by every run of the shard (scoring.engine.spark.executor). What comes bac
 the profile of its scores, or its error; each task's sample of rows. Runs that failed in
 any task fail alone, their files removed; the others commit in one Delta transaction
 (scoring.engine.commit), are checked, and succeed. A job that fails as a whole (its tasks
-failed Spark's attempts) raises: the batch fails its runs, which are retried as any failure.
+failed Spark's attempts) raises SparkJobFailed, in one line (the whole trace goes to the
+worker's log): the batch fails its runs, which are retried as any failure.
 """
 
 import json
@@ -23,6 +24,7 @@ from scoring.engine import commit, package_cache, plan, scores, worker_probe
 from scoring.engine.chunk_scoring import union
 from scoring.engine.limits import sandbox_limits
 from scoring.engine.spark import executor, session
+from scoring.engine.spark.failures import SparkJobFailed, short_message
 from scoring.engine.spark.source import SparkSource
 from scoring.engine.timing import Stopwatch
 from scoring.models import ScoringRun
@@ -72,7 +74,7 @@ def score_shard(source: SparkSource, slice_date: date, ready: list[ScoringRun], 
         columns = [source.id_column, *union(run.version.package["features"] for run in ready)]
         frame = source.slice_frame(slice_date, columns)
         with clock("score"):
-            results = frame.mapInArrow(executor.score_partition(task_plan), RESULT_DDL).toArrow()
+            results = scored(frame, task_plan, slice_date, shard)
     finally:
         broadcast.unpersist()
     held_ids = {run.id for run in runs}
@@ -84,6 +86,16 @@ def score_shard(source: SparkSource, slice_date: date, ready: list[ScoringRun], 
         commit.check_and_succeed(committed, slice_date)
     log.info("slice %s, shard %s, %d runs in %s", slice_date, shard, len(ready), clock)
     log.info("Spark tasks of slice %s: %s", slice_date, task_summary(results))
+
+
+def scored(frame, task_plan: executor.TaskPlan, slice_date: date, shard: int) -> pa.Table:
+    """What the tasks returned. A job whose tasks failed Spark's attempts raises in one line
+    for the runs' owners; its whole trace goes to the worker's log."""
+    try:
+        return frame.mapInArrow(executor.score_partition(task_plan), RESULT_DDL).toArrow()
+    except Exception as exc:  # pyspark's captured errors and py4j's
+        log.error("the Spark job of slice %s, shard %s failed", slice_date, shard, exc_info=exc)
+        raise SparkJobFailed(short_message(exc)) from None
 
 
 def task_runs(ready: list[ScoringRun], slice_date: date):
