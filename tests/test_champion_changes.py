@@ -21,19 +21,26 @@ pytestmark = pytest.mark.django_db
 def model(owner):
     """alice's model: v1 the champion, v2 a valid challenger beside it."""
     (deployment,) = make_models(owner, 1, prefix="churn")
-    v2 = PackageVersion.objects.create(
+    drop_challenger(deployment, 2)
+    return deployment
+
+
+def drop_challenger(deployment, number: int, share: float | None = None) -> PackageVersion:
+    """A valid version `number` dropped as the challenger (at a share of the entities)."""
+    version = PackageVersion.objects.create(
         deployment=deployment,
-        number=2,
-        file=f"{owner.username}/{deployment.slug}/v2.dill",
-        filename="churn-v2.dill",
+        number=number,
+        file=f"{deployment.owner.username}/{deployment.slug}/v{number}.dill",
+        filename=f"churn-v{number}.dill",
         size=20_000,
-        sha256="2" * 64,
+        sha256=str(number) * 64,
         state=PackageVersion.State.VALID,
         package=deployment.champion.package,
         dropped_as=Role.CHALLENGER,
+        dropped_share=share,
     )
-    roles.take_role(v2, deployment)
-    return deployment
+    roles.take_role(version, deployment)
+    return version
 
 
 @pytest.fixture
@@ -227,19 +234,7 @@ def test_a_day_keeps_the_split_of_its_first_run_so_no_entity_is_scored_live_twic
     next_day = ScoringRun.objects.filter(deployment=model).exclude(date=day)
     assert {run.split_share for run in next_day} == {0.3}
 
-    v3 = PackageVersion.objects.create(
-        deployment=model,
-        number=3,
-        file="alice/churn-000/v3.dill",
-        filename="churn-v3.dill",
-        size=20_000,
-        sha256="3" * 64,
-        state=PackageVersion.State.VALID,
-        package=model.champion.package,
-        dropped_as=Role.CHALLENGER,
-        dropped_share=0.5,
-    )
-    roles.take_role(v3, model)  # a new challenger, split 50/50, dropped after the day scored
+    v3 = drop_challenger(model, 3, share=0.5)  # split 50/50, dropped after the day scored
     run = dispatch.score_now(model, day)
     assert (run.version.number, run.role, run.split_share) == (3, "challenger", None)
     roles.request_change(model, v3, "promoted after a week of shadow scoring", model.owner)
