@@ -3,6 +3,7 @@
 The helpers below fail loudly on a malformed value instead of guessing.
 """
 
+import hashlib
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -333,13 +334,28 @@ QUALITY_SAMPLE_ROWS = env_int("QUALITY_SAMPLE_ROWS", 20_000)
 
 # --- Celery -----------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def database_key_prefix(name: str) -> str:
+    """The Redis prefix of a portal on this database. No "/": kombu takes a fanout channel's
+    exchange (the workers' control channel carries the prefix) to end at the first one, so a
+    SQLite file's path becomes its file name and a hash of the whole path."""
+    name = str(name)
+    if "/" in name:
+        name = f"{Path(name).name}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return f"dropscore:{name}:"
+
+
 # One Redis may serve several portals (`make test` beside `make run`, a staging beside
 # production): each keeps its keys (scoring.redis_keys), its queue and its workers' control
-# channel under a prefix of its own. By default the database's name (a SQLite file's
-# path), since the database is what makes a portal itself: its web, worker and beat share it.
-REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", f"dropscore:{DATABASES['default']['NAME']}:")
-if not REDIS_KEY_PREFIX:
-    raise ImproperlyConfigured("REDIS_KEY_PREFIX must not be empty: other portals share the Redis")
+# channel under a prefix of its own. By default from the database's name, since the
+# database is what makes a portal itself: its web, worker and beat share it.
+REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", database_key_prefix(DATABASES["default"]["NAME"]))
+if not REDIS_KEY_PREFIX or "/" in REDIS_KEY_PREFIX:
+    raise ImproperlyConfigured(
+        f"REDIS_KEY_PREFIX must be a non-empty name without '/', got {REDIS_KEY_PREFIX!r}: "
+        "the workers' control channel is named after it"
+    )
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TIMEZONE = TIME_ZONE  # beat's crontabs (the maintenance's) read in the site's zone
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", f"{REDIS_KEY_PREFIX}tasks")

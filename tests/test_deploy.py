@@ -119,10 +119,11 @@ def test_a_start_refuses_a_bad_table_maintenance_setting(tmp_path, name, value, 
     assert message in result.stderr
 
 
-def test_a_start_refuses_an_empty_redis_key_prefix(tmp_path):
-    result = manage(production_env(tmp_path, REDIS_KEY_PREFIX=""), "check")
+@pytest.mark.parametrize("prefix", ["", "dropscore:/srv/portal:"])
+def test_a_start_refuses_an_empty_redis_key_prefix_or_one_with_a_slash(tmp_path, prefix):
+    result = manage(production_env(tmp_path, REDIS_KEY_PREFIX=prefix), "check")
     assert result.returncode != 0
-    assert "REDIS_KEY_PREFIX must not be empty" in result.stderr
+    assert "REDIS_KEY_PREFIX must be a non-empty name without '/'" in result.stderr
 
 
 def test_every_setting_read_from_the_environment_is_documented():

@@ -39,13 +39,19 @@ def another_portal(celery_app_configured, redis_url):
 
 
 @pytest.fixture
-def another_portals_worker(worker_env, tmp_path):
-    """A worker of another portal on this Redis, as its operator starts it: a database of its
-    own and no prefix or queue set (both follow the database). Its name."""
-    env = {
+def another_portals_env(worker_env, tmp_path) -> dict[str, str]:
+    """The environment of another portal on this Redis, as `make run` starts one: a SQLite
+    file of its own and no prefix or queue set (both follow the database)."""
+    return {
         **{name: value for name, value in worker_env.items() if name not in PORTALS_OWN},
         "DATABASE_URL": f"sqlite:///{tmp_path / 'another-portal.sqlite3'}",
     }
+
+
+@pytest.fixture
+def another_portals_worker(another_portals_env, tmp_path):
+    """A worker of the other portal. Its name."""
+    env = another_portals_env
     name = f"another-portal-{uuid.uuid4().hex[:4]}@localhost"
     log = tmp_path / "another-portal-worker.log"
     process = services.celery(
@@ -151,3 +157,25 @@ def test_a_portal_on_this_environments_database_sees_none_of_the_test_sessions_w
 
     assert f"{queue}-" not in seen["workers"], seen
     assert seen["last_tick"] != session_tick.isoformat(), seen
+
+
+def test_a_portal_on_a_sqlite_file_hears_its_own_workers(
+    another_portals_env, another_portals_worker, tmp_path
+):
+    """`make run`'s portal (SQLite): its status page asks its workers on its control channel,
+    whose name follows the database's; a path in it broke the workers' broker connection."""
+    env = {**os.environ, **another_portals_env, "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", AS_MAKE_RUN_SEES],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert another_portals_worker in seen["workers"], seen
+    log = (tmp_path / "another-portal-worker.log").read_text()
+    assert "Connection to broker lost" not in log, log[-3000:]
