@@ -40,6 +40,8 @@ def main() -> int:
         env["DATABASE_URL"] = LOCAL_POSTGRES
     if env.get("DATABASE_URL", "").startswith("postgres"):
         notes.append(f"database: PostgreSQL ({env['DATABASE_URL']})")
+    elif env.get("DATABASE_URL"):
+        notes.append(f"database: {env['DATABASE_URL']}, as DATABASE_URL says")
     else:
         notes.append(
             "database: SQLite — PostgreSQL is not reachable at 127.0.0.1:5432; "
