@@ -283,3 +283,6 @@ def test_a_model_that_cannot_be_scored_says_why_and_offers_a_fix_instead_of_paus
     assert f'formaction="/models/{model.id}/delete/"' in row
     assert ">Pause<" in row_of(page, "spend")  # a valid model beside it is active as before
     assert "cannot be scored" not in row_of(page, "spend")
+    model_page = alice.get(f"/models/{model.id}/").content.decode()
+    assert ">Pause<" not in model_page
+    assert 'href="#upload-form">Upload a fixed version' in model_page
