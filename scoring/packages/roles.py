@@ -67,7 +67,7 @@ def day_splits(pairs: set[tuple[Deployment, date]]) -> dict[tuple[int, date], fl
     So every run of a model's day splits the entities alike, and the live scores table
     holds each entity once: a challenger dropped (or its share changed) after its
     champion scored a day scores that day as the champion did (every entity: a shadow),
-    and a champion rolled back to re-scores its day on the side the challenger left it."""
+    and a version made champion since re-scores a split day on the champion's side."""
     ids, days = {d.id for d, _ in pairs}, {day for _, day in pairs}
     first = {}
     runs = ScoringRun.objects.filter(deployment_id__in=ids, date__in=days).order_by("-id")
