@@ -143,17 +143,7 @@ def test_a_portal_on_this_environments_database_sees_none_of_the_test_sessions_w
     session_tick = health.last_tick()
 
     env = {name: value for name, value in os.environ.items() if name not in PORTALS_OWN}
-    env.update(REDIS_URL=redis_url, DJANGO_SETTINGS_MODULE="portal.settings")
-    done = subprocess.run(
-        [sys.executable, "-c", AS_MAKE_RUN_SEES],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = what_a_portal_sees({**env, "REDIS_URL": redis_url})
 
     assert f"{queue}-" not in seen["workers"], seen
     assert seen["last_tick"] != session_tick.isoformat(), seen
@@ -164,18 +154,23 @@ def test_a_portal_on_a_sqlite_file_hears_its_own_workers(
 ):
     """`make run`'s portal (SQLite): its status page asks its workers on its control channel,
     whose name follows the database's; a path in it broke the workers' broker connection."""
-    env = {**os.environ, **another_portals_env, "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    seen = what_a_portal_sees({**os.environ, **another_portals_env})
+
+    assert another_portals_worker in seen["workers"], seen
+    log = (tmp_path / "another-portal-worker.log").read_text()
+    assert "Connection to broker lost" not in log, log[-3000:]
+
+
+def what_a_portal_sees(env: dict[str, str]) -> dict:
+    """What a portal started with `env` finds of its workers and tick, as its status page
+    asks, from a process of its own (its settings read from `env`, as at a start)."""
     done = subprocess.run(
         [sys.executable, "-c", AS_MAKE_RUN_SEES],
         cwd=ROOT,
-        env=env,
+        env={**env, "DJANGO_SETTINGS_MODULE": "portal.settings"},
         capture_output=True,
         text=True,
         timeout=60,
     )
-
     assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert another_portals_worker in seen["workers"], seen
-    log = (tmp_path / "another-portal-worker.log").read_text()
-    assert "Connection to broker lost" not in log, log[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
