@@ -287,6 +287,30 @@ SANDBOX_POOL = env_int("SANDBOX_POOL", default_pool_size())
 # chunk to chunk; beyond it they take turns, each turn loaded, scored and let go, so a
 # sandbox's memory stays bounded however many (or how large) its models are.
 SANDBOX_LOADED_BYTES = env_int("SANDBOX_LOADED_BYTES", 256 * 1024**2)
+# --- Online scoring (scoring.online) ----------------------------------------
+# Where callers reach the serving processes (the Online card's URLs), and where `make run`
+# (manage.py serve_online) listens.
+ONLINE_URL = env_str("ONLINE_URL", "http://127.0.0.1:8001")
+ONLINE_HOST = env_str("ONLINE_HOST", "127.0.0.1")
+ONLINE_PORT = env_int("ONLINE_PORT", 8001)
+# A request: at most this many rows and bytes (413 beyond), answered within this time (504).
+ONLINE_MAX_ROWS = env_int("ONLINE_MAX_ROWS", 10_000)
+ONLINE_MAX_BODY_BYTES = env_int("ONLINE_MAX_BODY_BYTES", 16 * 1024**2)
+ONLINE_TIMEOUT_SECONDS = env_float("ONLINE_TIMEOUT_SECONDS", 2.0)
+# Per model and serving process: requests a second, and rows waiting for the sandbox;
+# beyond either, 429 with Retry-After.
+ONLINE_RATE_LIMIT = env_float("ONLINE_RATE_LIMIT", 5000)
+ONLINE_QUEUE_ROWS = env_int("ONLINE_QUEUE_ROWS", 20_000)
+# A model not loaded yet: a request waits this long for it, then 503 with Retry-After.
+ONLINE_LOAD_WAIT_SECONDS = env_float("ONLINE_LOAD_WAIT_SECONDS", 10.0)
+# Package memory one serving process keeps loaded; beyond it, the least recently used go.
+ONLINE_MEMORY_BYTES = env_int("ONLINE_MEMORY_BYTES", 4 * 1024**3)
+# The request log (the `requests` Delta table): written every this many seconds; rows
+# beyond the queue are dropped and counted, never an answer delayed.
+ONLINE_LOG = env_bool("ONLINE_LOG", True)
+ONLINE_LOG_FLUSH_SECONDS = env_float("ONLINE_LOG_FLUSH_SECONDS", 5.0)
+ONLINE_LOG_QUEUE_ROWS = env_int("ONLINE_LOG_QUEUE_ROWS", 200_000)
+
 # Packages that pin libraries (`requirements`) run in environments built once with uv, kept
 # here on each worker, from this index (uv's or pip's usual variable, else PyPI). Removed by a
 # daily beat task when unused this many days, or beyond the count or bytes (least used first).

@@ -585,6 +585,40 @@ class ChampionChange(models.Model):
         return f"{self.kind} of {self.deployment} to v{self.version.number}"
 
 
+class OnlineCheck(models.Model):
+    """A day of a model's online traffic compared with its batch run of that day or the day
+    before (scoring.online.skew): training-serving skew, as the batch checks compare runs."""
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        WARNING = "warning"
+        ALERT = "alert"
+        NO_TRAFFIC = "no traffic"
+        NO_BATCH = "no batch"
+
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="online_checks"
+    )
+    date = models.DateField(help_text="The day of traffic compared.")
+    run = models.ForeignKey(
+        ScoringRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    requests = models.BigIntegerField(default=0, help_text="Logged rows compared.")
+    # As a run's quality: {"psi", "psi_status", "feature_drift": [...], ...}.
+    quality = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=12, choices=Status)
+    checked_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "date"], name="one_online_check_a_day")
+        ]
+        ordering = ["-date"]
+
+    def __str__(self) -> str:
+        return f"online check of {self.deployment} on {self.date}"
+
+
 # What the record of changes holds (scoring.record): a field left out never makes an entry.
 record.register(
     Deployment,
@@ -598,6 +632,7 @@ record.register(
         "champion",
         "challenger",
         "challenger_share",
+        "online",
     ],
     deployment="id",
 )
