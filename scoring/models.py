@@ -47,6 +47,10 @@ class Deployment(models.Model):
         help_text="A traffic split: the share of entities (by a stable hash of their id) the "
         "challenger scores, the champion the rest. Blank: both score every entity (shadow).",
     )
+    # Served online (scoring.online) besides its schedule: neither stops the other.
+    online = models.BooleanField(
+        default=False, help_text="Answers HTTP requests (/v2/models/<name>/infer, /predict)."
+    )
 
     class Meta:
         constraints = [

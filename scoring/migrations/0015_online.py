@@ -11,6 +11,14 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddField(
+            model_name="deployment",
+            name="online",
+            field=models.BooleanField(
+                default=False,
+                help_text="Answers HTTP requests (/v2/models/<name>/infer, /predict).",
+            ),
+        ),
         migrations.CreateModel(
             name="OnlineCheck",
             fields=[
