@@ -1,0 +1,1 @@
+"""Online scoring: models that answer HTTP requests from warm sandboxes (DESIGN.md)."""

@@ -1,0 +1,173 @@
+"""The request log: every row an online model answers (or fails), in the Delta table
+`s3://SCORES_BUCKET/requests` beside the scores, partitioned by dt and model_id.
+
+An answer never waits for the log: the serving process puts each request's rows on a
+bounded queue (`RequestLog.put`, a list append) and a thread of its own writes them
+every ONLINE_LOG_FLUSH_SECONDS, one append a flush. When the writer falls behind (S3 slow
+or down), the queue stops at ONLINE_LOG_QUEUE_ROWS and the rows beyond are dropped and
+counted (`dropped`), which the status page shows; a failed append is tried again with the
+next flush, its rows kept while the queue has room.
+
+A row: time (when the request came), request_id, model_id, version (the version number
+that scored it), role (champion or challenger; a shadow challenger's rows are logged, never
+answered), entity_id (as text; null when the row carried none), features (the row's
+features as a JSON object), score (null on error), latency_ms (the request's time in the
+server, from its arrival to its answer), status (the HTTP status of the answer) and error.
+"""
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+from deltalake import write_deltalake
+from django.conf import settings
+
+from scoring.engine import scores
+
+TABLE = "requests"
+PARTITIONS = ["dt", "model_id"]
+SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("request_id", pa.string()),
+        ("model_id", pa.int64()),
+        ("version", pa.int32()),
+        ("role", pa.string()),
+        ("entity_id", pa.string()),
+        ("features", pa.string()),
+        ("score", pa.float64()),
+        ("latency_ms", pa.float64()),
+        ("status", pa.int32()),
+        ("error", pa.string()),
+        ("dt", pa.string()),
+    ]
+)
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Entry:
+    """One request's rows as the server had them; made into log rows by the writer."""
+
+    time: datetime
+    request_id: str
+    model_id: int
+    version: int
+    role: str
+    features: pa.Table  # the rows' features, in the package's order
+    entity_ids: list | None
+    scores: list[float] | None  # None: the request failed
+    latency_ms: float
+    status: int
+    error: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.features.num_rows
+
+
+def rows_of(entries: list[Entry]) -> pa.Table:
+    """The log rows of these entries, in SCHEMA."""
+    columns = {name: [] for name in SCHEMA.names}
+    for entry in entries:
+        n = entry.rows
+        records = entry.features.to_pylist()
+        columns["time"] += [entry.time] * n
+        columns["request_id"] += [entry.request_id] * n
+        columns["model_id"] += [entry.model_id] * n
+        columns["version"] += [entry.version] * n
+        columns["role"] += [entry.role] * n
+        ids = entry.entity_ids or [None] * n
+        columns["entity_id"] += [None if i is None else str(i) for i in ids]
+        columns["features"] += [json.dumps(record, default=str) for record in records]
+        columns["score"] += list(entry.scores) if entry.scores is not None else [None] * n
+        columns["latency_ms"] += [entry.latency_ms] * n
+        columns["status"] += [entry.status] * n
+        columns["error"] += [entry.error] * n
+        columns["dt"] += [entry.time.date().isoformat()] * n
+    return pa.table(columns, schema=SCHEMA)
+
+
+def append(rows: pa.Table) -> None:
+    """Add rows to the table (made at the first append), as one Delta transaction."""
+    with scores.commit_lock():
+        write_deltalake(
+            scores.table_uri(TABLE),
+            rows,
+            mode="append",
+            partition_by=PARTITIONS,
+            storage_options=scores.storage_options(),
+        )
+
+
+class RequestLog:
+    """The serving process's queue of rows to log, and the thread that writes them."""
+
+    def __init__(self, max_rows: int, flush_seconds: float, write=append):
+        self.max_rows = max_rows
+        self.flush_seconds = flush_seconds
+        self.write = write
+        self.entries: deque[Entry] = deque()
+        self.queued_rows = 0
+        self.dropped = 0  # rows never logged: the queue was full
+        self.written = 0
+        self.last_error: str | None = None
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="request-log", daemon=True)
+
+    def start(self) -> "RequestLog":
+        self.thread.start()
+        return self
+
+    def put(self, entry: Entry) -> None:
+        """Queue a request's rows; never blocks. Rows beyond the bound are dropped, counted."""
+        with self.lock:
+            if self.queued_rows + entry.rows > self.max_rows:
+                self.dropped += entry.rows
+                return
+            self.entries.append(entry)
+            self.queued_rows += entry.rows
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.flush_seconds):
+            self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            entries = list(self.entries)
+        if not entries:
+            return
+        try:
+            self.write(rows_of(entries))
+        except Exception as exc:  # S3 or the database down: kept for the next flush
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("the request log could not be written: %s", self.last_error)
+            return
+        with self.lock:
+            for _ in entries:
+                self.queued_rows -= self.entries.popleft().rows
+        self.written += sum(entry.rows for entry in entries)
+        self.last_error = None
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=self.flush_seconds + 30)
+
+
+def started() -> RequestLog:
+    return RequestLog(settings.ONLINE_LOG_QUEUE_ROWS, settings.ONLINE_LOG_FLUSH_SECONDS).start()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
