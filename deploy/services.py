@@ -203,3 +203,33 @@ def celery(role: str, env: dict, log: Path, *extra: str) -> subprocess.Popen:
             env={**os.environ, **env},
             start_new_session=True,
         )
+
+
+def serve_online(env: dict, log: Path, port: int, timeout: float = 60) -> Service:
+    """A serving process of online scoring (`manage.py serve_online`) on loopback, ready
+    (its health answers) when this returns."""
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **env, "ONLINE_HOST": "127.0.0.1", "ONLINE_PORT": str(port)}
+    env.setdefault("ONLINE_URL", url)
+    root = Path(__file__).resolve().parent.parent
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(root / "manage.py"), "serve_online"],
+            cwd=root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    wait_for(lambda: health(f"{url}/v2/health/ready"), "the online service", timeout, process, log)
+    return Service("online", process, url, log)
+
+
+def health(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False

@@ -199,6 +199,22 @@ def worker(worker_env, celery_app_configured, state_dir):
     stop_worker(process)
 
 
+@pytest.fixture(scope="session")
+def online_server(worker_env, state_dir):
+    """The session's serving process of online scoring, on the test database and S3 server;
+    its request log written every half second."""
+    env = {
+        **worker_env,
+        "ONLINE_LOG_FLUSH_SECONDS": "0.5",
+        "ONLINE_TIMEOUT_SECONDS": "3",
+        "ONLINE_LOAD_WAIT_SECONDS": "30",
+    }
+    service = services.serve_online(env, state_dir / "online.log", services.free_port())
+    settings.ONLINE_URL = service.url
+    yield service
+    service.stop()
+
+
 @pytest.fixture
 def mailbox(state_dir):
     """The emails the worker sent during this test (Django's file backend, parsed)."""

@@ -34,14 +34,19 @@ def local_copies(versions) -> dict[int, Path | storage.StorageError]:
 
 
 def local_copy(version) -> Path | storage.StorageError:
-    path = folder() / f"{version.sha256}.dill"
-    if path.exists() and sha256_of(path) == version.sha256:
+    return copy_of(version.file.name, version.sha256)
+
+
+def copy_of(key: str, sha256: str) -> Path | storage.StorageError:
+    """The local copy of the package at this key of the models bucket, checked."""
+    path = folder() / f"{sha256}.dill"
+    if path.exists() and sha256_of(path) == sha256:
         os.utime(path)  # recently used: the last to be trimmed
         return path
     try:
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as partial:
             try:
-                storage.download(version.file.name, version.sha256, partial)
+                storage.download(key, sha256, partial)
             except BaseException:
                 os.unlink(partial.name)
                 raise

@@ -69,6 +69,7 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
                 f"(slice {slice_date}): {', '.join(missing[:20])}"
             )
         sample = source.sample(slice_date, package["features"], settings.SMOKE_SAMPLE_ROWS)
+        package["input_types"] = input_types(sample.schema)
         sample_path, scores_path = workdir / "sample.arrow", workdir / "scores.arrow"
         with (
             pa.OSFile(str(sample_path), "wb") as sink,
@@ -78,6 +79,33 @@ def check_in_sandbox(version: PackageVersion, workdir: Path) -> tuple[dict, str]
         rows = sandbox.score(sample_path, scores_path)
         measure_importance(sandbox, package, sample_path)
     return package, f"smoke test: scored {rows} rows of slice {slice_date}"
+
+
+# The Open Inference Protocol's names of the source's column types (its metadata says them).
+V2_TYPES = {
+    "bool": "BOOL",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "halffloat": "FP16",
+    "float": "FP32",
+    "double": "FP64",
+}
+
+
+def input_types(schema: pa.Schema) -> dict[str, str]:
+    """Each feature's type in the feature source, as online requests must send it: text
+    and categories are BYTES, numbers their width; dates and the rest as text."""
+    types = {}
+    for field in schema:
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        types[field.name] = V2_TYPES.get(str(kind), "BYTES")
+    return types
 
 
 def package_sandbox(package_path: Path, workdir: Path) -> Sandbox:

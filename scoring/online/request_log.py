@@ -15,7 +15,6 @@ features as a JSON object), score (null on error), latency_ms (the request's tim
 server, from its arrival to its answer), status (the HTTP status of the answer) and error.
 """
 
-import json
 import logging
 import threading
 import time
@@ -23,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
 import pyarrow as pa
 from deltalake import write_deltalake
 from django.conf import settings
@@ -59,7 +59,7 @@ class Entry:
     model_id: int
     version: int
     role: str
-    features: pa.Table  # the rows' features, in the package's order
+    features: pa.Table | None  # the rows' features, in the package's order; None: unread
     entity_ids: list | None
     scores: list[float] | None  # None: the request failed
     latency_ms: float
@@ -68,7 +68,8 @@ class Entry:
 
     @property
     def rows(self) -> int:
-        return self.features.num_rows
+        """Log rows: one a row, or one for a request whose rows could not be read."""
+        return 1 if self.features is None else self.features.num_rows
 
 
 def rows_of(entries: list[Entry]) -> pa.Table:
@@ -76,7 +77,7 @@ def rows_of(entries: list[Entry]) -> pa.Table:
     columns = {name: [] for name in SCHEMA.names}
     for entry in entries:
         n = entry.rows
-        records = entry.features.to_pylist()
+        records = [None] if entry.features is None else entry.features.to_pylist()
         columns["time"] += [entry.time] * n
         columns["request_id"] += [entry.request_id] * n
         columns["model_id"] += [entry.model_id] * n
@@ -84,7 +85,10 @@ def rows_of(entries: list[Entry]) -> pa.Table:
         columns["role"] += [entry.role] * n
         ids = entry.entity_ids or [None] * n
         columns["entity_id"] += [None if i is None else str(i) for i in ids]
-        columns["features"] += [json.dumps(record, default=str) for record in records]
+        columns["features"] += [
+            None if record is None else orjson.dumps(record, default=str).decode()
+            for record in records
+        ]
         columns["score"] += list(entry.scores) if entry.scores is not None else [None] * n
         columns["latency_ms"] += [entry.latency_ms] * n
         columns["status"] += [entry.status] * n

@@ -101,6 +101,8 @@ def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]
         with os.fdopen(files.pop("path"), "rb") as file:
             declared = environment.declared_requirements(file)
         return {"requirements": contract.check_requirements(declared)}
+    if command == "predict":
+        return {"scores": predict(state, files.pop("input"), request.get("key", 0))}
     if command == "importance":
         return {"importance": feature_importance(state, files.pop("input", None))}
     if command == "score":
@@ -175,6 +177,26 @@ def score_file(state: dict[str, Any], input_fd: int, output_fd: int, keys: list,
     return {"rows": table.num_rows, "scored": scored}
 
 
+def predict(state: dict[str, Any], input_fd: int, key: int) -> list[float]:
+    """An online request's scores: the rows (an Arrow stream in a memory file) scored as a
+    batch chunk is, categories and all, so a row scores the same online and in batch. A
+    model that raises fails this request only: it stays loaded for the next."""
+    import mmap
+
+    import pyarrow as pa
+
+    try:
+        mapped = mmap.mmap(input_fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(input_fd)
+    table = pa.ipc.open_stream(pa.py_buffer(mapped)).read_all()
+    model, package = state["models"][key]
+    frame = table.select(package.features).to_pandas(split_blocks=True)
+    scores = contract.score(model, package.method, frame, package.params.get("positive_class"))
+    contract.check_scores(scores, table.num_rows, package.method)
+    return scores.tolist()
+
+
 def feature_importance(state: dict[str, Any], input_fd: int | None) -> dict | None:
     """The one loaded model's importance of its features (scoring.sandbox.importance), by
     permutation on the rows of `input_fd` where the model has no measure of its own."""
@@ -218,7 +240,9 @@ def write_scores(scores, sink: BinaryIO) -> None:
 def describe_error(exc: BaseException, command: str, limits: Limits) -> str:
     if isinstance(exc, contract.ContractError):
         return str(exc)
-    stage = {"load": "loading", "score": "predicting"}.get(command, command)
+    stage = {"load": "loading", "score": "predicting", "predict": "predicting"}.get(
+        command, command
+    )
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     # A fork or a thread refused for want of resources: the process limit's doing.
     if (isinstance(exc, OSError) and exc.errno == errno.EAGAIN) or "new thread" in str(exc):

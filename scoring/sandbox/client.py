@@ -31,9 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pyarrow as pa
 
 from scoring.sandbox.environments import Environment
-from scoring.sandbox.limits import FILE_KEYS, REFERENCE_SCORES_FILE, Limits, SandboxError
+from scoring.sandbox.limits import (
+    FILE_KEYS,
+    REFERENCE_SCORES_FILE,
+    Limits,
+    SandboxError,
+    SandboxTimeout,
+)
 from scoring.sandbox.spawn import Child, fork_sandbox
 
 POLL_SECONDS = 0.05
@@ -127,6 +134,24 @@ class Sandbox:
             raise SandboxError(progress["error"])
         return self.receive("scoring")["rows"]
 
+    def predict(self, rows: pa.Table, key: int = 0) -> list[float]:
+        """The scores of these rows (their features, in any order), from the package loaded
+        under `key`: online requests. The rows go as an Arrow stream in an anonymous memory
+        file the sandbox maps; the scores come back in the reply (exact: JSON floats round-trip)."""
+        stream = pa.BufferOutputStream()
+        with pa.ipc.new_stream(stream, rows.schema) as writer:
+            writer.write_table(rows)
+        memory = os.memfd_create("rows", os.MFD_CLOEXEC)
+        try:
+            with open(memory, "wb", closefd=False) as file:
+                file.write(stream.getvalue())
+            self.send(
+                {"cmd": "predict", "key": key, "input": "rows"}, "predicting", {"input": memory}
+            )
+        finally:
+            os.close(memory)
+        return self.receive("predicting")["scores"]
+
     def importance(self, input_path: Path | None) -> dict[str, Any] | None:
         """The one loaded package's importance of its features, by permutation on the rows
         of `input_path` (an Arrow IPC file) where the model has no measure of its own."""
@@ -137,23 +162,27 @@ class Sandbox:
         self.send(message, stage)
         return self.receive(stage)
 
-    def send(self, message: dict[str, Any], stage: str) -> None:
+    def send(self, message: dict[str, Any], stage: str, open_files: dict[str, int] = {}) -> None:  # noqa: B006
         """Send a request without waiting: several sandboxes can work at once.
 
-        The files it names go along open, in FILE_KEYS order."""
+        The files it names go along open, in FILE_KEYS order: opened here by name, or given
+        open in `open_files` (the caller closes those)."""
         assert self.process is not None
-        fds = []
+        fds, opened = [], []
         try:
             for key, flags in FILE_KEYS.items():
-                if key in message:
-                    fds.append(os.open(message[key], flags | os.O_CLOEXEC, 0o600))
+                if key in open_files:
+                    fds.append(open_files[key])
+                elif key in message:
+                    opened.append(os.open(message[key], flags | os.O_CLOEXEC, 0o600))
+                    fds.append(opened[-1])
             socket.send_fds(self.process.requests, [json.dumps(message).encode()], fds)
         except (BrokenPipeError, ConnectionResetError):
             raise SandboxError(self.died_message(stage)) from None
         except OSError as exc:
             raise SandboxError(f"{exc} while {stage}") from exc
         finally:
-            for fd in fds:
+            for fd in opened:
                 os.close(fd)
 
     def receive(self, stage: str) -> dict[str, Any]:
@@ -201,7 +230,7 @@ class Sandbox:
         """Raise SandboxError, the sandbox stopped, past the deadline or over its memory."""
         if time.monotonic() > deadline:
             self.kill()
-            raise SandboxError(
+            raise SandboxTimeout(
                 f"timed out after {self.limits.timeout_seconds:g} s while {stage}; the sandbox was stopped"
             )
         rss = self.resident_bytes()

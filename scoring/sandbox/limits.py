@@ -24,6 +24,10 @@ class SandboxError(Exception):
     """The package failed in the sandbox; the message is for the package's owner."""
 
 
+class SandboxTimeout(SandboxError):
+    """The package ran past its time; the sandbox was stopped."""
+
+
 @dataclass(frozen=True)
 class Limits:
     timeout_seconds: float = 120
