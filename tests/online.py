@@ -1,14 +1,20 @@
 """Helpers of the online tests: calling the serving process as clients do."""
 
+import time
 from datetime import date
 
 import numpy as np
 import pandas as pd
+import polars as pl
+import psutil
 import requests
 from rest_framework.authtoken.models import Token
 
+from scoring.engine import scores
 from scoring.models import Deployment
+from scoring.online import request_log
 from tests import flows
+from tests.factories import packages
 
 
 def online(owner, package: dict, name: str, validated, **settings_) -> Deployment:
@@ -57,3 +63,56 @@ def urls(name: str) -> list[tuple[str, str]]:
         ("POST", f"/v2/models/{name}/infer"),
     ]
     return v2 + ([("POST", f"/api/v1/models/{name}/predict")] if name.isdigit() else [])
+
+
+# A model that misbehaves on a sign of its input: hangs past any timeout (age -1), keeps
+# its core busy a while (age -2: long enough to be killed in the middle), raises (-3).
+MOODY = """
+import time
+import numpy as np
+
+def model(frame):
+    age = frame["age"].to_numpy()
+    if (age == -1).any():
+        time.sleep(60)
+    if (age == -2).any():
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            pass
+    if (age == -3).any():
+        raise ValueError("age must not be -3")
+    return age / 100
+"""
+
+
+def moody_package() -> dict:
+    return {"model": packages.notebook_function(MOODY, "model"), "features": ["age"]}
+
+
+def sandboxes(server) -> list[psutil.Process]:
+    """The serving process's sandboxes: the children of its zygotes."""
+    zygotes = psutil.Process(server.process.pid).children()
+    return [child for zygote in zygotes for child in zygote.children()]
+
+
+def busy_sandbox(server, timeout: float = 10) -> psutil.Process:
+    """The sandbox that is using its core now (to kill it in the middle of a request)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in sandboxes(server):
+            try:
+                if process.cpu_percent(interval=0.2) > 50:
+                    return process
+            except psutil.NoSuchProcess:
+                continue
+    raise AssertionError("no sandbox got busy")
+
+
+def logged_rows(deployment_id: int, day: date | None = None) -> pl.DataFrame:
+    """The request log's rows of a model's day, as an analyst reads them (Polars)."""
+    if scores.open_table(request_log.TABLE) is None:
+        return pl.from_arrow(request_log.SCHEMA.empty_table())
+    uri = scores.table_uri(request_log.TABLE)
+    frame = pl.read_delta(uri, storage_options=scores.storage_options())
+    day = (day or date.today()).isoformat()
+    return frame.filter((pl.col("model_id") == deployment_id) & (pl.col("dt") == day))

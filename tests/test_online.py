@@ -1,13 +1,18 @@
 """Online scoring through the real serving process: real HTTP, real sandboxes, a real S3
 server, the clients others wrote for the protocol (tritonclient) and MLflow's bodies."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import orjson
+import polars as pl
 import pytest
 import requests
 import tritonclient.http as triton
 
 from scoring.models import Deployment
+from scoring.packages import roles
 from tests import flows, online
 from tests.factories import packages
 from tests.factories.features import CATEGORICAL
@@ -135,3 +140,97 @@ def test_bad_requests_get_a_clear_4xx_naming_what_is_wrong(
     Deployment.objects.filter(id=deployment.id).update(online=True, champion=None)
     flows.wait_until(lambda: "champion" in post(body).text, "the champion's loss", timeout=5)
     expect(post(body), 409, "no valid champion")
+
+
+def test_a_hung_or_killed_sandbox_fails_only_the_request_it_held(
+    owner, worker, validated, online_server
+):
+    deployment = online.online(owner, online.moody_package(), "moody", validated)
+    token = online.token_of(owner)
+
+    def ask(age):
+        return online.predict(
+            online_server, deployment.id, token, {"dataframe_records": [{"age": age}]}
+        )
+
+    assert ask(50).json() == {"predictions": [0.5]}
+
+    started = time.monotonic()
+    hung = ask(-1)
+    assert hung.status_code == 504, hung.text
+    assert "timed out after 3 s" in hung.json()["message"]
+    assert time.monotonic() - started < 10
+    assert ask(40).json() == {"predictions": [0.4]}, "a fresh sandbox serves the next"
+
+    raised = ask(-3)
+    assert raised.status_code == 422 and "age must not be -3" in raised.json()["message"]
+    assert ask(30).json() == {"predictions": [0.3]}, "the model stays loaded"
+
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(ask, -2)
+        online.busy_sandbox(online_server).kill()
+        killed = held.result()
+    assert killed.status_code == 503, killed.text
+    assert "killed by signal SIGKILL" in killed.json()["message"]
+    assert ask(20).json() == {"predictions": [0.2]}, "a fresh sandbox serves the next"
+
+
+def test_a_shadow_challenger_is_logged_never_answering_and_a_promotion_fails_no_request(
+    owner, worker, validated, online_server, feature_table
+):
+    first = packages.function_returning("frame['age'].to_numpy() / 100")
+    second = packages.function_returning("frame['age'].to_numpy() / 200")
+    deployment = online.online(owner, first, "promoted", validated)
+    challenger = flows.deploy(owner, second, "promoted", validated, role="challenger")
+    challenger = deployment.versions.get(number=2)
+    token = online.token_of(owner)
+    rows = online.records(online.slice_rows(feature_table, 3)[["entity_id", "age"]])
+    ages = np.array([row["age"] for row in rows])
+
+    answers, promoted_at = [], []
+
+    def keep_asking():  # a bounded loop of requests, as a client under way
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            response = online.predict(
+                online_server, deployment.id, token, {"dataframe_records": rows}
+            )
+            answers.append((response.status_code, response.json().get("predictions")))
+            if promoted_at and len(answers) > promoted_at[0] + 30 and answers[-1][1] is not None:
+                if np.allclose(answers[-1][1], ages / 200):
+                    return
+
+    with ThreadPoolExecutor(1) as pool:
+        loop = pool.submit(keep_asking)
+        flows.wait_until(lambda: len(answers) >= 20, "answers of the champion", timeout=30)
+        promoted_at.append(len(answers))
+        roles.request_change(deployment, challenger, "the new one is better", owner)
+        loop.result()
+
+    assert [status for status, _ in answers] == [200] * len(answers)
+    versions = [
+        1 if np.allclose(a, ages / 100) else 2 if np.allclose(a, ages / 200) else None
+        for _, a in answers
+    ]
+    assert None not in versions
+    switch = versions.index(2)
+    assert versions[:switch] == [1] * switch and versions[switch:] == [2] * (len(versions) - switch)
+    assert switch >= 20, "the champion answered until the promotion"
+
+    # The log: the champion's answers, and the shadow's scores of the same rows, never sent.
+    def logged() -> bool:
+        frame = online.logged_rows(deployment.id)
+        return frame.filter(pl.col("role") == "challenger").height >= 3 * 20
+
+    flows.wait_until(logged, "the request log", timeout=30)
+    frame = online.logged_rows(deployment.id)
+    before = frame.filter(pl.col("version") == 1)
+    assert set(before["role"]) == {"champion"} and set(before["status"]) == {200}
+    assert before.height >= 3 * 20
+    shadow = frame.filter((pl.col("role") == "challenger") & (pl.col("version") == 2))
+    assert shadow.height >= 3 * 20
+    for row in shadow.head(6).iter_rows(named=True):
+        features = orjson.loads(row["features"])
+        assert row["score"] == pytest.approx(features["age"] / 200)
+        assert row["entity_id"] is not None
+        assert 0 < row["latency_ms"] < 5000

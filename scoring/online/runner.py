@@ -147,6 +147,12 @@ class Runner:
 
     def score(self, batch: list[Job], workdir: Path) -> None:
         rows = pa.concat_tables([job.rows for job in batch]) if len(batch) > 1 else batch[0].rows
+        if self.sandbox is None or self.sandbox.process.poll() is not None:
+            self.replace_sandbox(workdir)  # it died while idle: no request of ours was in it
+            if self.sandbox is None:
+                for job in batch:
+                    job.future.set_exception(Refused(f"{self.label} could not be loaded", 503, 5))
+                return
         try:
             scores = self.sandbox.predict(rows)
         except SandboxError as exc:
@@ -169,7 +175,8 @@ class Runner:
             start = end
 
     def replace_sandbox(self, workdir: Path) -> None:
-        self.sandbox.close()
+        if self.sandbox is not None:
+            self.sandbox.close()
         self.sandbox = None
         try:
             self.sandbox = self.fresh_sandbox(workdir)
