@@ -3,6 +3,7 @@ server, the clients others wrote for the protocol (tritonclient) and MLflow's bo
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 
 import numpy as np
 import orjson
@@ -13,6 +14,7 @@ import tritonclient.http as triton
 
 from scoring.models import Deployment
 from scoring.packages import roles
+from scoring.runs import dispatch
 from tests import flows, online
 from tests.factories import packages
 from tests.factories.features import CATEGORICAL
@@ -181,7 +183,7 @@ def test_a_shadow_challenger_is_logged_never_answering_and_a_promotion_fails_no_
     first = packages.function_returning("frame['age'].to_numpy() / 100")
     second = packages.function_returning("frame['age'].to_numpy() / 200")
     deployment = online.online(owner, first, "promoted", validated)
-    challenger = flows.deploy(owner, second, "promoted", validated, role="challenger")
+    flows.deploy(owner, second, "promoted", validated, role="challenger")
     challenger = deployment.versions.get(number=2)
     token = online.token_of(owner)
     rows = online.records(online.slice_rows(feature_table, 3)[["entity_id", "age"]])
@@ -234,3 +236,43 @@ def test_a_shadow_challenger_is_logged_never_answering_and_a_promotion_fails_no_
         assert row["score"] == pytest.approx(features["age"] / 200)
         assert row["entity_id"] is not None
         assert 0 < row["latency_ms"] < 5000
+
+
+def test_a_split_challenger_answers_for_the_entities_it_scores_in_batch(
+    owner, worker, validated, online_server, feature_table
+):
+    first = packages.function_returning("frame['age'].to_numpy() / 100")
+    second = packages.function_returning("frame['age'].to_numpy() / 200")
+    deployment = online.online(owner, first, "split-online", validated)
+    flows.deploy(owner, second, "split-online", validated, role="challenger", share="0.3")
+    deployment.refresh_from_db()
+    dispatch.score_now(deployment, date.today())
+    runs = flows.wait_for_runs([deployment.id])
+    assert [run.status for run in runs] == ["succeeded"] * 2, [run.error for run in runs]
+    batch = flows.table_rows(deployment.id, date.today())
+    batch_side = dict(zip(batch["entity_id"].to_list(), batch["role"].to_list(), strict=True))
+
+    frame = online.slice_rows(feature_table, 200)[["entity_id", "age"]]
+    response = online.predict(
+        online_server,
+        deployment.id,
+        online.token_of(owner),
+        {"dataframe_records": online.records(frame)},
+    )
+    assert response.status_code == 200, response.text
+    answered = np.array(response.json()["predictions"])
+    online_side = np.where(np.isclose(answered, frame["age"] / 200), "challenger", "champion")
+    assert 20 < (online_side == "challenger").sum() < 100, "about 30% of 200"
+    for entity, side in zip(frame["entity_id"], online_side, strict=True):
+        assert batch_side[entity] == side, (
+            f"entity {entity}: {side} online, {batch_side[entity]} in batch"
+        )
+
+    # Rows without an id are the champion's.
+    no_ids = online.predict(
+        online_server,
+        deployment.id,
+        online.token_of(owner),
+        {"dataframe_records": online.records(frame[["age"]])},
+    )
+    np.testing.assert_allclose(no_ids.json()["predictions"], frame["age"] / 100)
