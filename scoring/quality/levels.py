@@ -10,6 +10,8 @@ OK, WARNING, ALERT, FAILED = "ok", "warning", "alert", "failed"
 SEVERITY = (OK, WARNING, ALERT, FAILED)  # worst last
 # The thresholds a package may set in its params; the site's settings are the defaults.
 THRESHOLDS = ("psi_warn", "psi_alert", "adversarial_warn", "adversarial_alert")
+# The baseline of an online model's day of traffic (scoring.online.skew): a batch run.
+BATCH_RUN = "batch_run"
 
 
 def worst(statuses: Iterable[str | None]) -> str:
@@ -71,6 +73,8 @@ def baseline_text(baseline: dict | None) -> str:
     rows = f"{baseline['rows']:,}" if baseline.get("rows") is not None else "?"
     if baseline.get("kind") == "run":
         return f"the previous run, of {baseline.get('date', '?')} ({rows} rows)"
+    if baseline.get("kind") == BATCH_RUN:
+        return f"the batch run of {baseline.get('date', '?')} ({rows} rows)"
     return f"the package's reference scores ({rows} scores)"
 
 
@@ -78,4 +82,6 @@ def baseline_label(baseline: dict | None) -> str:
     """The baseline's name in a chart's legend."""
     if (baseline or {}).get("kind") == "run":
         return f"previous run ({baseline.get('date', '?')})"
+    if (baseline or {}).get("kind") == BATCH_RUN:
+        return f"batch run ({baseline.get('date', '?')})"
     return "reference scores"

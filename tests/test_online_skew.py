@@ -1,0 +1,168 @@
+"""The daily online check: a day of an online model's logged answers against its batch run
+(training-serving skew), through the real engine, the real request log and a real S3."""
+
+import shutil
+import uuid
+from datetime import UTC, date, datetime, time, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from scoring.models import Deployment, OnlineCheck, ScoringRun
+from scoring.online import request_log, skew
+from scoring.quality import profiles
+from scoring.runs import dispatch, lifecycle
+from tests.factories import features, packages
+from tests.factories import runs as runs_factory
+from tests.flows import deploy, wait_for_runs
+
+ROWS = 3000
+
+
+def log_answers(
+    deployment: Deployment,
+    day: date,
+    rows: pd.DataFrame,
+    scores,
+    *,
+    role: str = "champion",
+    status: int = 200,
+    version: int = 1,
+    columns: list[str] = features.FEATURES,
+) -> None:
+    """Requests of ten rows each, answered on `day`, as the serving process logs them."""
+    entries = []
+    for start in range(0, len(rows), 10):
+        chunk = rows.iloc[start : start + 10]
+        entries.append(
+            request_log.Entry(
+                time=datetime.combine(day, time(12), UTC),
+                request_id=uuid.uuid4().hex,
+                model_id=deployment.id,
+                version=version,
+                role=role,
+                features=pa.Table.from_pandas(chunk[columns], preserve_index=False),
+                entity_ids=chunk["entity_id"].tolist(),
+                scores=list(scores[start : start + 10]) if status == 200 else None,
+                latency_ms=1.2,
+                status=status,
+                error=None if status == 200 else "bad input",
+            )
+        )
+    request_log.append(request_log.rows_of(entries))
+
+
+# --- through the real engine -----------------------------------------------------
+
+
+def score_day(feature_table, day: date, frame: pd.DataFrame, deployment) -> ScoringRun:
+    folder = feature_table / f"dt={day.isoformat()}"
+    folder.mkdir()
+    frame.to_parquet(folder / "part-0.parquet")
+    dispatch.send_batch([lifecycle.request_run(deployment, day).id])
+    (run,) = wait_for_runs([deployment.id])
+    assert run.status == "succeeded", run.error
+    return run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_traffic_like_the_slice_passes_and_traffic_with_spend_multiplied_alerts_naming_it(
+    worker, owner, validated, feature_table, bucket
+):
+    day = date.today() + timedelta(days=120)
+    package = packages.sklearn_package()
+    model = package["model"]
+    churn = deploy(owner, package, "churn", validated)
+    Deployment.objects.filter(id=churn.id).update(online=True)
+    frame = features.feature_frame(ROWS, seed=400)
+    try:
+        run = score_day(feature_table, day, frame, churn)
+    finally:
+        shutil.rmtree(feature_table / f"dt={day.isoformat()}")
+
+    # The day of the run: rows of the slice it scored, answered with the model's own
+    # predictions; beside them, a challenger's and failed requests with odd rows, which
+    # the check leaves out.
+    calm = frame.sample(1500, random_state=1)
+    log_answers(churn, day, calm, model.predict_proba(calm[features.FEATURES])[:, 1])
+    odd = calm.head(300).assign(monthly_spend=lambda f: f["monthly_spend"] * 10)
+    log_answers(churn, day, odd, np.ones(300), role="challenger", version=2)
+    log_answers(churn, day, odd, None, status=422)
+    # The next day (no run of its own: the day before's is compared): spending up 2.5 times.
+    shifted = frame.sample(1500, random_state=2).assign(
+        monthly_spend=lambda f: f["monthly_spend"] * 2.5
+    )
+    log_answers(
+        churn,
+        day + timedelta(days=1),
+        shifted,
+        model.predict_proba(shifted[features.FEATURES])[:, 1],
+    )
+
+    passed = skew.check_day(churn, day)
+    flagged = skew.check_day(churn, day + timedelta(days=1))
+
+    assert (passed.status, passed.requests, passed.run_id) == ("ok", 1500, run.id)
+    assert passed.quality["psi"] < 0.1 and passed.quality["adversarial_status"] == "ok"
+    assert (flagged.status, flagged.requests, flagged.run_id) == ("alert", 1500, run.id)
+    assert flagged.quality["features"][0]["name"] == "monthly_spend"
+    assert flagged.quality["features"][0]["status"] == "alert"
+    assert flagged.quality["baseline"]["run_id"] == run.id
+    # Checking a day again replaces its result.
+    skew.check_day(churn, day)
+    assert OnlineCheck.objects.filter(deployment=churn).count() == 2
+
+
+# --- straight in the database and the request log ----------------------------------
+
+
+@pytest.fixture
+def online_models(owner):
+    """Two online models and one served only in batch, each with a valid version 1."""
+    models = runs_factory.make_models(owner, 3, prefix="served")
+    Deployment.objects.filter(id__in=[m.id for m in models[:2]]).update(online=True)
+    return models
+
+
+def batch_run_of(deployment: Deployment, day: date, scores: np.ndarray) -> ScoringRun:
+    """A succeeded champion run of `day` that kept the profile of these scores (no sample)."""
+    return ScoringRun.objects.create(
+        deployment=deployment,
+        version=deployment.versions.get(),
+        date=day,
+        status=ScoringRun.Status.SUCCEEDED,
+        rows=len(scores),
+        profile=profiles.summarize(scores),
+    )
+
+
+def traffic(rows: int, seed: int) -> pd.DataFrame:
+    return features.feature_frame(rows, seed=seed)
+
+
+@pytest.mark.django_db
+def test_a_day_without_requests_is_no_traffic(table, online_models):
+    served, other, _ = online_models
+    log_answers(other, date(2026, 12, 1), traffic(20, 1), np.full(20, 0.3), columns=["age"])
+
+    before_any_log = skew.check_day(served, date(2026, 11, 30))
+    quiet = skew.check_day(served, date(2026, 12, 1))
+
+    assert before_any_log.status == quiet.status == "no traffic"
+    assert quiet.requests == 0 and quiet.run is None
+
+
+@pytest.mark.django_db
+def test_traffic_without_a_batch_run_of_that_day_or_the_day_before_is_no_batch(
+    table, online_models
+):
+    served = online_models[0]
+    day = date(2026, 12, 1)
+    batch_run_of(served, day - timedelta(days=2), np.linspace(0, 1, 100))  # too old
+    log_answers(served, day, traffic(40, 2), np.full(40, 0.4), columns=["age"])
+
+    check = skew.check_day(served, day)
+
+    assert (check.status, check.requests, check.run) == ("no batch", 40, None)
