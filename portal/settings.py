@@ -310,6 +310,9 @@ ONLINE_MEMORY_BYTES = env_int("ONLINE_MEMORY_BYTES", 4 * 1024**3)
 ONLINE_LOG = env_bool("ONLINE_LOG", True)
 ONLINE_LOG_FLUSH_SECONDS = env_float("ONLINE_LOG_FLUSH_SECONDS", 5.0)
 ONLINE_LOG_QUEUE_ROWS = env_int("ONLINE_LOG_QUEUE_ROWS", 200_000)
+# When beat checks yesterday's (UTC) traffic of each online model against its batch run
+# (scoring.online.skew): a 5-field cron in TIME_ZONE.
+ONLINE_CHECK_SCHEDULE = env_crontab("ONLINE_CHECK_CRON", "15 1 * * *")
 
 # Packages that pin libraries (`requirements`) run in environments built once with uv, kept
 # here on each worker, from this index (uv's or pip's usual variable, else PyPI). Removed by a
@@ -423,6 +426,11 @@ CELERY_BEAT_SCHEDULE = {
     "maintain-scores-table": {
         "task": "scoring.tasks.maintain_scores_table",
         "schedule": SCORES_MAINTENANCE_SCHEDULE,
+        "options": {"expires": 3600},  # a late one waits for the next day
+    },
+    "check-online-traffic": {
+        "task": "scoring.tasks.check_online_traffic",
+        "schedule": ONLINE_CHECK_SCHEDULE,
         "options": {"expires": 3600},  # a late one waits for the next day
     },
     "remove-unused-environments": {

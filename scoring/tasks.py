@@ -28,6 +28,7 @@ from scoring.engine import (
 )
 from scoring.engine.spark import session as spark_session
 from scoring.models import stale_validations
+from scoring.online import skew
 from scoring.packages.storage import StorageError
 from scoring.quality import ground_truth
 from scoring.reports import mail, matured
@@ -106,6 +107,13 @@ def maintain_scores_table() -> None:
     """Daily (beat, SCORES_MAINTENANCE_CRON): deleted models' scores past their retention
     removed, compaction, vacuum, checkpoint, log clean-up."""
     maintenance.maintain()
+
+
+@shared_task
+def check_online_traffic() -> None:
+    """Daily (beat, ONLINE_CHECK_CRON): yesterday's answers of every online model against
+    its batch run (training-serving skew), each model alone."""
+    skew.check_online_models(skew.yesterday())
 
 
 @shared_task

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from scoring import tasks
 from scoring.models import Deployment, OnlineCheck, ScoringRun
 from scoring.online import request_log, skew
 from scoring.quality import profiles
@@ -166,3 +167,41 @@ def test_traffic_without_a_batch_run_of_that_day_or_the_day_before_is_no_batch(
     check = skew.check_day(served, day)
 
     assert (check.status, check.requests, check.run) == ("no batch", 40, None)
+
+
+@pytest.mark.django_db
+def test_the_daily_task_checks_yesterday_of_each_online_model_one_failing_alone(
+    table, online_models, caplog
+):
+    broken, served, batch_only = online_models
+    yesterday = skew.yesterday()
+    rng = np.random.default_rng(5)
+    for model in online_models:
+        batch_run_of(model, yesterday, rng.beta(2, 5, 2000))
+        log_answers(model, yesterday, traffic(200, 3), rng.beta(2, 5, 200), columns=["age"])
+    # A log row that is not JSON (cut, or written by hand) fails that model's check only.
+    cut = request_log.rows_of(
+        [
+            request_log.Entry(
+                time=datetime.combine(yesterday, time(9), UTC),
+                request_id="cut",
+                model_id=broken.id,
+                version=1,
+                role="champion",
+                features=pa.table({"age": [30.0]}),
+                entity_ids=None,
+                scores=[0.3],
+                latency_ms=1.0,
+                status=200,
+            )
+        ]
+    )
+    request_log.append(cut.set_column(6, "features", pa.array(['{"age": 3'])))
+
+    tasks.check_online_traffic()
+
+    checks = {check.deployment_id: check for check in OnlineCheck.objects.all()}
+    assert list(checks) == [served.id]
+    assert (checks[served.id].date, checks[served.id].status) == (yesterday, "ok")
+    assert checks[served.id].requests == 200
+    assert f"the online check of model {broken.id} for {yesterday} failed" in caplog.text
