@@ -23,7 +23,7 @@ from django.db.models import (
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, NullIf
 
-from scoring.models import Deployment, PackageVersion, Role, ScoringRun
+from scoring.models import Deployment, OnlineCheck, PackageVersion, Role, ScoringRun
 from scoring.quality import levels
 
 LIGHTS = (levels.ALERT, levels.WARNING, levels.OK)  # worst first
@@ -193,6 +193,11 @@ def latest_checked_run(deployment: Deployment) -> ScoringRun | None:
         .order_by("-finished_at", "-id")
         .first()
     )
+
+
+def latest_online_check(deployment: Deployment) -> OnlineCheck | None:
+    """The latest day of the model's online traffic checked against its batch run."""
+    return deployment.online_checks.select_related("run__version").first()
 
 
 def top_features(quality: dict | None, limit: int = TOP_FEATURES) -> list[dict]:

@@ -180,6 +180,7 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = get_deployment_for_user(request, deployment_id)
     current_version = deployment.champion
     latest_checked = dashboard.latest_checked_run(deployment)
+    online_check = dashboard.latest_online_check(deployment)
     package_params = (current_version or deployment.latest_version or PackageVersion()).package.get(
         "params"
     )
@@ -201,6 +202,8 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
             "parameters": params.effective(package_params),
             "slice_age_default": params.value(package_params, "max_slice_age_days"),
             "ground_truth": ground_truth_context(deployment, current_version),
+            "online_check": online_check,
+            "online_features": dashboard.top_features(online_check and online_check.quality),
             **history_context(request, deployment),
             "roles": roles_context(request, deployment),
         },

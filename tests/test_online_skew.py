@@ -11,12 +11,17 @@ import pyarrow as pa
 import pytest
 
 from scoring import tasks
-from scoring.models import Deployment, OnlineCheck, ScoringRun
+from scoring.models import Batch, Deployment, OnlineCheck, ScoringRun
 from scoring.online import request_log, skew
 from scoring.quality import profiles
+from scoring.reports import content
+from scoring.reports import mail as report_mail
 from scoring.runs import dispatch, lifecycle
 from tests.factories import features, packages
+from tests.factories import reports as report_factory
 from tests.factories import runs as runs_factory
+from tests.factories.cast import api_client_for
+from tests.factories.web import logged_in
 from tests.flows import deploy, wait_for_runs
 
 ROWS = 3000
@@ -205,3 +210,120 @@ def test_the_daily_task_checks_yesterday_of_each_online_model_one_failing_alone(
     assert (checks[served.id].date, checks[served.id].status) == (yesterday, "ok")
     assert checks[served.id].requests == 200
     assert f"the online check of model {broken.id} for {yesterday} failed" in caplog.text
+
+
+# --- what a person sees ----------------------------------------------------------------
+
+
+def checked(deployment: Deployment, status: str, run: ScoringRun | None = None) -> OnlineCheck:
+    """A day of the model's traffic checked as scoring.online.skew stores it."""
+    quality = None
+    if run is not None:
+        quality = report_factory.quality(
+            status,
+            baseline={"kind": "batch_run", "run_id": run.id, "date": "2026-11-23", "rows": 100000},
+            rows=1800,
+            features=[
+                {"name": "monthly_spend", "psi": 1.254, "importance": 0.18, "status": status},
+                {"name": "age", "psi": 0.004, "importance": 0.03, "status": "ok"},
+            ],
+        )
+    return OnlineCheck.objects.create(
+        deployment=deployment,
+        date=report_factory.DAY,
+        run=run,
+        requests=1800 if run else 0,
+        quality=quality,
+        status=status,
+    )
+
+
+@pytest.fixture
+def served(owner) -> tuple[Deployment, ScoringRun]:
+    """Alice's churn, online, whose traffic alerted against the batch run of its report."""
+    churn = report_factory.deployment(owner, "churn")
+    Deployment.objects.filter(id=churn.id).update(online=True)
+    churn.refresh_from_db()
+    run = report_factory.run(Batch.objects.create(), churn, "ok")
+    checked(churn, "alert", run)
+    return churn, run
+
+
+@pytest.mark.django_db
+def test_the_model_page_shows_the_day_the_requests_the_psi_the_drifted_feature_and_the_run(
+    owner, served
+):
+    churn, run = served
+
+    page = logged_in_page(owner, churn)
+
+    block = page[page.index('id="online-check"') :]
+    block = block[: block.index("</div>\n</div>")]
+    assert "Online vs batch" in block and "2026-11-23" in block
+    assert "data-online-status>alert<" in block and ">1,800<" in block
+    assert "0.312" in block  # the score PSI
+    assert "monthly_spend" in block and f'href="#run-{run.id}"' in block
+
+
+@pytest.mark.django_db
+def test_an_online_model_not_checked_yet_says_when_it_will_be(owner):
+    churn = report_factory.deployment(owner, "churn")
+    Deployment.objects.filter(id=churn.id).update(online=True)
+
+    page = logged_in_page(owner, churn)
+
+    assert "The first check compares a day of requests" in page
+
+
+@pytest.mark.django_db
+def test_the_api_gives_the_latest_online_check_or_null(owner, served):
+    churn, _ = served
+    batch_only = report_factory.deployment(owner, "limits")
+    api = api_client_for(owner)
+
+    body = api.get(f"/api/v1/models/{churn.id}/").json()
+    other = api.get(f"/api/v1/models/{batch_only.id}/").json()
+
+    assert body["online_check"] == {
+        "date": "2026-11-23",
+        "status": "alert",
+        "psi": 0.312,
+        "requests": 1800,
+    }
+    assert other["online_check"] is None
+
+
+@pytest.mark.django_db
+def test_the_report_lists_each_online_model_with_its_latest_check_alerts_first(
+    owner, served, mailoutbox
+):
+    churn, run = served
+    batch = run.batch
+    calm = report_factory.deployment(owner, "a-calm-one")
+    quiet = report_factory.deployment(owner, "b-quiet-one")
+    batch_only = report_factory.deployment(owner, "c-batch-only")
+    Deployment.objects.filter(id__in=[calm.id, quiet.id]).update(online=True)
+    for model in (calm, quiet, batch_only):
+        model_run = report_factory.run(batch, model, "ok")
+        checked(
+            model, "ok" if model != quiet else "no traffic", model_run if model != quiet else None
+        )
+    (report,) = content.build_reports(batch)
+
+    report_mail.send_report(report, report_factory.NOW)
+
+    text = mailoutbox[0].body
+    online = text[text.index("Online vs batch") :].splitlines()[1:4]
+    assert online[0].startswith("  [ALERT] churn, 2026-11-23: 1,800 requests, score PSI 0.312")
+    assert "monthly_spend PSI 1.25" in online[0] and "against the batch run of" in online[0]
+    assert online[1].startswith("  [NO TRAFFIC] b-quiet-one, 2026-11-23: 0 requests")
+    assert online[2].startswith("  [OK] a-calm-one")
+    assert "c-batch-only, 2026-11-23" not in text
+    html = mailoutbox[0].alternatives[0][0]
+    assert 'id="online-checks"' in html and "monthly_spend" in html
+
+
+def logged_in_page(user, deployment: Deployment) -> str:
+    response = logged_in(user).get(f"/models/{deployment.id}/")
+    assert response.status_code == 200
+    return response.content.decode()

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from scoring.engine import scores
@@ -5,6 +6,7 @@ from scoring.models import (
     ChampionChange,
     Comparison,
     Deployment,
+    OnlineCheck,
     PackageVersion,
     Role,
     ScoringRun,
@@ -78,11 +80,32 @@ class DeploymentSerializer(serializers.ModelSerializer):
         return deployment.challenger.number if deployment.challenger else None
 
 
+class OnlineCheckSerializer(serializers.ModelSerializer):
+    psi = serializers.FloatField(
+        source="quality.psi",
+        default=None,
+        allow_null=True,
+        help_text="PSI of the logged scores in the batch run's bins (null: nothing compared).",
+    )
+
+    class Meta:
+        model = OnlineCheck
+        fields = ["date", "status", "psi", "requests"]
+
+
 class DeploymentDetailSerializer(DeploymentSerializer):
     versions = VersionSerializer(many=True, read_only=True)
+    online_check = serializers.SerializerMethodField(
+        help_text="The latest day of online traffic checked against the batch run (null: none)."
+    )
 
     class Meta(DeploymentSerializer.Meta):
-        fields = [*DeploymentSerializer.Meta.fields, "versions"]
+        fields = [*DeploymentSerializer.Meta.fields, "versions", "online_check"]
+
+    @extend_schema_field(OnlineCheckSerializer(allow_null=True))
+    def get_online_check(self, deployment: Deployment) -> dict | None:
+        check = deployment.online_checks.first()
+        return OnlineCheckSerializer(check).data if check else None
 
 
 SLICE_AGE = "How old a feature slice a run accepts, in days (0: its own date's slice)"

@@ -20,13 +20,15 @@ from django.db.models import (
     IntegerField,
     Max,
     Min,
+    OuterRef,
     QuerySet,
+    Subquery,
     Value,
     When,
 )
 from django.db.models.functions import Lower
 
-from scoring.models import Batch, Comparison, Report, ScoringRun
+from scoring.models import Batch, Comparison, OnlineCheck, Report, ScoringRun
 from scoring.quality import levels
 from scoring.quality.levels import ALERT, FAILED, OK, SEVERITY, WARNING, worst
 
@@ -386,6 +388,7 @@ def summary_context(report: Report, runs: QuerySet, counts: dict[str, LightCount
         ),
         "url": report_url(report),
         "comparisons": comparisons(report),
+        "online_checks": online_checks(report),
     }
 
 
@@ -397,6 +400,65 @@ def comparisons(report: Report) -> list[Comparison]:
         .select_related("deployment", "champion_run__version", "challenger_run__version")
         .order_by("deployment__name", "date")[:COMPARISONS_IN_EMAIL]
     )
+
+
+@dataclass
+class OnlineLine:
+    """One online model of a report: its latest day of traffic against its batch run."""
+
+    check: OnlineCheck
+
+    @property
+    def status(self) -> str:
+        return self.check.status
+
+    @property
+    def fg(self) -> str:
+        return LIGHTS.get(self.status, NO_LIGHT)[0]
+
+    @property
+    def bg(self) -> str:
+        return LIGHTS.get(self.status, NO_LIGHT)[1]
+
+    @property
+    def word(self) -> str:
+        return self.status.upper()
+
+    @property
+    def features(self) -> list[Check]:
+        """The drifted ones only: a calm day's top features say nothing."""
+        drifted = drifting_features(self.check.quality or {})
+        return [feature for feature in drifted if feature.status in (WARNING, ALERT)][:3]
+
+    @property
+    def baseline(self) -> str:
+        return levels.baseline_text((self.check.quality or {}).get("baseline"))
+
+
+# Online statuses, alerts first; a day without traffic or without a batch run says so after
+# the warnings, above the calm days.
+ONLINE_ORDER = (ALERT, WARNING, OnlineCheck.Status.NO_BATCH, OnlineCheck.Status.NO_TRAFFIC, OK)
+
+
+def online_checks(report: Report) -> list[OnlineLine]:
+    """The latest online check of each online model of the report, alerts first (one query)."""
+    newest = OnlineCheck.objects.filter(deployment=OuterRef("deployment")).order_by("-date")
+    rank = Case(
+        *(When(status=name, then=Value(index)) for index, name in enumerate(ONLINE_ORDER)),
+        default=Value(len(ONLINE_ORDER)),
+        output_field=IntegerField(),
+    )
+    checks = (
+        OnlineCheck.objects.filter(
+            deployment__in=report.runs.values("deployment"),
+            deployment__online=True,
+            date=Subquery(newest.values("date")[:1]),
+        )
+        .select_related("deployment", "run")
+        .annotate(rank=rank)
+        .order_by("rank", Lower("deployment__name"))[:LINES_IN_EMAIL]
+    )
+    return [OnlineLine(check) for check in checks]
 
 
 def report_context(report: Report) -> dict:
