@@ -310,6 +310,11 @@ ONLINE_MEMORY_BYTES = env_int("ONLINE_MEMORY_BYTES", 4 * 1024**3)
 ONLINE_LOG = env_bool("ONLINE_LOG", True)
 ONLINE_LOG_FLUSH_SECONDS = env_float("ONLINE_LOG_FLUSH_SECONDS", 5.0)
 ONLINE_LOG_QUEUE_ROWS = env_int("ONLINE_LOG_QUEUE_ROWS", 200_000)
+# A day of requests stays in the log this many days (a deleted model's, as long as its
+# scores); then the daily maintenance removes it. The online check reads yesterday's.
+ONLINE_LOG_RETENTION_DAYS = env_int("ONLINE_LOG_RETENTION_DAYS", 90)
+if ONLINE_LOG_RETENTION_DAYS < 2:
+    raise ImproperlyConfigured("ONLINE_LOG_RETENTION_DAYS must be 2 or more days")
 # When beat checks yesterday's (UTC) traffic of each online model against its batch run
 # (scoring.online.skew): a 5-field cron in TIME_ZONE.
 ONLINE_CHECK_SCHEDULE = env_crontab("ONLINE_CHECK_CRON", "15 1 * * *")

@@ -7,7 +7,10 @@ A fleet adds 365,000 (dt, model_id) partitions a year, and each commit a log ent
   move there (scoring.engine.shadow_rows);
 - the slice copies that a batch's units shared (scoring.engine.slice_copies), of batches
   closed by tick after a worker died (a batch its units close removes its own);
-and for each table, `scores` and `scores_shadow`:
+- the online request log's days past ONLINE_LOG_RETENTION_DAYS (scoring.engine.
+  request_retention);
+and for each table, `scores`, `scores_shadow` and `requests` (the request log, which
+a serving process appends a small file to every few seconds):
 - compaction: a run scored in parts leaves a file per part in its partition; partitions
   of days before today with more than one file are rewritten as one (delta-rs' optimize,
   a commit of its own that changes no data, one per day);
@@ -39,7 +42,7 @@ from deltalake.exceptions import CommitFailedError
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import retention, scores, shadow_rows, slice_copies
+from scoring.engine import request_retention, retention, scores, shadow_rows, slice_copies
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class Report:
     deleted_models_removed: list[int] = field(default_factory=list)
     shadow_files_moved: int = 0
     slice_copies_removed: int = 0
+    old_request_files_removed: int = 0
 
     def summary(self) -> str:
         return "; ".join(
@@ -85,23 +89,27 @@ class Report:
                 f"moved {self.shadow_files_moved} files of shadow challengers to "
                 f"{scores.SHADOW_TABLE}",
                 f"removed the slice copies of {self.slice_copies_removed} closed batches",
+                f"removed {self.old_request_files_removed} files of requests logged more "
+                f"than {settings.ONLINE_LOG_RETENTION_DAYS} days ago",
             ]
         )
 
 
 def maintain(today: date | None = None) -> Report:
-    """Remove deleted models' expired scores, move shadow rows out of the live table, then
-    compact, vacuum, checkpoint and clean up the log of each table (one not made yet is
-    left)."""
+    """Remove deleted models' expired scores and requests, and old requests, move shadow rows
+    out of the live table, then compact, vacuum, checkpoint and clean up the log of each
+    table (one not made yet is left)."""
+    today = today or timezone.localdate()
     report = Report(
         deleted_models_removed=retention.remove_expired(),
+        old_request_files_removed=request_retention.remove_old(today),
         shadow_files_moved=shadow_rows.move(),
         slice_copies_removed=slice_copies.sweep(),
     )
-    for name in scores.TABLES:
+    for name in (*scores.TABLES, request_retention.TABLE):
         table = scores.open_table(name)
         if table is not None:
-            report.tables[name] = maintain_table(table, today or timezone.localdate())
+            report.tables[name] = maintain_table(table, today)
     log.info("scores tables maintained: %s", report.summary())
     return report
 

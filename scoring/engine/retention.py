@@ -1,6 +1,7 @@
 """The scores of deleted models: kept DELETED_SCORES_RETENTION_DAYS after the deletion (a
 model deleted by mistake, an audit), then removed from the table by a Delta commit, the
-first step of the daily maintenance (scoring.engine.maintenance).
+first step of the daily maintenance (scoring.engine.maintenance); their online requests go
+with them (scoring.engine.request_retention).
 
 The commit only changes the log (scores.remove_models): readers holding an older snapshot
 still read those files until vacuum deletes them, SCORES_RETENTION_HOURS later, and every
@@ -14,7 +15,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from scoring.engine import scores
+from scoring.engine import request_retention, scores
 from scoring.models import DeletedDeployment
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def remove_expired(now: datetime | None = None) -> list[int]:
     ids = list(expired(now).values_list("deployment_id", flat=True))
     if not ids:
         return []
-    files = scores.remove_models(ids)
+    files = scores.remove_models(ids) + request_retention.remove_models(ids)
     DeletedDeployment.objects.filter(deployment_id__in=ids).update(scores_removed_at=now)
     log.info("removed the scores of %s deleted models (%s files): %s", len(ids), files, ids)
     return ids
