@@ -608,7 +608,8 @@ class OnlineCheck(models.Model):
         ScoringRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     requests = models.BigIntegerField(default=0, help_text="Logged rows compared.")
-    # As a run's quality: {"psi", "psi_status", "feature_drift": [...], ...}.
+    # As a run's quality (scoring/quality/metrics.py), its baseline the batch run:
+    # {"status", "psi", "psi_status", "features": [...], "adversarial_auc", ...}.
     quality = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=12, choices=Status)
     checked_at = models.DateTimeField(default=now)

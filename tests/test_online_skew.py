@@ -212,6 +212,15 @@ def test_the_daily_task_checks_yesterday_of_each_online_model_one_failing_alone(
     assert f"the online check of model {broken.id} for {yesterday} failed" in caplog.text
 
 
+def test_beat_sends_the_check_daily_at_a_quarter_past_one_by_the_name_of_a_real_task():
+    from celery.schedules import crontab
+    from django.conf import settings
+
+    entry = settings.CELERY_BEAT_SCHEDULE["check-online-traffic"]
+    assert entry["task"] == tasks.check_online_traffic.name
+    assert entry["schedule"] == crontab(minute="15", hour="1")
+
+
 # --- what a person sees ----------------------------------------------------------------
 
 
