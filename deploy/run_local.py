@@ -1,9 +1,9 @@
 """`make run`: the whole portal on this machine with a demo, no Docker, no manual services.
 
 Starts SeaweedFS (S3) unless one answers at S3_ENDPOINT_URL, Redis unless one
-answers at REDIS_URL, then the web server, a Celery worker and Celery beat; makes a
-demo user, a demo feature table and a demo package to drag in. Ctrl-C stops all
-that it started.
+answers at REDIS_URL, then the web server, a Celery worker, Celery beat and a serving
+process of online scoring; makes a demo user, a demo feature table and a demo package
+to drag in. Ctrl-C stops all that it started.
 
 Everything the demo writes lives in the state folder and the portal's own buckets. A
 FEATURES_URI set by the user names their own table: it is only read, and the demo
@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 
 STATE = Path(os.environ.get("DROPSCORE_STATE_DIR", ROOT / ".dropscore"))
 PORT = int(os.environ.get("PORT", "8000"))
-# The links in the emails go where the portal runs.
+ONLINE_PORT = int(os.environ.get("ONLINE_PORT", "8001"))
+# The links in the emails go where the portal runs; the Online card's URLs where models answer.
 os.environ.setdefault("SITE_URL", f"http://127.0.0.1:{PORT}")
+os.environ.setdefault("ONLINE_URL", f"http://127.0.0.1:{ONLINE_PORT}")
 DEMO_USER = "demo"
 DEMO_MODEL = "churn-demo"
 DEMO_CUSTOMERS = 100_000
@@ -128,6 +130,8 @@ def main() -> int:
                 stderr=subprocess.STDOUT,
             )
         processes.append(web)
+        online = services.serve_online(env, STATE / "online.log", ONLINE_PORT)
+        processes.append(online.process)
         wait_for_web()
         if setup.deployment is not None:
             score_demo_model(setup.deployment)
@@ -350,8 +354,9 @@ def banner(setup: Demo, mail_folder: str) -> str:
   Log in as   {DEMO_USER} / {setup.password}
   {model}
   Report emails go to {mail_folder}/ (set EMAIL_BACKEND and EMAIL_HOST to send them).
+  Models switched online (the Online card of a model's page) answer on {os.environ["ONLINE_URL"]}/
   {try_this}
-  Logs in {STATE}/ (web.log, worker.log, beat.log). Ctrl-C stops everything.
+  Logs in {STATE}/ (web.log, worker.log, beat.log, online.log). Ctrl-C stops everything.
 """
 
 

@@ -27,9 +27,9 @@ import pyarrow as pa
 from deltalake import write_deltalake
 from django.conf import settings
 
-from scoring.engine import scores
+from scoring.engine import request_retention, scores
 
-TABLE = "requests"
+TABLE = request_retention.TABLE
 PARTITIONS = ["dt", "model_id"]
 SCHEMA = pa.schema(
     [
