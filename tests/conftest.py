@@ -208,6 +208,7 @@ def online_server(worker_env, state_dir):
         "ONLINE_LOG_FLUSH_SECONDS": "0.5",
         "ONLINE_TIMEOUT_SECONDS": "3",
         "ONLINE_LOAD_WAIT_SECONDS": "30",
+        "ONLINE_QUEUE_ROWS": "100",
     }
     service = services.serve_online(env, state_dir / "online.log", services.free_port())
     settings.ONLINE_URL = service.url

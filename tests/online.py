@@ -4,9 +4,11 @@ import time
 from datetime import date
 
 import numpy as np
+import orjson
 import pandas as pd
 import polars as pl
 import psutil
+import redis
 import requests
 from rest_framework.authtoken.models import Token
 
@@ -116,3 +118,23 @@ def logged_rows(deployment_id: int, day: date | None = None) -> pl.DataFrame:
     frame = pl.read_delta(uri, storage_options=scores.storage_options())
     day = (day or date.today()).isoformat()
     return frame.filter((pl.col("model_id") == deployment_id) & (pl.col("dt") == day))
+
+
+def ready(server, name: str, token: str) -> bool:
+    response = requests.get(
+        f"{server.url}/v2/models/{name}/ready",
+        headers={"Authorization": f"Token {token}"},
+        timeout=30,
+    )
+    return response.status_code == 200
+
+
+def served(server, env: dict) -> set[tuple[str, int]]:
+    """(model, version) a serving process holds loaded, as it tells the status page."""
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    pattern = f"{env['REDIS_KEY_PREFIX']}online:process:*:{server.process.pid}"
+    keys = list(client.scan_iter(match=pattern))
+    if not keys:
+        return set()
+    snapshot = orjson.loads(client.get(keys[0]))
+    return {(model["name"], model["version"]) for model in snapshot["models"]}

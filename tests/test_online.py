@@ -12,6 +12,7 @@ import pytest
 import requests
 import tritonclient.http as triton
 
+from deploy import services
 from scoring.models import Deployment
 from scoring.packages import roles
 from scoring.runs import dispatch
@@ -168,6 +169,22 @@ def test_a_hung_or_killed_sandbox_fails_only_the_request_it_held(
     assert raised.status_code == 422 and "age must not be -3" in raised.json()["message"]
     assert ask(30).json() == {"predictions": [0.3]}, "the model stays loaded"
 
+    # Busy with one request, the model takes one more: the queue's bound (fixture: 100 rows)
+    # answers the rest at once.
+    with ThreadPoolExecutor(3) as pool:
+        busy = pool.submit(ask, -2)
+        online.busy_sandbox(online_server)
+        many = {"dataframe_records": [{"age": 10}] * 80}
+        more = [
+            pool.submit(online.predict, online_server, deployment.id, token, many) for _ in range(2)
+        ]
+        assert busy.result().status_code == 200
+        statuses = sorted(response.result().status_code for response in more)
+    assert statuses == [200, 429]
+    refused = next(response.result() for response in more if response.result().status_code == 429)
+    assert refused.headers["Retry-After"] == "1"
+    assert "80 rows are waiting" in refused.json()["message"]
+
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(ask, -2)
         online.busy_sandbox(online_server).kill()
@@ -276,3 +293,41 @@ def test_a_split_challenger_answers_for_the_entities_it_scores_in_batch(
         {"dataframe_records": online.records(frame[["age"]])},
     )
     np.testing.assert_allclose(no_ids.json()["predictions"], frame["age"] / 100)
+
+
+def test_a_model_loads_at_first_use_over_its_rate_limit_gets_429_and_idle_ones_are_let_go(
+    owner, worker, validated, worker_env, state_dir
+):
+    slow = packages.function_returning("frame['age'].to_numpy() / 100")
+    slow["slow_to_load"] = packages.RunsAtLoad(time.sleep, 3)
+    first = online.online(owner, slow, "slow-to-load", validated)
+    second = online.online(owner, packages.function_package(), "second", validated)
+    token = online.token_of(owner)
+    env = worker_env | {
+        "ONLINE_LOAD_WAIT_SECONDS": "0.1",
+        "ONLINE_RATE_LIMIT": "1",
+        "ONLINE_MEMORY_BYTES": "1",  # no room for a model that is not in use
+    }
+    server = services.serve_online(env, state_dir / "online-limits.log", services.free_port())
+    try:
+        body = {"dataframe_records": [{"age": 50, "monthly_spend": 60.0}]}
+        loading = online.predict(server, first.id, token, body)
+        assert loading.status_code == 503, loading.text
+        assert "still loading" in loading.json()["message"]
+        assert int(loading.headers["Retry-After"]) > 0
+        flows.wait_until(lambda: online.ready(server, first.name, token), "the load", 30)
+
+        statuses = [online.predict(server, first.id, token, body).status_code for _ in range(5)]
+        assert statuses[0] == 200 and 429 in statuses, statuses
+        refused = online.predict(server, first.id, token, body)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+
+        flows.wait_until(lambda: online.ready(server, second.name, token), "the second", 30)
+        flows.wait_until(
+            lambda: online.served(server, worker_env) == {("second", 1)}, "the first let go", 30
+        )
+        time.sleep(1)  # the rate limit's second
+        flows.wait_until(lambda: online.ready(server, first.name, token), "a reload", 30)
+        assert online.predict(server, first.id, token, body).json() == {"predictions": [0.5]}
+    finally:
+        server.stop()

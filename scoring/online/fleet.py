@@ -67,9 +67,11 @@ class Fleet:
         return runner if runner is not None and runner.ready else None
 
     def trim(self, keep: int | None = None) -> None:
-        """Let the least recently used versions go while the loaded ones hold too much."""
+        """Let the least recently used versions go while the loaded ones hold too much; the
+        one used last always stays, however small the bound."""
         held = sum(r.memory_bytes for r in self.runners.values())
-        for version_id, runner in sorted(self.runners.items(), key=lambda i: i[1].last_used):
+        *older, _ = sorted(self.runners.items(), key=lambda item: item[1].last_used) or [None]
+        for version_id, runner in older:
             if held <= self.memory_bytes:
                 return
             if version_id == keep or runner.state == "loading":
