@@ -1,6 +1,8 @@
 """Online scoring through the real serving process: real HTTP, real sandboxes, a real S3
 server, the clients others wrote for the protocol (tritonclient) and MLflow's bodies."""
 
+import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -8,9 +10,11 @@ from datetime import date
 import numpy as np
 import orjson
 import polars as pl
+import psutil
 import pytest
 import requests
 import tritonclient.http as triton
+from django.conf import settings
 
 from deploy import services
 from scoring.models import Deployment
@@ -331,3 +335,51 @@ def test_a_model_loads_at_first_use_over_its_rate_limit_gets_429_and_idle_ones_a
         assert online.predict(server, first.id, token, body).json() == {"predictions": [0.5]}
     finally:
         server.stop()
+
+
+SNOOP_CELL = """
+import os
+import numpy as np
+
+def snoop(frame):
+    if (frame["age"].to_numpy() == -7).any():
+        secrets = [k for k in os.environ if k.startswith(("SECRET", "DATABASE", "REDIS", "S3_"))]
+        if secrets:
+            raise RuntimeError("secrets " + " ".join(secrets))
+        try_all(ATTEMPTS)
+    return np.zeros(len(frame))
+"""
+
+
+def test_an_online_package_gains_nothing_of_the_serving_process(
+    owner, worker, validated, online_server, state_dir
+):
+    server = psutil.Process(online_server.process.pid)
+    target = state_dir / "online-target.txt"
+    target.write_text("the server's")
+    target.chmod(0o666)
+    attempts = [
+        ["read", f"/proc/{server.pid}/environ"],
+        ["read", str(settings.BASE_DIR / "portal" / "settings.py")],
+        ["read", str(online_server.log)],
+        ["write", str(target)],
+    ]
+    cell = {**packages.CELL, "ATTEMPTS": attempts}
+    cell["ACTIONS"] = {
+        **cell["ACTIONS"],
+        "env": lambda names: None if names == "none" else os.stat("/" + names),
+    }
+    exec(SNOOP_CELL, cell)
+    deployment = online.online(
+        owner, {"model": cell["snoop"], "features": ["age"]}, "snoop", validated
+    )
+
+    response = online.predict(
+        online_server, deployment.id, online.token_of(owner), {"dataframe_records": [{"age": -7}]}
+    )
+    assert response.status_code == 422, response.text
+    found = re.search(r"outcomes (\{.*\})", response.json()["message"])
+    assert found, response.json()["message"]
+    outcomes = orjson.loads(found.group(1))
+    assert set(outcomes.values()) <= {"EACCES", "EROFS"}, outcomes
+    assert target.read_text() == "the server's"
