@@ -67,6 +67,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "current_version",
             "challenger_version",
             "challenger_share",
+            "online",
         ]
 
     def get_latest_version(self, deployment: Deployment) -> dict | None:
@@ -152,6 +153,11 @@ class DeploymentUpdateSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Deployment.Status.values, required=False)
     max_slice_age_days = slice_age_field(
         "null: the package's params.max_slice_age_days again", allow_null=True
+    )
+    online = serializers.BooleanField(
+        required=False,
+        help_text="Serve it online (/v2/models/{name}/infer, /api/v1/models/{id}/predict) "
+        "besides its schedule; independent of status.",
     )
 
 

@@ -101,7 +101,9 @@ class DeploymentViewSet(viewsets.GenericViewSet):
     @extend_schema(request=DeploymentUpdateSerializer, responses=DeploymentDetailSerializer)
     def partial_update(self, request, pk=None):
         deployment = self.get_object()
-        form = DeploymentUpdateSerializer(data=request.data)
+        # partial: a form body without `online` leaves it (DRF reads an absent form
+        # checkbox as false otherwise).
+        form = DeploymentUpdateSerializer(data=request.data, partial=True)
         form.is_valid(raise_exception=True)
         deployments.update(deployment, **form.validated_data)
         return Response(DeploymentDetailSerializer(self.get_object()).data)

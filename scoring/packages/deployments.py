@@ -181,8 +181,15 @@ def update(
     timezone=None,
     status=None,
     max_slice_age_days=UNCHANGED,
+    online: bool | None = None,
 ) -> Deployment:
+    """Change a deployment's settings; None leaves one as it is. `online` and `status` are
+    independent: a paused schedule keeps serving online, and switching online off leaves the
+    schedule running. A model with no valid champion may be switched on (its endpoint
+    answers 409 until one is valid)."""
     fields = clean_settings(email, schedule, timezone, current_timezone=deployment.timezone)
+    if online is not None:
+        fields["online"] = bool(online)
     if max_slice_age_days is not UNCHANGED:
         cleared = max_slice_age_days in (None, "")
         fields["max_slice_age_days"] = None if cleared else check_slice_age(max_slice_age_days)
