@@ -149,6 +149,29 @@ def load(batch_id: int, day: date, columns: list[str], size: int) -> pa.Table | 
     return merged
 
 
+def first_row(batch_id: int, day: date, columns: list[str]) -> dict | None:
+    """One row of a slice's sample with `columns`, from the first part that has them all;
+    None when none has (a sample of other models' features) or the batch kept none. An
+    example of the slice's rows read from one small file, not from the feature source."""
+    from pyarrow import fs
+
+    filesystem = storage.arrow_filesystem()
+    found = filesystem.get_file_info(
+        fs.FileSelector(sample_folder(batch_id, day), allow_not_found=True, recursive=True)
+    )
+    for info in sorted(found, key=lambda f: f.path):
+        if info.type != fs.FileType.File:
+            continue
+        with filesystem.open_input_file(info.path) as source:
+            part = pq.ParquetFile(source)
+            if not set(columns) <= set(part.schema_arrow.names):
+                continue
+            for batch in part.iter_batches(batch_size=1, columns=columns):
+                if batch.num_rows:
+                    return batch.slice(0, 1).to_pylist()[0]
+    return None
+
+
 def reference_key(version_id: int) -> str:
     return f"{settings.SCORES_BUCKET}/_reference/version-{version_id}.parquet"
 
