@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from rest_framework.routers import DefaultRouter
 
-from portal import report_views, status_views, views
+from portal import online_views, report_views, status_views, views
 from portal.api import views as api
 
 router = DefaultRouter(trailing_slash=True)
@@ -24,6 +24,9 @@ urlpatterns = [
         views.version_download,
         name="version-download",
     ),
+    # Before the model's actions: their pattern would take these names as actions.
+    path("models/<int:deployment_id>/online/", online_views.switch, name="model-online"),
+    path("models/<int:deployment_id>/try/", online_views.try_it, name="model-try"),
     path("models/<int:deployment_id>/<str:action>/", views.model_action, name="model-action"),
     path("runs/<int:run_id>/scores.<str:kind>", views.run_scores, name="run-scores"),
     path("reports/<int:report_id>/", report_views.report_page, name="report"),

@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework.authtoken.models import Token
 
-from portal import dashboard, listing, tokens
+from portal import dashboard, listing, online_card, tokens
 from portal.downloads import stream_package, stream_scores
 from scoring import record
 from scoring.models import ChampionChange, Deployment, PackageVersion, Report, Role, ScoringRun
@@ -178,36 +178,38 @@ def upload(request: HttpRequest) -> JsonResponse:
 @login_required
 def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = get_deployment_for_user(request, deployment_id)
+    return render(request, "portal/model.html", model_context(request, deployment))
+
+
+def model_context(request: HttpRequest, deployment: Deployment) -> dict:
+    """Everything a model's page shows (also under the answer of its Try-it form)."""
     current_version = deployment.champion
     latest_checked = dashboard.latest_checked_run(deployment)
     online_check = dashboard.latest_online_check(deployment)
     package_params = (current_version or deployment.latest_version or PackageVersion()).package.get(
         "params"
     )
-    return render(
-        request,
-        "portal/model.html",
-        {
-            "deployment": deployment,
-            "versions": deployment.versions.all(),
-            "runs": deployment.runs.select_related("version").prefetch_related(
-                Prefetch("reports", queryset=Report.objects.only("id"))
-            )[:50],
-            "current_version": current_version,
-            "presets": schedules.PRESETS,
-            "next_runs": next_runs_or_none(deployment),
-            "latest_checked": latest_checked,
-            "top_features": dashboard.top_features(latest_checked and latest_checked.quality),
-            "charts": dashboard.chart_data(deployment, latest_checked, current_version),
-            "parameters": params.effective(package_params),
-            "slice_age_default": params.value(package_params, "max_slice_age_days"),
-            "ground_truth": ground_truth_context(deployment, current_version),
-            "online_check": online_check,
-            "online_features": dashboard.top_features(online_check and online_check.quality),
-            **history_context(request, deployment),
-            "roles": roles_context(request, deployment),
-        },
-    )
+    return {
+        "deployment": deployment,
+        "versions": deployment.versions.all(),
+        "runs": deployment.runs.select_related("version").prefetch_related(
+            Prefetch("reports", queryset=Report.objects.only("id"))
+        )[:50],
+        "current_version": current_version,
+        "presets": schedules.PRESETS,
+        "next_runs": next_runs_or_none(deployment),
+        "latest_checked": latest_checked,
+        "top_features": dashboard.top_features(latest_checked and latest_checked.quality),
+        "charts": dashboard.chart_data(deployment, latest_checked, current_version),
+        "parameters": params.effective(package_params),
+        "slice_age_default": params.value(package_params, "max_slice_age_days"),
+        "ground_truth": ground_truth_context(deployment, current_version),
+        "online_check": online_check,
+        "online_features": dashboard.top_features(online_check and online_check.quality),
+        **history_context(request, deployment),
+        "roles": roles_context(request, deployment),
+        "online": online_card.card(deployment),
+    }
 
 
 def history_context(request: HttpRequest, deployment: Deployment) -> dict:
