@@ -1,5 +1,6 @@
 """Health checks of the parts Dropscore depends on, for the status API and page."""
 
+import json
 import time
 from datetime import datetime
 
@@ -37,6 +38,19 @@ def last_tick(client: redis.Redis | None = None) -> datetime | None:
     """When beat's tick last ran (it writes the time to Redis), or None if never."""
     last = (client or redis_client()).get(redis_keys.last_tick())
     return datetime.fromisoformat(last.decode()) if last else None
+
+
+def online_processes(client: redis.Redis | None = None) -> dict[str, dict]:
+    """What each live serving process wrote of itself (scoring.online), by its name
+    (host:pid); a key that expires between the scan and the read is left out."""
+    client = client or redis_client()
+    keys = sorted(client.scan_iter(match=redis_keys.online_processes(), count=100))
+    found = {}
+    prefix = redis_keys.online_process("")
+    for name, value in zip(keys, client.mget(keys) if keys else [], strict=True):
+        if value is not None:
+            found[name.decode().removeprefix(prefix)] = json.loads(value)
+    return found
 
 
 def broker() -> str:

@@ -123,6 +123,81 @@ def environments_report() -> dict:
     return {"detail": "; ".join(errors), "environments": rows}
 
 
+NO_SERVING_PROCESS = (
+    "No online serving process is running (start one with `manage.py serve_online`)"
+)
+
+
+def online_report() -> dict:
+    """The serving processes as they last wrote of themselves to Redis (every few seconds,
+    with a short expiry: a process gone drops off the list by itself)."""
+    try:
+        found = health.online_processes()
+    except Exception as exc:  # Redis is down: the broker check says so too
+        return {"detail": f"unknown: {type(exc).__name__}: {exc}", "read": False, "processes": []}
+    return {
+        "detail": "" if found else NO_SERVING_PROCESS,
+        "read": True,
+        "processes": [readable_entry(name, found[name]) for name in sorted(found)],
+    }
+
+
+def readable_entry(name: str, report) -> dict:
+    """A serving process's entry; one of another release that this page cannot read is
+    listed with why, and never fails the page."""
+    try:
+        return process_entry(name, report)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        return {
+            **process_entry(name, {}),
+            "error": f"its report cannot be read: {type(exc).__name__}: {exc}",
+        }
+
+
+def process_entry(name: str, report: dict) -> dict:
+    """One serving process as the page shows it: its models, its log, its protections named."""
+    log = report.get("log")  # None: it logs no requests (ONLINE_LOG off)
+    dropped = (log or {}).get("dropped") or 0
+    protections = report.get("protections") or {}
+    return {
+        "name": name,
+        "url": report.get("url", ""),
+        "started_at": datetime.fromisoformat(report["started_at"]) if report else None,
+        "requests": report.get("requests", 0),
+        "models": [model for model in report.get("models") or [] if isinstance(model, dict)],
+        "log": log,
+        "dropped": dropped_text(dropped),
+        "error": report.get("directory_error") or "",
+        "protections": [
+            {"key": key, "name": PROTECTION_NAMES.get(key, key), **protections[key]}
+            for key in sorted(protections, key=protection_order)
+        ],
+    }
+
+
+def dropped_text(rows: int) -> str:
+    """What the log's bounded queue lost, plainly: answers went out, their rows did not."""
+    if not rows:
+        return ""
+    what = "1 request row was" if rows == 1 else f"{rows} request rows were"
+    return f"{what} dropped from the log: its writer fell behind."
+
+
+def visible_models(online: dict, user) -> dict:
+    """The report with only the models the user may see listed (staff: all); the others
+    are counted, never named. One query, and none when no process serves a model."""
+    served = {m.get("id") for process in online["processes"] for m in process["models"]}
+    if user.is_staff or not served:
+        seen = served
+    else:
+        seen = set(deployments_for(user).filter(id__in=served).values_list("id", flat=True))
+    for process in online["processes"]:
+        listed = [model for model in process["models"] if model.get("id") in seen]
+        process["others"] = len(process["models"]) - len(listed)
+        process["models"] = listed
+    return online
+
+
 def failure_entry(run) -> dict:
     return {
         "run": run.id,
@@ -213,10 +288,11 @@ def status_report(request: HttpRequest) -> tuple[dict, dict]:
     )
     # The remote checks run side by side, and beside the database work: the report waits
     # for the slowest (most often the workers' answers), not for their sum.
-    with ThreadPoolExecutor(max_workers=len(REMOTE_CHECKS) + 2) as pool:
+    with ThreadPoolExecutor(max_workers=len(REMOTE_CHECKS) + 3) as pool:
         remote = {name: pool.submit(health.timed, check) for name, check in REMOTE_CHECKS.items()}
         tick = pool.submit(tick_report, now)
         sandbox = pool.submit(sandbox_report)
+        online = pool.submit(online_report)
         environments = pool.submit(environments_report)
         services = {"database": health.timed(health.database)}
         runs = runs_for(user)
@@ -241,6 +317,8 @@ def status_report(request: HttpRequest) -> tuple[dict, dict]:
         "waiting": waiting,
         "failures": failures["rows"],
         "quality": {"counts": quality["counts"], "models": quality["rows"]},
+        # Not a service the batches need: no serving process leaves the report ok.
+        "online": visible_models(online.result(), user),
         "pages": {"failures": page_facts(failures), "quality": page_facts(quality)},
     }, {"failures": failures, "quality": quality, "query": query}
 

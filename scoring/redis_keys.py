@@ -26,3 +26,14 @@ def spark_executors() -> str:
 def last_tick() -> str:
     """When beat's tick last ran, in ISO 8601, for the status page (scoring.tasks.tick)."""
     return key("last_tick")
+
+
+def online_process(name: str) -> str:
+    """What a serving process (`manage.py serve_online`, named host:pid) says of itself,
+    rewritten every few seconds with a short expiry: a process gone stops being listed."""
+    return key(f"online:process:{name}")
+
+
+def online_processes() -> str:
+    """The pattern of every serving process's key, for SCAN."""
+    return key("online:process:*")

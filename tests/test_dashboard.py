@@ -312,7 +312,7 @@ def test_the_status_json_has_every_field(client, owner, two_users_runs, fake_rem
 
     assert set(body) == {
         "ok", "checked_at", "scope", "services", "last_tick", "runs", "waiting", "failures",
-        "quality", "pages",
+        "quality", "pages", "online",
     }  # fmt: skip
     assert body["ok"] is True
     assert body["scope"] == "own"
