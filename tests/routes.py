@@ -132,6 +132,8 @@ OWNED_IDS: dict[str, Callable] = {
     "api-model-approve": lambda o: [{"pk": o.deployment, "change_id": o.change}],
     "api-model-withdraw": lambda o: [{"pk": o.deployment, "change_id": o.change}],
     "api-model-share": lambda o: [{"pk": o.deployment}],
+    "model-online": lambda o: [{"deployment_id": o.deployment}],
+    "model-try": lambda o: [{"deployment_id": o.deployment}],
 }
 # Requests that change a model's champion or its challenger's share: only POST reaches them
 # (their owner's own use is tested in tests/test_champion_changes.py).

@@ -180,6 +180,10 @@ def test_every_url_of_alices_objects_is_a_404_to_mallory_for_every_method(world,
             if route.name == "model-action":
                 if values["action"] == "pause":
                     assert alice.post(path).status_code == 302, path
+            elif route.name == "model-online":
+                assert alice.post(path, {"online": "on"}).status_code == 302, path
+            elif route.name == "model-try":  # reached: her empty row is not JSON, nothing sent
+                assert alice.post(path).status_code == 400, path
             elif route.name not in CHAMPION_CHANGES:
                 response = alice.get(path)
                 assert response.status_code == 200, (path, response.status_code)
@@ -188,6 +192,7 @@ def test_every_url_of_alices_objects_is_a_404_to_mallory_for_every_method(world,
                     rows = list(csv.reader(text.splitlines()))
                     assert (rows[0], len(rows)) == (["entity_id", "score"], 1 + 500)
     assert Deployment.objects.get(id=world.alice.deployment).status == Deployment.Status.PAUSED
+    assert Deployment.objects.get(id=world.alice.deployment).online is True
 
 
 def test_a_chart_of_my_report_with_another_users_run_is_a_404(world, outsider):
