@@ -378,7 +378,7 @@ def test_the_card_shows_the_last_24_hours_of_requests_from_the_log(alice, deploy
     assert '<div class="detail" data-traffic="requests">3 requests</div>' in page
     assert '<div class="figure" data-traffic="p50_ms">2.0 ms</div>' in page
     assert '<div class="figure" data-traffic="errors">1</div>' in page
-    assert '<div class="figure" data-traffic="per_second">0.000</div>' in page
+    assert '<div class="figure" data-traffic="per_second">&lt; 0.001</div>' in page
 
 
 def test_an_online_model_never_called_has_no_requests_yet(alice, deployment, table):
@@ -388,3 +388,4 @@ def test_an_online_model_never_called_has_no_requests_yet(alice, deployment, tab
 
     assert '<div class="detail" data-traffic="requests">0 requests</div>' in page
     assert '<div class="figure" data-traffic="p99_ms">—</div>' in page
+    assert '<div class="figure" data-traffic="per_second">0.000</div>' in page
