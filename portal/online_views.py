@@ -24,10 +24,9 @@ from django.views.decorators.http import require_POST
 from portal import online_card
 from portal.views import get_deployment_for_user, model_context
 from scoring.models import Deployment
+from scoring.online import directory
 from scoring.packages import deployments
 
-# The serving process's contract (scoring.online.directory): the salt of the signed user.
-PORTAL_SALT = "dropscore.online"
 # A model not loaded yet makes the first request wait for it, then score.
 # Beyond this, the server is taken as down.
 FORWARD_EXTRA_SECONDS = 5.0
@@ -95,7 +94,7 @@ def records_of(text: str) -> list[dict]:
 
 
 def portal_credential(user_id: int) -> str:
-    return "Portal " + signing.dumps({"user": user_id}, salt=PORTAL_SALT)
+    return "Portal " + signing.dumps({"user": user_id}, salt=directory.PORTAL_SALT)
 
 
 def forward(deployment_id: int, user_id: int, records: list[dict]) -> dict:

@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from scoring import redis_keys
 from scoring.engine import traffic
 from scoring.online import protocol, request_log
 from scoring.online.directory import Caller, Directory, Model, Tokens, Version
@@ -303,9 +304,12 @@ class Service:
         }
 
     def publish(self, snapshot: dict) -> None:
-        key = f"{settings.REDIS_KEY_PREFIX}online:process:{self.name}"
         try:
-            self.redis.set(key, orjson.dumps(snapshot), ex=int(HEARTBEAT_SECONDS * 6))
+            self.redis.set(
+                redis_keys.online_process(self.name),
+                orjson.dumps(snapshot),
+                ex=int(HEARTBEAT_SECONDS * 6),
+            )
         except redis.RedisError as exc:  # the status page misses us a while; serving goes on
             log.warning("could not tell Redis how this process is: %s", exc)
 
