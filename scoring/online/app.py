@@ -145,6 +145,8 @@ class Service:
         return model.champion, runner
 
     async def loaded(self, runner: Runner) -> None:
+        if runner.ready:
+            return
         try:
             await asyncio.wait_for(
                 asyncio.shield(asyncio.wrap_future(runner.loaded)),
