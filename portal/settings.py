@@ -298,9 +298,11 @@ ONLINE_MAX_ROWS = env_int("ONLINE_MAX_ROWS", 10_000)
 ONLINE_MAX_BODY_BYTES = env_int("ONLINE_MAX_BODY_BYTES", 16 * 1024**2)
 ONLINE_TIMEOUT_SECONDS = env_float("ONLINE_TIMEOUT_SECONDS", 2.0)
 # Per model and serving process: requests a second, and rows waiting for the sandbox;
-# beyond either, 429 with Retry-After.
+# beyond either, 429 with Retry-After. So too when the requests before have waited this
+# long (for the model, or for the process to read them): excess is refused, not queued.
 ONLINE_RATE_LIMIT = env_float("ONLINE_RATE_LIMIT", 5000)
 ONLINE_QUEUE_ROWS = env_int("ONLINE_QUEUE_ROWS", 20_000)
+ONLINE_MAX_WAIT_SECONDS = env_float("ONLINE_MAX_WAIT_SECONDS", 0.02)
 # A model not loaded yet: a request waits this long for it, then 503 with Retry-After.
 ONLINE_LOAD_WAIT_SECONDS = env_float("ONLINE_LOAD_WAIT_SECONDS", 10.0)
 # Package memory one serving process keeps loaded; beyond it, the least recently used go.

@@ -189,6 +189,16 @@ def test_a_hung_or_killed_sandbox_fails_only_the_request_it_held(
     assert refused.headers["Retry-After"] == "1"
     assert "80 rows are waiting" in refused.json()["message"]
 
+    # Nor does a request queue behind one that has waited ONLINE_MAX_WAIT_SECONDS (1 s here).
+    with ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(ask, -2)
+        online.busy_sandbox(online_server)
+        waiting = pool.submit(ask, 10)
+        time.sleep(1.2)
+        late = ask(10)
+        assert busy.result().status_code == waiting.result().status_code == 200
+    assert late.status_code == 429 and "1 rows are waiting" in late.json()["message"]
+
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(ask, -2)
         online.busy_sandbox(online_server).kill()

@@ -45,6 +45,7 @@ from scoring.online.protocol import BadRequest, Rows
 from scoring.online.runner import Refused, Runner
 
 HEARTBEAT_SECONDS = 5.0
+LAG_PROBE_SECONDS = 0.005
 log = logging.getLogger(__name__)
 
 
@@ -81,7 +82,12 @@ class Service:
     def __init__(self):
         self.directory = Directory()
         self.tokens = Tokens()
-        self.fleet = Fleet(settings.ONLINE_MEMORY_BYTES, settings.ONLINE_QUEUE_ROWS)
+        self.fleet = Fleet(
+            settings.ONLINE_MEMORY_BYTES,
+            settings.ONLINE_QUEUE_ROWS,
+            settings.ONLINE_MAX_WAIT_SECONDS,
+        )
+        self.lag = 0.0  # how late the event loop runs what is due: its own queue's wait
         self.request_log = request_log.started() if settings.ONLINE_LOG else None
         self.answering: dict[int, Version] = {}  # model id: the champion that last answered
         self.limits: dict[int, RateLimit] = {}
@@ -124,6 +130,10 @@ class Service:
         return model
 
     def allow(self, model: Model) -> None:
+        """Refuse at once what would only wait: over the model's rate, or while the event
+        loop itself runs late (more requests come than this process can read)."""
+        if self.lag > settings.ONLINE_MAX_WAIT_SECONDS:
+            raise Failure(429, f"the online service is busy ({self.lag * 1000:.0f} ms behind)", 1)
         limit = self.limits.get(model.id)
         if limit is None:
             limit = self.limits[model.id] = RateLimit(settings.ONLINE_RATE_LIMIT)
@@ -252,6 +262,15 @@ class Service:
         )
 
     # --- upkeep ----------------------------------------------------------------------
+
+    async def watch_lag(self) -> None:
+        """Measure how late the event loop wakes a sleeper: the time a request that came now
+        would wait before it is read."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            self.lag = loop.time() - start - LAG_PROBE_SECONDS
 
     async def upkeep(self) -> None:
         """Every few seconds: let go the versions no model serves, keep memory bounded, and
@@ -462,11 +481,12 @@ async def ready(request: Request) -> Response:
 @asynccontextmanager
 async def lifespan(app: Starlette):
     service = app.state.service = Service()
-    upkeep = asyncio.create_task(service.upkeep())
+    tasks = [asyncio.create_task(service.upkeep()), asyncio.create_task(service.watch_lag())]
     try:
         yield
     finally:
-        upkeep.cancel()
+        for task in tasks:
+            task.cancel()
         await asyncio.to_thread(service.close)
 
 

@@ -29,7 +29,7 @@ def open_sandbox(version: Version, workdir: Path) -> Sandbox:
     path = package_cache.copy_of(version.file_name, version.sha256)
     if isinstance(path, storage.StorageError):
         raise path
-    limits = replace(sandbox_limits(), cpu_seconds=CPU_SECONDS)
+    limits = replace(sandbox_limits(), cpu_seconds=CPU_SECONDS, threads=1)
     sandbox = Sandbox(workdir, limits, environments.prepare(list(version.requirements)))
     sandbox.start()
     try:
@@ -42,9 +42,10 @@ def open_sandbox(version: Version, workdir: Path) -> Sandbox:
 
 
 class Fleet:
-    def __init__(self, memory_bytes: int, queue_rows: int):
+    def __init__(self, memory_bytes: int, queue_rows: int, max_wait_seconds: float):
         self.memory_bytes = memory_bytes
         self.queue_rows = queue_rows
+        self.max_wait_seconds = max_wait_seconds
         self.runners: dict[int, Runner] = {}  # by version id
 
     def runner(self, version: Version, label: str) -> Runner:
@@ -57,6 +58,7 @@ class Fleet:
                 f"{label} v{version.number}",
                 lambda workdir: open_sandbox(version, workdir),
                 self.queue_rows,
+                self.max_wait_seconds,
             ).start()
             self.runners[version.id] = runner
             self.trim(keep=version.id)

@@ -10,7 +10,8 @@ Faults stay with the requests they hit:
   get 504 and a fresh sandbox serves the next;
 - a sandbox that dies (a crash, a signal) fails the requests it held with 503, and a fresh
   one serves the next;
-- the queue's bound answers excess at once with 429, never a pile-up of latency.
+- the queue's bounds (ONLINE_QUEUE_ROWS rows waiting, or a request waiting longer than
+  ONLINE_MAX_WAIT_SECONDS) answer excess at once with 429, never a pile-up of latency.
 The package is loaded at first use; a request waits for that up to ONLINE_LOAD_WAIT_SECONDS.
 """
 
@@ -48,15 +49,23 @@ class Refused(Exception):
 class Job:
     rows: pa.Table
     future: Future = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class Runner:
     """A warm sandbox serving one version, started by `start`, stopped by `close`."""
 
-    def __init__(self, label: str, open_sandbox: Callable[[Path], Sandbox], max_queue_rows: int):
+    def __init__(
+        self,
+        label: str,
+        open_sandbox: Callable[[Path], Sandbox],
+        max_queue_rows: int,
+        max_wait_seconds: float,
+    ):
         self.label = label
         self.open_sandbox = open_sandbox  # given its working folder, a loaded sandbox
         self.max_queue_rows = max_queue_rows
+        self.max_wait_seconds = max_wait_seconds
         self.loaded: Future = Future()  # done once the first sandbox is ready (or failed)
         self.sandbox: Sandbox | None = None
         self.jobs: deque[Job] = deque()
@@ -88,7 +97,10 @@ class Runner:
         with self.lock:
             if self.closing:
                 raise Refused("the model is being replaced; try again", 503, retry_after=1)
-            if self.jobs and self.queued_rows + rows.num_rows > self.max_queue_rows:
+            if self.jobs and (
+                self.queued_rows + rows.num_rows > self.max_queue_rows
+                or self.last_used - self.jobs[0].queued_at > self.max_wait_seconds
+            ):
                 raise Refused(
                     f"{self.label} is busy: {self.queued_rows} rows are waiting", 429, retry_after=1
                 )

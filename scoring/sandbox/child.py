@@ -59,12 +59,24 @@ def apply_limits(limits: Limits, workdir: Path, parent_variables: list[str]) -> 
     # Below the worker that feeds it: the worker's share of the CPU (reading, handing
     # off, writing scores) is what keeps every sandbox busy.
     os.nice(NICE)
+    if limits.threads:
+        limit_threads(limits.threads)
     protections = confinement.confine(workdir, limits.processes, parent_variables)
     memory = f"{limits.memory_bytes // 1024**2} MB of memory of its own, watched by the worker"
     protections["memory"] = confinement.entry(True, memory)
     time_limits = f"{limits.timeout_seconds:g} s per request, {limits.cpu_seconds} s of CPU"
     protections["time"] = confinement.entry(True, time_limits)
     return protections
+
+
+def limit_threads(threads: int) -> None:
+    """Cap the OpenMP and BLAS threads of the libraries loaded (LightGBM, XGBoost and numpy
+    start one a core), before the confinement hides /proc/self/maps that threadpoolctl reads."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # an environment of the package's own without it
+        return
+    threadpool_limits(limits=threads)
 
 
 def probe() -> None:

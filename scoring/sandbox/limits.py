@@ -39,6 +39,9 @@ class Limits:
     processes: int = field(default_factory=lambda: 64 + 4 * (os.cpu_count() or 1))
     # Package bytes one sandbox keeps loaded at once: beyond it, its models take turns.
     loaded_bytes: int = 256 * 1024**2
+    # OpenMP and BLAS threads of its libraries; 0: as they choose (one a core). Online
+    # requests of a few rows want one: waking a core's worth costs more than the rows.
+    threads: int = 0
 
     def scaled(self, models: int) -> "Limits":
         """The limits of a sandbox serving several models: CPU time is for the whole process."""
