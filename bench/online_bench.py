@@ -541,16 +541,20 @@ class Portal:
 
     def promote(self, kind: str, number: int) -> int:
         """The portal's own promotion route, called as the API's clients call it."""
+        from django.db import connection
         from rest_framework.test import APIClient
 
         client = APIClient(HTTP_HOST="127.0.0.1")
         client.credentials(HTTP_AUTHORIZATION=f"Token {self.token}")
         deployment = self.deployments[kind]
-        answer = client.post(
-            f"/api/v1/models/{deployment.id}/versions/{number}/promote",
-            {"reason": "the online bench"},
-            format="json",
-        )
+        try:
+            answer = client.post(
+                f"/api/v1/models/{deployment.id}/versions/{number}/promote/",
+                {"reason": "the online bench"},
+                format="json",
+            )
+        finally:
+            connection.close()  # this thread's own
         return answer.status_code
 
 
@@ -646,7 +650,7 @@ def large_request(target: dict, seconds: float) -> dict:
 
 def floor(kind: str, model, seconds: float) -> dict:
     """The model's own predict_proba on one row (a prepared pandas frame), in a loop here."""
-    row = make_frame(1, seed=3)[FEATURES[kind]]
+    row = make_frame(LARGE_ROWS, seed=3)[FEATURES[kind]].iloc[:1]  # the bodies' first row
     answer = float(model.predict_proba(row)[0, 1])
     for _ in range(200):
         model.predict_proba(row)
@@ -697,10 +701,10 @@ def logging_cost(portal: Portal, kind: str, bodies: dict, connections: int, seco
 
 
 def promotion(
-    portal: Portal, kind: str, models: dict, bodies: dict, connections: int, seconds: float
+    portal: Portal, kind: str, challenger_path: Path, bodies: dict, connections: int, seconds: float
 ):
     """A closed loop at the capacity's connections during which the challenger is promoted."""
-    challenger = portal.upload(kind, models[kind]["challenger"], role="challenger")
+    challenger = portal.upload(kind, challenger_path, role="challenger")
     wait_valid(challenger)
     seconds = max(seconds, 6)
     with portal.serving(kind, bodies) as target:
@@ -745,7 +749,9 @@ def run_model(kind: str, paths: dict, args, portal: Portal | None, work: Path) -
         print("  dropscore: the request log on and off ...", flush=True)
         results["logging"] = logging_cost(portal, kind, bodies, connections, args.seconds)
         print("  dropscore: a promotion under load ...", flush=True)
-        results["promotion"] = promotion(portal, kind, paths, bodies, connections, args.seconds)
+        results["promotion"] = promotion(
+            portal, kind, paths["challenger"], bodies, connections, args.seconds
+        )
     return results
 
 
