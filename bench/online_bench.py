@@ -42,8 +42,8 @@ answers they should be.
 
 For each model and server it prints:
 - one row at concurrency 1: p50, p99 (and the floor's);
-- the capacity: the highest throughput (2xx a second) of a closed loop of 1, 2, 4, ...
-  connections whose p99 stays within 20 ms, with under 0.1% of answers not 2xx;
+- the capacity: the highest throughput (2xx a second) of a closed loop of 1, 2, 3, 4, 6,
+  8, ... connections whose p99 stays within 20 ms, with under 0.1% of answers not 2xx;
 - at twice the capacity offered (open loop): the rate sent, the admitted answers' p99,
   the shares of 429 and of 5xx (socket errors counted with the 5xx), the late slots;
 - a 10,000-row request's latency (p50 at concurrency 1);
@@ -111,7 +111,7 @@ LARGE_ROWS = 10_000
 
 P99_LIMIT_MS = 20
 NOT_2XX_ALLOWED = 0.001  # a capacity step may have this share of answers that are not 2xx
-CONNECTIONS = [1, 2, 4, 8, 16, 32, 64, 128]
+CONNECTIONS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
 TARGETS = {
     "p50_ms": 2.0,
     "p99_ms": 5.0,
@@ -384,6 +384,7 @@ def mlflow_server(kind: str, native: Path, bodies: dict, work: Path):
     target = {
         "server": "mlflow",
         "url": f"http://127.0.0.1:{port}/invocations",
+        "health": f"http://127.0.0.1:{port}/ping",
         "headers": {},
         **bodies["mlflow"],
     }
@@ -422,6 +423,7 @@ def mlserver(kind: str, native: Path, bodies: dict, work: Path):
     target = {
         "server": "mlserver",
         "url": f"http://127.0.0.1:{http_port}/v2/models/{kind}/infer",
+        "health": f"http://127.0.0.1:{http_port}/v2/health/live",
         "headers": {},
         **bodies["v2"],
     }
@@ -530,6 +532,7 @@ class Portal:
         target = {
             "server": "dropscore",
             "url": f"http://127.0.0.1:{port}/v2/models/{kind}/infer",
+            "health": f"http://127.0.0.1:{port}/v2/health/live",
             "headers": {"Authorization": f"Token {self.token}"},
             **bodies["v2"],
         }
@@ -593,9 +596,11 @@ def wrk(target: dict, seconds: float, connections: int, size: str = "one", rate:
         "-s",
         str(LUA),
         *(arg for name, value in target["headers"].items() for arg in ("-H", f"{name}: {value}")),
-        target["url"],
+        target["url"] if size else target["health"],
     ]
-    env = {**os.environ, "BODY_FILE": str(target[size]), "RATE": str(rate), "THREADS": "1"}
+    env = {**os.environ, "RATE": str(rate), "THREADS": "1"}
+    if size:
+        env["BODY_FILE"] = str(target[size])
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     line = [text for text in done.stdout.splitlines() if text.startswith("{")][-1]
     result = json.loads(line)
@@ -619,6 +624,11 @@ def wrk(target: dict, seconds: float, connections: int, size: str = "one", rate:
 def single_row(target: dict, seconds: float) -> dict:
     wrk(target, 1, 2)  # warm-up
     return wrk(target, seconds, 1)
+
+
+def http_alone(target: dict, seconds: float) -> dict:
+    """The server's health route at concurrency 1: what its HTTP costs without a model."""
+    return wrk(target, max(1, seconds / 2), 1, size=None)
 
 
 def capacity(target: dict, seconds: float) -> dict:
@@ -675,6 +685,7 @@ def floor(kind: str, model, seconds: float) -> dict:
 def measure(target: dict, seconds: float) -> dict:
     print(f"  {target['server']}: one row ...", flush=True)
     result = {"answer": target["answer"], "single": single_row(target, seconds)}
+    result["http"] = http_alone(target, seconds)
     print(f"  {target['server']}: capacity ...", flush=True)
     result["capacity"] = capacity(target, seconds)
     print(f"  {target['server']}: twice the capacity ...", flush=True)
@@ -688,15 +699,14 @@ def measure(target: dict, seconds: float) -> dict:
 
 
 def logging_cost(portal: Portal, kind: str, bodies: dict, connections: int, seconds: float):
-    """Throughput at the capacity's connections with the request log on, off, on again."""
-    runs = {}
-    for log_requests in (True, False, True):
+    """Throughput at the capacity's connections with the request log on and off, in turns
+    (on, off, on, off: the machine's drift falls on both), each a server started anew."""
+    runs = {True: [], False: []}
+    for log_requests in (True, False, True, False):
         with portal.serving(kind, bodies, log_requests) as target:
             wrk(target, 1, connections)  # warm-up
-            runs.setdefault(log_requests, []).append(
-                wrk(target, seconds, connections)["ok_per_second"]
-            )
-    on, off = statistics.mean(runs[True]), runs[False][0]
+            runs[log_requests].append(wrk(target, seconds, connections)["ok_per_second"])
+    on, off = statistics.mean(runs[True]), statistics.mean(runs[False])
     return {"on": on, "off": off, "cost": 1 - on / off}
 
 
@@ -780,6 +790,7 @@ def report(kind: str, results: dict) -> list[str]:
     row(
         "one row, c=1: p99", [ms(get[s]["single"]["p99_ms"]) for s in servers], ms(floor_["p99_ms"])
     )
+    row("  HTTP alone (GET health): p50", [ms(get[s]["http"]["p50_ms"]) for s in servers])
     row(
         "capacity (p99 <= 20 ms)",
         [rate(get[s]["capacity"]["ok_per_second"]) for s in servers],
@@ -906,6 +917,7 @@ def main() -> int:
     parser.add_argument(
         "--workdir", default=None, help="keep the data and models here for a next run"
     )
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     ensure_wrk()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dropscore-online-bench-"))
@@ -925,6 +937,8 @@ def main() -> int:
             }
         for kind, result in results.items():
             broken += report(kind, result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
         print(
             f"\npeers: {', '.join(PEERS['mlserver'] + PEERS['mlflow'])}; models by {', '.join(LIBRARIES)}"
         )

@@ -28,9 +28,12 @@ local function read_file(path)
   return text
 end
 
-wrk.method = "POST"
-wrk.body = read_file(os.getenv("BODY_FILE"))
-wrk.headers["Content-Type"] = "application/json"
+-- BODY_FILE unset: a GET (a server's health route, its HTTP alone).
+if os.getenv("BODY_FILE") then
+  wrk.method = "POST"
+  wrk.body = read_file(os.getenv("BODY_FILE"))
+  wrk.headers["Content-Type"] = "application/json"
+end
 
 local rate = tonumber(os.getenv("RATE") or "0")
 local threads_count = tonumber(os.getenv("THREADS") or "1")
