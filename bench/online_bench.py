@@ -790,6 +790,10 @@ def report(kind: str, results: dict) -> list[str]:
     row(
         "one row, c=1: p99", [ms(get[s]["single"]["p99_ms"]) for s in servers], ms(floor_["p99_ms"])
     )
+    row(
+        "  p50 / predict_proba's",
+        [times(get[s]["single"]["p50_ms"] / floor_["p50_ms"]) for s in servers],
+    )
     row("  HTTP alone (GET health): p50", [ms(get[s]["http"]["p50_ms"]) for s in servers])
     row(
         "capacity (p99 <= 20 ms)",
@@ -867,7 +871,14 @@ def dropscore_verdicts(kind: str, results: dict) -> list[str]:
             f"v{promo['challenger']}); {promo['requests']:,} requests, answers {promo['statuses']}"
         )
         checks.append(("failed requests across a promotion", promo["not_ok"], "<=", 0, str))
-    print(f"  p50 / the floor's: {ours['single']['p50_ms'] / results['floor']['p50_ms']:.1f}x")
+        switched = int(promo["after"] == str(promo["challenger"]))
+        checks.append(("the challenger answers after it", switched, ">=", 1, yes_no))
+    late = ours["overload"]["late"] / max(1, ours["overload"]["requests"])
+    if late > 0.01:
+        print(
+            f"  at twice the capacity {percent(late)} of the send times found no free connection "
+            f"among {ours['overload']['pool']}: the load was not open, the admitted p99 is low"
+        )
     broken = []
     print("  targets:")
     for label, value, sense, limit, fmt in checks:
@@ -878,6 +889,10 @@ def dropscore_verdicts(kind: str, results: dict) -> list[str]:
         if not met:
             broken.append(f"{kind}: {label} {fmt(value)}, target {sense} {fmt(limit)}")
     return broken
+
+
+def yes_no(value) -> str:
+    return "yes" if value else "no"
 
 
 def ms(value) -> str:
