@@ -13,7 +13,8 @@ The servers, on 127.0.0.1, started and stopped by this bench (by PID):
   Redis, a Celery worker that validates the uploads, a throwaway database beside
   DATABASE_URL's; the models uploaded as a user would, validated, switched online;
 - MLServer (PEERS["mlserver"]: its CatBoost and LightGBM runtimes), its default settings
-  (one inference worker process beside the HTTP process) but without debug mode's access log;
+  (one inference worker process beside the HTTP process) but without debug mode's access
+  log, uvloop pinned below the 0.22 its inference workers fail to start with;
 - `mlflow models serve` (PEERS["mlflow"]: the catboost and lightgbm flavours,
   --env-manager local) with one worker per core.
 The peers live in virtual environments of the bench's own (.bench/venvs/, built with the
@@ -30,25 +31,29 @@ The load generator is wrk (Debian's `wrk` 4.1, LuaJIT; `apt-get install -y wrk`,
 this bench runs itself when it runs as root and wrk is missing), one thread, keep-alive
 connections, with bench/online_load.lua, which posts the body and counts the answers by
 status. For the open-loop load at twice the capacity the Lua script hands out send times
-on a fixed schedule to whichever connection is free (a pool of connections, as wrk2 does),
-and counts the slots sent late: wrk2 (made for this) is not in Debian, nor is vegeta;
-oha is on no registry reachable here; Locust is Python, and on a 2-core machine shared
-with the server it would take the CPU the server needs long before it offered twice the
-capacity. wrk measures a request from its first byte sent to its answer's last byte read.
-It cannot tell which latency was a 429's, so the admitted requests' p99 is a bound from
-all latencies (the latency at quantile 1 - (1 - share refused) / 100 of all: at most 1%
-of the admitted are slower), which is the admitted p99 itself when the 429s are the fast
-answers they should be.
+on a fixed schedule to whichever connection is free (a pool of connections, at least 64
+and enough for 100 ms of the rate, as wrk2 does), and counts the slots sent more than 10
+ms late, when no connection was free (then the load was not open, and the report says so).
+wrk2 (made for this) is not in Debian, nor is vegeta; oha is on no registry reachable
+here; Locust is Python, and on a 2-core machine shared with the server it would take the
+CPU the server needs long before it offered twice the capacity. wrk measures a request
+from its first byte sent to its answer's last byte read. It cannot tell which latency was
+a 429's, so the admitted requests' p99 is a bound from all latencies (the latency at
+quantile 1 - (1 - share refused) / 100 of all: at most 1% of the admitted are slower),
+which is the admitted p99 itself when the 429s are the fast answers they should be.
 
 For each model and server it prints:
-- one row at concurrency 1: p50, p99 (and the floor's);
+- one row at concurrency 1: p50, p99 (and the floor's), the p50 against the floor's, and
+  the server's HTTP alone (its health route at concurrency 1);
 - the capacity: the highest throughput (2xx a second) of a closed loop of 1, 2, 3, 4, 6,
-  8, ... connections whose p99 stays within 20 ms, with under 0.1% of answers not 2xx;
+  8, ... connections whose p99 stays within 20 ms, with under 0.1% of answers not 2xx
+  (0 when even one connection's p99 is over: twice what one connection got is offered then);
 - at twice the capacity offered (open loop): the rate sent, the admitted answers' p99,
   the shares of 429 and of 5xx (socket errors counted with the 5xx), the late slots;
 - a 10,000-row request's latency (p50 at concurrency 1);
+- the first row's answer beside the floor's predict_proba (the same trees, the same scores);
 - Dropscore only: the throughput at the capacity's connections with the request log on and
-  off (ONLINE_LOG=false, the server restarted), and the failed requests (not 2xx, or a
+  off (ONLINE_LOG=false; on, off, on, off, the server started anew each time), and the failed requests (not 2xx, or a
   socket error) of a closed loop during which a challenger version is promoted through
   the API (POST /api/v1/models/{id}/versions/{n}/promote), and the version that answers
   after it.
@@ -58,6 +63,7 @@ the floor's) and the targets, pass or fail. It exits 1 when a target is missed.
     .venv/bin/python bench/online_bench.py                     # 10 s a step
     .venv/bin/python bench/online_bench.py --seconds 3 --models lightgbm --servers mlserver
     .venv/bin/python bench/online_bench.py --workdir /tmp/online   # keep data and models
+    .venv/bin/python bench/online_bench.py --json /tmp/online.json  # the figures, also as JSON
 
 Only measurements taken moments apart compare on a shared VM: run it on a quiet machine.
 """
@@ -883,11 +889,10 @@ def dropscore_verdicts(kind: str, results: dict) -> list[str]:
     print("  targets:")
     for label, value, sense, limit, fmt in checks:
         met = value <= limit if sense == "<=" else value >= limit
-        print(
-            f"    {label:<36}{fmt(value):>12}  (target {sense} {fmt(limit)})  {'pass' if met else 'FAIL'}"
-        )
+        wanted = fmt(limit) if fmt is yes_no else f"{sense} {fmt(limit)}"
+        print(f"    {label:<36}{fmt(value):>12}  (target {wanted})  {'pass' if met else 'FAIL'}")
         if not met:
-            broken.append(f"{kind}: {label} {fmt(value)}, target {sense} {fmt(limit)}")
+            broken.append(f"{kind}: {label} {fmt(value)}, target {wanted}")
     return broken
 
 
