@@ -852,6 +852,8 @@ def dropscore_verdicts(kind: str, results: dict) -> list[str]:
         if theirs:  # none: no step of the peer's stayed within the limit (or it did not run)
             ratio = ours["capacity"]["ok_per_second"] / theirs
             checks.append((f"capacity / {peer}'s", ratio, ">=", TARGETS[key], times))
+        elif peer in results:
+            print(f"  no capacity ratio against {peer}: none of its steps stayed within the limit")
     checks += [
         ("twice capacity: 5xx share", ours["overload"]["share_5xx"], "<=", 0.0, percent),
         (
