@@ -506,15 +506,14 @@ class Portal:
         from django.contrib.auth.models import User
         from rest_framework.authtoken.models import Token
 
-        from scoring.models import Deployment
+        from scoring.packages import deployments
 
         self.user = User.objects.create(username=f"bench-online-{os.getpid()}")
         self.token = Token.objects.create(user=self.user).key
         versions = {kind: self.upload(kind, paths["package"]) for kind, paths in models.items()}
         for kind, version in versions.items():
             wait_valid(version)
-            Deployment.objects.filter(id=version.deployment_id).update(online=True)
-            self.deployments[kind] = version.deployment
+            self.deployments[kind] = deployments.update(version.deployment, online=True)
 
     def upload(self, kind: str, path: Path, role: str | None = None):
         from scoring.packages import deployments
