@@ -12,8 +12,8 @@ signs its user in (`Portal <signed>`). Another owner's model is a 404 on every U
 
 The champion answers. A split challenger answers for the entities whose id hashes below
 its share, by the batches' hash (scoring.engine.traffic), so an entity is on the same side
-online and in batch; a shadow challenger scores the same rows after the answer is sent.
-After a promotion or a rollback the old champion answers until the new one is loaded, so
+online and in batch; a shadow challenger scores the same rows once the answer is made,
+never delaying it. After a promotion or a rollback the old champion answers until the new one is loaded, so
 no request fails for it. Every request is logged in the background (request_log).
 """
 
@@ -31,7 +31,6 @@ import pyarrow as pa
 import redis
 from django.conf import settings
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -88,6 +87,7 @@ class Service:
             settings.ONLINE_MAX_WAIT_SECONDS,
         )
         self.lag = 0.0  # how late the event loop runs what is due: its own queue's wait
+        self.background: set[asyncio.Task] = set()
         self.request_log = request_log.started() if settings.ONLINE_LOG else None
         self.answering: dict[int, Version] = {}  # model id: the champion that last answered
         self.limits: dict[int, RateLimit] = {}
@@ -212,8 +212,16 @@ class Service:
             side[known] = traffic.buckets(array) < round(model.share * traffic.BUCKETS)
         return side
 
+    def in_background(self, work) -> None:
+        """Run a coroutine beside the requests: not after the answer on its connection
+        (Starlette's background tasks hold a keep-alive connection's next request)."""
+        task = asyncio.create_task(work)
+        self.background.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self.background.discard)
+
     async def shadow(self, model: Model, rows: Rows, request_id: str) -> None:
-        """After the answer: the shadow challenger scores the same rows, logged only."""
+        """Beside the answer: the shadow challenger scores the same rows, logged only; its
+        rows join the challenger's queue, never the champion's."""
         start = time.perf_counter()
         status, scores, error = 200, None, None
         try:
@@ -344,10 +352,10 @@ class Service:
 # --- HTTP ------------------------------------------------------------------------------
 
 
-def json_response(content, status=200, retry_after=None, background=None, headers=None):
+def json_response(content, status=200, retry_after=None, headers=None):
     headers = dict(headers or {}) | ({"Retry-After": str(retry_after)} if retry_after else {})
     body = content if isinstance(content, bytes) else orjson.dumps(content)
-    return Response(body, status, headers, "application/json", background)
+    return Response(body, status, headers, "application/json")
 
 
 async def read_body(request: Request) -> bytes:
@@ -395,11 +403,10 @@ async def answer(request: Request, name: str, parse, reply, error_body) -> Respo
                 request_id,
             )
         return json_response(error_body(exc.status, str(exc)), exc.status, retry_after)
-    background = None
     if model.challenger is not None and model.share is None:
-        background = BackgroundTask(service.shadow, model, rows, request_id)
+        service.in_background(service.shadow(model, rows, request_id))
     body, headers = reply(model, parts[0][0], extra, scores)
-    response = json_response(body, background=background, headers=headers)
+    response = json_response(body, headers=headers)
     for part_version, role, indices in parts:
         part_scores = scores if indices is None else [scores[i] for i in indices]
         service.log(
