@@ -196,7 +196,10 @@ def latest_checked_run(deployment: Deployment) -> ScoringRun | None:
 
 
 def latest_online_check(deployment: Deployment) -> OnlineCheck | None:
-    """The latest day of the model's online traffic checked against its batch run."""
+    """The latest day of an online model's traffic checked against its batch run (none
+    while the model is not online: a batch model's page asks nothing of it)."""
+    if not deployment.online:
+        return None
     return deployment.online_checks.select_related("run__version").first()
 
 

@@ -3,11 +3,11 @@ portal's Redis (scoring.online: every 5 s, a 30 s expiry), on the page and in /s
 another user's models counted, never named."""
 
 import json
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 import redis
-from django.conf import settings
 
 from scoring import redis_keys
 from scoring.models import Deployment
@@ -23,8 +23,10 @@ STARTED = datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def rds(celery_app_configured):
-    """The session's Redis; the serving processes' keys written here go at the end."""
+def rds(celery_app_configured, settings):
+    """The session's Redis under a prefix of the test's own: the page lists the processes
+    the test writes, not the session's serving process. Its keys go at the end."""
+    settings.REDIS_KEY_PREFIX = f"{settings.REDIS_KEY_PREFIX}status-{uuid.uuid4().hex[:6]}:"
     client = redis.Redis.from_url(settings.REDIS_URL)
     yield client
     for key in client.scan_iter(match=f"{settings.REDIS_KEY_PREFIX}online:*"):
