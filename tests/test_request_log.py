@@ -34,9 +34,9 @@ def entry(request_id: str, rows: int) -> request_log.Entry:
 def test_a_slow_writer_drops_the_rows_beyond_the_bound_counts_them_and_writes_the_rest(table):
     s3_answers = threading.Event()
 
-    def slow_s3(rows):  # the real append, once "S3" answers
+    def slow_s3(entries):  # the real append, once "S3" answers
         s3_answers.wait(30)
-        request_log.append(rows)
+        request_log.append(request_log.rows_of(entries))
 
     log = request_log.RequestLog(max_rows=10, flush_seconds=0.1, write=slow_s3).start()
     try:

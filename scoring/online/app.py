@@ -18,6 +18,7 @@ no request fails for it. Every request is logged in the background (request_log)
 """
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -88,7 +89,11 @@ class Service:
         )
         self.lag = 0.0  # how late the event loop runs what is due: its own queue's wait
         self.background: set[asyncio.Task] = set()
-        self.request_log = request_log.started() if settings.ONLINE_LOG else None
+        self.request_log = None
+        if settings.ONLINE_LOG:
+            self.request_log = request_log.RequestLog(
+                settings.ONLINE_LOG_QUEUE_ROWS, settings.ONLINE_LOG_FLUSH_SECONDS
+            ).start()
         self.answering: dict[int, Version] = {}  # model id: the champion that last answered
         self.limits: dict[int, RateLimit] = {}
         self.requests = 0
@@ -488,6 +493,10 @@ async def ready(request: Request) -> Response:
 @asynccontextmanager
 async def lifespan(app: Starlette):
     service = app.state.service = Service()
+    # The libraries' and Django's hundred thousand objects, moved out of the collector's
+    # sight: a full collection over them stopped every request for ~70 ms (the p99).
+    gc.collect()
+    gc.freeze()
     tasks = [asyncio.create_task(service.upkeep()), asyncio.create_task(service.watch_lag())]
     try:
         yield

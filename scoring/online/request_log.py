@@ -2,8 +2,8 @@
 `s3://SCORES_BUCKET/requests` beside the scores, partitioned by dt and model_id.
 
 An answer never waits for the log: the serving process puts each request's rows on a
-bounded queue (`RequestLog.put`, a list append) and a thread of its own writes them
-every ONLINE_LOG_FLUSH_SECONDS, one append a flush. When the writer falls behind (S3 slow
+bounded queue (`RequestLog.put`, a list append) and a thread of its own writes them every
+ONLINE_LOG_FLUSH_SECONDS, one transaction a flush. When the writer falls behind (S3 slow
 or down), the queue stops at ONLINE_LOG_QUEUE_ROWS and the rows beyond are dropped and
 counted (`dropped`), which the status page shows; a failed append is tried again with the
 next flush, its rows kept while the queue has room.
@@ -15,6 +15,7 @@ features as a JSON object), score (null on error), latency_ms (the request's tim
 server, from its arrival to its answer), status (the HTTP status of the answer) and error.
 """
 
+import itertools
 import logging
 import threading
 import time
@@ -22,10 +23,10 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import orjson
+import numpy as np
+import polars as pl
 import pyarrow as pa
 from deltalake import write_deltalake
-from django.conf import settings
 
 from scoring.engine import request_retention, scores
 
@@ -74,27 +75,72 @@ class Entry:
 
 def rows_of(entries: list[Entry]) -> pa.Table:
     """The log rows of these entries, in SCHEMA."""
-    columns = {name: [] for name in SCHEMA.names}
-    for entry in entries:
-        n = entry.rows
-        records = [None] if entry.features is None else entry.features.to_pylist()
-        columns["time"] += [entry.time] * n
-        columns["request_id"] += [entry.request_id] * n
-        columns["model_id"] += [entry.model_id] * n
-        columns["version"] += [entry.version] * n
-        columns["role"] += [entry.role] * n
-        ids = entry.entity_ids or [None] * n
-        columns["entity_id"] += [None if i is None else str(i) for i in ids]
-        columns["features"] += [
-            None if record is None else orjson.dumps(record, default=str).decode()
-            for record in records
-        ]
-        columns["score"] += list(entry.scores) if entry.scores is not None else [None] * n
-        columns["latency_ms"] += [entry.latency_ms] * n
-        columns["status"] += [entry.status] * n
-        columns["error"] += [entry.error] * n
-        columns["dt"] += [entry.time.date().isoformat()] * n
+    return table_of(*parts_of(entries))
+
+
+def parts_of(entries: list[Entry]) -> tuple[list[tuple], list[tuple[int, pa.Table | None]]]:
+    """What the columns are made of: the entries' scalars, and their features as one table
+    for each run of entries of one schema (one model version)."""
+    scalars = [
+        (e.time, e.request_id, e.model_id, e.version, e.role, e.entity_ids, e.scores)
+        + (e.latency_ms, e.status, e.error, e.rows)
+        for e in entries
+    ]
+    features = []
+    for _, run in itertools.groupby(entries, key=lambda entry: schema_of(entry.features)):
+        run = list(run)
+        table = None
+        if run[0].features is not None:
+            table = pa.concat_tables([entry.features for entry in run]).unify_dictionaries()
+            table = table.combine_chunks()  # one chunk: Polars reads it at once
+        features.append((sum(entry.rows for entry in run), table))
+    return scalars, features
+
+
+def table_of(scalars: list[tuple], features: list[tuple[int, pa.Table | None]]) -> pa.Table:
+    """The log rows, built column by column in Arrow and Polars, not row by row."""
+    fields = list(zip(*scalars, strict=True))
+    times, request_ids, model_ids, versions, roles, ids, scores = fields[:7]
+    latencies, statuses, errors, counts = fields[7:]
+
+    def repeated(values, kind: pa.DataType) -> pa.Array:
+        return pa.array(np.repeat(np.array(values, dtype=object), counts), kind)
+
+    entity_ids, all_scores = [], []
+    for entity_list, score_list, count in zip(ids, scores, counts, strict=True):
+        entity_ids += [None if i is None else str(i) for i in entity_list or [None] * count]
+        all_scores += list(score_list) if score_list is not None else [None] * count
+    columns = {
+        "time": repeated(times, SCHEMA.field("time").type),
+        "request_id": repeated(request_ids, pa.string()),
+        "model_id": repeated(model_ids, pa.int64()),
+        "version": repeated(versions, pa.int32()),
+        "role": repeated(roles, pa.string()),
+        "entity_id": pa.array(entity_ids, pa.string()),
+        "features": features_json(features),
+        "score": pa.array(all_scores, pa.float64()),
+        "latency_ms": repeated(latencies, pa.float64()),
+        "status": repeated(statuses, pa.int32()),
+        "error": repeated(errors, pa.string()),
+        "dt": repeated([moment.date().isoformat() for moment in times], pa.string()),
+    }
     return pa.table(columns, schema=SCHEMA)
+
+
+def features_json(features: list[tuple[int, pa.Table | None]]) -> pa.ChunkedArray:
+    """Each row's features as a JSON object, encoded by Polars a table at a time."""
+    chunks = []
+    for count, table in features:
+        if table is None:
+            chunks.append(pa.nulls(count, pa.string()))
+            continue
+        encoded = pl.from_arrow(table).select(pl.struct(pl.all()).struct.json_encode())
+        chunks.append(encoded.to_series().to_arrow().cast(pa.string()))
+    return pa.chunked_array(chunks, pa.string())
+
+
+def schema_of(features: pa.Table | None) -> pa.Schema | None:
+    return None if features is None else features.schema
 
 
 def append(rows: pa.Table) -> None:
@@ -112,10 +158,10 @@ def append(rows: pa.Table) -> None:
 class RequestLog:
     """The serving process's queue of rows to log, and the thread that writes them."""
 
-    def __init__(self, max_rows: int, flush_seconds: float, write=append):
+    def __init__(self, max_rows: int, flush_seconds: float, write=None):
         self.max_rows = max_rows
         self.flush_seconds = flush_seconds
-        self.write = write
+        self.write = write or (lambda entries: append(rows_of(entries)))
         self.entries: deque[Entry] = deque()
         self.queued_rows = 0
         self.dropped = 0  # rows never logged: the queue was full
@@ -149,7 +195,7 @@ class RequestLog:
         if not entries:
             return
         try:
-            self.write(rows_of(entries))
+            self.write(entries)
         except Exception as exc:  # S3 or the database down: kept for the next flush
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("the request log could not be written: %s", self.last_error)
@@ -163,10 +209,6 @@ class RequestLog:
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(timeout=self.flush_seconds + 30)
-
-
-def started() -> RequestLog:
-    return RequestLog(settings.ONLINE_LOG_QUEUE_ROWS, settings.ONLINE_LOG_FLUSH_SECONDS).start()
 
 
 def now() -> datetime:

@@ -7,6 +7,7 @@ the libraries it needs before any package was read.
 """
 
 import errno
+import gc
 import json
 import os
 import socket
@@ -114,6 +115,11 @@ def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]
             declared = environment.declared_requirements(file)
         return {"requirements": contract.check_requirements(declared)}
     if command == "predict":
+        if not state.get("frozen"):
+            # An online sandbox keeps its model as long as it lives: its objects too, out of
+            # the collector's sight (a batch sandbox, which lets models go, never freezes).
+            gc.freeze()
+            state["frozen"] = True
         return {"scores": predict(state, files.pop("input"), request.get("key", 0))}
     if command == "importance":
         return {"importance": feature_importance(state, files.pop("input", None))}
@@ -121,8 +127,6 @@ def handle(request: dict[str, Any], files: dict[str, int], state: dict[str, Any]
         keys = request.get("keys", [0])
         output = score_file(state, files.pop("input"), files.pop("output"), keys, replies)
         if request.get("release"):  # the models' turn is over: their memory goes to the next
-            import gc
-
             for key in keys:
                 state.get("models", {}).pop(key, None)
             gc.collect()

@@ -40,7 +40,7 @@ def test_switch_online_try_it_and_see_the_request_counted(
     assert predictions == pytest.approx(list(expected), abs=1e-9)
 
     def counted() -> bool:
-        page.reload()
+        page.goto(f"{live_server.url}/models/{deployment.id}/")  # not reload: it posts again
         return page.locator('[data-traffic="requests"]').inner_text() == "1 request"
 
     flows.wait_until(counted, "the request on the card", timeout=30)
