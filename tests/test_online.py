@@ -220,6 +220,16 @@ def test_a_shadow_challenger_is_logged_never_answering_and_a_promotion_fails_no_
     rows = online.records(online.slice_rows(feature_table, 3)[["entity_id", "age"]])
     ages = np.array([row["age"] for row in rows])
 
+    body = {"dataframe_records": rows}
+
+    def logged(role: str, at_least: int) -> bool:
+        frame = online.logged_rows(deployment.id)
+        return frame.filter((pl.col("role") == role) & (pl.col("status") == 200)).height >= at_least
+
+    # The serving process knows the shadow: a first request's rows are scored by it too.
+    assert online.predict(online_server, deployment.id, token, body).status_code == 200
+    flows.wait_until(lambda: logged("challenger", 3), "the shadow's first rows", timeout=30)
+
     answers, promoted_at = [], []
 
     def keep_asking():  # a bounded loop of requests, as a client under way
@@ -250,18 +260,16 @@ def test_a_shadow_challenger_is_logged_never_answering_and_a_promotion_fails_no_
     assert versions[:switch] == [1] * switch and versions[switch:] == [2] * (len(versions) - switch)
     assert switch >= 20, "the champion answered until the promotion"
 
-    # The log: the champion's answers, and the shadow's scores of the same rows, never sent.
-    def logged() -> bool:
-        frame = online.logged_rows(deployment.id)
-        return frame.filter(pl.col("role") == "challenger").height >= 3 * 20
-
-    flows.wait_until(logged, "the request log", timeout=30)
+    # The log: every answer (the first request's and the loop's), and the shadow's scores of
+    # the same rows, never sent.
+    answered = 3 * (1 + len(answers))
+    flows.wait_until(lambda: logged("champion", answered), "every answer logged", timeout=30)
     frame = online.logged_rows(deployment.id)
     before = frame.filter(pl.col("version") == 1)
     assert set(before["role"]) == {"champion"} and set(before["status"]) == {200}
-    assert before.height >= 3 * 20
+    assert before.height >= 3 * 21
     shadow = frame.filter((pl.col("role") == "challenger") & (pl.col("version") == 2))
-    assert shadow.height >= 3 * 20
+    assert shadow.height >= 3 and set(shadow["request_id"]) <= set(before["request_id"])
     for row in shadow.head(6).iter_rows(named=True):
         features = orjson.loads(row["features"])
         assert row["score"] == pytest.approx(features["age"] / 200)
