@@ -387,18 +387,9 @@ def mlflow_server(kind: str, native: Path, bodies: dict, work: Path):
         "MLFLOW_TRACKING_URI": str(work / "mlruns"),
     }
     process = start(command, log, env)
-    target = {
-        "server": "mlflow",
-        "url": f"http://127.0.0.1:{port}/invocations",
-        "health": f"http://127.0.0.1:{port}/ping",
-        "headers": {},
-        **bodies["mlflow"],
-    }
-    try:
-        target["answer"] = first_score(wait_answering(target, process, log))
-        yield target
-    finally:
-        stop(process)
+    base = f"http://127.0.0.1:{port}"
+    body = bodies["mlflow"]
+    yield from answering("mlflow", f"{base}/invocations", f"{base}/ping", body, process, log)
 
 
 @contextlib.contextmanager
@@ -426,13 +417,14 @@ def mlserver(kind: str, native: Path, bodies: dict, work: Path):
     )
     log = work / f"mlserver-{kind}.log"
     process = start([str(python.parent / "mlserver"), "start", str(folder)], log, cwd=folder)
-    target = {
-        "server": "mlserver",
-        "url": f"http://127.0.0.1:{http_port}/v2/models/{kind}/infer",
-        "health": f"http://127.0.0.1:{http_port}/v2/health/live",
-        "headers": {},
-        **bodies["v2"],
-    }
+    base = f"http://127.0.0.1:{http_port}"
+    url, health = f"{base}/v2/models/{kind}/infer", f"{base}/v2/health/live"
+    yield from answering("mlserver", url, health, bodies["v2"], process, log)
+
+
+def answering(server: str, url: str, health: str, body: dict, process, log: Path):
+    """A peer's target once it answers its first request; the peer stopped after."""
+    target = {"server": server, "url": url, "health": health, "headers": {}, **body}
     try:
         target["answer"] = first_score(wait_answering(target, process, log))
         yield target
