@@ -207,7 +207,7 @@ class Runner:
     @property
     def broken(self) -> bool:
         """It can serve no more: its load failed, or a fresh sandbox could not be had."""
-        return self.state == "failed" or (self.closing and self.thread.is_alive() is False)
+        return self.state == "failed" or (self.closing and not self.thread.is_alive())
 
     def close(self) -> None:
         """Stop taking requests; those waiting fail with 503 (try again), the sandbox goes."""
