@@ -106,12 +106,19 @@ def bucket(s3_server, celery_app_configured):
 
 @pytest.fixture
 def table(s3_server, settings):
-    """A scores table of the test's own: a bucket no other test commits to."""
+    """A scores table of the test's own: a bucket no other test commits to, removed after
+    the test. Each bucket is a SeaweedFS collection holding volumes of its own, and a
+    suite's worth of them left behind runs the server out of volume slots."""
     from scoring.packages import storage
 
-    settings.SCORES_BUCKET = f"test-scores-{uuid.uuid4().hex[:8]}"
-    storage.client().create_bucket(Bucket=settings.SCORES_BUCKET)
-    return settings.SCORES_BUCKET
+    s3 = storage.client()
+    name = settings.SCORES_BUCKET = f"test-scores-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name)
+    yield name
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+        if keys := [{"Key": item["Key"]} for item in page.get("Contents", [])]:
+            s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+    s3.delete_bucket(Bucket=name)
 
 
 @pytest.fixture(scope="session")
