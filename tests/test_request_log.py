@@ -34,9 +34,9 @@ def entry(request_id: str, rows: int) -> request_log.Entry:
 def test_a_slow_writer_drops_the_rows_beyond_the_bound_counts_them_and_writes_the_rest(table):
     s3_answers = threading.Event()
 
-    def slow_s3(entries):  # the real append, once "S3" answers
+    def slow_s3(rows):  # the real append, once "S3" answers
         s3_answers.wait(30)
-        request_log.append(request_log.rows_of(entries))
+        request_log.append(rows)
 
     log = request_log.RequestLog(max_rows=10, flush_seconds=0.1, write=slow_s3).start()
     try:
@@ -56,3 +56,15 @@ def test_a_slow_writer_drops_the_rows_beyond_the_bound_counts_them_and_writes_th
     assert frame.filter(pl.col("request_id") == "r1")["entity_id"].to_list() == ["0", "1", "2"]
     assert frame["features"][0] == '{"age":0.0,"region":"north"}'
     assert set(frame["dt"]) == {datetime.now(UTC).date().isoformat()}
+
+
+def test_a_log_keeping_the_table_open_appends_after_another_writers_commits(table):
+    """The serving process keeps the table between appends; another serving process (or
+    the maintenance) commits in between, and no row is lost or doubled."""
+    ours, theirs = request_log.Appender(), request_log.Appender()
+    for number, appender in enumerate([ours, theirs, ours, theirs, ours]):
+        appender(request_log.rows_of([entry(f"r{number}", 2)]))
+
+    uri = scores.table_uri(request_log.TABLE)
+    frame = pl.read_delta(uri, storage_options=scores.storage_options())
+    assert sorted(frame["request_id"]) == sorted(f"r{n}" for n in range(5) for _ in range(2))

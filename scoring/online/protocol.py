@@ -8,6 +8,7 @@ entity ids, where they carry the feature table's id column. Whatever is wrong wi
 is a `BadRequest` naming the feature or the field, before any model sees it.
 """
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -135,7 +136,7 @@ def v2_tensor(tensor: object, binary: bytes, offset: int) -> tuple[str, object, 
     if datatype != "BYTES" and isinstance(values, list):
         values = numeric_array(values, datatype, name)
     if isinstance(values, np.ndarray):
-        if values.size != int(np.prod(shape)):
+        if values.size != math.prod(shape):
             raise BadRequest(f"input {name!r}: {values.size} values do not fill shape {shape}")
         values = values.reshape(shape)
     return name, values, offset
@@ -342,7 +343,7 @@ def typed_column(name: str, values, datatype: str | None) -> pa.Array:
                 raise BadRequest(f"feature {name!r} is text (BYTES): got a value that is not")
             return pa.array(values, pa.string()).dictionary_encode()
         array = pa.array(values)
-        if datatype is not None:
+        if datatype is not None and array.type != ARROW_TYPES[datatype]:
             array = array.cast(ARROW_TYPES[datatype])
         elif pa.types.is_string(array.type):
             array = array.dictionary_encode()

@@ -473,6 +473,11 @@ def score(model: object, method: str, frame: Any, positive_class: Any = None) ->
         raw = model(frame)
     else:
         raw = getattr(model, FRAME_METHODS.get((type_name(model), method), method))(frame)
+    return scores_of(model, method, raw, positive_class)
+
+
+def scores_of(model: object, method: str, raw: Any, positive_class: Any = None) -> np.ndarray:
+    """One float per row from what the model's method returned."""
     out = np.asarray(raw)
     if method == "predict_proba":
         if out.ndim != 2:

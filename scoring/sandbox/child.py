@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from scoring.packages import contract, environment
-from scoring.sandbox import confinement, importance
+from scoring.sandbox import confinement, importance, native_rows
 from scoring.sandbox.limits import FILE_KEYS, MAX_REQUEST_BYTES, Limits
 
 NICE = 10
@@ -195,7 +195,8 @@ def score_file(state: dict[str, Any], input_fd: int, output_fd: int, keys: list,
 
 def predict(state: dict[str, Any], input_fd: int, key: int) -> list[float]:
     """An online request's scores: the rows (an Arrow stream in a memory file) scored as a
-    batch chunk is, categories and all, so a row scores the same online and in batch. A
+    batch chunk is, categories and all, so a row scores the same online and in batch (a few
+    rows of a bare CatBoost or LightGBM straight from Arrow: native_rows). A
     model that raises fails this request only: it stays loaded for the next."""
     import mmap
 
@@ -207,8 +208,13 @@ def predict(state: dict[str, Any], input_fd: int, key: int) -> list[float]:
         os.close(input_fd)
     table = pa.ipc.open_stream(pa.py_buffer(mapped)).read_all()
     model, package = state["models"][key]
-    frame = table.select(package.features).to_pandas(split_blocks=True)
-    scores = contract.score(model, package.method, frame, package.params.get("positive_class"))
+    positive_class = package.params.get("positive_class")
+    raw = native_rows.raw_scores(model, package, table)
+    if raw is None:
+        frame = table.select(package.features).to_pandas(split_blocks=True)
+        scores = contract.score(model, package.method, frame, positive_class)
+    else:
+        scores = contract.scores_of(model, package.method, raw, positive_class)
     contract.check_scores(scores, table.num_rows, package.method)
     return scores.tolist()
 
