@@ -111,7 +111,17 @@ def test_bad_requests_get_a_clear_4xx_naming_what_is_wrong(
     expect(
         requests.post(
             f"{url}/v2/models/{deployment.name}/infer",
-            json={"inputs": [{"name": "age", "shape": [1], "datatype": "FP64", "data": ["x"]}]},
+            json={
+                "inputs": [
+                    {
+                        "name": name,
+                        "shape": [1],
+                        "datatype": "BYTES" if isinstance(value, str) else "FP64",
+                        "data": ["x" if name == "age" else value],
+                    }
+                    for name, value in row.items()
+                ]
+            },
             headers={"Authorization": f"Token {token}"},
             timeout=30,
         ),

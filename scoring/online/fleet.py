@@ -29,7 +29,7 @@ def open_sandbox(version: Version, workdir: Path) -> Sandbox:
     path = package_cache.copy_of(version.file_name, version.sha256)
     if isinstance(path, storage.StorageError):
         raise path
-    limits = replace(sandbox_limits(), cpu_seconds=CPU_SECONDS, threads=1)
+    limits = replace(sandbox_limits(), cpu_seconds=CPU_SECONDS, threads=1, nice=0)
     sandbox = Sandbox(workdir, limits, environments.prepare(list(version.requirements)))
     sandbox.start()
     try:

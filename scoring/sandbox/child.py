@@ -18,8 +18,6 @@ from scoring.packages import contract, environment
 from scoring.sandbox import confinement, importance, native_rows
 from scoring.sandbox.limits import FILE_KEYS, MAX_REQUEST_BYTES, Limits
 
-NICE = 10
-
 
 def serve(
     requests: socket.socket,
@@ -57,9 +55,7 @@ def apply_limits(limits: Limits, workdir: Path, parent_variables: list[str]) -> 
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    # Below the worker that feeds it: the worker's share of the CPU (reading, handing
-    # off, writing scores) is what keeps every sandbox busy.
-    os.nice(NICE)
+    os.nice(limits.nice)
     if limits.threads:
         limit_threads(limits.threads)
     protections = confinement.confine(workdir, limits.processes, parent_variables)

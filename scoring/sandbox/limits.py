@@ -42,6 +42,10 @@ class Limits:
     # OpenMP and BLAS threads of its libraries; 0: as they choose (one a core). Online
     # requests of a few rows want one: waking a core's worth costs more than the rows.
     threads: int = 0
+    # Below the worker that feeds it: the worker's share of the CPU (reading, handing off,
+    # writing scores) is what keeps every sandbox busy. An online sandbox is the answer's
+    # own critical path: it runs beside its serving process, at 0.
+    nice: int = 10
 
     def scaled(self, models: int) -> "Limits":
         """The limits of a sandbox serving several models: CPU time is for the whole process."""
