@@ -303,6 +303,9 @@ ONLINE_TIMEOUT_SECONDS = env_float("ONLINE_TIMEOUT_SECONDS", 2.0)
 ONLINE_RATE_LIMIT = env_float("ONLINE_RATE_LIMIT", 5000)
 ONLINE_QUEUE_ROWS = env_int("ONLINE_QUEUE_ROWS", 20_000)
 ONLINE_MAX_WAIT_SECONDS = env_float("ONLINE_MAX_WAIT_SECONDS", 0.02)
+# Per serving process: requests admitted and not yet answered. Past it, 429: a process
+# that reads more than it can answer makes every answer wait for all the others.
+ONLINE_MAX_IN_FLIGHT = env_int("ONLINE_MAX_IN_FLIGHT", 16)
 # A model not loaded yet: a request waits this long for it, then 503 with Retry-After.
 ONLINE_LOAD_WAIT_SECONDS = env_float("ONLINE_LOAD_WAIT_SECONDS", 10.0)
 # Package memory one serving process keeps loaded; beyond it, the least recently used go.

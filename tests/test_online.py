@@ -365,6 +365,37 @@ def test_a_model_loads_at_first_use_over_its_rate_limit_gets_429_and_idle_ones_a
         server.stop()
 
 
+def test_a_serving_process_answers_429_past_the_requests_it_has_in_progress(
+    owner, worker, validated, worker_env, state_dir
+):
+    """More requests than a process answers at once are refused at once, not queued: the
+    admitted ones are answered as fast as ever."""
+    deployment = online.online(owner, online.moody_package(), "in-progress", validated)
+    token = online.token_of(owner)
+    env = worker_env | {
+        "ONLINE_MAX_IN_FLIGHT": "1",
+        "ONLINE_LOAD_WAIT_SECONDS": "30",
+        "ONLINE_TIMEOUT_SECONDS": "10",
+    }
+    server = services.serve_online(env, state_dir / "online-in-flight.log", services.free_port())
+
+    def ask(age):
+        return online.predict(server, deployment.id, token, {"dataframe_records": [{"age": age}]})
+
+    try:
+        assert ask(50).json() == {"predictions": [0.5]}
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(ask, -2)  # 2.5 s of the model's own work
+            online.busy_sandbox(server)
+            refused = ask(10)
+            assert busy.result().json() == {"predictions": [-0.02]}
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+        assert "busy (1 requests)" in refused.json()["message"]
+        assert ask(10).json() == {"predictions": [0.1]}, "answered again once the first was"
+    finally:
+        server.stop()
+
+
 SNOOP_CELL = """
 import os
 import numpy as np

@@ -24,6 +24,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -46,6 +47,7 @@ from scoring.online.runner import Refused, Runner
 
 HEARTBEAT_SECONDS = 5.0
 LAG_PROBE_SECONDS = 0.005
+LAG_PROBES = 3
 log = logging.getLogger(__name__)
 
 
@@ -97,6 +99,7 @@ class Service:
         self.answering: dict[int, Version] = {}  # model id: the champion that last answered
         self.limits: dict[int, RateLimit] = {}
         self.requests = 0
+        self.in_flight = 0  # admitted, not answered yet
         self.started_at = request_log.now()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
@@ -135,8 +138,11 @@ class Service:
         return model
 
     def allow(self, model: Model) -> None:
-        """Refuse at once what would only wait: over the model's rate, or while the event
-        loop itself runs late (more requests come than this process can read)."""
+        """Refuse at once what would only wait: over the model's rate, past the requests in
+        progress this process answers at once, or while its event loop runs late (more
+        requests come than it can read)."""
+        if self.in_flight >= settings.ONLINE_MAX_IN_FLIGHT:
+            raise Failure(429, f"the online service is busy ({self.in_flight} requests)", 1)
         if self.lag > settings.ONLINE_MAX_WAIT_SECONDS:
             raise Failure(429, f"the online service is busy ({self.lag * 1000:.0f} ms behind)", 1)
         limit = self.limits.get(model.id)
@@ -278,12 +284,16 @@ class Service:
 
     async def watch_lag(self) -> None:
         """Measure how late the event loop wakes a sleeper: the time a request that came now
-        would wait before it is read."""
+        would wait before it is read. The least of the last few probes: a moment's stall (a
+        new version's sandbox loading beside) is not a backlog, and shedding for it would
+        fail requests a promotion must not fail."""
         loop = asyncio.get_running_loop()
+        recent = deque([0.0] * LAG_PROBES, maxlen=LAG_PROBES)
         while True:
             start = loop.time()
             await asyncio.sleep(LAG_PROBE_SECONDS)
-            self.lag = loop.time() - start - LAG_PROBE_SECONDS
+            recent.append(loop.time() - start - LAG_PROBE_SECONDS)
+            self.lag = min(recent)
 
     async def upkeep(self) -> None:
         """Every few seconds: let go the versions no model serves, keep memory bounded, and
@@ -388,9 +398,13 @@ async def answer(request: Request, name: str, parse, reply, error_body) -> Respo
     try:
         model = await service.model(request, name)
         service.allow(model)
-        body = await read_body(request)
-        rows, extra = parse(body, model.champion.inputs)
-        scores, parts = await service.score(model, rows)
+        service.in_flight += 1
+        try:
+            body = await read_body(request)
+            rows, extra = parse(body, model.champion.inputs)
+            scores, parts = await service.score(model, rows)
+        finally:
+            service.in_flight -= 1
     except (Failure, BadRequest) as exc:
         retry_after = getattr(exc, "retry_after", None)
         if model is not None:

@@ -167,7 +167,7 @@ class RequestLog:
     a time, and writes what it made every `flush_seconds`: encoding a flush's thousands of
     requests at once held the interpreter ~0.2 s, and every answer of that moment waited."""
 
-    ENCODE_SECONDS = 0.05
+    ENCODE_SECONDS = 0.25
 
     def __init__(self, max_rows: int, flush_seconds: float, write=None):
         self.max_rows = max_rows
