@@ -47,7 +47,7 @@ class Model:
     owner_id: int
     name: str
     online: bool
-    champion: Version | None  # None: no valid champion
+    champion: Version | None  # None: no valid champion, or not read (the model is off)
     challenger: Version | None
     share: float | None  # the challenger's split; None: a shadow
 
@@ -85,24 +85,34 @@ def version_of(version: PackageVersion | None) -> Version | None:
     )
 
 
-def read_models() -> dict[int, Model]:
-    deployments = Deployment.objects.select_related("champion", "challenger").only(
-        "id", "owner_id", "name", "online", "challenger_share",
-        *(f"{role}__{name}" for role in ("champion", "challenger") for name in (
-            "id", "number", "sha256", "file", "size", "state", "package")),
-    )  # fmt: skip
-    models = {}
-    for deployment in deployments:
-        models[deployment.id] = Model(
-            id=deployment.id,
-            owner_id=deployment.owner_id,
-            name=deployment.name,
-            online=deployment.online,
-            champion=version_of(deployment.champion),
-            challenger=version_of(deployment.challenger),
-            share=deployment.challenger_share,
+def read_models(known: dict[int, Version]) -> tuple[dict[int, Model], dict[int, Version]]:
+    """Every model (so another's is a 404 and one switched off a 409), and the versions the
+    online ones answer with. A valid version never changes, and its package is most of
+    what there is to read: only the versions not `known` yet are read."""
+    rows = list(
+        Deployment.objects.values_list(
+            "id", "owner_id", "name", "online", "challenger_share", "champion_id", "challenger_id"
         )
-    return models
+    )
+    wanted = {version for row in rows if row[3] for version in row[5:] if version is not None}
+    versions = {id_: known[id_] for id_ in wanted & known.keys()}
+    unknown = PackageVersion.objects.filter(
+        id__in=wanted - known.keys(), state=PackageVersion.State.VALID
+    ).only("id", "number", "sha256", "file", "size", "state", "package")
+    versions |= {version.id: version_of(version) for version in unknown}
+    models = {
+        id_: Model(
+            id=id_,
+            owner_id=owner_id,
+            name=name,
+            online=online,
+            champion=versions.get(champion_id),
+            challenger=versions.get(challenger_id),
+            share=share,
+        )
+        for id_, owner_id, name, online, share, champion_id, challenger_id in rows
+    }
+    return models, versions
 
 
 class Directory:
@@ -110,6 +120,7 @@ class Directory:
 
     def __init__(self):
         self.models: dict[int, Model] = {}
+        self.versions: dict[int, Version] = {}  # those the online models answer with
         self.by_name: dict[tuple[int, str], Model] = {}
         self.loaded = threading.Event()
         self.refreshed_at = 0.0  # when the latest reading started
@@ -141,7 +152,7 @@ class Directory:
         self.refreshed_at = time.monotonic()
         close_old_connections()  # a database restarted since: a new connection
         try:
-            models = read_models()
+            models, self.versions = read_models(self.versions)
         except Exception as exc:  # the database away: serve what we know
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("the models could not be read: %s", self.error)
