@@ -133,10 +133,12 @@ def v2_tensor(tensor: object, binary: bytes, offset: int) -> tuple[str, object, 
         values = tensor["data"]
     else:
         raise BadRequest(f"input {name!r} has no data")
+    # A matrix becomes numbers here; a feature's own column stays a list, typed by Arrow
+    # with the others (typed_columns); FP16 Arrow cannot make from Python's floats.
     one_a_row = math.prod(shape[1:]) == 1
-    if datatype != "BYTES" and isinstance(values, list) and not (one_a_row and datatype != "FP16"):
-        values = numeric_array(values, datatype, name)  # a matrix; a feature's column stays
-    if isinstance(values, np.ndarray):  # a list, typed once, by Arrow (typed_column)
+    if datatype != "BYTES" and isinstance(values, list) and (not one_a_row or datatype == "FP16"):
+        values = numeric_array(values, datatype, name)
+    if isinstance(values, np.ndarray):
         if values.size != math.prod(shape):
             raise BadRequest(f"input {name!r}: {values.size} values do not fill shape {shape}")
         values = values.reshape(shape)

@@ -205,7 +205,10 @@ def predict(state: dict[str, Any], input_fd: int, key: int) -> list[float]:
     table = pa.ipc.open_stream(pa.py_buffer(mapped)).read_all()
     model, package = state["models"][key]
     positive_class = package.params.get("positive_class")
-    raw = native_rows.raw_scores(model, package, table)
+    try:
+        raw = native_rows.raw_scores(model, package, table)
+    except Exception:  # what the model's own input could not do, the frame does as in batch
+        raw = None
     if raw is None:
         frame = table.select(package.features).to_pandas(split_blocks=True)
         scores = contract.score(model, package.method, frame, positive_class)
