@@ -46,6 +46,8 @@ class ListQuery(forms.Form):
 
 class ModelsQuery(ListQuery):
     sort = forms.ChoiceField(required=False, choices=list(MODEL_SORTS.items()))
+    # "me" (the user's own models) or a team's slug; blank: all of them.
+    owner = forms.SlugField(required=False, max_length=100, allow_unicode=True)
 
 
 class StatusQuery(ListQuery):

@@ -39,7 +39,7 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def switch(request: HttpRequest, deployment_id: int) -> HttpResponse:
     """Switch the model online or off (the form says `online=on` or `off`), recorded with
     its author like every change."""
-    deployment = get_deployment_for_user(request, deployment_id)
+    deployment = get_deployment_for_user(request, deployment_id, "online")
     wanted = request.POST.get("online")
     if wanted not in ("on", "off"):
         messages.error(request, "Say whether to switch it online (on) or off.")
@@ -65,7 +65,7 @@ def switch_message(deployment: Deployment) -> str:
 def try_it(request: HttpRequest, deployment_id: int) -> HttpResponse:
     """Send the form's row (a JSON object, or a list of them) to the serving process as the
     signed-in user, and show the model's page with the answer."""
-    deployment = get_deployment_for_user(request, deployment_id)
+    deployment = get_deployment_for_user(request, deployment_id, "predict")
     text = request.POST.get("row", "")
     try:
         records = records_of(text)

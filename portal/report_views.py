@@ -1,19 +1,23 @@
 """The report of a batch as a page: the same as the email, with its charts served as PNGs."""
 
 from django.contrib.auth.decorators import login_required
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from scoring.models import Report
+from scoring.packages import owners
 from scoring.quality.levels import SEVERITY
 from scoring.reports import chart, content
 
 
 def reports_for(user):
-    """The reports a user may see: their own, or all of them for staff."""
-    queryset = Report.objects.select_related("owner", "batch")
-    return queryset if user.is_staff else queryset.filter(owner=user)
+    """The reports a user may see: their own and their teams' (all of them for staff)."""
+    queryset = Report.objects.select_related("owner", "team", "batch")
+    if user.is_staff:
+        return queryset
+    return queryset.filter(Q(owner=user) | Q(team__in=list(owners.team_roles(user))))
 
 
 def get_report_for_user(request: HttpRequest, report_id: int) -> Report:

@@ -165,6 +165,29 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "models"
 LOGOUT_REDIRECT_URL = "login"
 
+# --- Teams and sign-in -------------------------------------------------------
+# Directory groups (LDAP/Active Directory, or an OpenID provider's groups claim) give teams
+# and roles at each sign-in: "group=team:role" pairs, comma-separated, e.g.
+# "ds-retail-managers=retail:manager,ds-retail=retail:member" (scoring.packages.teams).
+# A team named here is made at the first sign-in that needs it.
+
+
+def directory_groups(text: str) -> dict[str, tuple[str, str]]:
+    pairs = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        group, _, target = item.partition("=")
+        team, _, role = target.partition(":")
+        if not (group.strip() and team.strip() and role.strip() in ("viewer", "member", "manager")):
+            raise ImproperlyConfigured(
+                f"DIRECTORY_GROUPS: {item!r} is not group=team:role (a role: viewer, member, "
+                "manager)"
+            )
+        pairs[group.strip()] = (team.strip(), role.strip())
+    return pairs
+
+
+DIRECTORY_GROUPS = directory_groups(env_str("DIRECTORY_GROUPS", ""))
+
 # Login rate limit (django-axes): after AXES_FAILURE_LIMIT failed logins of one username from
 # one IP, that pair is locked out for AXES_COOLOFF_MINUTES, counted from its last failure.
 # Axes' backend comes first so a locked-out pair never reaches the password check; API

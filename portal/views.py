@@ -5,7 +5,8 @@ from datetime import date, datetime
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Prefetch
+from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -16,8 +17,16 @@ from rest_framework.authtoken.models import Token
 from portal import dashboard, listing, online_card, tokens
 from portal.downloads import stream_package, stream_scores
 from scoring import record
-from scoring.models import ChampionChange, Deployment, PackageVersion, Report, Role, ScoringRun
-from scoring.packages import deployments, params, quotas, roles, schedules
+from scoring.models import (
+    ChampionChange,
+    Deployment,
+    PackageVersion,
+    Report,
+    Role,
+    ScoringRun,
+    Team,
+)
+from scoring.packages import deployments, owners, params, quotas, roles, schedules
 from scoring.packages.deployments import DeployError
 from scoring.packages.storage import StorageError
 from scoring.quality import ground_truth
@@ -26,11 +35,11 @@ from scoring.runs.lifecycle import RunError
 
 
 def deployments_for(user):
-    """The deployments a user may see: their own, or all of them for staff."""
+    """The deployments a user may see: their own and their teams' (owners.visible)."""
     queryset = Deployment.objects.select_related(
-        "owner", "champion", "challenger"
+        "owner", "team", "champion", "challenger"
     ).prefetch_related(Prefetch("versions", queryset=PackageVersion.objects.order_by("-number")))
-    return queryset if user.is_staff else queryset.filter(owner=user)
+    return queryset.filter(owners.visible(user))
 
 
 def comparisons_of(deployment: Deployment):
@@ -47,19 +56,43 @@ def changes_of(deployment: Deployment):
 
 def runs_for(user):
     queryset = ScoringRun.objects.select_related("deployment", "version")
-    return queryset if user.is_staff else queryset.filter(deployment__owner=user)
+    return queryset.filter(deployment__in=Deployment.objects.filter(owners.visible(user)))
 
 
-def get_deployment_for_user(request: HttpRequest, deployment_id: int) -> Deployment:
-    """The deployment, or 404 when it is not the user's: no view can forget ownership."""
-    return get_object_or_404(deployments_for(request.user), id=deployment_id)
+def get_deployment_for_user(
+    request: HttpRequest, deployment_id: int, action: str = "view"
+) -> Deployment:
+    """The deployment, or 404 when the user does not see it: no view can forget ownership;
+    403 when they see it but their role does not allow the action (owners.ACTIONS)."""
+    deployment = get_object_or_404(deployments_for(request.user), id=deployment_id)
+    allow(request.user, deployment, action)
+    return deployment
+
+
+def allow(user, deployment: Deployment, action: str) -> None:
+    """PermissionDenied (a 403, in the pages and the API alike) unless the user's role on
+    the model allows the action."""
+    try:
+        owners.require(user, deployment, action)
+    except owners.NotAllowed as exc:
+        raise PermissionDenied(str(exc)) from None
 
 
 def models_context(request: HttpRequest) -> dict:
     """A page of the user's own models as the query string filters, searches and sorts
     them, with the count of each status; BadQuery when the query string is wrong."""
     query = listing.read(listing.ModelsQuery(request.GET, dashboard.MODEL_LEVELS))
-    own = deployments_for(request.user).filter(owner=request.user)
+    teams = list(Team.objects.filter(memberships__user=request.user))
+    own = deployments_for(request.user).filter(
+        Q(owner=request.user, team__isnull=True) | Q(team__in=teams)
+    )
+    if query["owner"] == "me":
+        own = own.filter(team__isnull=True)
+    elif query["owner"]:
+        team = next((t for t in teams if t.slug == query["owner"]), None)
+        if team is None:
+            raise listing.BadQuery(f"owner: you are in no team {query['owner']!r}")
+        own = own.filter(team=team)
     if query["q"]:
         own = own.filter(name__icontains=query["q"])
     counts = dashboard.level_counts(own, dashboard.model_level(), dashboard.MODEL_LEVELS)
@@ -78,6 +111,8 @@ def models_context(request: HttpRequest) -> dict:
         "status_options": listing.status_options(counts, query),
         "sorts": listing.MODEL_SORTS,
         "quota": quotas.usage(request.user),
+        "teams": teams,
+        "roles": owners.team_roles(request.user),
         # Only the page's rows are polled, so only theirs make the page poll faster.
         "pending": any(
             d.latest_version and d.latest_version.state == PackageVersion.State.PENDING
@@ -153,6 +188,7 @@ def upload(request: HttpRequest) -> JsonResponse:
             file,
             file.name,
             file.size,
+            team=request.POST.get("team"),
             name=request.POST.get("name"),
             email=request.POST.get("email"),
             schedule=posted_schedule(request),
@@ -208,6 +244,8 @@ def model_context(request: HttpRequest, deployment: Deployment) -> dict:
         "online_features": dashboard.top_features(online_check and online_check.quality),
         **history_context(request, deployment),
         "roles": roles_context(request, deployment),
+        "role": owners.role_on(request.user, deployment),
+        "may": {action: owners.may(request.user, deployment, action) for action in owners.ACTIONS},
         "online": online_card.card(deployment),
     }
 
@@ -224,7 +262,7 @@ def history_context(request: HttpRequest, deployment: Deployment) -> dict:
 @require_GET
 def version_download(request: HttpRequest, deployment_id: int, number: int) -> HttpResponse:
     """The version's package file, exactly as uploaded (its sha256 in the headers)."""
-    deployment = get_deployment_for_user(request, deployment_id)
+    deployment = get_deployment_for_user(request, deployment_id, "download")
     version = get_object_or_404(deployment.versions, number=number)
     try:
         return stream_package(version)
@@ -248,13 +286,14 @@ def roles_context(request: HttpRequest, deployment: Deployment) -> dict:
         "waiting": waiting,
         "approvers": roles.approvers(waiting) if waiting else [],
         "can_approve": bool(
-            waiting
-            and waiting.requested_by_id != request.user.id
-            and roles.can_approve(request.user)
+            waiting and owners.may_approve(request.user, deployment, waiting.requested_by_id)
         ),
         "can_withdraw": bool(
             waiting
-            and (waiting.requested_by_id == request.user.id or roles.can_approve(request.user))
+            and (
+                waiting.requested_by_id == request.user.id
+                or owners.may_approve(request.user, deployment, waiting.requested_by_id)
+            )
         ),
         "earlier": [  # what a rollback may go to: any other valid version but the challenger
             v
@@ -303,6 +342,10 @@ def next_runs_or_none(deployment: Deployment) -> list[datetime]:
 @require_POST
 def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpResponse:
     deployment = get_deployment_for_user(request, deployment_id)
+    if action not in owners.ACTIONS:
+        return HttpResponse(status=404)
+    if action not in ("approve", "withdraw"):  # the asker's and the approvers': roles says
+        allow(request.user, deployment, action)
     try:
         if action == "pause":
             deployments.update(deployment, status=Deployment.Status.PAUSED)

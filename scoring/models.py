@@ -7,15 +7,117 @@ from django.utils.timezone import now
 from scoring import record
 
 
+class TeamRole(models.TextChoices):
+    """What a person (or a service token) may do with a team's models (scoring.packages.owners
+    holds the rules): a viewer reads, a member also changes, a manager also approves and
+    manages the team."""
+
+    VIEWER = "viewer"
+    MEMBER = "member"
+    MANAGER = "manager"
+
+
+class Team(models.Model):
+    """People who own models together; its packages live under `teams/<slug>/`."""
+
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True)
+    report_email = models.EmailField(
+        blank=True, help_text="A mailing list that gets the team's reports (blank: its members)."
+    )
+    # Quotas of the team's models, as a person's (blank: the site's defaults).
+    active_models = models.PositiveIntegerField(null=True, blank=True)
+    bytes = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def max_active_models(self) -> int:
+        return settings.QUOTA_ACTIVE_MODELS if self.active_models is None else self.active_models
+
+    @property
+    def max_bytes(self) -> int:
+        return settings.QUOTA_BYTES if self.bytes is None else self.bytes
+
+
+class Membership(models.Model):
+    """A person's (or a service token's account's) role in a team."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=10, choices=TeamRole)
+    # Given by a directory group at sign-in (scoring.packages.owners.apply_directory_groups),
+    # so taken away when the group is; one given in the portal stays.
+    from_directory = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "user"], name="one_membership_per_team")
+        ]
+        ordering = ["team__name", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} as {self.role}"
+
+
+class ServiceToken(models.Model):
+    """A team's API token for a pipeline or a dashboard: it belongs to the team, not to a
+    person. Its account (`user`, named `<team>/<name>`, no password) holds the token's key
+    and a membership with the token's role, so every rule and record reads it as any user."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="tokens")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="service_token"
+    )
+    name = models.CharField(max_length=100)
+    role = models.CharField(
+        max_length=10, choices=[(r, r.label) for r in (TeamRole.VIEWER, TeamRole.MEMBER)]
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="one_token_name_per_team")
+        ]
+        ordering = ["team__name", "name"]
+
+    def __str__(self) -> str:
+        return self.user.username
+
+
 class Deployment(models.Model):
-    """A model a user put on scheduled scoring; its packages are its versions."""
+    """A model put on scheduled scoring, owned by a person or by a team (exactly one of
+    `owner` and `team`); its packages are its versions."""
 
     class Status(models.TextChoices):
         ACTIVE = "active"
         PAUSED = "paused"
 
+    # A person's own model; null for a team's (a deleted person's own models are deleted
+    # with their packages first: scoring.packages.owner_deletion).
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deployments"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deployments",
+    )
+    # A team's model: it outlives any one member (a team with models cannot be deleted).
+    team = models.ForeignKey(
+        Team, on_delete=models.PROTECT, null=True, blank=True, related_name="deployments"
     )
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=100)
@@ -54,12 +156,37 @@ class Deployment(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["owner", "slug"], name="unique_slug_per_owner")
+            models.UniqueConstraint(
+                fields=["owner", "slug"],
+                condition=models.Q(team__isnull=True),
+                name="unique_slug_per_owner",
+            ),
+            models.UniqueConstraint(
+                fields=["team", "slug"],
+                condition=models.Q(team__isnull=False),
+                name="unique_slug_per_team",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(owner__isnull=True) | models.Q(team__isnull=True),
+                name="owned_by_a_person_or_a_team",
+            ),
         ]
         ordering = ["name"]
 
     def __str__(self) -> str:
-        return f"{self.owner}/{self.name}"
+        return f"{self.owner_name}/{self.name}"
+
+    @property
+    def owner_name(self) -> str:
+        """Who owns it, as pages and the API say it: a username, or `team/<slug>`."""
+        if self.team_id:
+            return f"team/{self.team.slug}"
+        return self.owner.username if self.owner else "(deleted)"
+
+    @property
+    def owner_key(self) -> str:
+        """One per owner: the packages of two owners never share a sandbox."""
+        return f"team:{self.team_id}" if self.team_id else f"user:{self.owner_id}"
 
     @staticmethod
     def slug_for(name: str) -> str:
@@ -376,11 +503,19 @@ class QueuedEmail(models.Model):
 
 
 class Report(QueuedEmail):
-    """One report per user per batch: the email, and the same as a page in the portal."""
+    """One report per recipient per batch: a person's (`owner`), or a team's report address
+    (`team`); the email, and the same as a page in the portal."""
 
     batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="reports")
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reports"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="reports",
+    )
+    team = models.ForeignKey(
+        Team, on_delete=models.CASCADE, null=True, blank=True, related_name="reports"
     )
     runs = models.ManyToManyField(ScoringRun, related_name="reports")
     status = models.CharField(
@@ -389,12 +524,21 @@ class Report(QueuedEmail):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["batch", "owner"], name="one_report_per_user_and_batch")
+            models.UniqueConstraint(
+                fields=["batch", "owner"],
+                condition=models.Q(team__isnull=True),
+                name="one_report_per_user_and_batch",
+            ),
+            models.UniqueConstraint(
+                fields=["batch", "team"],
+                condition=models.Q(team__isnull=False),
+                name="one_report_per_team_and_batch",
+            ),
         ]
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"report of {self.batch} for {self.owner}"
+        return f"report of {self.batch} for {self.team or self.owner}"
 
 
 class MaturedReport(QueuedEmail):
@@ -402,7 +546,14 @@ class MaturedReport(QueuedEmail):
     (scoring.quality.ground_truth): runs that matured, or whose Gini status changed."""
 
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="matured_reports"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="matured_reports",
+    )
+    team = models.ForeignKey(
+        Team, on_delete=models.CASCADE, null=True, blank=True, related_name="matured_reports"
     )
     runs = models.ManyToManyField(ScoringRun, related_name="matured_reports")
     status = models.CharField(max_length=10, help_text="the worst of its runs' Gini statuses")
@@ -638,6 +789,8 @@ record.register(
         "challenger",
         "challenger_share",
         "online",
+        "owner",
+        "team",
     ],
     deployment="id",
 )

@@ -101,7 +101,7 @@ def test_tick_sends_again_a_validation_whose_message_was_lost(worker, owner, val
     deployment = Deployment.objects.create(
         owner=owner, name="lost", slug="lost", email="a@b.example"
     )
-    key = storage.package_key(owner.username, "lost", 1)
+    key = storage.package_key(deployment, 1)
     storage.upload(io.BytesIO(data), key, storage.sha256_of(io.BytesIO(data)))
     version = PackageVersion.objects.create(
         deployment=deployment,

@@ -41,7 +41,12 @@ class VersionSerializer(serializers.ModelSerializer):
 
 
 class DeploymentSerializer(serializers.ModelSerializer):
-    owner = serializers.CharField(source="owner.username", read_only=True)
+    owner = serializers.CharField(
+        source="owner_name", read_only=True, help_text="A username, or team/<team slug>."
+    )
+    team = serializers.CharField(
+        source="team.slug", read_only=True, allow_null=True, help_text="null: a person's own."
+    )
     latest_version = serializers.SerializerMethodField()
     current_version = serializers.SerializerMethodField(
         help_text="The number of the live version, the champion (null: none yet)."
@@ -56,6 +61,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "id",
             "name",
             "owner",
+            "team",
             "status",
             "schedule",
             "timezone",
@@ -143,6 +149,12 @@ class UploadSerializer(serializers.Serializer):
         allow_blank=True,
         help_text="With role 'challenger': the share of entities it scores (0 < share <= 1, "
         "by a stable hash of their id), the champion the rest. Blank: both score all.",
+    )
+    team = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="The team (its slug or name) whose model this is; blank: your own (a team "
+        "token's: its team).",
     )
 
 

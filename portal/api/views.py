@@ -24,13 +24,24 @@ from portal.api.serializers import (
     UploadSerializer,
 )
 from portal.downloads import stream_package, stream_scores
-from portal.views import changes_of, comparisons_of, deployments_for, runs_for
+from portal.views import allow, changes_of, comparisons_of, deployments_for, runs_for
 from scoring import record
 from scoring.models import ChampionChange, Deployment, ScoringRun
 from scoring.packages import deployments, roles
 from scoring.packages.deployments import DeployError
 from scoring.packages.roles import RoleError
 from scoring.runs import dispatch
+
+# What each route of a model does, as owners.ACTIONS names it (the rest: "view"; approve
+# and withdraw are the asker's and the approvers', as scoring.packages.roles says).
+ACTION_OF = {
+    "partial_update": "settings",
+    "destroy": "delete",
+    "download": "download",
+    "promote": "promote",
+    "rollback": "rollback",
+    "share": "share",
+}
 
 
 class FleetPagination(LimitOffsetPagination):
@@ -52,6 +63,16 @@ class DeploymentViewSet(viewsets.GenericViewSet):
 
     def get_queryset(self):
         return deployments_for(self.request.user)
+
+    def get_object(self) -> Deployment:
+        """The model, or 404 when the user does not see it; 403 when their role does not
+        allow what the request does (owners.ACTIONS)."""
+        deployment = super().get_object()
+        action = ACTION_OF.get(self.action, "view")
+        if self.action == "runs" and self.request.method == "POST":
+            action = "score"
+        allow(self.request.user, deployment, action)
+        return deployment
 
     @extend_schema(
         parameters=[
@@ -90,6 +111,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             max_slice_age_days=form.validated_data.get("max_slice_age_days"),
             role=form.validated_data.get("role"),
             share=form.validated_data.get("share"),
+            team=form.validated_data.get("team"),
         )
         deployment = self.get_queryset().get(id=version.deployment_id)
         return Response(DeploymentDetailSerializer(deployment).data, status=status.HTTP_201_CREATED)

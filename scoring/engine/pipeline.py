@@ -96,7 +96,7 @@ class SlicePipeline(ChunkScoring):
                 scorer.package = copy
         alive = [s for s in scorers if not s.failed]
         # A sandbox serves one owner's models that pin the same libraries (one environment).
-        waves = pool.waves(alive, self.pool, owner=lambda s: (s.run.deployment.owner_id, pins(s)))
+        waves = pool.waves(alive, self.pool, owner=lambda s: (s.run.deployment.owner_key, pins(s)))
         groups = [Group(scorers, pins(scorers[0])) for wave in waves for scorers in wave]
         if groups:
             self.score(groups, resident=len(waves) == 1)

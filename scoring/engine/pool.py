@@ -24,7 +24,7 @@ def busy_limit(pool: int, cores: int | None = None) -> int:
     return max(1, min(pool, cores or os.cpu_count() or 1))
 
 
-def waves(runs: list, pool: int, owner=lambda run: run.deployment.owner_id) -> list[list[list]]:
+def waves(runs: list, pool: int, owner=lambda run: run.deployment.owner_key) -> list[list[list]]:
     """The runs in groups that share a sandbox (one owner each), at most `pool` groups a
     wave. An owner with many runs gets as many sandboxes as the pool leaves room for, so
     the cores share the work; owners beyond the pool fall in a later wave."""

@@ -15,7 +15,7 @@ from django.core import signing
 from django.db import close_old_connections
 from rest_framework.authtoken.models import Token
 
-from scoring.models import Deployment, PackageVersion
+from scoring.models import Deployment, Membership, PackageVersion
 from scoring.online.protocol import Inputs
 
 REFRESH_SECONDS = 1.0
@@ -44,7 +44,8 @@ class Version:
 @dataclass(frozen=True)
 class Model:
     id: int
-    owner_id: int
+    owner_id: int | None
+    team_id: int | None
     name: str
     online: bool
     champion: Version | None  # None: no valid champion, or not read (the model is off)
@@ -60,8 +61,11 @@ class Model:
 class Caller:
     user_id: int
     staff: bool
+    teams: frozenset[int] = frozenset()  # every role may ask a team's model (owners.ACTIONS)
 
     def may_see(self, model: Model) -> bool:
+        if model.team_id is not None:
+            return self.staff or model.team_id in self.teams
         return self.staff or model.owner_id == self.user_id
 
 
@@ -91,10 +95,17 @@ def read_models(known: dict[int, Version]) -> tuple[dict[int, Model], dict[int, 
     what there is to read: only the versions not `known` yet are read."""
     rows = list(
         Deployment.objects.values_list(
-            "id", "owner_id", "name", "online", "challenger_share", "champion_id", "challenger_id"
+            "id",
+            "owner_id",
+            "team_id",
+            "name",
+            "online",
+            "challenger_share",
+            "champion_id",
+            "challenger_id",
         )
     )
-    wanted = {version for row in rows if row[3] for version in row[5:] if version is not None}
+    wanted = {version for row in rows if row[4] for version in row[6:] if version is not None}
     versions = {id_: known[id_] for id_ in wanted & known.keys()}
     unknown = PackageVersion.objects.filter(
         id__in=wanted - known.keys(), state=PackageVersion.State.VALID
@@ -104,24 +115,26 @@ def read_models(known: dict[int, Version]) -> tuple[dict[int, Model], dict[int, 
         id_: Model(
             id=id_,
             owner_id=owner_id,
+            team_id=team_id,
             name=name,
             online=online,
             champion=versions.get(champion_id),
             challenger=versions.get(challenger_id),
             share=share,
         )
-        for id_, owner_id, name, online, share, champion_id, challenger_id in rows
+        for id_, owner_id, team_id, name, online, share, champion_id, challenger_id in rows
     }
     return models, versions
 
 
 class Directory:
-    """The models by id and by (owner, name), read again in the background."""
+    """The models by id and by (owner, name), read again in the background; an owner is
+    ("user", id) or ("team", id)."""
 
     def __init__(self):
         self.models: dict[int, Model] = {}
         self.versions: dict[int, Version] = {}  # those the online models answer with
-        self.by_name: dict[tuple[int, str], Model] = {}
+        self.by_name: dict[tuple[str, int, str], Model] = {}
         self.loaded = threading.Event()
         self.refreshed_at = 0.0  # when the latest reading started
         self.missed_at = 0.0  # when a miss last made one
@@ -158,19 +171,31 @@ class Directory:
             log.warning("the models could not be read: %s", self.error)
             return
         self.models = models
-        self.by_name = {(m.owner_id, m.name): m for m in models.values()}
+        self.by_name = {owner_of(m) + (m.name,): m for m in models.values()}
         self.error = None
         self.loaded.set()
 
     def find(self, caller: Caller, name_or_id: str) -> Model | None:
-        """The caller's model of this name, else the model of this id the caller may see."""
-        model = self.by_name.get((caller.user_id, name_or_id))
+        """The caller's own model of this name, else their one team's model of this name
+        (a name two of their teams use must be asked by id), else the model of this id the
+        caller may see."""
+        model = self.by_name.get(("user", caller.user_id, name_or_id))
+        if model is None:
+            named = [self.by_name.get(("team", team, name_or_id)) for team in caller.teams]
+            named = [found for found in named if found is not None]
+            model = named[0] if len(named) == 1 else None
         if model is None and name_or_id.isdigit():
             model = self.models.get(int(name_or_id))
         return model if model is not None and caller.may_see(model) else None
 
     def stop(self) -> None:
         self.stopping.set()
+
+
+def owner_of(model: Model) -> tuple[str, int]:
+    if model.team_id is not None:
+        return ("team", model.team_id)
+    return ("user", model.owner_id)
 
 
 class Tokens:
@@ -212,4 +237,5 @@ def read_caller(header: str) -> Caller | None:
         return None
     if user is None or not user.is_active:
         return None
-    return Caller(user.id, user.is_staff)
+    teams = Membership.objects.filter(user=user).values_list("team_id", flat=True)
+    return Caller(user.id, user.is_staff, frozenset(teams))

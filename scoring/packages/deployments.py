@@ -13,8 +13,8 @@ from django.db import transaction
 from django.utils.timezone import now
 
 from scoring import enqueue
-from scoring.models import DeletedDeployment, Deployment, PackageVersion, Quota
-from scoring.packages import quotas, roles, schedules, storage
+from scoring.models import DeletedDeployment, Deployment, PackageVersion, Quota, Team
+from scoring.packages import owners, quotas, roles, schedules, storage
 from scoring.packages.contract import ContractError, check_email, check_name
 from scoring.packages.schedules import ScheduleError, check_schedule, check_timezone
 
@@ -85,9 +85,21 @@ def deploy(
     max_slice_age_days: int | str | None = None,
     role: str | None = None,
     share: float | str | None = None,
+    team: str | None = None,
 ) -> PackageVersion:
     """Store a package as a new deployment, or as a new version of the one with that name,
-    dropped as the live version (champion, the default) or as a challenger beside it."""
+    dropped as the live version (champion, the default) or as a challenger beside it; the
+    user's own, or that of the team named `team` (its slug or name)."""
+    try:
+        team = owners.team_for_upload(user, team)
+    except owners.NoSuchTeam as exc:
+        raise DeployError(str(exc)) from None
+    if not owners.may_deploy_to(user, team):
+        raise DeployError(
+            f"only a member or manager of the team {team.name} may deploy its models"
+            if team
+            else "a team's token deploys to its team: name it (team)"
+        )
     try:
         name = check_name(name or PurePath(filename).stem)
     except ContractError as exc:
@@ -104,14 +116,17 @@ def deploy(
     key = None
     try:
         with transaction.atomic():
-            # One upload at a time per user: quotas and version numbers cannot race.
-            Quota.objects.select_for_update().get_or_create(user=user)
-            deployment = (
-                Deployment.objects.select_for_update().filter(owner=user, slug=slug).first()
-            )
+            # One upload at a time per owner: quotas and version numbers cannot race.
+            if team is not None:
+                team = Team.objects.select_for_update().get(id=team.id)
+            else:
+                Quota.objects.select_for_update().get_or_create(user=user)
+            owned = Deployment.objects.select_for_update().filter(quotas.owned(team or user))
+            deployment = owned.filter(slug=slug).first()
             if deployment is not None and deployment.name != name:
+                whose = "the team's model" if team else "your model"
                 raise DeployError(
-                    f"the name {name!r} is too close to your model {deployment.name!r}: both "
+                    f"the name {name!r} is too close to {whose} {deployment.name!r}: both "
                     f"are stored as {slug!r}. Use {deployment.name!r} to add a version to it, "
                     "or a name that differs in its letters or digits"
                 )
@@ -128,15 +143,15 @@ def deploy(
             adds_a_model = deployment is None or (
                 deployment.status == Deployment.Status.ACTIVE and not can_score(deployment)
             )
-            quotas.check(user, size, adds_a_model)
+            quotas.check(team or user, size, adds_a_model)
             if deployment is None:
-                deployment = Deployment(owner=user, name=name, slug=slug, email=user.email or "")
+                deployment = new_deployment(user, team, name, slug)
             for field, value in fields.items():
                 setattr(deployment, field, value)
             deployment.next_run_at = next_fire_time(deployment)
             deployment.save()
             number = (latest.number if latest else 0) + 1
-            key = storage.package_key(user.username, slug, number)
+            key = storage.package_key(deployment, number)
             storage.upload(file, key, sha256)
             version = PackageVersion.objects.create(
                 deployment=deployment,
@@ -158,6 +173,14 @@ def deploy(
             discard_object(key)
         raise
     return version
+
+
+def new_deployment(user, team: Team | None, name: str, slug: str) -> Deployment:
+    """A team's model reports to the team (its address, or its members) unless given an
+    email; a person's to the person."""
+    if team is not None:
+        return Deployment(team=team, name=name, slug=slug, email="")
+    return Deployment(owner=user, name=name, slug=slug, email=user.email or "")
 
 
 def enqueue_validation(version_id: int) -> None:
@@ -200,7 +223,8 @@ def update(
                 raise DeployError(f"status must be 'active' or 'paused', got {status!r}")
             if status == Deployment.Status.ACTIVE:
                 try:
-                    quotas.check(deployment.owner, 0, adds_a_model=can_score(deployment))
+                    owner = deployment.team or deployment.owner
+                    quotas.check(owner, 0, adds_a_model=can_score(deployment))
                 except quotas.QuotaError as exc:
                     raise DeployError(str(exc)) from None
             fields["status"] = status
@@ -243,13 +267,14 @@ def delete(deployment: Deployment) -> None:
 
 
 def delete_all_of(owner) -> None:
-    """What `delete` does for each model of an owner about to be deleted, but their rows,
-    which the owner's deletion cascades to: packages first, so an S3 failure leaves the
-    owner whole. Their tombstones name no owner, as the deletion would null it anyway."""
-    owned = list(owner.deployments.select_related("owner"))
+    """What `delete` does for each own model of a person about to be deleted: packages
+    first, so an S3 failure leaves the person whole. Their tombstones name no owner, as the
+    deletion would null it anyway. Their teams' models stay."""
+    owned = list(owner.deployments.filter(team__isnull=True).select_related("owner"))
     storage.delete_objects(package_keys(owned))
     for deployment in owned:
         leave_tombstone(deployment, owner=None)
+    Deployment.objects.filter(id__in=[d.id for d in owned]).delete()
 
 
 def package_keys(owned: list[Deployment]) -> list[str]:

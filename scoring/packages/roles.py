@@ -9,12 +9,12 @@ displaces a newer champion. One challenger at a time: a new one replaces the pre
 from datetime import date
 
 from django.conf import settings
-from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
 
 from scoring import record
 from scoring.models import ChampionChange, Deployment, PackageVersion, Role, ScoringRun
+from scoring.packages import owners
 
 MAX_REASON = 500  # characters: a short reason, kept with the change
 
@@ -179,13 +179,16 @@ def change_kind(deployment: Deployment, version: PackageVersion) -> str:
 
 
 def approve(change: ChampionChange, user) -> ChampionChange:
-    """The second person's approval: a member of the approvers' group, not the one who asked."""
-    if not can_approve(user):
-        raise RoleError(
-            f"only a staff member of the group {settings.APPROVERS_GROUP!r} may approve"
-        )
+    """The second person's approval, never the one who asked: a manager of the model's
+    team, or a staff member of the approvers' group (owners.may_approve)."""
     if change.requested_by_id == user.id:
         raise RoleError("a change must be approved by someone other than the one who asked")
+    if not owners.may_approve(user, change.deployment, change.requested_by_id):
+        team = change.deployment.team
+        managers = f"a manager of the team {team.name} or " if team else ""
+        raise RoleError(
+            f"only {managers}a staff member of the group {settings.APPROVERS_GROUP!r} may approve"
+        )
     with transaction.atomic(), record.reason(change.reason):
         deployment = Deployment.objects.select_for_update().get(id=change.deployment_id)
         waiting = ChampionChange.objects.select_for_update().filter(
@@ -204,7 +207,9 @@ def approve(change: ChampionChange, user) -> ChampionChange:
 
 def withdraw(change: ChampionChange, user) -> ChampionChange:
     """A waiting change dropped, by the one who asked or an approver: the champion stays."""
-    if change.requested_by_id != user.id and not can_approve(user):
+    if change.requested_by_id != user.id and not owners.may_approve(
+        user, change.deployment, change.requested_by_id
+    ):
         raise RoleError("only the one who asked or an approver may withdraw a change")
     with transaction.atomic(), record.reason(change.reason):
         waiting = ChampionChange.objects.select_for_update().filter(
@@ -219,17 +224,9 @@ def withdraw(change: ChampionChange, user) -> ChampionChange:
     return change
 
 
-def can_approve(user) -> bool:
-    return bool(user.is_staff and user.groups.filter(name=settings.APPROVERS_GROUP).exists())
-
-
 def approvers(change: ChampionChange) -> list[str]:
     """Who may approve the change: the page says "waiting for approval by ..."."""
-    group = Group.objects.filter(name=settings.APPROVERS_GROUP).first()
-    if group is None:
-        return []
-    members = group.user_set.filter(is_staff=True, is_active=True)
-    return sorted(members.exclude(id=change.requested_by_id).values_list("username", flat=True))
+    return owners.approvers(change.deployment, change.requested_by_id)
 
 
 def apply(change: ChampionChange, deployment: Deployment) -> None:

@@ -1,7 +1,9 @@
 """The models bucket: package keys, a Django storage for packages, buckets set up, quotas' units.
 
-Keys are made here from the owner's username, the deployment's slug and the
-version number, never from user input: `<username>/<slug>/v<N>.dill`. A version's
+Keys are made here from the owner, the deployment's slug and the version number, never
+from user input: `<username>/<slug>/v<N>.dill` for a person's model,
+`teams/<team slug>/<slug>/v<N>.dill` for a team's (a key of one more level: never a
+person's). A version's
 `file`, a FileField on STORAGES["packages"] (PackageStorage), holds exactly that key.
 """
 
@@ -274,8 +276,15 @@ def lifecycle_rules(bucket: str) -> list[dict]:
 # --- packages -----------------------------------------------------------------------------
 
 
-def package_key(username: str, slug: str, number: int) -> str:
-    return f"{username}/{slug}/v{number}.dill"
+def package_key(deployment, number: int) -> str:
+    return f"{owner_folder(deployment)}/{deployment.slug}/v{number}.dill"
+
+
+def owner_folder(deployment) -> str:
+    """The folder of the deployment's owner in the models bucket."""
+    if deployment.team_id:
+        return f"teams/{deployment.team.slug}"
+    return deployment.owner.username
 
 
 def check_pickle_header(head: bytes) -> None:

@@ -61,7 +61,7 @@ class RunRef:
     date: date
     attempts: int
     version: Version
-    owner: int
+    owner: str  # Deployment.owner_key
     sha256: str
     role: str
     split_share: float | None = None

@@ -117,7 +117,7 @@ def task_runs(ready: list[ScoringRun], slice_date: date):
                 date=run.date,
                 attempts=run.attempts,
                 version=executor.Version(run.version.number),
-                owner=run.deployment.owner_id,
+                owner=run.deployment.owner_key,
                 sha256=run.version.sha256,
                 role=run.role,
                 split_share=run.split_share,
