@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from rest_framework.routers import DefaultRouter
 
-from portal import online_views, report_views, status_views, views
+from portal import online_views, report_views, status_views, team_views, views
 from portal.api import views as api
 
 router = DefaultRouter(trailing_slash=True)
@@ -39,6 +39,9 @@ urlpatterns = [
     path("status.json", status_views.status_json, name="status-json"),
     path("schedule-preview/", views.schedule_preview, name="schedule-preview"),
     path("token/", views.token_page, name="token"),
+    path("teams/", team_views.teams_page, name="teams"),
+    path("teams/<str:slug>/", team_views.team_page, name="team"),
+    path("teams/<str:slug>/<str:action>/", team_views.team_action, name="team-action"),
     path("help/", views.help_page, name="help"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -104,6 +104,9 @@ def models_context(request: HttpRequest) -> dict:
         listed, query["page"], query, count=listing.listed_count(counts, query["status"])
     )
     page["rows"] = dashboard.attach_last_runs(page["rows"])
+    for deployment in page["rows"]:  # the row's buttons: what the user's role allows
+        deployment.may_change = owners.may(request.user, deployment, "pause")
+        deployment.may_delete = owners.may(request.user, deployment, "delete")
     return {
         "deployments": page["rows"],
         "listing": page,
@@ -112,7 +115,7 @@ def models_context(request: HttpRequest) -> dict:
         "sorts": listing.MODEL_SORTS,
         "quota": quotas.usage(request.user),
         "teams": teams,
-        "roles": owners.team_roles(request.user),
+        "deploy_teams": [t for t in teams if owners.may_deploy_to(request.user, t)],
         # Only the page's rows are polled, so only theirs make the page poll faster.
         "pending": any(
             d.latest_version and d.latest_version.state == PackageVersion.State.PENDING
@@ -199,6 +202,8 @@ def upload(request: HttpRequest) -> JsonResponse:
         )
     except DeployError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
+    except owners.NotAllowed as exc:
+        return JsonResponse({"error": str(exc)}, status=403)
     except StorageError as exc:
         return JsonResponse({"error": str(exc)}, status=503)
     return JsonResponse(

@@ -5,6 +5,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from scoring.packages import owners
 from scoring.packages.deployments import DeployError
 from scoring.packages.roles import RoleError
 from scoring.packages.storage import StorageError
@@ -14,6 +15,8 @@ from scoring.runs.lifecycle import RunError
 def exception_handler(exc, context):
     if isinstance(exc, DeployError):
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, owners.NotAllowed):
+        return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
     if isinstance(exc, RoleError):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, RunError):

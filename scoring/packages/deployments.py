@@ -95,7 +95,7 @@ def deploy(
     except owners.NoSuchTeam as exc:
         raise DeployError(str(exc)) from None
     if not owners.may_deploy_to(user, team):
-        raise DeployError(
+        raise owners.NotAllowed(
             f"only a member or manager of the team {team.name} may deploy its models"
             if team
             else "a team's token deploys to its team: name it (team)"
