@@ -70,6 +70,8 @@ class TokenAuthentication(authentication.TokenAuthentication):
         if not user.is_active:
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
         service = getattr(user, "service_token", None)
-        if service and (service.last_used_at is None or now - service.last_used_at > LAST_USE_EVERY):
+        if service and (
+            service.last_used_at is None or now - service.last_used_at > LAST_USE_EVERY
+        ):
             ServiceToken.objects.filter(id=service.id).update(last_used_at=now)
         return user, token

@@ -96,7 +96,9 @@ def team_action(request: HttpRequest, slug: str, action: str) -> HttpResponse:
             team_tokens.revoke(token)
             messages.success(request, f"The token {token.user.username} is revoked.")
         elif action == "settings":
-            team.report_email = check_email(post["report_email"]) if post.get("report_email") else ""
+            team.report_email = (
+                check_email(post["report_email"]) if post.get("report_email") else ""
+            )
             team.save(update_fields=["report_email"])
             messages.success(request, "Saved.")
     except (TeamError, ContractError) as exc:
