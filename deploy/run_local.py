@@ -39,6 +39,7 @@ os.environ.setdefault("SITE_URL", f"http://127.0.0.1:{PORT}")
 os.environ.setdefault("ONLINE_URL", f"http://127.0.0.1:{ONLINE_PORT}")
 DEMO_USER = "demo"
 DEMO_MODEL = "churn-demo"
+DEMO_TEAM = "retail-demo"
 DEMO_CUSTOMERS = 100_000
 DEMO_TRAINING_ROWS = 20_000
 BACKFILL_DAYS = 7
@@ -196,7 +197,16 @@ def demo_user(state: Path) -> str:
     user, _ = User.objects.get_or_create(username=DEMO_USER, defaults={"email": "demo@localhost"})
     user.set_password(password)
     user.save()
+    demo_team(user)
     return password
+
+
+def demo_team(user) -> None:
+    """A team the demo user manages: a package dropped with it as the owner is the team's."""
+    from scoring.models import Membership, Team
+
+    team, _ = Team.objects.get_or_create(slug=DEMO_TEAM, defaults={"name": DEMO_TEAM})
+    Membership.objects.get_or_create(team=team, user=user, defaults={"role": "manager"})
 
 
 @dataclass
@@ -252,7 +262,9 @@ def make_demo_packages(folder: Path, training_rows: int) -> tuple[Path, Path]:
 def demo_deployment() -> "Deployment | None":
     from scoring.models import Deployment
 
-    return Deployment.objects.filter(owner__username=DEMO_USER, slug=DEMO_MODEL).first()
+    return Deployment.objects.filter(
+        owner__username=DEMO_USER, team__isnull=True, slug=DEMO_MODEL
+    ).first()
 
 
 def deploy_demo_model(path: Path) -> "Deployment":

@@ -92,7 +92,14 @@ def team_action(request: HttpRequest, slug: str, action: str) -> HttpResponse:
             request.session["new_token_key"] = {"name": token.user.username, "key": key}
             messages.success(request, f"The token {token.user.username} is made.")
         elif action == "revoke":
-            token = get_object_or_404(team.tokens, id=post.get("token"), revoked_at__isnull=True)
+            token_id = post.get("token", "")
+            token = (
+                team.tokens.filter(revoked_at__isnull=True, id=int(token_id)).first()
+                if token_id.isdigit()
+                else None
+            )
+            if token is None:
+                raise TeamError("that token is not one of the team's, or is revoked already")
             team_tokens.revoke(token)
             messages.success(request, f"The token {token.user.username} is revoked.")
         elif action == "settings":

@@ -478,6 +478,7 @@ def help_page(request: HttpRequest) -> HttpResponse:
         {
             "base_url": request.build_absolute_uri("/"),
             "require_approval": settings.REQUIRE_APPROVAL,
+            "role_table": owners.table(),
             "approvers_group": settings.APPROVERS_GROUP,
         },
     )

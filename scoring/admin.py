@@ -2,7 +2,16 @@ from django.contrib import admin
 from django.template.loader import render_to_string
 
 from scoring import record
-from scoring.models import ChampionChange, DeletedDeployment, Deployment, PackageVersion, Quota
+from scoring.models import (
+    ChampionChange,
+    DeletedDeployment,
+    Deployment,
+    Membership,
+    PackageVersion,
+    Quota,
+    ServiceToken,
+    Team,
+)
 from scoring.packages import deployments
 
 
@@ -16,9 +25,9 @@ class VersionInline(admin.TabularInline):
 
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
-    list_display = ["name", "owner", "status", "schedule", "next_run_at"]
-    list_filter = ["status"]
-    search_fields = ["name", "owner__username"]
+    list_display = ["name", "owner", "team", "status", "schedule", "next_run_at"]
+    list_filter = ["status", "team"]
+    search_fields = ["name", "owner__username", "team__slug"]
     inlines = [VersionInline]
 
     # Deleted as the portal deletes: packages removed from S3, a tombstone for the scores.
@@ -28,6 +37,35 @@ class DeploymentAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset) -> None:
         for deployment in queryset:
             deployments.delete(deployment)
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    fields = ["user", "role", "from_directory"]
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    """A team's members and quotas (blank: the site's defaults); its pages do the rest."""
+
+    list_display = ["name", "slug", "report_email", "active_models", "bytes"]
+    search_fields = ["name", "slug"]
+    inlines = [MembershipInline]
+
+
+@admin.register(ServiceToken)
+class ServiceTokenAdmin(admin.ModelAdmin):
+    """Read only: made and revoked on the team's page (the key shown once there)."""
+
+    list_display = ["user", "team", "role", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["team"]
+    readonly_fields = ["user", "team", "name", "role", "created_by", "created_at"]
+    readonly_fields += ["last_used_at", "revoked_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
 
 
 @admin.register(Quota)

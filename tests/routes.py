@@ -36,8 +36,10 @@ ACTIONS = (
     "share",
     "approve",
     "withdraw",
+    "hand_over",
     "no-such-action",
 )
+TEAM_ACTIONS = ("member", "remove", "token", "revoke", "settings", "no-such-action")
 MISSING = 987_654_321  # an id no object has
 
 
@@ -134,6 +136,8 @@ OWNED_IDS: dict[str, Callable] = {
     "api-model-share": lambda o: [{"pk": o.deployment}],
     "model-online": lambda o: [{"deployment_id": o.deployment}],
     "model-try": lambda o: [{"deployment_id": o.deployment}],
+    "team": lambda o: [{"slug": o.team}],
+    "team-action": lambda o: [{"slug": o.team, "action": a} for a in TEAM_ACTIONS],
 }
 # Requests that change a model's champion or its challenger's share: only POST reaches them
 # (their owner's own use is tested in tests/test_champion_changes.py).

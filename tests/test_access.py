@@ -27,7 +27,7 @@ from scoring.models import (
     Report,
     ScoringRun,
 )
-from scoring.packages import storage
+from scoring.packages import storage, teams
 from scoring.runs import dispatch, lifecycle
 from tests.factories import cast, packages
 from tests.factories.cast import api_client_for, session
@@ -129,13 +129,20 @@ def world(worker, bucket, owner, outsider, validated):
             report=run.reports.get().id,
             version=champion.number,
             change=change.id,
+            # A team of her own: its page and its managers' actions.
+            team=teams.make_team(f"{deployment.owner.username}-team", deployment.owner).slug,
         )
 
     return SimpleNamespace(alice=ids(alice_model), mallory=ids(mallory_model))
 
 
 MISSING_IDS = SimpleNamespace(
-    deployment=MISSING, run=MISSING, report=MISSING, version=MISSING, change=MISSING
+    deployment=MISSING,
+    run=MISSING,
+    report=MISSING,
+    version=MISSING,
+    change=MISSING,
+    team=f"team-{MISSING}",
 )
 
 
@@ -182,6 +189,9 @@ def test_every_url_of_alices_objects_is_a_404_to_mallory_for_every_method(world,
                     assert alice.post(path).status_code == 302, path
             elif route.name == "model-online":
                 assert alice.post(path, {"online": "on"}).status_code == 302, path
+            elif route.name == "team-action":
+                if values["action"] == "settings":
+                    assert alice.post(path).status_code == 302, path
             elif route.name == "model-try":  # reached: her empty row is not JSON, nothing sent
                 assert alice.post(path).status_code == 400, path
             elif route.name not in CHAMPION_CHANGES:

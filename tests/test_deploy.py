@@ -398,6 +398,11 @@ def test_without_a_table_of_yours_the_demo_table_is_in_the_state_folder_and_chur
     assert setup.deployment == deployment
     assert [v.file.name for v in deployment.versions.all()] == bucket()
     assert setup.package == state / "demo" / "retention-demo.dill" and setup.package.is_file()
+    # The demo user manages a team of the demo: a package dropped with it as owner is the team's.
+    from scoring.models import Membership
+
+    membership = Membership.objects.get(user__username="demo")
+    assert (membership.team.slug, membership.role) == ("retail-demo", "manager")
 
 
 def test_a_demo_model_left_from_a_demo_run_is_paused_with_your_table_and_resumed_without(

@@ -79,6 +79,15 @@ def role_on(user, deployment: Deployment) -> str | None:
     return team_roles(user).get(deployment.team_id)
 
 
+def table() -> list[dict]:
+    """Who may do what, as the Help page shows it and the access walk checks it: each
+    action with whether a viewer, a member and a manager of the model's team may take it."""
+    return [
+        {"action": action, **{role: reaches(role, action) for role in TeamRole.values}}
+        for action in ACTIONS
+    ]
+
+
 def may(user, deployment: Deployment, action: str) -> bool:
     return reaches(role_on(user, deployment), action)
 
