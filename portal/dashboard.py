@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from django.db.models import (
     Case,
+    CharField,
     Count,
     F,
     FloatField,
@@ -21,7 +22,7 @@ from django.db.models import (
     When,
 )
 from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce, NullIf
+from django.db.models.functions import Cast, Coalesce, Concat, NullIf
 
 from scoring.models import Deployment, OnlineCheck, PackageVersion, Role, ScoringRun
 from scoring.quality import levels
@@ -144,7 +145,11 @@ def with_latest_check(deployments: QuerySet) -> QuerySet:
         .prefetch_related(None)
         .annotate(
             run_id=Subquery(latest_checked_runs().values("id")[:1]),
-            owner_name=F("owner__username"),
+            owner_name=Case(  # as Deployment.owner_name says it
+                When(team__isnull=False, then=Concat(Value("team/"), "team__slug")),
+                default=F("owner__username"),
+                output_field=CharField(),
+            ),
         )
         .values("id", "name", "owner_name", "run_id")
     )
@@ -283,7 +288,7 @@ def recent_failures(runs: QuerySet, now: datetime) -> QuerySet:
     attempt); the caller takes a page of them."""
     return (
         runs.select_related(None)
-        .select_related("deployment__owner")
+        .select_related("deployment__owner", "deployment__team")
         .filter(
             status__in=[ScoringRun.Status.FAILED, ScoringRun.Status.RETRYING],
             finished_at__gte=now - timedelta(hours=24),

@@ -203,7 +203,7 @@ def failure_entry(run) -> dict:
         "run": run.id,
         "model": run.deployment.name,
         "model_id": run.deployment_id,
-        "owner": run.deployment.owner.username,
+        "owner": run.deployment.owner_name,
         "date": run.date,
         "finished_at": run.finished_at,
         "status": run.status,

@@ -197,3 +197,14 @@ def test_nothing_changes_for_a_person_in_no_team(owner, bucket):
     assert PackageVersion.objects.get().file.name == "alice/churn/v1.dill"
     page = session(owner).get("/").content.decode()
     assert 'name="owner"' not in page  # no owner filter without teams
+
+
+def test_the_status_page_lists_a_teams_model_with_its_owner(retail, bucket, staff):
+    (bob,) = people("bob")
+    response = api_client_for(bob).post(
+        "/api/v1/models/", {"file": package_file("churn"), "team": "retail"}
+    )
+    assert response.status_code == 201, response.content
+    assert "churn" in session(bob).get("/status/").content.decode()
+    page = session(staff).get("/status/").content.decode()  # staff see every owner's
+    assert "<td>team/retail</td>" in page
