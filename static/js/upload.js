@@ -18,6 +18,18 @@
     result.textContent = text;
   }
 
+  // A team's model reports to the team (its address, or its members) unless given an
+  // address: choosing a team clears the user's own, which the field starts with.
+  const team = document.getElementById("id_team");
+  const email = document.getElementById("id_email");
+  if (team && email) {
+    const own = email.value;
+    team.addEventListener("change", () => {
+      if (team.value && email.value === own) email.value = "";
+      else if (!team.value && !email.value) email.value = own;
+    });
+  }
+
   function megabytes(bytes) { return (bytes / 1048576).toFixed(1) + " MB"; }
 
   // The rows of this page only: the page's own query string (filter, search, sort, page).
