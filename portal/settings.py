@@ -135,6 +135,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.oidc.sign_in_context",
             ],
         },
     },
@@ -205,6 +206,38 @@ AXES_LOCKOUT_TEMPLATE = "registration/login.html"
 # many proxies (each appending to X-Forwarded-For) stand in front of the web server.
 TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
 AXES_CLIENT_IP_CALLABLE = "portal.client_ip.client_ip"
+
+# Sign-in through an OpenID Connect provider (portal/oidc.py, mozilla-django-oidc), beside the
+# local accounts: off unless OIDC_ENABLED. The provider's endpoints come from OIDC_ISSUER's
+# discovery document at each sign-in, unless all four are set. Its groups claim goes through
+# DIRECTORY_GROUPS at each sign-in.
+OIDC_ENABLED = env_bool("OIDC_ENABLED", False)
+OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on")  # "Sign in with ..."
+OIDC_ISSUER = env_str("OIDC_ISSUER", "")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("OIDC_OP_AUTHORIZATION_ENDPOINT", "")
+OIDC_OP_TOKEN_ENDPOINT = env_str("OIDC_OP_TOKEN_ENDPOINT", "")
+OIDC_OP_USER_ENDPOINT = env_str("OIDC_OP_USER_ENDPOINT", "")
+OIDC_OP_JWKS_ENDPOINT = env_str("OIDC_OP_JWKS_ENDPOINT", "")
+OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = env_str("OIDC_RP_CLIENT_SECRET", "")
+OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile groups")
+OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
+OIDC_USERNAME_CLAIM = env_str("OIDC_USERNAME_CLAIM", "preferred_username")
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
+# Seconds the portal waits on the provider (mozilla-django-oidc waits forever by default).
+OIDC_TIMEOUT = env_float("OIDC_TIMEOUT_SECONDS", 10)
+OIDC_USE_PKCE = True
+LOGIN_REDIRECT_URL_FAILURE = "login"  # with a message that says what went wrong
+if OIDC_ENABLED:
+    missing = [
+        name for name in ("OIDC_RP_CLIENT_ID", "OIDC_RP_CLIENT_SECRET") if not globals()[name]
+    ]
+    endpoints = ("AUTHORIZATION", "TOKEN", "USER", "JWKS")
+    if not OIDC_ISSUER and not all(globals()[f"OIDC_OP_{kind}_ENDPOINT"] for kind in endpoints):
+        missing.append("OIDC_ISSUER (or all four OIDC_OP_*_ENDPOINT)")
+    if missing:
+        raise ImproperlyConfigured(f"OIDC_ENABLED needs {' and '.join(missing)}")
+    AUTHENTICATION_BACKENDS.append("portal.oidc.Backend")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")

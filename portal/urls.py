@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from rest_framework.routers import DefaultRouter
 
-from portal import online_views, report_views, status_views, team_views, views
+from portal import oidc, online_views, report_views, status_views, team_views, views
 from portal.api import views as api
 
 router = DefaultRouter(trailing_slash=True)
@@ -45,6 +45,9 @@ urlpatterns = [
     path("help/", views.help_page, name="help"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Sign-in through OpenID Connect (404 while OIDC_ENABLED is off); mozilla-django-oidc's names.
+    path("oidc/authenticate/", oidc.SignIn.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", oidc.Callback.as_view(), name="oidc_authentication_callback"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(router.urls)),
     path("api/v1/status/", api.StatusView.as_view(), name="api-status"),

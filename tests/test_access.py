@@ -51,8 +51,12 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 METHODS = ("get", "head", "post", "put", "patch", "delete")
 UNSAFE = ("post", "put", "patch", "delete")
-# Pages anyone may open: the login forms, logout, and the API's schema and its docs.
-PUBLIC = {"login", "logout", "schema", "api-docs", "admin:login", "admin:logout"}
+# Pages anyone may open: the login forms, logout, the OpenID Connect sign-in's way out to the
+# provider and back (tests/test_oidc.py), and the API's schema and its docs.
+PUBLIC = {"login", "logout", "schema", "api-docs", "admin:login", "admin:logout"} | {
+    "oidc_authentication_init",
+    "oidc_authentication_callback",
+}
 
 
 # --- the world: two users, each with a model scored in one batch ----------------------------
