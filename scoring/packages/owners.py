@@ -35,6 +35,17 @@ ACTIONS = {
     "delete": TeamRole.MANAGER,
     "hand_over": TeamRole.MANAGER,
 }
+# How a refusal says an action: "only a member or manager may <verb> its models".
+VERBS = {
+    "deploy": "deploy versions of",
+    "score": "score",
+    "settings": "change the settings of",
+    "online": "switch online or off",
+    "share": "change the split of",
+    "withdraw": "withdraw changes of",
+    "approve": "approve changes of",
+    "hand_over": "hand over",
+}
 # Actions on a team itself.
 MANAGE_TEAM = TeamRole.MANAGER
 
@@ -109,7 +120,7 @@ def require(user, deployment: Deployment, action: str) -> None:
         raise NotAllowed(
             f"you are a {role} of the team {deployment.team.name}: only a "
             f"{' or '.join(r for r in TeamRole.values if RANK[r] >= RANK[needed])} may "
-            f"{action.replace('_', ' ')} its models"
+            f"{VERBS.get(action, action)} its models"
         )
 
 
