@@ -5,4 +5,6 @@ class PortalConfig(AppConfig):
     name = "portal"
 
     def ready(self) -> None:
-        from portal import tokens  # noqa: F401  (connects the record of API tokens)
+        from portal import directory, tokens  # noqa: F401  (tokens: the record of API tokens)
+
+        directory.connect()

@@ -189,12 +189,88 @@ def directory_groups(text: str) -> dict[str, tuple[str, str]]:
 
 DIRECTORY_GROUPS = directory_groups(env_str("DIRECTORY_GROUPS", ""))
 
+# LDAP / Active Directory (django-auth-ldap, the `ldap` extra): on when LDAP_SERVER_URI is
+# set. The portal binds as LDAP_BIND_DN, finds the person under LDAP_USER_SEARCH_BASE, checks
+# their password by binding as them, and reads their groups, which DIRECTORY_GROUPS turns
+# into teams and roles (portal.directory). Local accounts keep working beside it.
+LDAP_SERVER_URI = env_str("LDAP_SERVER_URI", "")
+LDAP_GROUP_FILTERS = {
+    "groupOfNames": "(objectClass=groupOfNames)",
+    "activeDirectory": "(objectClass=group)",
+    "nestedActiveDirectory": "(objectClass=group)",
+}
+
+
+def ldap_settings() -> dict:
+    """django-auth-ldap's AUTH_LDAP_* settings from the LDAP_* variables."""
+    try:
+        import ldap
+        from django_auth_ldap import config
+    except ImportError:
+        raise ImproperlyConfigured(
+            "LDAP_SERVER_URI is set but django-auth-ldap is not installed: "
+            "pip install -e '.[ldap]' (it builds against libldap2-dev and libsasl2-dev)"
+        ) from None
+    user_base = env_str("LDAP_USER_SEARCH_BASE", "")
+    if not user_base:
+        raise ImproperlyConfigured("LDAP_SERVER_URI is set: LDAP_USER_SEARCH_BASE must be too")
+    group_type = env_str("LDAP_GROUP_TYPE", "groupOfNames")
+    if group_type not in LDAP_GROUP_FILTERS:
+        raise ImproperlyConfigured(
+            f"LDAP_GROUP_TYPE must be one of {', '.join(LDAP_GROUP_FILTERS)}, got {group_type!r}"
+        )
+    # A directory that does not answer fails the sign-in after this long instead of holding
+    # the login page (and a web thread) for the system's TCP timeout.
+    timeout = env_float("LDAP_TIMEOUT_SECONDS", 5)
+    return {
+        "AUTH_LDAP_SERVER_URI": env_str("LDAP_SERVER_URI", ""),
+        "AUTH_LDAP_START_TLS": env_bool("LDAP_START_TLS", False),
+        "AUTH_LDAP_BIND_DN": env_str("LDAP_BIND_DN", ""),
+        "AUTH_LDAP_BIND_PASSWORD": env_str("LDAP_BIND_PASSWORD", ""),
+        "AUTH_LDAP_USER_SEARCH": config.LDAPSearch(
+            user_base,
+            ldap.SCOPE_SUBTREE,
+            env_str("LDAP_USER_SEARCH_FILTER", "(uid=%(user)s)"),
+        ),
+        "AUTH_LDAP_GROUP_SEARCH": config.LDAPSearch(
+            env_str("LDAP_GROUP_SEARCH_BASE", user_base),
+            ldap.SCOPE_SUBTREE,
+            env_str("LDAP_GROUP_SEARCH_FILTER", LDAP_GROUP_FILTERS[group_type]),
+        ),
+        "AUTH_LDAP_GROUP_TYPE": {
+            "groupOfNames": config.GroupOfNamesType,
+            "activeDirectory": config.ActiveDirectoryGroupType,
+            "nestedActiveDirectory": config.NestedActiveDirectoryGroupType,
+        }[group_type](),
+        "AUTH_LDAP_USER_ATTR_MAP": {
+            "first_name": env_str("LDAP_FIRST_NAME_ATTR", "givenName"),
+            "last_name": env_str("LDAP_LAST_NAME_ATTR", "sn"),
+            "email": env_str("LDAP_EMAIL_ATTR", "mail"),
+        },
+        # Groups become teams through DIRECTORY_GROUPS, not Django groups.
+        "AUTH_LDAP_MIRROR_GROUPS": False,
+        "AUTH_LDAP_ALWAYS_UPDATE_USER": True,
+        "AUTH_LDAP_CONNECTION_OPTIONS": {
+            ldap.OPT_NETWORK_TIMEOUT: timeout,
+            ldap.OPT_TIMEOUT: timeout,
+            # Active Directory answers a search of the domain's root with referrals to
+            # other servers that python-ldap would follow anonymously, and fail.
+            ldap.OPT_REFERRALS: 0,
+        },
+    }
+
+
+if LDAP_SERVER_URI:
+    globals().update(ldap_settings())
+
 # Login rate limit (django-axes): after AXES_FAILURE_LIMIT failed logins of one username from
 # one IP, that pair is locked out for AXES_COOLOFF_MINUTES, counted from its last failure.
 # Axes' backend comes first so a locked-out pair never reaches the password check; API
-# tokens do not go through authenticate() and are unaffected.
+# tokens do not go through authenticate() and are unaffected. Then the directory, when on,
+# then local accounts (`make run`'s demo, staff), which sign in whether it answers or not.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
+    *(["django_auth_ldap.backend.LDAPBackend"] if LDAP_SERVER_URI else []),
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)

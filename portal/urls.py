@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from rest_framework.routers import DefaultRouter
 
-from portal import oidc, online_views, report_views, status_views, team_views, views
+from portal import directory, oidc, online_views, report_views, status_views, team_views, views
 from portal.api import views as api
 
 router = DefaultRouter(trailing_slash=True)
@@ -43,7 +43,13 @@ urlpatterns = [
     path("teams/<str:slug>/", team_views.team_page, name="team"),
     path("teams/<str:slug>/<str:action>/", team_views.team_action, name="team-action"),
     path("help/", views.help_page, name="help"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            authentication_form=directory.SignInForm, redirect_authenticated_user=True
+        ),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     # Sign-in through OpenID Connect (404 while OIDC_ENABLED is off); mozilla-django-oidc's names.
     path("oidc/authenticate/", oidc.SignIn.as_view(), name="oidc_authentication_init"),
