@@ -180,6 +180,19 @@ def test_a_wrong_password_or_an_unknown_user_is_refused_with_the_usual_message(
     assert not User.objects.filter(username=username).exists()
 
 
+def test_five_wrong_passwords_lock_a_directory_person_out_as_a_local_one(ldap_on, settings):
+    """Axes' backend comes before the directory's: a locked-out name is not tried there."""
+    settings.AXES_FAILURE_LIMIT = 5
+    client = Client()
+    for _ in range(5):
+        sign_in(client, "rita", "guessing-123")
+
+    response = sign_in(client, "rita", RITA_PASSWORD)
+
+    assert "Too many failed logins; try again in 15 minutes." in response.content.decode()
+    assert not signed_in(client)
+
+
 def test_with_the_directory_down_sign_in_says_so_and_sessions_and_local_staff_go_on(
     ldap_on, retail_model, staff
 ):
