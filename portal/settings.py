@@ -214,7 +214,7 @@ def ldap_settings() -> dict:
     user_base = env_str("LDAP_USER_SEARCH_BASE", "")
     if not user_base:
         raise ImproperlyConfigured("LDAP_SERVER_URI is set: LDAP_USER_SEARCH_BASE must be too")
-    group_type = env_str("LDAP_GROUP_TYPE", "groupOfNames")
+    group_type = env_str("LDAP_GROUP_TYPE", "") or "groupOfNames"  # blank: the default
     if group_type not in LDAP_GROUP_FILTERS:
         raise ImproperlyConfigured(
             f"LDAP_GROUP_TYPE must be one of {', '.join(LDAP_GROUP_FILTERS)}, got {group_type!r}"
@@ -222,6 +222,7 @@ def ldap_settings() -> dict:
     # A directory that does not answer fails the sign-in after this long instead of holding
     # the login page (and a web thread) for the system's TCP timeout.
     timeout = env_float("LDAP_TIMEOUT_SECONDS", 5)
+    # Below, a blank value is the default, as deploy/.env.example's blank lines say.
     return {
         "AUTH_LDAP_SERVER_URI": env_str("LDAP_SERVER_URI", ""),
         "AUTH_LDAP_START_TLS": env_bool("LDAP_START_TLS", False),
@@ -230,12 +231,12 @@ def ldap_settings() -> dict:
         "AUTH_LDAP_USER_SEARCH": config.LDAPSearch(
             user_base,
             ldap.SCOPE_SUBTREE,
-            env_str("LDAP_USER_SEARCH_FILTER", "(uid=%(user)s)"),
+            env_str("LDAP_USER_SEARCH_FILTER", "") or "(uid=%(user)s)",
         ),
         "AUTH_LDAP_GROUP_SEARCH": config.LDAPSearch(
-            env_str("LDAP_GROUP_SEARCH_BASE", user_base),
+            env_str("LDAP_GROUP_SEARCH_BASE", "") or user_base,
             ldap.SCOPE_SUBTREE,
-            env_str("LDAP_GROUP_SEARCH_FILTER", LDAP_GROUP_FILTERS[group_type]),
+            env_str("LDAP_GROUP_SEARCH_FILTER", "") or LDAP_GROUP_FILTERS[group_type],
         ),
         "AUTH_LDAP_GROUP_TYPE": {
             "groupOfNames": config.GroupOfNamesType,
@@ -243,9 +244,9 @@ def ldap_settings() -> dict:
             "nestedActiveDirectory": config.NestedActiveDirectoryGroupType,
         }[group_type](),
         "AUTH_LDAP_USER_ATTR_MAP": {
-            "first_name": env_str("LDAP_FIRST_NAME_ATTR", "givenName"),
-            "last_name": env_str("LDAP_LAST_NAME_ATTR", "sn"),
-            "email": env_str("LDAP_EMAIL_ATTR", "mail"),
+            "first_name": env_str("LDAP_FIRST_NAME_ATTR", "") or "givenName",
+            "last_name": env_str("LDAP_LAST_NAME_ATTR", "") or "sn",
+            "email": env_str("LDAP_EMAIL_ATTR", "") or "mail",
         },
         # Groups become teams through DIRECTORY_GROUPS, not Django groups.
         "AUTH_LDAP_MIRROR_GROUPS": False,

@@ -259,6 +259,22 @@ def test_active_directory_is_a_matter_of_settings(monkeypatch):
     assert made["AUTH_LDAP_CONNECTION_OPTIONS"][ldap.OPT_REFERRALS] == 0
 
 
+def test_a_blank_variable_is_its_default(monkeypatch):
+    """deploy/.env.example's blank lines (`LDAP_GROUP_SEARCH_BASE=`) mean the default."""
+    monkeypatch.setenv("LDAP_SERVER_URI", "ldap://ldap.bank.example")
+    monkeypatch.setenv("LDAP_USER_SEARCH_BASE", slapd.PEOPLE)
+    for name in ("LDAP_USER_SEARCH_FILTER", "LDAP_GROUP_SEARCH_BASE", "LDAP_GROUP_TYPE"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("LDAP_EMAIL_ATTR", "")
+
+    made = ldap_settings()
+
+    assert made["AUTH_LDAP_USER_SEARCH"].filterstr == "(uid=%(user)s)"
+    assert made["AUTH_LDAP_GROUP_SEARCH"].base_dn == slapd.PEOPLE
+    assert made["AUTH_LDAP_GROUP_SEARCH"].filterstr == "(objectClass=groupOfNames)"
+    assert made["AUTH_LDAP_USER_ATTR_MAP"]["email"] == "mail"
+
+
 @pytest.mark.parametrize(
     ("variables", "message"),
     [
