@@ -6,6 +6,7 @@ open file. A copy is checked against its hash each time it is used, as a downloa
 """
 
 import hashlib
+import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +14,11 @@ from pathlib import Path
 
 from django.conf import settings
 
+from scoring.models import PackageVersion
 from scoring.packages import storage
 
 FETCHING_THREADS = 16
+log = logging.getLogger(__name__)
 
 
 def folder() -> Path:
@@ -34,11 +37,31 @@ def local_copies(versions) -> dict[int, Path | storage.StorageError]:
 
 
 def local_copy(version) -> Path | storage.StorageError:
-    return copy_of(version.file.name, version.sha256)
+    return copy_of(version.file.name, version.sha256, version.id)
 
 
-def copy_of(key: str, sha256: str) -> Path | storage.StorageError:
-    """The local copy of the package at this key of the models bucket, checked."""
+def copy_of(key: str, sha256: str, version_id: int | None = None) -> Path | storage.StorageError:
+    """The local copy of the package at this key of the models bucket, checked.
+
+    A model handed over (scoring.packages.handover) moves its packages to new keys while
+    a run that read the old one may be about to fetch it: when that fails, the version's
+    key is read again and, if it moved, fetched from there."""
+    found = fetch(key, sha256)
+    if isinstance(found, storage.StorageError) and version_id is not None:
+        moved_to = current_key(version_id)
+        if moved_to not in (None, key):
+            log.info(
+                "version %s moved from %s to %s: fetched from there", version_id, key, moved_to
+            )
+            return fetch(moved_to, sha256)
+    return found
+
+
+def current_key(version_id: int) -> str | None:
+    return PackageVersion.objects.filter(id=version_id).values_list("file", flat=True).first()
+
+
+def fetch(key: str, sha256: str) -> Path | storage.StorageError:
     path = folder() / f"{sha256}.dill"
     if path.exists() and sha256_of(path) == sha256:
         os.utime(path)  # recently used: the last to be trimmed

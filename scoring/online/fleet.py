@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def open_sandbox(version: Version, workdir: Path) -> Sandbox:
-    path = package_cache.copy_of(version.file_name, version.sha256)
+    path = package_cache.copy_of(version.file_name, version.sha256, version.id)
     if isinstance(path, storage.StorageError):
         raise path
     limits = replace(sandbox_limits(), cpu_seconds=CPU_SECONDS, threads=1, nice=0)

@@ -59,13 +59,20 @@ def stored_bytes(owner) -> int:
 def check(owner, size: int, adds_a_model: bool) -> None:
     """Refuse a package over the size limit, a model past the active-model quota (when this
     upload or change makes one more count) or bytes past the storage quota."""
-    quota = limits(owner)
-    whose = f"the team {owner.name} has" if isinstance(owner, Team) else "you have"
     if size > settings.MAX_PACKAGE_BYTES:
         raise QuotaError(
             f"this package is {human_bytes(size)}; the largest allowed is "
             f"{human_bytes(settings.MAX_PACKAGE_BYTES)}"
         )
+    check_room(owner, size, adds_a_model, f"this package ({human_bytes(size)})")
+
+
+def check_room(owner, size: int, adds_a_model: bool, what: str) -> None:
+    """Refuse what would take the owner past their active models (when `adds_a_model`) or
+    their bytes: `what` (an upload's package, a handed-over model's packages) names the
+    `size` bytes in the message."""
+    quota = limits(owner)
+    whose = f"the team {owner.name} has" if isinstance(owner, Team) else "you have"
     if adds_a_model and active_models(owner)[0] >= quota.max_active_models:
         raise QuotaError(
             f"{whose} {quota.max_active_models} of {quota.max_active_models} active models: "
@@ -75,7 +82,7 @@ def check(owner, size: int, adds_a_model: bool) -> None:
     if used + size > quota.max_bytes:
         whose = f"the team {owner.name}'s" if isinstance(owner, Team) else "your"
         raise QuotaError(
-            f"this package ({human_bytes(size)}) would bring {whose} storage to "
+            f"{what} would bring {whose} storage to "
             f"{human_bytes(used + size)} of {human_bytes(quota.max_bytes)}: delete old versions "
             "or models first"
         )

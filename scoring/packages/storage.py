@@ -368,6 +368,28 @@ def delete_objects(keys: list[str]) -> None:
         ) from exc
 
 
+def copy_objects(moves: dict[str, str]) -> None:
+    """Copy each object at a key of `moves` to its new key, inside the server (CopyObject:
+    the bytes never pass through us), with its metadata (the sha256) as it is. On a failure
+    the copies made so far are removed and StorageError raised: the old keys are untouched."""
+    made: list[str] = []
+    try:
+        for old, new in moves.items():
+            client().copy_object(
+                Bucket=settings.MODELS_BUCKET,
+                Key=new,
+                CopySource={"Bucket": settings.MODELS_BUCKET, "Key": old},
+                MetadataDirective="COPY",
+            )
+            made.append(new)
+    except S3_ERRORS as exc:
+        try:
+            delete_objects(made)
+        except StorageError:
+            log.exception("could not remove the copies %s after a failed copy", made)
+        raise StorageError(f"storage is unavailable ({exc}); nothing was moved, try again") from exc
+
+
 def human_bytes(size: int) -> str:
     value = float(size)
     for unit in ("B", "KB", "MB", "GB"):
