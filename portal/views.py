@@ -10,6 +10,7 @@ from django.db.models import Prefetch, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework.authtoken.models import Token
@@ -26,7 +27,7 @@ from scoring.models import (
     ScoringRun,
     Team,
 )
-from scoring.packages import deployments, owners, params, quotas, roles, schedules
+from scoring.packages import deployments, handover, owners, params, quotas, roles, schedules
 from scoring.packages.deployments import DeployError
 from scoring.packages.storage import StorageError
 from scoring.quality import ground_truth
@@ -252,6 +253,7 @@ def model_context(request: HttpRequest, deployment: Deployment) -> dict:
         "role": owners.role_on(request.user, deployment),
         "may": {action: owners.may(request.user, deployment, action) for action in owners.ACTIONS},
         "online": online_card.card(deployment),
+        "hand_over_to": handover.targets(request.user, deployment),
     }
 
 
@@ -391,6 +393,17 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             messages.success(
                 request, f"The {change.kind} to v{change.version.number} was withdrawn."
             )
+        elif action == "hand_over":
+            team = handover.team_named(request.user, request.POST.get("team"))
+            deployment = handover.hand_over(
+                deployment, team, request.POST.get("reason"), request.user
+            )
+            messages.success(
+                request,
+                f"{deployment.name} is the team {team.name}'s now; its packages moved to "
+                "the team's folder.",
+            )
+            return redirect(hand_over_next(request, deployment))
         elif action == "settings":
             deployments.update(
                 deployment,
@@ -405,7 +418,19 @@ def model_action(request: HttpRequest, deployment_id: int, action: str) -> HttpR
             return HttpResponse(status=404)
     except (DeployError, StorageError, RunError, roles.RoleError) as exc:
         messages.error(request, str(exc))
+    except handover.HandOverNotAllowed as exc:
+        raise PermissionDenied(str(exc)) from None
+    except handover.HandOverError as exc:
+        messages.error(request, str(exc))
     return redirect("model", deployment_id=deployment.id)
+
+
+def hand_over_next(request: HttpRequest, deployment: Deployment) -> str:
+    """Back to the page the hand-over came from (the staff's list of departed people's
+    models), else the model's page."""
+    if request.POST.get("next") == "departed" and request.user.is_staff:
+        return reverse("departed")
+    return reverse("model", args=[deployment.id])
 
 
 def change_message(change: ChampionChange) -> str:

@@ -138,10 +138,13 @@ OWNED_IDS: dict[str, Callable] = {
     "model-try": lambda o: [{"deployment_id": o.deployment}],
     "team": lambda o: [{"slug": o.team}],
     "team-action": lambda o: [{"slug": o.team, "action": a} for a in TEAM_ACTIONS],
+    "api-model-hand-over": lambda o: [{"pk": o.deployment}],
 }
-# Requests that change a model's champion or its challenger's share: only POST reaches them
-# (their owner's own use is tested in tests/test_champion_changes.py).
+# Requests that change a model's champion, its challenger's share or its owner: only POST
+# reaches them (their owner's own use is tested in tests/test_champion_changes.py and
+# tests/test_handover.py).
 CHAMPION_CHANGES = {
+    "api-model-hand-over",
     "api-model-promote",
     "api-model-rollback",
     "api-model-approve",

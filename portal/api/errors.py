@@ -7,6 +7,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from scoring.packages import owners
 from scoring.packages.deployments import DeployError
+from scoring.packages.handover import HandOverError, HandOverNotAllowed
 from scoring.packages.roles import RoleError
 from scoring.packages.storage import StorageError
 from scoring.runs.lifecycle import RunError
@@ -17,6 +18,10 @@ def exception_handler(exc, context):
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, owners.NotAllowed):
         return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+    if isinstance(exc, HandOverNotAllowed):
+        return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+    if isinstance(exc, HandOverError):
+        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, RoleError):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, RunError):

@@ -11,7 +11,7 @@ from scoring.models import (
     Role,
     ScoringRun,
 )
-from scoring.packages import roles
+from scoring.packages import handover, roles
 
 
 class ValidationSerializer(serializers.Serializer):
@@ -311,6 +311,15 @@ def gini_of(run: ScoringRun) -> dict | None:
 class ChangeRequestSerializer(serializers.Serializer):
     reason = serializers.CharField(
         max_length=roles.MAX_REASON, help_text="Why: kept with the change, shown to approvers."
+    )
+
+
+class HandOverSerializer(serializers.Serializer):
+    """POST /api/v1/models/{id}/hand_over/: the model becomes a team's, with a reason."""
+
+    team = serializers.CharField(help_text="The slug (or name) of a team you manage.")
+    reason = serializers.CharField(
+        max_length=handover.MAX_REASON, help_text="Why: kept with the change in the record."
     )
 
 

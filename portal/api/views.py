@@ -17,6 +17,7 @@ from portal.api.serializers import (
     DeploymentDetailSerializer,
     DeploymentSerializer,
     DeploymentUpdateSerializer,
+    HandOverSerializer,
     HistoryEntrySerializer,
     RunRequestSerializer,
     RunSerializer,
@@ -27,7 +28,7 @@ from portal.downloads import stream_package, stream_scores
 from portal.views import allow, changes_of, comparisons_of, deployments_for, runs_for
 from scoring import record
 from scoring.models import ChampionChange, Deployment, ScoringRun
-from scoring.packages import deployments, roles
+from scoring.packages import deployments, handover, roles
 from scoring.packages.deployments import DeployError
 from scoring.packages.roles import RoleError
 from scoring.runs import dispatch
@@ -41,6 +42,7 @@ ACTION_OF = {
     "promote": "promote",
     "rollback": "rollback",
     "share": "share",
+    "hand_over": "hand_over",
 }
 
 
@@ -212,6 +214,18 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         form = ShareChangeSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         roles.change_share(deployment, form.validated_data["share"], form.validated_data["reason"])
+        return Response(DeploymentDetailSerializer(self.get_object()).data)
+
+    @extend_schema(request=HandOverSerializer, responses={200: DeploymentDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def hand_over(self, request, pk=None):
+        """Make the model a team's (one you manage), with a reason kept in its record: its
+        versions, runs, scores and history stay; its packages move to the team's folder."""
+        deployment = self.get_object()
+        form = HandOverSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        team = handover.team_named(request.user, form.validated_data["team"])
+        handover.hand_over(deployment, team, form.validated_data["reason"], request.user)
         return Response(DeploymentDetailSerializer(self.get_object()).data)
 
     @extend_schema(responses=ChampionChangeSerializer(many=True))
