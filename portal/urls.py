@@ -4,7 +4,16 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from rest_framework.routers import DefaultRouter
 
-from portal import directory, oidc, online_views, report_views, status_views, team_views, views
+from portal import (
+    departed_views,
+    directory,
+    oidc,
+    online_views,
+    report_views,
+    status_views,
+    team_views,
+    views,
+)
 from portal.api import views as api
 
 router = DefaultRouter(trailing_slash=True)
@@ -37,6 +46,7 @@ urlpatterns = [
     ),
     path("status/", status_views.status_page, name="status"),
     path("status.json", status_views.status_json, name="status-json"),
+    path("departed/", departed_views.departed_page, name="departed"),
     path("schedule-preview/", views.schedule_preview, name="schedule-preview"),
     path("token/", views.token_page, name="token"),
     path("teams/", team_views.teams_page, name="teams"),
