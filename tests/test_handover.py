@@ -333,6 +333,37 @@ def test_s3_failing_mid_copy_leaves_the_model_whole_at_its_old_keys(
     assert set(objects()) == {"teams/risk/churn/v1.dill", "teams/risk/churn/v2.dill"}
 
 
+def test_s3_failing_to_delete_the_old_keys_leaves_them_behind_and_the_model_handed_over(
+    worker, bucket, owner, staff, risk, validated, caplog
+):
+    """Once the switch is committed the hand-over is done: old objects S3 would not delete
+    stay behind (logged), never a version without its object."""
+    model = two_versions(owner, validated)
+    before = objects()
+    sam = api_client_for(staff)
+    closed = closed_port()
+
+    def deletes_to_a_closed_port(request, **_):
+        request.url = request.url.replace(settings.S3_ENDPOINT_URL, f"http://127.0.0.1:{closed}")
+
+    events = storage.packages().connection.meta.client.meta.events
+    events.register_first("before-send.s3.DeleteObjects", deletes_to_a_closed_port)
+    try:
+        response = sam.post(
+            f"/api/v1/models/{model.id}/hand_over/", {"team": "risk", "reason": "alice left"}
+        )
+    finally:
+        events.unregister("before-send.s3.DeleteObjects", deletes_to_a_closed_port)
+
+    assert response.status_code == 200, response.content
+    assert "objects left in the models bucket after a hand-over" in caplog.text
+    after = objects()
+    assert {key: after[key] for key in before} == before  # left behind, whole
+    for version in model.versions.all():
+        assert after[version.file.name] == (version.sha256, version.sha256)
+        assert version.file.name.startswith("teams/risk/churn/")
+
+
 def test_s3_down_refuses_the_hand_over_and_changes_nothing(
     worker, bucket, owner, staff, risk, validated, settings
 ):
