@@ -14,7 +14,7 @@ from django.contrib.auth.models import User
 
 from scoring.engine import package_cache
 from scoring.models import ChampionChange, Deployment, PackageVersion, ScoringRun, Team
-from scoring.packages import storage, teams
+from scoring.packages import handover, storage, teams
 from scoring.runs import dispatch
 from tests.factories import packages
 from tests.factories.cast import api_client_for, session
@@ -362,6 +362,23 @@ def test_s3_failing_to_delete_the_old_keys_leaves_them_behind_and_the_model_hand
     for version in model.versions.all():
         assert after[version.file.name] == (version.sha256, version.sha256)
         assert version.file.name.startswith("teams/risk/churn/")
+
+
+def test_an_old_key_a_new_model_of_the_former_owner_took_is_not_deleted(
+    worker, bucket, owner, staff, risk, validated
+):
+    """Alice uploads a new `churn` of her own just as hers is handed over: it takes the keys
+    the hand-over is about to delete; those a row names are kept."""
+    model = deploy(owner, packages.function_package(), "churn", validated)
+    handover.hand_over(model, risk, "alice left", staff)
+    again = packages.function_package(meta={"again": True})
+    new = deploy(owner, again, "churn", validated)
+    assert new.id != model.id and new.versions.get().file.name == "alice/churn/v1.dill"
+
+    handover.discard_old(["alice/churn/v1.dill", "alice/churn/v2.dill"], owner)
+
+    assert set(objects()) == {"alice/churn/v1.dill", "teams/risk/churn/v1.dill"}
+    assert objects()["alice/churn/v1.dill"][0] == new.versions.get().sha256
 
 
 def test_s3_down_refuses_the_hand_over_and_changes_nothing(

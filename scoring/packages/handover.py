@@ -10,8 +10,10 @@ change. The packages move so that a key always holds each of them:
    another hand-over waits), each version's object is copied to its new key inside S3;
 2. in the same transaction the model becomes the team's and each version's `file` names
    its new key, recorded with the reason (scoring.record);
-3. only once that is committed are the old keys deleted. A failure there leaves objects
-   no row names (logged), never a row without its object.
+3. only once that is committed are the old keys deleted, under the former owner's upload
+   lock and only those no row names (a new model of theirs of the same name takes the
+   same keys). A failure there leaves objects no row names (logged), never a row without
+   its object.
 
 A worker that read a version's old key just before the switch finds it gone: the package
 cache fetches by the version's current key then (scoring.engine.package_cache.copy_of),
@@ -24,7 +26,7 @@ from django.db import transaction
 from django.db.models import Q, Sum
 
 from scoring import record
-from scoring.models import ChampionChange, Deployment, PackageVersion, Team
+from scoring.models import ChampionChange, Deployment, PackageVersion, Quota, Team
 from scoring.packages import deployments, owners, quotas, storage
 from scoring.packages.storage import human_bytes
 
@@ -59,6 +61,7 @@ def hand_over(deployment: Deployment, team: Team, reason: str, by) -> Deployment
             )
             check_allowed(by, deployment, team)  # on the row as it is now
             check_target(deployment, team)
+            former = deployment.team or deployment.owner
             versions = list(deployment.versions.order_by("number"))
             moved = Deployment(id=deployment.id, slug=deployment.slug, team=team)
             moves = {v.file.name: storage.package_key(moved, v.number) for v in versions}
@@ -72,7 +75,7 @@ def hand_over(deployment: Deployment, team: Team, reason: str, by) -> Deployment
         elif switched:  # the commit itself failed: it may have happened, keep both
             log.exception("hand-over of model %s: commit unknown, old keys kept", deployment.id)
         raise
-    transaction.on_commit(lambda: discard(list(moves)))
+    transaction.on_commit(lambda: discard_old(list(moves), former))
     return Deployment.objects.select_related("owner", "team").get(id=deployment.id)
 
 
@@ -92,6 +95,23 @@ def switch(
         for version in versions:
             version.file = moves[version.file.name]
             version.save(update_fields=["file"])
+
+
+def discard_old(keys: list[str], former) -> None:
+    """Remove the old keys once the switch is committed, under the lock an upload of the
+    former owner takes (scoring.packages.deployments.deploy): a model of that name they
+    upload meanwhile gets those very keys, and a key a row names again is kept. Never
+    raises: the hand-over is done; what is not removed is left, logged."""
+    try:
+        with transaction.atomic():
+            if isinstance(former, Team):
+                Team.objects.select_for_update().filter(id=former.id).first()
+            else:
+                Quota.objects.select_for_update().get_or_create(user=former)
+            named = set(PackageVersion.objects.filter(file__in=keys).values_list("file", flat=True))
+            discard([key for key in keys if key not in named])
+    except Exception:
+        log.exception("objects left in the models bucket after a hand-over: %s", keys)
 
 
 def discard(keys: list[str]) -> None:
