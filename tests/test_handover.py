@@ -132,6 +132,7 @@ def test_hand_over_moves_the_packages_and_keeps_the_runs_scores_and_history(
     assert {c["field"]: (c["before"], c["after"]) for c in handed["changes"]} == {
         "owner": ("alice", None),
         "team": (None, "Risk"),
+        "email": ("alice@bank.example", ""),  # her reports go to the team now
     }
     page = session(dave).get(f"/models/{model.id}/").content.decode()
     assert "reason: alice moved to payments; Risk runs churn now" in page
@@ -158,7 +159,14 @@ def test_a_manager_of_two_teams_hands_a_model_from_one_to_the_other_on_its_page(
     worker, bucket, carol, dave, risk, validated
 ):
     collections = teams.make_team("Collections", by=carol)
-    model = deploy(carol, packages.function_package(), "limits", validated, team="risk")
+    model = deploy(
+        carol,
+        packages.function_package(),
+        "limits",
+        validated,
+        team="risk",
+        email="risk@bank.example",
+    )
     before = objects()
     page = session(carol)
     card = page.get(f"/models/{model.id}/").content.decode()
@@ -171,7 +179,7 @@ def test_a_manager_of_two_teams_hands_a_model_from_one_to_the_other_on_its_page(
 
     assert response.status_code == 302 and response["Location"] == f"/models/{model.id}/"
     model.refresh_from_db()
-    assert model.team == collections
+    assert (model.team, model.email) == (collections, "risk@bank.example")  # a list stays
     (version,) = model.versions.all()
     assert version.file.name == "teams/collections/limits/v1.dill"
     assert objects() == {"teams/collections/limits/v1.dill": before["teams/risk/limits/v1.dill"]}

@@ -87,11 +87,15 @@ def switch(
     reason: str,
 ) -> None:
     """The model the team's, each version's key the new one, in the record with the reason
-    (the history shows owner and team before and after, who and when)."""
+    (the history shows owner and team before and after, who and when). Its reports no
+    longer go to its former person's own address, as a model deployed to a team's (a
+    mailing list set on the model stays)."""
     with record.reason(reason):
+        if deployment.owner is not None and deployment.email == deployment.owner.email:
+            deployment.email = ""
         deployment.owner = None
         deployment.team = team
-        deployment.save(update_fields=["owner", "team"])
+        deployment.save(update_fields=["owner", "team", "email"])
         for version in versions:
             version.file = moves[version.file.name]
             version.save(update_fields=["file"])
