@@ -25,7 +25,6 @@ from scoring.models import (
     Report,
     Role,
     ScoringRun,
-    Team,
 )
 from scoring.packages import deployments, handover, owners, params, quotas, roles, schedules
 from scoring.packages.deployments import DeployError
@@ -83,7 +82,7 @@ def models_context(request: HttpRequest) -> dict:
     """A page of the user's own models as the query string filters, searches and sorts
     them, with the count of each status; BadQuery when the query string is wrong."""
     query = listing.read(listing.ModelsQuery(request.GET, dashboard.MODEL_LEVELS))
-    teams = list(Team.objects.filter(memberships__user=request.user))
+    teams = owners.teams_of(request.user)
     own = deployments_for(request.user).filter(
         Q(owner=request.user, team__isnull=True) | Q(team__in=teams)
     )

@@ -20,20 +20,20 @@ pytestmark = pytest.mark.django_db
 
 # The most SQL queries each page may make, with 200 models and 20,000 runs or with 2 and 10.
 QUERY_BOUNDS = {
-    # session, user, the count of each status, a page of models with their latest-run
-    # subqueries, their versions, their latest runs (one in_bulk), the quota's three
-    # (override, active models, stored bytes)
-    "/": 9,
-    "/models/status/": 9,
-    # session, user, model with its champion and challenger, versions, latest check, chart
-    # points, 50 runs, their reports, the changes of champion, the challenger's comparisons,
-    # a page of its record of changes
-    "/models/{id}/": 11,
-    # session, user, SELECT 1, run counts, the runs waiting for a slice, the failures' count
-    # and page, the count of each light, a page of models with their latest-check subquery,
-    # those checks' PSI and AUC
-    "/status/": 10,
-    "/status.json": 10,
+    # session, user, the user's teams and roles, the count of each status, a page of models
+    # with their latest-run subqueries, their versions, their latest runs (one in_bulk), the
+    # quota's three (override, active models, stored bytes)
+    "/": 10,
+    "/models/status/": 10,
+    # session, user, the user's roles in teams, model with its champion and challenger,
+    # versions, latest check, chart points, 50 runs, their reports, the changes of champion,
+    # the challenger's comparisons, a page of its record of changes
+    "/models/{id}/": 12,
+    # session, user, the user's roles in teams, SELECT 1, run counts, the runs waiting for a
+    # slice, the failures' count and page, the count of each light, a page of models with
+    # their latest-check subquery, those checks' PSI and AUC
+    "/status/": 11,
+    "/status.json": 11,
 }
 STATUS_PAGES = ("/status/", "/status.json")
 

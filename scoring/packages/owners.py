@@ -65,6 +65,18 @@ def team_roles(user) -> dict[int, str]:
     return user._team_roles
 
 
+def teams_of(user) -> list:
+    """The user's teams (each with `role`, theirs in it), in the same one query as
+    team_roles, which it fills."""
+    memberships = Membership.objects.filter(user=user).select_related("team")
+    teams = []
+    for membership in memberships.order_by("team__name"):
+        membership.team.role = membership.role
+        teams.append(membership.team)
+    user._team_roles = {team.id: team.role for team in teams}
+    return teams
+
+
 def forget_roles(user) -> None:
     """After a change of the user's memberships in this request."""
     user.__dict__.pop("_team_roles", None)
