@@ -562,7 +562,7 @@ class MaturedReport(QueuedEmail):
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"ground-truth report {self.id} for {self.owner}"
+        return f"ground-truth report {self.id} for {self.team or self.owner}"
 
 
 class Notification(QueuedEmail):
@@ -586,11 +586,16 @@ class Notification(QueuedEmail):
     error = models.TextField()
     slice_date = models.DateField(null=True, blank=True)
     retry_at = models.DateTimeField(null=True, blank=True, help_text="When the next attempt is.")
+    # Blank: the model's own address, else its team's (scoring.reports.recipients). A team's
+    # model with neither is told to each of the team's people: a row each, so each person
+    # gets it in their one email of the batch, with their own models' failures.
+    address = models.EmailField(blank=True, help_text="The team's person this row is for.")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["run", "attempt", "started_at"], name="one_email_per_failed_attempt"
+                fields=["run", "attempt", "started_at", "address"],
+                name="one_email_per_failed_attempt_and_person",
             )
         ]
         # Tick looks for unsent emails every minute; the sent ones pile up for good.

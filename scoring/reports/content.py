@@ -31,6 +31,7 @@ from django.db.models.functions import Lower
 from scoring.models import Batch, Comparison, OnlineCheck, Report, ScoringRun
 from scoring.quality import levels
 from scoring.quality.levels import ALERT, FAILED, OK, SEVERITY, WARNING, worst
+from scoring.reports import recipients
 
 # Traffic lights: (text colour, background), the same in the email and on the page.
 LIGHTS = {
@@ -58,22 +59,30 @@ def run_status(run: ScoringRun) -> str:
 
 
 def build_reports(batch: Batch) -> list[Report]:
-    """One report per owner of the batch's runs, with those runs and the worst of their statuses.
+    """One report per recipient of the batch's runs (scoring.reports.recipients: a person,
+    with their own models and their teams', or a team's address), with those runs and the
+    worst of their statuses.
 
     Calling it again (a retried batch, a second worker) adds runs and updates the status,
     never a second report.
     """
-    by_owner: dict[int, list[ScoringRun]] = defaultdict(list)
     # Statuses only: a report of a thousand runs need not load their quality.
-    for run in ScoringRun.objects.filter(batch=batch).select_related("deployment").defer("quality"):
-        by_owner[run.deployment.owner_id].append(run)
+    runs = list(
+        ScoringRun.objects.filter(batch=batch).select_related("deployment").defer("quality")
+    )
+    rule = recipients.Rule(run.deployment for run in runs)
+    by_recipient: dict[recipients.Recipient, list[ScoringRun]] = defaultdict(list)
+    for run in runs:
+        for recipient in rule.recipients(run.deployment):
+            by_recipient[recipient].append(run)
     reports = []
-    for owner_id, runs in sorted(by_owner.items()):
+    for (kind, id_), found in sorted(by_recipient.items(), key=lambda i: (i[0][0], i[0][1] or 0)):
+        whose = {"team_id": id_} if kind == recipients.TEAM else {"owner_id": id_, "team": None}
         with transaction.atomic():
             report, _ = Report.objects.get_or_create(
-                batch=batch, owner_id=owner_id, defaults={"status": worst(map(run_status, runs))}
+                batch=batch, **whose, defaults={"status": worst(map(run_status, found))}
             )
-            report.runs.add(*runs)
+            report.runs.add(*found)
             status = worst(map(run_status, report.runs.only("status", "quality_status")))
             if report.status != status:
                 report.status = status

@@ -15,7 +15,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from scoring.models import Report
-from scoring.reports import outbox
+from scoring.reports import outbox, recipients
 from scoring.reports.chart import score_chart_png
 from scoring.reports.content import report_context
 
@@ -32,15 +32,6 @@ def make_message(kind: str, to: str | list[str], context: dict) -> EmailMultiAlt
     )
     message.attach_alternative(render_to_string(f"email/{kind}.html", context), "text/html")
     return message
-
-
-def recipients(report: Report) -> list[str]:
-    """The report emails of the report's models; the owner's account email when none has one."""
-    emails = set(report.runs.values_list("deployment__email", flat=True).distinct())
-    emails.discard("")
-    if not emails and report.owner.email:
-        emails = {report.owner.email}
-    return sorted(emails)
 
 
 def report_message(report: Report, to: list[str]) -> EmailMultiAlternatives:
@@ -69,8 +60,8 @@ def report_message(report: Report, to: list[str]) -> EmailMultiAlternatives:
 
 
 def report_email(report: Report) -> EmailMultiAlternatives | None:
-    """The report's email, or None when neither its models nor its owner have an address."""
-    to = recipients(report)
+    """The report's email, or None when it has no address (scoring.reports.recipients)."""
+    to = recipients.report_addresses(report)
     return report_message(report, to) if to else None
 
 
@@ -84,4 +75,4 @@ def send_report(report: Report, now: datetime | None = None) -> bool:
 
 def send_due_reports(now: datetime) -> int:
     """For tick: send the reports a mail server did not take, backing off; returns how many went."""
-    return outbox.send_due(Report.objects.select_related("owner"), now, report_email)
+    return outbox.send_due(Report.objects.select_related("owner", "team"), now, report_email)

@@ -1,8 +1,8 @@
-"""The ground-truth email: how an owner's runs ranked once their outcomes were known.
+"""The ground-truth email: how a recipient's runs ranked once their outcomes were known.
 
-One email per owner per pass of the ground-truth check, through the database send queue
-(scoring.reports.outbox) like the batch reports: sent once, and a mail server that is down
-only delays it (tick sends it again).
+One email per recipient (a person, or a team's address) per pass of the ground-truth
+check, through the database send queue (scoring.reports.outbox) like the batch reports:
+sent once, and a mail server that is down only delays it (tick sends it again).
 """
 
 from collections import defaultdict
@@ -13,20 +13,24 @@ from django.utils import timezone
 
 from scoring.models import MaturedReport, ScoringRun
 from scoring.quality import levels
-from scoring.reports import mail, outbox
+from scoring.reports import mail, outbox, recipients
 
 
 def announce(runs: list[ScoringRun]) -> list[MaturedReport]:
-    """Queue one email per owner for these runs, sent once committed."""
-    by_owner = defaultdict(list)
+    """Queue one email per recipient of these runs (scoring.reports.recipients: a person,
+    with their own models and their teams', or a team's address), sent once committed."""
+    rule = recipients.Rule(run.deployment for run in runs)
+    by_recipient = defaultdict(list)
     for run in runs:
-        by_owner[run.deployment.owner_id].append(run)
+        for recipient in rule.recipients(run.deployment):
+            by_recipient[recipient].append(run)
     made = []
     with transaction.atomic():
-        for owner_id, owned in by_owner.items():
-            status = levels.worst(run.performance_status for run in owned)
-            report = MaturedReport.objects.create(owner_id=owner_id, status=status)
-            report.runs.set(owned)
+        for (kind, id_), found in by_recipient.items():
+            status = levels.worst(run.performance_status for run in found)
+            whose = {"team_id": id_} if kind == recipients.TEAM else {"owner_id": id_}
+            report = MaturedReport.objects.create(**whose, status=status)
+            report.runs.set(found)
             made.append(report)
     for report in made:
         transaction.on_commit(lambda report=report: outbox.send(report, timezone.now(), email))
@@ -34,8 +38,10 @@ def announce(runs: list[ScoringRun]) -> list[MaturedReport]:
 
 
 def email(report: MaturedReport):
+    """Each run's model's own address, else the report's person's or team's."""
     runs = list(report.runs.select_related("deployment", "version").order_by("date"))
-    to = sorted({run.deployment.email or report.owner.email for run in runs} - {""})
+    fallback = report.team.report_email if report.team_id else report.owner.email
+    to = sorted({run.deployment.email or fallback for run in runs} - {""})
     if not to:
         return None
     worst = [run for run in runs if run.performance_status == report.status]
@@ -46,4 +52,4 @@ def email(report: MaturedReport):
 
 def send_due(now: datetime) -> int:
     """For tick: the ground-truth emails a mail server did not take, backing off."""
-    return outbox.send_due(MaturedReport.objects.select_related("owner"), now, email)
+    return outbox.send_due(MaturedReport.objects.select_related("owner", "team"), now, email)

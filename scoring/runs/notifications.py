@@ -9,6 +9,10 @@ claims all due rows of that address and batch at once and sends them as one emai
 (scoring.runs.failure_emails). A retry runs in another batch: its failure is another email.
 Whatever the mail server did not take, tick sends again, backing off
 (scoring.reports.outbox). One failed attempt makes one row: a unique constraint.
+
+The address is the model's, else its team's (scoring.reports.recipients). A team's model
+with neither is told to each of the team's people, one row each, so that each of them
+still gets one email a batch: their own models' failures with their teams'.
 """
 
 import logging
@@ -21,7 +25,7 @@ from django.db import transaction
 
 from scoring import enqueue
 from scoring.models import Notification, ScoringRun
-from scoring.reports import mail, outbox
+from scoring.reports import mail, outbox, recipients
 from scoring.runs import failure_emails
 
 log = logging.getLogger(__name__)
@@ -33,19 +37,23 @@ _last_nudge = -NUDGE_COVERS_SECONDS
 
 
 def queue(run: ScoringRun) -> None:
-    """Put the email about the run's failed attempt in the queue, to send once committed."""
-    Notification.objects.get_or_create(
-        run=run,
-        attempt=run.attempts,
-        started_at=run.started_at,
-        defaults={
-            "batch_id": run.batch_id,
-            "gave_up": run.status == ScoringRun.Status.FAILED,
-            "error": run.error,
-            "slice_date": run.slice_date,
-            "retry_at": run.next_attempt_at,
-        },
-    )
+    """Put the email about the run's failed attempt in the queue, to send once committed:
+    for the model's address, or for each of its team's people when it has none
+    (scoring.reports.recipients), as they are at the moment it failed."""
+    for address in recipients.people_addresses(run.deployment) or [""]:
+        Notification.objects.get_or_create(
+            run=run,
+            attempt=run.attempts,
+            started_at=run.started_at,
+            address=address,
+            defaults={
+                "batch_id": run.batch_id,
+                "gave_up": run.status == ScoringRun.Status.FAILED,
+                "error": run.error,
+                "slice_date": run.slice_date,
+                "retry_at": run.next_attempt_at,
+            },
+        )
     transaction.on_commit(send_soon)
 
 
@@ -65,20 +73,22 @@ def send_due(now: datetime) -> int:
     """Email each address and batch whose oldest due failure has waited its gathering time,
     all their due failures at once; returns how many failed attempts were told."""
     gathered = now - timedelta(seconds=settings.FAILURE_EMAIL_GATHER_SECONDS)
-    due = Notification.objects.filter(outbox.due(now))
+    due = Notification.objects.filter(outbox.due(now)).annotate(to=recipients.failure_address())
     moments = (
         due.filter(created_at__lte=gathered)
-        .order_by("run__deployment__email", "batch_id")
-        .values_list("run__deployment__email", "batch_id")
+        .order_by("to", "batch_id")
+        .values_list("to", "batch_id")
         .distinct()[: outbox.DUE_PER_PASS]
     )
     return sum(send_to(address, batch_id, now) for address, batch_id in moments)
 
 
 def send_to(address: str, batch_id: int | None, now: datetime) -> int:
-    rows = Notification.objects.filter(
-        run__deployment__email=address, batch_id=batch_id
-    ).select_related("run__deployment", "run__version")
+    rows = (
+        Notification.objects.annotate(to=recipients.failure_address())
+        .filter(to=address, batch_id=batch_id)
+        .select_related("run__deployment", "run__version")
+    )
     return outbox.send_together(rows, now, lambda claimed: failure_email(address, claimed))
 
 
