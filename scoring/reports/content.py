@@ -1,5 +1,6 @@
-"""What a report says: one report per user per batch, each of their models with its
-status, rows and data quality, worst first.
+"""What a report says: one report per recipient per batch, each of their models with its
+status, rows and data quality, worst first; a person's own models, then each of their
+teams' (scoring.reports.recipients), each owner's under a heading of its own.
 
 `report_context` feeds both the email (scoring.reports.mail) and the report's page in
 the portal, so the two always say the same thing.
@@ -28,7 +29,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Lower
 
-from scoring.models import Batch, Comparison, OnlineCheck, Report, ScoringRun
+from scoring.models import Batch, Comparison, OnlineCheck, Report, ScoringRun, Team
 from scoring.quality import levels
 from scoring.quality.levels import ALERT, FAILED, OK, SEVERITY, WARNING, worst
 from scoring.reports import recipients
@@ -186,6 +187,28 @@ class Section(Light):
         )
 
 
+@dataclass
+class Group:
+    """The models of one owner in a report: its reader's own (`team` None), or a team's."""
+
+    team: Team | None
+    sections: list[Section] = field(default_factory=list)
+
+    @property
+    def heading(self) -> str:
+        return f"Team {self.team.name}" if self.team else "Your models"
+
+
+def by_owner(sections: list[Section]) -> list[Group]:
+    """The sections in one group per owner, the reader's own first, then each team's by
+    name; each group keeps the sections' order."""
+    groups: dict[int | None, Group] = {}
+    for section in sections:
+        team_id = section.deployment.team_id
+        groups.setdefault(team_id, Group(section.deployment.team)).sections.append(section)
+    return sorted(groups.values(), key=lambda g: (g.team is not None, g.heading.lower()))
+
+
 def human_duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -338,9 +361,13 @@ COMPARISONS_IN_EMAIL = 50
 ATTENTION = (FAILED, ALERT)
 
 
+# The owners of a report's models: the reader's own first, then each team's by name.
+OWNER_ORDER = Lower("deployment__team__name").asc(nulls_first=True)
+
+
 def ranked_runs(report: Report) -> QuerySet:
     """The report's runs, each with its light (`light`, as run_status says) and its rank
-    (`rank`, the index in SEVERITY), worst first, then by model name and date."""
+    (`rank`, the index in SEVERITY), worst first, then by owner, model name and date."""
     failed = (ScoringRun.Status.FAILED, ScoringRun.Status.RETRYING)
     light = Case(
         When(status__in=failed, then=Value(FAILED)),
@@ -355,8 +382,8 @@ def ranked_runs(report: Report) -> QuerySet:
     return (
         report.runs.annotate(light=light)
         .annotate(rank=rank)
-        .select_related("deployment", "version")
-        .order_by("-rank", Lower("deployment__name"), "date", "id")
+        .select_related("deployment__team", "version")
+        .order_by("-rank", OWNER_ORDER, Lower("deployment__name"), "date", "id")
     )
 
 
@@ -379,7 +406,10 @@ def summary_context(report: Report, runs: QuerySet, counts: dict[str, LightCount
     worst_runs = runs.filter(light=worst.status)[:DETAILED_IN_EMAIL]
     worst_sections = [section_for(report, run) for run in worst_runs]
     span = runs.order_by().aggregate(
-        first=Min("date"), last=Max("date"), models=Count("deployment", distinct=True)
+        first=Min("date"),
+        last=Max("date"),
+        models=Count("deployment", distinct=True),
+        teams=Count("deployment__team", distinct=True),
     )
     return {
         "report": report,
@@ -390,6 +420,9 @@ def summary_context(report: Report, runs: QuerySet, counts: dict[str, LightCount
         "headline": headline(worst_sections, worst, span["models"]),
         "dates": date_text(span["first"], span["last"]),
         "model_count": span["models"],
+        # A person's report with their teams' models: each owner's under a heading of its
+        # own, so a team's model never reads as theirs. A team's report says whose it is once.
+        "grouped": bool(span["teams"]) and not report.team_id,
         "run_count": sum(light.count for light in counts.values()),
         "counts": list(counts.values()),
         "summary": ", ".join(
@@ -491,6 +524,8 @@ def report_context(report: Report) -> dict:
     return {
         **context,
         "sections": sections,
+        "section_groups": by_owner(sections),
+        "line_groups": by_owner(lines),
         "sections_title": "" if small or not sections else "Alerts and failures",
         "attention_more": attention - detailed,
         "lines": lines,
@@ -500,14 +535,18 @@ def report_context(report: Report) -> dict:
 
 def page_context(report: Report, status: str | None, page: int) -> dict:
     """What the report's page shows: the counts, then one page of the runs at `status` (all
-    when None), each in detail; past the last page, the last."""
+    when None), each in detail, by owner (the reader's own models, then each team's), worst
+    first within each; past the last page, the last."""
     runs = ranked_runs(report)
     counts = light_counts(runs)
     shown = runs.filter(light=status) if status else runs
+    shown = shown.order_by(OWNER_ORDER, "-rank", Lower("deployment__name"), "date", "id")
     page_of = Paginator(shown, PER_PAGE).get_page(page)
+    sections = [section_for(report, run) for run in page_of]
     return {
         **summary_context(report, runs, counts),
         "filter_status": status or "",
         "page": page_of,
-        "sections": [section_for(report, run) for run in page_of],
+        "sections": sections,
+        "groups": by_owner(sections),
     }
