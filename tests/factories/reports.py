@@ -3,7 +3,8 @@ given light (or failed, or retrying) with a quality dict as the checks write it.
 
 from datetime import UTC, date, datetime, timedelta
 
-from scoring.models import Batch, Deployment, PackageVersion, ScoringRun
+from scoring.models import Batch, Deployment, PackageVersion, ScoringRun, Team
+from scoring.packages.storage import package_key
 from tests.factories.runs import histogram, with_champions
 
 DAY = date(2026, 11, 23)
@@ -63,11 +64,20 @@ def deployment(user, name: str, email: str | None = None) -> Deployment:
     return with_champions([made])[0]
 
 
+def team_deployment(team: Team, name: str, email: str = "") -> Deployment:
+    """A team's model, as an upload to the team makes it: no address of its own."""
+    made = Deployment.objects.create(
+        team=team, name=name, slug=Deployment.slug_for(name), email=email
+    )
+    valid_version(made, 1)
+    return with_champions([made])[0]
+
+
 def valid_version(model: Deployment, number: int) -> PackageVersion:
     return PackageVersion.objects.create(
         deployment=model,
         number=number,
-        file=f"{model.owner.username}/{model.slug}/v{number}.dill",
+        file=package_key(model, number),
         filename=f"{model.slug}-v{number}.dill" if number > 1 else f"{model.slug}.dill",
         size=2048,
         sha256=str(number - 1) * 64,
