@@ -12,12 +12,15 @@ from scoring.quality.levels import SEVERITY
 from scoring.reports import chart, content
 
 
-def reports_for(user):
+def visible(user) -> Q:
     """The reports a user may see: their own and their teams' (all of them for staff)."""
-    queryset = Report.objects.select_related("owner", "team", "batch")
     if user.is_staff:
-        return queryset
-    return queryset.filter(Q(owner=user) | Q(team__in=list(owners.team_roles(user))))
+        return Q()
+    return Q(owner=user) | Q(team__in=list(owners.team_roles(user)))
+
+
+def reports_for(user):
+    return Report.objects.select_related("owner", "team", "batch").filter(visible(user))
 
 
 def get_report_for_user(request: HttpRequest, report_id: int) -> Report:

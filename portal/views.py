@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework.authtoken.models import Token
 
-from portal import dashboard, listing, online_card, tokens
+from portal import dashboard, listing, online_card, report_views, tokens
 from portal.downloads import stream_package, stream_scores
 from scoring import record
 from scoring.models import (
@@ -225,6 +225,7 @@ def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
 def model_context(request: HttpRequest, deployment: Deployment) -> dict:
     """Everything a model's page shows (also under the answer of its Try-it form)."""
     current_version = deployment.champion
+    visible_reports = report_views.visible(request.user)
     latest_checked = dashboard.latest_checked_run(deployment)
     online_check = dashboard.latest_online_check(deployment)
     package_params = (current_version or deployment.latest_version or PackageVersion()).package.get(
@@ -234,7 +235,8 @@ def model_context(request: HttpRequest, deployment: Deployment) -> dict:
         "deployment": deployment,
         "versions": deployment.versions.all(),
         "runs": deployment.runs.select_related("version").prefetch_related(
-            Prefetch("reports", queryset=Report.objects.only("id"))
+            # A team's run is in each of its people's reports: link the viewer's own.
+            Prefetch("reports", queryset=Report.objects.filter(visible_reports).only("id"))
         )[:50],
         "current_version": current_version,
         "presets": schedules.PRESETS,

@@ -13,6 +13,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from scoring.models import (
     Batch,
@@ -229,6 +230,17 @@ def test_a_long_report_keeps_each_owners_lines_under_its_heading_in_bounded_quer
     assert ">Your models</h2>" in page and ">Team Retail</h2>" in page  # runs 26 to 50
 
 
+def test_the_page_of_a_team_model_links_each_person_to_their_own_report(owner, bob, retail, batch):
+    pricing = run(batch, team_deployment(retail, "pricing"), "ok")
+    content.build_reports(batch)
+    alices, bobs = Report.objects.get(owner=owner), Report.objects.get(owner=bob)
+
+    page = logged_in(owner).get(f"/models/{pricing.deployment_id}/").content.decode()
+    assert f'href="/reports/{alices.id}/"' in page and f"/reports/{bobs.id}/" not in page
+    page = logged_in(bob).get(f"/models/{pricing.deployment_id}/").content.decode()
+    assert f'href="/reports/{bobs.id}/"' in page and f"/reports/{alices.id}/" not in page
+
+
 # --- failure emails ------------------------------------------------------------------------
 
 
@@ -277,6 +289,19 @@ def test_failures_of_a_team_without_an_address_reach_each_person_in_one_email_a_
     assert bobs.subject == "2 models failed for 2026-11-23"
     assert "Models: pricing, stock" in bobs.body
     assert not Notification.objects.filter(sent_at__isnull=True).exists()
+
+
+def test_a_failed_team_model_is_on_the_status_page_as_the_teams(
+    owner, staff, retail, batch, worker
+):
+    run(batch, team_deployment(retail, "pricing"), "failed", finished_at=timezone.now())
+
+    for user in (owner, staff):
+        response = logged_in(user).get("/status.json")
+        assert response.status_code == 200
+        [failure] = response.json()["failures"]
+        assert (failure["model"], failure["owner"]) == ("pricing", "team/retail")
+    assert "team/retail" in logged_in(staff).get("/status/").content.decode()
 
 
 # --- ground-truth emails -------------------------------------------------------------------
