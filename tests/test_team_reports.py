@@ -3,7 +3,7 @@ when it has one, else to each of its people inside their one email of the batch,
 models first; a person who leaves leaves the team's models scored and reported to the team.
 
 Runs are written to the database as the engine leaves them, except the last test's, which a
-real worker scores from a real upload.
+real worker scores from a real upload (the status page's test asks that worker too).
 """
 
 import re
@@ -168,6 +168,22 @@ def test_a_person_with_no_team_reads_the_report_as_before(owner, retail, batch, 
     [message] = mailoutbox
     assert sorted(message.to) == [owner.email, "risk-team@bank.example"]
     assert "Your models" not in message.body and "Team " not in message.body
+
+
+def test_a_team_with_nobody_left_keeps_its_report_as_a_page_sent_to_no_one(
+    owner, staff, risk, batch, mailoutbox
+):
+    owner.is_active = False  # Risk's only person leaves
+    owner.save()
+    limits = run(batch, team_deployment(risk, "limits"), "ok")
+
+    [report] = send_reports(batch)
+
+    assert (report.team, report.owner) == (risk, None)
+    assert list(report.runs.all()) == [limits]
+    assert mailoutbox == []
+    page = logged_in(staff).get(f"/reports/{report.id}/").content.decode()
+    assert "report of the team Risk" in page and ">limits</a>" in page
 
 
 def test_the_report_page_groups_the_models_by_owner(

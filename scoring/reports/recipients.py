@@ -16,7 +16,6 @@ the team's, or to no one at all when the team has nobody left (its page still sh
 from collections import defaultdict
 from collections.abc import Iterable
 
-from django.contrib.auth import get_user_model
 from django.db.models import Case, CharField, F, Q, Value, When
 
 from scoring.models import Deployment, Membership, Team
@@ -75,12 +74,8 @@ def people_addresses(deployment: Deployment) -> list[str]:
     of its own or of its team's; [] for any other model (its own address says where)."""
     if deployment.team_id is None or Rule([deployment]).addressed(deployment):
         return []
-    users = get_user_model().objects.filter(
-        is_active=True,
-        service_token__isnull=True,
-        memberships__team=deployment.team_id,
-    )
-    return sorted(set(users.exclude(email="").values_list("email", flat=True)))
+    found = Membership.objects.filter(active_people(), team=deployment.team_id)
+    return sorted(set(found.exclude(user__email="").values_list("user__email", flat=True)))
 
 
 def report_addresses(report) -> list[str]:
