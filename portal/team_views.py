@@ -7,7 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from portal import team_tokens
 from scoring.models import Deployment, Membership, Team, TeamRole
@@ -46,6 +46,7 @@ def teams_page(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@require_safe  # its forms post to team_action
 def team_page(request: HttpRequest, slug: str) -> HttpResponse:
     team = get_object_or_404(teams_for(request.user), slug=slug)
     members = Membership.objects.filter(team=team, user__service_token__isnull=True)

@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_POST, require_safe
 from rest_framework.authtoken.models import Token
 
 from portal import dashboard, listing, online_card, report_views, tokens
@@ -217,6 +217,7 @@ def upload(request: HttpRequest) -> JsonResponse:
 
 
 @login_required
+@require_safe  # its forms post to the actions' own URLs
 def model_page(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = get_deployment_for_user(request, deployment_id)
     return render(request, "portal/model.html", model_context(request, deployment))

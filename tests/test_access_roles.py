@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from django.contrib.auth.models import User
 
+from portal import team_views
 from scoring.models import ChampionChange, Deployment, Membership, Report, ScoringRun
 from scoring.packages import owners, teams
 from scoring.runs import dispatch, lifecycle
@@ -49,6 +50,8 @@ def action_of(route, method: str, values: dict) -> str | None:
         return "download" if route.name in DOWNLOADS else "view"
     if route.name == "model-action":
         return values["action"] if values["action"] in owners.ACTIONS else None
+    if route.name == "team-action" and values["action"] not in team_views.TEAM_ACTIONS:
+        return None
     return UNSAFE_ACTIONS.get((route.name, method))
 
 
