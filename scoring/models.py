@@ -153,6 +153,8 @@ class Deployment(models.Model):
     online = models.BooleanField(
         default=False, help_text="Answers HTTP requests (/v2/models/<name>/infer, /predict)."
     )
+    # What its name reads (owner_name): the record of changes names rows with it.
+    named_with = ("owner", "team")
 
     class Meta:
         constraints = [
@@ -254,6 +256,7 @@ class PackageVersion(models.Model):
     )
     validation_queued_at = models.DateTimeField(default=now)
     validated_at = models.DateTimeField(null=True, blank=True)
+    named_with = ("deployment__owner", "deployment__team")  # as Deployment's
 
     class Meta:
         constraints = [

@@ -126,8 +126,10 @@ def named_rows(entries: list[LogEntry]) -> dict[tuple[type, str], str]:
                 wanted[field.related_model].update(v for v in values if v != ABSENT)
     names = {}
     for model, ids in wanted.items():
-        # select_related(): the names of rows (a version's) read the rows they belong to.
-        for row in model._default_manager.select_related().filter(pk__in=ids):
+        # The names of rows (a version's) read the rows they belong to: `named_with` says
+        # which where a name reads a nullable one (a model's owner), else every non-null one.
+        rows = model._default_manager.select_related(*getattr(model, "named_with", ()))
+        for row in rows.filter(pk__in=ids):
             names[(model, str(row.pk))] = str(row)
     return names
 
