@@ -16,7 +16,7 @@ Then it starts gunicorn as deploy/Dockerfile's CMD runs it (gthread, 4 threads, 
 120, --worker-tmp-dir /dev/shm, the access log on stdout, here a file) with
 WEB_CONCURRENCY=2 (deploy/.env.example's), on 127.0.0.1, and runs wrk (Debian's 4.1:
 `apt-get install -y wrk`) with bench/online_load.lua, which counts the answers by status:
-`wrk -t2 -c16 -d10s` against each route in turn after a 2-second warm-up, the API routes
+`wrk -t2 -c16 -d10s` against each route in turn after a 5-second warm-up of each, the API routes
 with `Authorization: Token <key>`, the page with the session cookie of a signed-in user.
 
     .venv/bin/python bench/api_bench.py                      # PostgreSQL and SQLite
@@ -51,6 +51,7 @@ LIST_RATE = 150  # requests a second of GET /api/v1/models/?limit=50, at least
 LIST_P99_MS = 300
 LUA = ROOT / "bench" / "online_load.lua"
 WEB_CONCURRENCY = 2  # deploy/.env.example's
+WARM_UP_SECONDS = 5
 TEAMS, MODELS, OWN, VERSIONS, RUNS = 5, 200, 5, 2, 3
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROUTES = {  # name: (path, how it signs in)
@@ -290,17 +291,29 @@ def measure_one(args) -> dict:
             log,
         )
         try:
-            results = {}
-            for route, (path, signed) in ROUTES.items():
-                if route not in args.routes:
-                    continue
-                url = f"http://127.0.0.1:{port}{path.format(run_id=made['run_id'])}"
-                wrk(url, headers[signed], 2, args.connections)  # warm-up
-                results[route] = wrk(url, headers[signed], args.seconds, args.connections)
+            routes = {
+                route: (f"http://127.0.0.1:{port}{path.format(run_id=made['run_id'])}", signed)
+                for route, (path, signed) in ROUTES.items()
+                if route in args.routes
+            }
+            # Every route first, till each process has answered it: a process's first
+            # request imports and connects for seconds on a busy machine.
+            for url, signed in routes.values():
+                wrk(url, headers[signed], WARM_UP_SECONDS, args.connections)
+            results = {
+                route: wrk(url, headers[signed], args.seconds, args.connections)
+                for route, (url, signed) in routes.items()
+            }
         finally:
             server.terminate()
             server.wait(timeout=30)
-    return {"vendor": connection.vendor, "built_seconds": built, "routes": results}
+    failed = any(r["not_200"] for r in results.values())
+    return {
+        "vendor": connection.vendor,
+        "built_seconds": built,
+        "routes": results,
+        "log_tail": log.read_text(errors="replace")[-3000:] if failed else "",
+    }
 
 
 def report(figures: list[dict], args) -> int:
@@ -327,6 +340,8 @@ def report(figures: list[dict], args) -> int:
             )
             if r["not_200"]:
                 broken.append(f"{found['vendor']} {path}: {r['statuses']}")
+        if found["log_tail"]:
+            print(f"  the server's log ends:\n{found['log_tail']}")
         listed = routes.get("list")
         if listed and listed["per_second"] < LIST_RATE:
             broken.append(f"{found['vendor']} list: {listed['per_second']:.0f} req/s")
@@ -334,6 +349,19 @@ def report(figures: list[dict], args) -> int:
             broken.append(f"{found['vendor']} list: p99 {listed['p99_ms']:.0f} ms")
     print(f"  bound: the list at least {LIST_RATE} req/s, p99 under {LIST_P99_MS} ms")
     return verdict(broken)
+
+
+def collect_static(folder: Path) -> None:
+    """The hashed, compressed static files the pages link to, as the image's build makes them
+    (without them a page with DEBUG off is a 500)."""
+    env = {
+        **os.environ,
+        "DEBUG": "false",
+        "SECRET_KEY": "collectstatic",
+        "STATIC_ROOT": str(folder),
+    }
+    command = [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"]
+    subprocess.run(command, cwd=ROOT, env=env, check=True)
 
 
 def main() -> int:
@@ -353,6 +381,7 @@ def main() -> int:
         raise SystemExit("the bench needs wrk: apt-get install -y wrk (Debian's wrk 4.1)")
     figures = []
     with tempfile.TemporaryDirectory(prefix="dropscore-api-bench-") as work:
+        collect_static(Path(work) / "static")
         for database in args.databases.split(","):
             url = os.environ.get("DATABASE_URL", "")
             if database == "sqlite":
@@ -360,7 +389,12 @@ def main() -> int:
             elif not url.startswith("postgres"):
                 url = DEFAULT_POSTGRES
             print(f"{database}: building the data and measuring ...", flush=True)
-            env = {**os.environ, "DATABASE_URL": url, "DROPSCORE_STATE_DIR": f"{work}/state"}
+            env = {
+                **os.environ,
+                "DATABASE_URL": url,
+                "DROPSCORE_STATE_DIR": f"{work}/state",
+                "STATIC_ROOT": f"{work}/static",
+            }
             child = [sys.executable, __file__, "--one", "--work", work]
             child += ["--routes", ",".join(args.routes), "--seconds", str(args.seconds)]
             child += ["--connections", str(args.connections)]
