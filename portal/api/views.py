@@ -6,10 +6,12 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import LimitOffsetPagination, PageNumberPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal import health
+from portal.api.renderers import FastJSONRenderer
 from portal.api.serializers import (
     ChampionChangeSerializer,
     ChangeRequestSerializer,
@@ -25,7 +27,14 @@ from portal.api.serializers import (
     UploadSerializer,
 )
 from portal.downloads import stream_package, stream_scores
-from portal.views import allow, changes_of, comparisons_of, deployments_for, runs_for
+from portal.views import (
+    allow,
+    changes_of,
+    comparisons_of,
+    deployments_for,
+    deployments_listed,
+    runs_for,
+)
 from scoring import record
 from scoring.models import ChampionChange, Deployment, ScoringRun
 from scoring.packages import deployments, handover, roles
@@ -62,6 +71,9 @@ class DeploymentViewSet(viewsets.GenericViewSet):
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     # For the schema only (it reads the model from here); requests use get_queryset.
     queryset = Deployment.objects.none()
+    # The list writes its packages unparsed (portal.api.renderers); the browsable API's
+    # page shows what the first one writes.
+    renderer_classes = [FastJSONRenderer, BrowsableAPIRenderer]
 
     def get_queryset(self):
         return deployments_for(self.request.user)
@@ -83,7 +95,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         ]
     )
     def list(self, request):
-        models = self.get_queryset().order_by("name", "id")
+        models = deployments_listed(request.user).order_by("name", "id")
         paginator = FleetPagination()
         page = paginator.paginate_queryset(models, request, view=self)
         if page is None:

@@ -1,0 +1,23 @@
+"""JSON answers written by orjson, so that a long list's packages go out as the database
+gave them: a version's `package`, read as JSON text (portal.views.deployments_listed), is an
+orjson.Fragment here, put in the answer as it is, never parsed and written again (50 models'
+packages of a few KB each were a third of a page's time in the API's list)."""
+
+import orjson
+from rest_framework.renderers import JSONRenderer
+from rest_framework.utils.encoders import JSONEncoder
+
+# What orjson does not write itself (lazy translations, decimals, ...), as DRF writes it.
+_drf = JSONEncoder()
+
+
+class FastJSONRenderer(JSONRenderer):
+    """DRF's JSONRenderer (the same media type, compact, UTF-8) through orjson."""
+
+    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
+        if data is None:
+            return b""
+        option = orjson.OPT_NON_STR_KEYS
+        if self.get_indent(accepted_media_type or "", renderer_context or {}):
+            option |= orjson.OPT_INDENT_2
+        return orjson.dumps(data, default=_drf.default, option=option)
