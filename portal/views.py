@@ -6,8 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, Prefetch, Q, Subquery, TextField
-from django.db.models.functions import Cast
+from django.db.models import Prefetch, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -40,40 +39,6 @@ def deployments_for(user):
     queryset = Deployment.objects.select_related(
         "owner", "team", "champion", "challenger"
     ).prefetch_related(Prefetch("versions", queryset=PackageVersion.objects.order_by("-number")))
-    return queryset.filter(owners.visible(user))
-
-
-# What the API's list shows of a model and of its latest version (DeploymentSerializer,
-# VersionSerializer): the only columns a page of them loads.
-LISTED = [
-    *("id", "name", "status", "schedule", "timezone", "email", "next_run_at", "created_at"),
-    *("max_slice_age_days", "challenger_share", "online"),
-    *("owner__username", "team__slug", "champion__number", "challenger__number"),
-]
-LISTED_VERSION = [
-    *("deployment", "number", "filename", "size", "sha256", "uploaded_at", "validated_at"),
-    *("state", "message", "dropped_as"),
-]
-
-
-def deployments_listed(user):
-    """The deployments a user sees as the API's list shows them: the columns it shows, the
-    numbers of their champion and challenger, and their latest version alone
-    (Deployment.latest_version reads it) with its package as JSON text, never every version
-    of every model with its package (a page of 50 team models read 150 packages of a few KB
-    and answered 37 requests a second where a run's page answered 481)."""
-    newest = PackageVersion.objects.filter(deployment=OuterRef("deployment")).order_by("-number")
-    latest = (
-        PackageVersion.objects.filter(number=Subquery(newest.values("number")[:1]))
-        .only(*LISTED_VERSION)
-        # As text: written into the answer unparsed (portal.api.renderers).
-        .annotate(package_json=Cast("package", TextField()))
-    )
-    queryset = (
-        Deployment.objects.select_related("owner", "team", "champion", "challenger")
-        .only(*LISTED)
-        .prefetch_related(Prefetch("versions", queryset=latest, to_attr="latest_versions"))
-    )
     return queryset.filter(owners.visible(user))
 
 

@@ -197,8 +197,6 @@ class Deployment(models.Model):
 
     @property
     def latest_version(self) -> "PackageVersion | None":
-        if hasattr(self, "latest_versions"):  # a list's prefetch of it alone
-            return self.latest_versions[0] if self.latest_versions else None
         versions = list(self.versions.all())  # uses prefetch_related when present
         return max(versions, key=lambda v: v.number) if versions else None
 

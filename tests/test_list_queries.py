@@ -1,10 +1,15 @@
 """The lists of models, the API's and "My models", ask the database a fixed number of times
 however many teams and models a user sees, and show each model's latest version whole."""
 
+import json
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from rest_framework.renderers import JSONRenderer
 
+from portal.api.serializers import DeploymentSerializer
+from portal.views import deployments_for
 from scoring.models import Deployment, Membership, PackageVersion, Team
 from tests.factories.cast import api_client_for, session
 from tests.factories.runs import FEATURES, make_runs
@@ -90,3 +95,27 @@ def test_the_api_list_shows_each_models_latest_version_with_its_package(owner):
     latest = listed["latest_version"]
     assert (latest["number"], latest["sha256"], latest["package"]) == (3, "3" * 64, PACKAGE)
     assert latest["validation"] == {"state": "invalid", "message": newest.message}
+
+
+def test_the_api_list_shows_each_model_as_the_serializer_does(owner, django_user_model):
+    """portal.api.model_list reads rows, not instances: its shape is DeploymentSerializer's."""
+    team_model, _ = make_team_models(owner, 1, 2)
+    team_model.challenger = team_model.versions.get(number=1)
+    team_model.challenger_share = 0.2
+    team_model.save()
+    Deployment.objects.create(owner=owner, name="no versions yet", slug="no-versions-yet")
+    pending = Deployment.objects.create(
+        owner=owner, name="pending", slug="pending", timezone="Europe/Moscow", status="paused"
+    )
+    PackageVersion.objects.create(
+        deployment=pending, number=1, file="alice/pending/v1.dill", size=1, sha256="1" * 64
+    )
+    PackageVersion.objects.filter(deployment=pending).update(package={"név": ["ünïcode"]})
+    Deployment.objects.create(
+        owner=django_user_model.objects.create(username="bob"), name="not seen", slug="not-seen"
+    )
+
+    listed = api_client_for(owner).get("/api/v1/models/").json()
+    expected = DeploymentSerializer(deployments_for(owner).order_by("name", "id"), many=True)
+    assert listed == json.loads(JSONRenderer().render(expected.data))
+    assert [m["name"] for m in listed] == ["churn-000", "churn-001", "no versions yet", "pending"]

@@ -1,7 +1,7 @@
 """JSON answers written by orjson, so that a long list's packages go out as the database
-gave them: a version's `package`, read as JSON text (portal.views.deployments_listed), is an
-orjson.Fragment here, put in the answer as it is, never parsed and written again (50 models'
-packages of a few KB each were a third of a page's time in the API's list)."""
+gave them: a version's `package`, read as JSON text (portal.api.model_list), is an
+orjson.Fragment, put in the answer as it is, never parsed and written again (parsing and
+writing 50 packages of ~5 KB took ~5 ms of CPU, more than the rest of the page)."""
 
 import orjson
 from rest_framework.renderers import JSONRenderer

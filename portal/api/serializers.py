@@ -1,4 +1,3 @@
-import orjson
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -20,20 +19,8 @@ class ValidationSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
-class PackageField(serializers.JSONField):
-    """What validation read from the package; where a list read it as JSON text
-    (`package_json`), that text as it is, for portal.api.renderers to write unparsed."""
-
-    def get_attribute(self, version: PackageVersion):
-        text = getattr(version, "package_json", None)
-        if text is not None:
-            return orjson.Fragment(text)
-        return super().get_attribute(version)
-
-
 class VersionSerializer(serializers.ModelSerializer):
     validation = serializers.SerializerMethodField()
-    package = PackageField(read_only=True, help_text=PackageVersion.package.field.help_text)
 
     class Meta:
         model = PackageVersion
@@ -51,7 +38,7 @@ class VersionSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ValidationSerializer)
     def get_validation(self, version: PackageVersion) -> dict:
-        # ValidationSerializer's shape, without making a serializer for each version of a list.
+        # ValidationSerializer's shape, without making a serializer for each version.
         return {"state": version.state, "message": version.message}
 
 
@@ -62,8 +49,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
     team = serializers.CharField(
         source="team.slug", read_only=True, allow_null=True, help_text="null: a person's own."
     )
-    # A field made once for the list, not a serializer made for each model (its fields are
-    # built anew each time: a third of a page's time).
+    # A field made once for many models, not a serializer made for each (its fields are
+    # built anew each time: a third of the list's time when it serialized instances).
     latest_version = VersionSerializer(read_only=True, allow_null=True)
     current_version = serializers.SerializerMethodField(
         help_text="The number of the live version, the champion (null: none yet)."

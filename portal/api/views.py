@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal import health
+from portal.api import model_list
 from portal.api.renderers import FastJSONRenderer
 from portal.api.serializers import (
     ChampionChangeSerializer,
@@ -27,14 +28,7 @@ from portal.api.serializers import (
     UploadSerializer,
 )
 from portal.downloads import stream_package, stream_scores
-from portal.views import (
-    allow,
-    changes_of,
-    comparisons_of,
-    deployments_for,
-    deployments_listed,
-    runs_for,
-)
+from portal.views import allow, changes_of, comparisons_of, deployments_for, runs_for
 from scoring import record
 from scoring.models import ChampionChange, Deployment, ScoringRun
 from scoring.packages import deployments, handover, roles
@@ -71,7 +65,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     # For the schema only (it reads the model from here); requests use get_queryset.
     queryset = Deployment.objects.none()
-    # The list writes its packages unparsed (portal.api.renderers); the browsable API's
+    # The list writes its packages unparsed (portal.api.model_list); the browsable API's
     # page shows what the first one writes.
     renderer_classes = [FastJSONRenderer, BrowsableAPIRenderer]
 
@@ -94,13 +88,15 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             OpenApiParameter("offset", int, description="models before the page"),
         ]
     )
+    @extend_schema(responses=DeploymentSerializer(many=True))
     def list(self, request):
-        models = deployments_listed(request.user).order_by("name", "id")
+        """DeploymentSerializer's shape, read as rows (portal.api.model_list)."""
+        models = model_list.visible_rows(request.user)
         paginator = FleetPagination()
         page = paginator.paginate_queryset(models, request, view=self)
         if page is None:
-            return Response(DeploymentSerializer(models, many=True).data)
-        return paginator.get_paginated_response(DeploymentSerializer(page, many=True).data)
+            return Response(model_list.shown(list(models)))
+        return paginator.get_paginated_response(model_list.shown(page))
 
     @extend_schema(
         request={"multipart/form-data": UploadSerializer},
