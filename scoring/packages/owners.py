@@ -89,10 +89,6 @@ def visible(user) -> Q:
     return Q(owner=user.pk) | Q(team__in=list(team_roles(user)))
 
 
-def visible_deployments(user):
-    return Deployment.objects.filter(visible(user))
-
-
 def role_on(user, deployment: Deployment) -> str | None:
     """ "staff", "owner" (the model's person), the user's team role, or None (not seen)."""
     if user.is_staff:
